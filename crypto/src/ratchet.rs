@@ -1,0 +1,436 @@
+//! The Double Ratchet, as in Signal's specification (revision 1, 2016-11-20),
+//! and [`Session`], which joins it to X3DH and the envelope.
+//!
+//! - `KDF_RK(rk, dh) = HKDF-SHA256(salt = rk, ikm = dh, info = ROOT_INFO)` → 64
+//!   bytes: new root key ‖ chain key.
+//! - `KDF_CK(ck)`: message key `HMAC-SHA256(ck, 0x01)`, next chain key
+//!   `HMAC-SHA256(ck, 0x02)`.
+//! - `ENCRYPT(mk, pt, ad)`: `HKDF-Expand-SHA256(prk = mk, info = MESSAGE_INFO)`
+//!   → 44 bytes: ChaCha20-Poly1305 key ‖ nonce; associated data
+//!   `AD ‖ u16 BE(len(header)) ‖ header`.
+//!
+//! Invariants: a failed decrypt leaves the session unchanged; a message key is
+//! deleted once used; skipped keys are bounded per chain and in total.
+
+use std::fmt;
+
+use rand_core::CryptoRng;
+use serde::{Deserialize, Serialize};
+use x25519_dalek::StaticSecret;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::envelope::{Envelope, RatchetHeader, pad, unpad};
+use crate::error::CryptoError;
+use crate::identity::{IdentityKeyPair, IdentityPublic};
+use crate::prekey::{OneTimePrekey, PrekeyBundle, SignedPrekey};
+use crate::primitives::{KEY_LEN, NONCE_LEN, chacha_open, chacha_seal, hkdf_sha256, hmac_sha256, x25519, x25519_public};
+use crate::x3dh::{self, PrekeyHeader};
+
+/// HKDF info of `KDF_RK`.
+pub const ROOT_INFO: &[u8] = b"Kabar Double Ratchet v1 root";
+/// HKDF info that turns a message key into an AEAD key and nonce.
+pub const MESSAGE_INFO: &[u8] = b"Kabar Double Ratchet v1 message";
+
+/// Most message keys one header may make us skip in a single chain.
+///
+/// 1,000: the outbox retransmits lost messages, so a real gap only comes from
+/// reordering or a burst lost in flight; a thousand covers a whole day of busy
+/// chat sent while one request was lost. It also bounds the work a forged
+/// header can force (1,000 HMACs, about half a millisecond) before it fails.
+pub const MAX_SKIP_PER_CHAIN: u32 = 1_000;
+
+/// Most skipped message keys kept in total; the oldest are evicted first.
+///
+/// 2,000 (as libsignal keeps per chain): room for two full per-chain gaps,
+/// while the session snapshot stays under 150 KiB even when full — storage
+/// rewrites it with every message.
+pub const MAX_SKIPPED_TOTAL: usize = 2_000;
+
+/// How many finished receiving chains are remembered (ratchet key and length
+/// only, no secrets) so a replay from an earlier chain is recognised as a
+/// duplicate. libsignal and vodozemac keep 5 receiving chains.
+pub const MAX_FINISHED_CHAINS: usize = 5;
+
+/// Version of the [`SessionSnapshot`] layout.
+pub const SNAPSHOT_VERSION: u8 = 1;
+
+/// `KDF_CK`: returns (message key, next chain key).
+fn kdf_ck(ck: &[u8; KEY_LEN]) -> (Zeroizing<[u8; KEY_LEN]>, [u8; KEY_LEN]) {
+    (Zeroizing::new(hmac_sha256(ck, &[0x01])), hmac_sha256(ck, &[0x02]))
+}
+
+/// `KDF_RK`: returns (new root key, chain key).
+fn kdf_rk(rk: &[u8; KEY_LEN], dh: &[u8; KEY_LEN]) -> Result<([u8; KEY_LEN], [u8; KEY_LEN]), CryptoError> {
+    let mut out = Zeroizing::new([0u8; 2 * KEY_LEN]);
+    hkdf_sha256(Some(rk), dh, ROOT_INFO, out.as_mut())?;
+    let mut root = [0u8; KEY_LEN];
+    let mut chain = [0u8; KEY_LEN];
+    root.copy_from_slice(&out[..KEY_LEN]);
+    chain.copy_from_slice(&out[KEY_LEN..]);
+    Ok((root, chain))
+}
+
+/// AEAD key and nonce of a message key.
+fn message_cipher(mk: &[u8; KEY_LEN]) -> Result<Zeroizing<([u8; KEY_LEN], [u8; NONCE_LEN])>, CryptoError> {
+    let mut okm = Zeroizing::new([0u8; KEY_LEN + NONCE_LEN]);
+    let hk = hkdf::Hkdf::<sha2::Sha256>::from_prk(mk).map_err(|_| CryptoError::KdfOutputTooLong)?;
+    hk.expand(MESSAGE_INFO, okm.as_mut()).map_err(|_| CryptoError::KdfOutputTooLong)?;
+    let mut key = [0u8; KEY_LEN];
+    let mut nonce = [0u8; NONCE_LEN];
+    key.copy_from_slice(&okm[..KEY_LEN]);
+    nonce.copy_from_slice(&okm[KEY_LEN..]);
+    Ok(Zeroizing::new((key, nonce)))
+}
+
+/// `AD ‖ u16 BE(len(header)) ‖ header`.
+fn message_ad(ad: &[u8], header: &RatchetHeader) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ad.len() + 2 + RatchetHeader::LEN);
+    out.extend_from_slice(ad);
+    out.extend_from_slice(&(RatchetHeader::LEN as u16).to_be_bytes());
+    out.extend_from_slice(&header.to_bytes());
+    out
+}
+
+fn open(mk: &[u8; KEY_LEN], ad: &[u8], envelope: &Envelope) -> Result<Vec<u8>, CryptoError> {
+    let cipher = message_cipher(mk)?;
+    let mut plaintext = chacha_open(&cipher.0, &cipher.1, &message_ad(ad, &envelope.header), &envelope.ciphertext)?;
+    unpad(&mut plaintext)?;
+    Ok(plaintext)
+}
+
+fn random_key<R: CryptoRng + ?Sized>(rng: &mut R) -> [u8; KEY_LEN] {
+    let mut key = [0u8; KEY_LEN];
+    rng.fill_bytes(&mut key);
+    key
+}
+
+/// A message key kept for a message that has not arrived yet.
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+struct SkippedKey {
+    ratchet_key: [u8; KEY_LEN],
+    counter: u32,
+    message_key: [u8; KEY_LEN],
+}
+
+/// A receiving chain we have moved past: its ratchet key and how many
+/// messages it held. No secrets.
+#[derive(Clone, Serialize, Deserialize, Zeroize)]
+struct FinishedChain {
+    ratchet_key: [u8; KEY_LEN],
+    length: u32,
+}
+
+/// The complete state of a session: what storage persists, in the same
+/// transaction as the message it belongs to.
+///
+/// Serialize it with any serde format; restore with [`Session::from_snapshot`].
+/// Zeroized on drop; `Debug` shows counters only.
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct SessionSnapshot {
+    version: u8,
+    #[zeroize(skip)]
+    remote_identity: IdentityPublic,
+    associated_data: Vec<u8>,
+    root_key: [u8; KEY_LEN],
+    our_ratchet_secret: [u8; KEY_LEN],
+    our_ratchet_public: [u8; KEY_LEN],
+    their_ratchet_key: Option<[u8; KEY_LEN]>,
+    sending_chain_key: Option<[u8; KEY_LEN]>,
+    send_counter: u32,
+    previous_send_counter: u32,
+    receiving_chain_key: Option<[u8; KEY_LEN]>,
+    receive_counter: u32,
+    skipped: Vec<SkippedKey>,
+    finished_chains: Vec<FinishedChain>,
+    #[zeroize(skip)]
+    pending_prekey: Option<PrekeyHeader>,
+    remote_base_key: Option<[u8; KEY_LEN]>,
+}
+
+impl fmt::Debug for SessionSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionSnapshot")
+            .field("remote_identity", &self.remote_identity)
+            .field("send_counter", &self.send_counter)
+            .field("receive_counter", &self.receive_counter)
+            .field("skipped_keys", &self.skipped.len())
+            .field("awaiting_reply", &self.pending_prekey.is_some())
+            .field("keys", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A Double Ratchet session with one contact's identity.
+///
+/// No IO: [`Session::encrypt`] and [`Session::decrypt`] change only this value;
+/// the caller persists [`Session::snapshot`] together with the message.
+#[derive(Clone)]
+pub struct Session {
+    state: SessionSnapshot,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.state.fmt(f)
+    }
+}
+
+impl Session {
+    /// Starts a session as the initiator from a contact's prekey bundle
+    /// (verified here). Messages carry the X3DH header until the contact
+    /// replies.
+    pub fn initiate<R: CryptoRng + ?Sized>(
+        ours: &IdentityKeyPair,
+        bundle: &PrekeyBundle,
+        rng: &mut R,
+    ) -> Result<Self, CryptoError> {
+        let (x3dh, header) = x3dh::initiate(ours, bundle, rng)?;
+        let their_ratchet = bundle.signed_prekey.public;
+        let our_secret = random_key(rng);
+        let dh = x25519(&StaticSecret::from(our_secret), &their_ratchet)?;
+        let (root_key, sending) = kdf_rk(&x3dh.shared_secret, &dh)?;
+        Ok(Session {
+            state: SessionSnapshot {
+                version: SNAPSHOT_VERSION,
+                remote_identity: bundle.identity,
+                associated_data: x3dh.associated_data,
+                root_key,
+                our_ratchet_secret: our_secret,
+                our_ratchet_public: x25519_public(&StaticSecret::from(our_secret)),
+                their_ratchet_key: Some(their_ratchet),
+                sending_chain_key: Some(sending),
+                send_counter: 0,
+                previous_send_counter: 0,
+                receiving_chain_key: None,
+                receive_counter: 0,
+                skipped: Vec::new(),
+                finished_chains: Vec::new(),
+                pending_prekey: Some(header),
+                remote_base_key: None,
+            },
+        })
+    }
+
+    /// Accepts a session as the responder from a prekey message, and decrypts
+    /// that first message. The caller looks up the prekeys the envelope names
+    /// ([`Envelope::prekey`]), persists the session and the message together,
+    /// and deletes the one-time prekey in that same transaction.
+    ///
+    /// Before calling this for a prekey message from a known contact, check
+    /// [`Session::is_same_prekey_session`] on the existing session: a repeated
+    /// prekey message belongs to it and must go to [`Session::decrypt`].
+    pub fn respond<R: CryptoRng + ?Sized>(
+        ours: &IdentityKeyPair,
+        signed_prekey: &SignedPrekey,
+        one_time_prekey: Option<&OneTimePrekey>,
+        envelope: &Envelope,
+        rng: &mut R,
+    ) -> Result<(Self, Vec<u8>), CryptoError> {
+        let header = envelope.prekey.as_ref().ok_or(CryptoError::NotPrekeyMessage)?;
+        let x3dh = x3dh::respond(ours, signed_prekey, one_time_prekey, header)?;
+        let our_secret = signed_prekey.secret_bytes();
+        let mut session = Session {
+            state: SessionSnapshot {
+                version: SNAPSHOT_VERSION,
+                remote_identity: header.identity,
+                associated_data: x3dh.associated_data,
+                root_key: *x3dh.shared_secret,
+                our_ratchet_secret: our_secret,
+                our_ratchet_public: x25519_public(&StaticSecret::from(our_secret)),
+                their_ratchet_key: None,
+                sending_chain_key: None,
+                send_counter: 0,
+                previous_send_counter: 0,
+                receiving_chain_key: None,
+                receive_counter: 0,
+                skipped: Vec::new(),
+                finished_chains: Vec::new(),
+                pending_prekey: None,
+                remote_base_key: Some(header.base_key),
+            },
+        };
+        let plaintext = session.decrypt(envelope, rng)?;
+        Ok((session, plaintext))
+    }
+
+    /// The contact's identity this session is with.
+    pub fn remote_identity(&self) -> &IdentityPublic {
+        &self.state.remote_identity
+    }
+
+    /// True while this side started the session and has not yet decrypted a
+    /// reply (its messages still carry the X3DH header).
+    pub fn awaiting_reply(&self) -> bool {
+        self.state.pending_prekey.is_some()
+    }
+
+    /// True if `header` is the X3DH header this (responder) session was made
+    /// from: a retransmitted first message, to be decrypted here, not answered
+    /// with a new session.
+    pub fn is_same_prekey_session(&self, header: &PrekeyHeader) -> bool {
+        self.state.remote_base_key == Some(header.base_key) && self.state.remote_identity == header.identity
+    }
+
+    /// Number of skipped message keys currently held.
+    pub fn skipped_keys(&self) -> usize {
+        self.state.skipped.len()
+    }
+
+    /// The explicit, serializable state to persist.
+    pub fn snapshot(&self) -> SessionSnapshot {
+        self.state.clone()
+    }
+
+    /// Restores a session from a snapshot, checking its version and bounds.
+    pub fn from_snapshot(snapshot: SessionSnapshot) -> Result<Self, CryptoError> {
+        if snapshot.version != SNAPSHOT_VERSION {
+            return Err(CryptoError::Decode(crate::error::DecodeError::UnsupportedVersion(snapshot.version)));
+        }
+        if snapshot.skipped.len() > MAX_SKIPPED_TOTAL
+            || snapshot.finished_chains.len() > MAX_FINISHED_CHAINS
+            || snapshot.associated_data.len() != x3dh::AD_LEN
+        {
+            return Err(CryptoError::Decode(crate::error::DecodeError::Malformed("session snapshot out of bounds")));
+        }
+        Ok(Session { state: snapshot })
+    }
+
+    /// Encrypts one message. Advances the sending chain; persist
+    /// [`Session::snapshot`] with the envelope before sending it, so the
+    /// message key is never used twice.
+    pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Envelope, CryptoError> {
+        let padded = pad(plaintext)?;
+        let s = &mut self.state;
+        let chain = s.sending_chain_key.as_ref().ok_or(CryptoError::SessionNotReady)?;
+        let next_counter = s.send_counter.checked_add(1).ok_or(CryptoError::CounterExhausted)?;
+        let (mk, next_chain) = kdf_ck(chain);
+        let header = RatchetHeader {
+            ratchet_key: s.our_ratchet_public,
+            previous_chain_length: s.previous_send_counter,
+            counter: s.send_counter,
+        };
+        let cipher = message_cipher(&mk)?;
+        let ciphertext = chacha_seal(&cipher.0, &cipher.1, &message_ad(&s.associated_data, &header), &padded);
+        s.sending_chain_key = Some(next_chain);
+        s.send_counter = next_counter;
+        Ok(Envelope { prekey: s.pending_prekey, header, ciphertext })
+    }
+
+    /// Decrypts one message. On any error the session is unchanged. A message
+    /// already decrypted gives [`CryptoError::DuplicateMessage`]. The RNG makes
+    /// our next ratchet key when the contact's ratchet key changes.
+    pub fn decrypt<R: CryptoRng + ?Sized>(&mut self, envelope: &Envelope, rng: &mut R) -> Result<Vec<u8>, CryptoError> {
+        let header = &envelope.header;
+        let s = &mut self.state;
+        // Fast path: the next message of the current receiving chain. Nothing
+        // is written until the AEAD check has passed.
+        if s.their_ratchet_key == Some(header.ratchet_key) && header.counter == s.receive_counter {
+            if let Some(chain) = &s.receiving_chain_key {
+                let next_counter = s.receive_counter.checked_add(1).ok_or(CryptoError::CounterExhausted)?;
+                let (mk, next_chain) = kdf_ck(chain);
+                let plaintext = open(&mk, &s.associated_data, envelope)?;
+                s.receiving_chain_key = Some(next_chain);
+                s.receive_counter = next_counter;
+                s.pending_prekey = None;
+                return Ok(plaintext);
+            }
+        }
+        // Every other path works on a copy that replaces the state only on
+        // success.
+        let mut next = s.clone();
+        let plaintext = next.decrypt_slow(envelope, rng)?;
+        next.pending_prekey = None;
+        self.state = next;
+        Ok(plaintext)
+    }
+}
+
+impl SessionSnapshot {
+    fn decrypt_slow<R: CryptoRng + ?Sized>(&mut self, envelope: &Envelope, rng: &mut R) -> Result<Vec<u8>, CryptoError> {
+        let header = &envelope.header;
+        if let Some(pos) =
+            self.skipped.iter().position(|k| k.ratchet_key == header.ratchet_key && k.counter == header.counter)
+        {
+            let plaintext = open(&self.skipped[pos].message_key, &self.associated_data, envelope)?;
+            self.skipped.remove(pos);
+            return Ok(plaintext);
+        }
+        if let Some(done) = self.finished_chains.iter().find(|c| c.ratchet_key == header.ratchet_key) {
+            return Err(if header.counter < done.length {
+                CryptoError::DuplicateMessage
+            } else {
+                // The chain ended at `length` (the sender told us with PN):
+                // nothing valid can come after it.
+                CryptoError::AuthenticationFailed
+            });
+        }
+        if self.their_ratchet_key != Some(header.ratchet_key) || self.receiving_chain_key.is_none() {
+            self.skip_message_keys(header.previous_chain_length)?;
+            self.dh_ratchet(header, rng)?;
+        } else if header.counter < self.receive_counter {
+            return Err(CryptoError::DuplicateMessage);
+        }
+        self.skip_message_keys(header.counter)?;
+        let chain = self.receiving_chain_key.as_ref().ok_or(CryptoError::SessionNotReady)?;
+        let (mk, next_chain) = kdf_ck(chain);
+        let plaintext = open(&mk, &self.associated_data, envelope)?;
+        self.receiving_chain_key = Some(next_chain);
+        self.receive_counter = self.receive_counter.checked_add(1).ok_or(CryptoError::CounterExhausted)?;
+        Ok(plaintext)
+    }
+
+    /// Derives and stores the keys of the current receiving chain up to (not
+    /// including) `until`.
+    fn skip_message_keys(&mut self, until: u32) -> Result<(), CryptoError> {
+        let (Some(their), Some(mut chain)) = (self.their_ratchet_key, self.receiving_chain_key) else {
+            return Ok(());
+        };
+        if until <= self.receive_counter {
+            return Ok(());
+        }
+        let gap = until - self.receive_counter;
+        if gap > MAX_SKIP_PER_CHAIN {
+            return Err(CryptoError::TooManySkipped { requested: u64::from(gap), limit: u64::from(MAX_SKIP_PER_CHAIN) });
+        }
+        for counter in self.receive_counter..until {
+            let (mk, next_chain) = kdf_ck(&chain);
+            self.skipped.push(SkippedKey { ratchet_key: their, counter, message_key: *mk });
+            chain = next_chain;
+        }
+        if self.skipped.len() > MAX_SKIPPED_TOTAL {
+            let excess = self.skipped.len() - MAX_SKIPPED_TOTAL;
+            self.skipped.drain(..excess);
+        }
+        self.receiving_chain_key = Some(chain);
+        self.receive_counter = until;
+        chain.zeroize();
+        Ok(())
+    }
+
+    /// The DH ratchet step on a new remote ratchet key.
+    fn dh_ratchet<R: CryptoRng + ?Sized>(&mut self, header: &RatchetHeader, rng: &mut R) -> Result<(), CryptoError> {
+        if let Some(previous) = self.their_ratchet_key {
+            if self.receiving_chain_key.is_some() {
+                self.finished_chains.push(FinishedChain { ratchet_key: previous, length: self.receive_counter });
+                if self.finished_chains.len() > MAX_FINISHED_CHAINS {
+                    self.finished_chains.remove(0);
+                }
+            }
+        }
+        let dh = x25519(&StaticSecret::from(self.our_ratchet_secret), &header.ratchet_key)?;
+        let (root, receiving) = kdf_rk(&self.root_key, &dh)?;
+        let our_secret = random_key(rng);
+        let dh = x25519(&StaticSecret::from(our_secret), &header.ratchet_key)?;
+        let (root, sending) = kdf_rk(&root, &dh)?;
+        self.previous_send_counter = self.send_counter;
+        self.send_counter = 0;
+        self.receive_counter = 0;
+        self.their_ratchet_key = Some(header.ratchet_key);
+        self.receiving_chain_key = Some(receiving);
+        self.sending_chain_key = Some(sending);
+        self.root_key = root;
+        self.our_ratchet_secret = our_secret;
+        self.our_ratchet_public = x25519_public(&StaticSecret::from(our_secret));
+        Ok(())
+    }
+}
