@@ -16,7 +16,7 @@ pub fn encode(bytes: &[u8]) -> String {
 /// Decodes lower- or upper-case hex; `None` on odd length or a bad digit.
 pub fn decode(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     bytes

@@ -95,8 +95,7 @@ pub(crate) fn verify_signature(
 ) -> Result<(), CryptoError> {
     let key = VerifyingKey::from_bytes(signer).map_err(|_| CryptoError::InvalidSigningKey)?;
     let sig = Signature::from_bytes(signature);
-    key.verify_strict(&signing_input(label.as_bytes(), body), &sig)
-        .map_err(|_| CryptoError::BadSignature(label))
+    key.verify_strict(&signing_input(label.as_bytes(), body), &sig).map_err(|_| CryptoError::BadSignature(label))
 }
 
 /// A profile's secret identity: Ed25519 signing key and X25519 identity key.
@@ -126,9 +125,7 @@ impl IdentityKeyPair {
     pub fn from_secrets(kind: ProfileKind, signing_seed: &[u8; KEY_LEN], dh_secret: &[u8; KEY_LEN]) -> Self {
         let signing = SigningKey::from_bytes(signing_seed);
         let dh_public = x25519_public(&StaticSecret::from(*dh_secret));
-        let dh_signature = signing
-            .sign(&signing_input(IDENTITY_LABEL, &identity_body(kind, &dh_public)))
-            .to_bytes();
+        let dh_signature = signing.sign(&signing_input(IDENTITY_LABEL, &identity_body(kind, &dh_public))).to_bytes();
         IdentityKeyPair { kind, signing_seed: *signing_seed, dh_secret: *dh_secret, dh_signature }
     }
 
@@ -166,10 +163,7 @@ impl IdentityKeyPair {
 
 impl fmt::Debug for IdentityKeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IdentityKeyPair")
-            .field("public", &self.public())
-            .field("secrets", &"<redacted>")
-            .finish()
+        f.debug_struct("IdentityKeyPair").field("public", &self.public()).field("secrets", &"<redacted>").finish()
     }
 }
 
@@ -190,12 +184,7 @@ pub struct IdentityPublic {
 impl IdentityPublic {
     /// Checks that `dh` and `kind` are signed by `signing` (`verify_strict`).
     pub fn verify(&self) -> Result<(), CryptoError> {
-        verify_signature(
-            &self.signing,
-            "identity-key",
-            &identity_body(self.kind, &self.dh),
-            &self.dh_signature,
-        )
+        verify_signature(&self.signing, "identity-key", &identity_body(self.kind, &self.dh), &self.dh_signature)
     }
 
     /// Wire form: kind(1) ‖ signing(32) ‖ dh(32) ‖ signature(64), 129 bytes.

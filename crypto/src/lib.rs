@@ -28,12 +28,12 @@
 //! let bundle = PrekeyBundle { identity: bob.public(), signed_prekey: spk.public(), one_time_prekey: None };
 //!
 //! let mut a = Session::initiate(&alice, &bundle, &mut rng)?;
-//! let wire = a.encrypt(b"hello")?.encode();
+//! let wire = a.encrypt(b"hello", &mut rng)?.encode();
 //! let envelope = Envelope::decode(&wire)?;
-//! let (mut b, text) = Session::respond(&bob, &spk, None, &envelope, &mut rng)?;
+//! let (mut b, text) = Session::respond(&bob, &spk, None, &envelope)?;
 //! assert_eq!(text, b"hello");
-//! let reply = b.encrypt(b"hi")?;
-//! assert_eq!(a.decrypt(&reply, &mut rng)?, b"hi");
+//! let reply = b.encrypt(b"hi", &mut rng)?;
+//! assert_eq!(a.decrypt(&reply)?, b"hi");
 //! # Ok(()) }
 //! ```
 

@@ -110,9 +110,7 @@ impl OneTimePrekey {
     /// Generates `count` one-time prekeys with ids `first_id`, `first_id + 1`, …
     /// (wrapping at `u32::MAX`).
     pub fn generate_batch<R: CryptoRng + ?Sized>(first_id: u32, count: u32, rng: &mut R) -> Vec<Self> {
-        (0..count)
-            .map(|i| OneTimePrekey { id: first_id.wrapping_add(i), secret: random_secret(rng) })
-            .collect()
+        (0..count).map(|i| OneTimePrekey { id: first_id.wrapping_add(i), secret: random_secret(rng) }).collect()
     }
 
     /// Its id.

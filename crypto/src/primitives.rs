@@ -47,9 +47,7 @@ pub fn x25519_public(secret: &StaticSecret) -> [u8; KEY_LEN] {
 ///
 /// Fails only when `out` is longer than 255 × 32 bytes.
 pub fn hkdf_sha256(salt: Option<&[u8]>, ikm: &[u8], info: &[u8], out: &mut [u8]) -> Result<(), CryptoError> {
-    Hkdf::<Sha256>::new(salt, ikm)
-        .expand(info, out)
-        .map_err(|_| CryptoError::KdfOutputTooLong)
+    Hkdf::<Sha256>::new(salt, ikm).expand(info, out).map_err(|_| CryptoError::KdfOutputTooLong)
 }
 
 /// HMAC-SHA256 of `data` under `key` (RFC 2104).
@@ -74,9 +72,7 @@ fn unreachable_hmac() -> Hmac<Sha256> {
 pub fn chacha_seal(key: &[u8; KEY_LEN], nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let cipher = ChaCha20Poly1305::new(&(*key).into());
     // Encryption fails only past 2^38 bytes, far beyond MAX_PLAINTEXT.
-    cipher
-        .encrypt(&(*nonce).into(), Payload { msg: plaintext, aad })
-        .unwrap_or_default()
+    cipher.encrypt(&(*nonce).into(), Payload { msg: plaintext, aad }).unwrap_or_default()
 }
 
 /// ChaCha20-Poly1305 (RFC 8439) decryption of ciphertext ‖ tag.
@@ -87,17 +83,13 @@ pub fn chacha_open(
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
     let cipher = ChaCha20Poly1305::new(&(*key).into());
-    cipher
-        .decrypt(&(*nonce).into(), Payload { msg: ciphertext, aad })
-        .map_err(|_| CryptoError::AuthenticationFailed)
+    cipher.decrypt(&(*nonce).into(), Payload { msg: ciphertext, aad }).map_err(|_| CryptoError::AuthenticationFailed)
 }
 
 /// XChaCha20-Poly1305 encryption (24-byte random-safe nonce), for data at rest.
 pub fn xchacha_seal(key: &[u8; KEY_LEN], nonce: &[u8; XNONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let cipher = XChaCha20Poly1305::new(&(*key).into());
-    cipher
-        .encrypt(&(*nonce).into(), Payload { msg: plaintext, aad })
-        .unwrap_or_default()
+    cipher.encrypt(&(*nonce).into(), Payload { msg: plaintext, aad }).unwrap_or_default()
 }
 
 /// XChaCha20-Poly1305 decryption of ciphertext ‖ tag.
@@ -108,9 +100,7 @@ pub fn xchacha_open(
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
     let cipher = XChaCha20Poly1305::new(&(*key).into());
-    cipher
-        .decrypt(&(*nonce).into(), Payload { msg: ciphertext, aad })
-        .map_err(|_| CryptoError::AuthenticationFailed)
+    cipher.decrypt(&(*nonce).into(), Payload { msg: ciphertext, aad }).map_err(|_| CryptoError::AuthenticationFailed)
 }
 
 #[cfg(test)]

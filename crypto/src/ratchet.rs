@@ -9,8 +9,16 @@
 //!   → 44 bytes: ChaCha20-Poly1305 key ‖ nonce; associated data
 //!   `AD ‖ u16 BE(len(header)) ‖ header`.
 //!
-//! Invariants: a failed decrypt leaves the session unchanged; a message key is
-//! deleted once used; skipped keys are bounded per chain and in total.
+//! One deliberate refinement of the specification: our new ratchet key pair is
+//! generated when we next *send*, not when a new remote ratchet key arrives
+//! (as vodozemac does). The messages on the wire are identical, but a state
+//! stolen between receiving and sending holds no secret of our next chain, so
+//! one round trip heals a compromise. It also keeps `decrypt` free of
+//! randomness.
+//!
+//! Invariants: a failed decrypt or encrypt leaves the session unchanged; a
+//! message key is deleted once used; skipped keys are bounded per chain and in
+//! total.
 
 use std::fmt;
 
@@ -23,7 +31,9 @@ use crate::envelope::{Envelope, RatchetHeader, pad, unpad};
 use crate::error::CryptoError;
 use crate::identity::{IdentityKeyPair, IdentityPublic};
 use crate::prekey::{OneTimePrekey, PrekeyBundle, SignedPrekey};
-use crate::primitives::{KEY_LEN, NONCE_LEN, chacha_open, chacha_seal, hkdf_sha256, hmac_sha256, x25519, x25519_public};
+use crate::primitives::{
+    KEY_LEN, NONCE_LEN, chacha_open, chacha_seal, hkdf_sha256, hmac_sha256, x25519, x25519_public,
+};
 use crate::x3dh::{self, PrekeyHeader};
 
 /// HKDF info of `KDF_RK`.
@@ -47,9 +57,10 @@ pub const MAX_SKIP_PER_CHAIN: u32 = 1_000;
 pub const MAX_SKIPPED_TOTAL: usize = 2_000;
 
 /// How many finished receiving chains are remembered (ratchet key and length
-/// only, no secrets) so a replay from an earlier chain is recognised as a
-/// duplicate. libsignal and vodozemac keep 5 receiving chains.
-pub const MAX_FINISHED_CHAINS: usize = 5;
+/// only, no secrets: 36 bytes each) so a replay from an earlier chain is
+/// recognised as [`CryptoError::DuplicateMessage`]. A replay from an older
+/// chain still fails, as [`CryptoError::AuthenticationFailed`].
+pub const MAX_FINISHED_CHAINS: usize = 20;
 
 /// Version of the [`SessionSnapshot`] layout.
 pub const SNAPSHOT_VERSION: u8 = 1;
@@ -70,16 +81,22 @@ fn kdf_rk(rk: &[u8; KEY_LEN], dh: &[u8; KEY_LEN]) -> Result<([u8; KEY_LEN], [u8;
     Ok((root, chain))
 }
 
-/// AEAD key and nonce of a message key.
-fn message_cipher(mk: &[u8; KEY_LEN]) -> Result<Zeroizing<([u8; KEY_LEN], [u8; NONCE_LEN])>, CryptoError> {
+/// The ChaCha20-Poly1305 key and nonce of one message key.
+#[derive(Zeroize, ZeroizeOnDrop)]
+struct MessageCipher {
+    key: [u8; KEY_LEN],
+    nonce: [u8; NONCE_LEN],
+}
+
+/// `HKDF-Expand(prk = mk, info = MESSAGE_INFO, 44)` → key ‖ nonce.
+fn message_cipher(mk: &[u8; KEY_LEN]) -> Result<MessageCipher, CryptoError> {
     let mut okm = Zeroizing::new([0u8; KEY_LEN + NONCE_LEN]);
     let hk = hkdf::Hkdf::<sha2::Sha256>::from_prk(mk).map_err(|_| CryptoError::KdfOutputTooLong)?;
     hk.expand(MESSAGE_INFO, okm.as_mut()).map_err(|_| CryptoError::KdfOutputTooLong)?;
-    let mut key = [0u8; KEY_LEN];
-    let mut nonce = [0u8; NONCE_LEN];
-    key.copy_from_slice(&okm[..KEY_LEN]);
-    nonce.copy_from_slice(&okm[KEY_LEN..]);
-    Ok(Zeroizing::new((key, nonce)))
+    let mut cipher = MessageCipher { key: [0u8; KEY_LEN], nonce: [0u8; NONCE_LEN] };
+    cipher.key.copy_from_slice(&okm[..KEY_LEN]);
+    cipher.nonce.copy_from_slice(&okm[KEY_LEN..]);
+    Ok(cipher)
 }
 
 /// `AD ‖ u16 BE(len(header)) ‖ header`.
@@ -93,7 +110,7 @@ fn message_ad(ad: &[u8], header: &RatchetHeader) -> Vec<u8> {
 
 fn open(mk: &[u8; KEY_LEN], ad: &[u8], envelope: &Envelope) -> Result<Vec<u8>, CryptoError> {
     let cipher = message_cipher(mk)?;
-    let mut plaintext = chacha_open(&cipher.0, &cipher.1, &message_ad(ad, &envelope.header), &envelope.ciphertext)?;
+    let mut plaintext = chacha_open(&cipher.key, &cipher.nonce, &message_ad(ad, &envelope.header), &envelope.ciphertext)?;
     unpad(&mut plaintext)?;
     Ok(plaintext)
 }
@@ -219,12 +236,11 @@ impl Session {
     /// Before calling this for a prekey message from a known contact, check
     /// [`Session::is_same_prekey_session`] on the existing session: a repeated
     /// prekey message belongs to it and must go to [`Session::decrypt`].
-    pub fn respond<R: CryptoRng + ?Sized>(
+    pub fn respond(
         ours: &IdentityKeyPair,
         signed_prekey: &SignedPrekey,
         one_time_prekey: Option<&OneTimePrekey>,
         envelope: &Envelope,
-        rng: &mut R,
     ) -> Result<(Self, Vec<u8>), CryptoError> {
         let header = envelope.prekey.as_ref().ok_or(CryptoError::NotPrekeyMessage)?;
         let x3dh = x3dh::respond(ours, signed_prekey, one_time_prekey, header)?;
@@ -249,7 +265,7 @@ impl Session {
                 remote_base_key: Some(header.base_key),
             },
         };
-        let plaintext = session.decrypt(envelope, rng)?;
+        let plaintext = session.decrypt(envelope)?;
         Ok((session, plaintext))
     }
 
@@ -298,9 +314,15 @@ impl Session {
     /// Encrypts one message. Advances the sending chain; persist
     /// [`Session::snapshot`] with the envelope before sending it, so the
     /// message key is never used twice.
-    pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Envelope, CryptoError> {
+    ///
+    /// The RNG makes our next ratchet key pair when the contact has moved to
+    /// a new ratchet key since we last sent.
+    pub fn encrypt<R: CryptoRng + ?Sized>(&mut self, plaintext: &[u8], rng: &mut R) -> Result<Envelope, CryptoError> {
         let padded = pad(plaintext)?;
         let s = &mut self.state;
+        if s.sending_chain_key.is_none() {
+            s.start_sending_chain(rng)?;
+        }
         let chain = s.sending_chain_key.as_ref().ok_or(CryptoError::SessionNotReady)?;
         let next_counter = s.send_counter.checked_add(1).ok_or(CryptoError::CounterExhausted)?;
         let (mk, next_chain) = kdf_ck(chain);
@@ -310,35 +332,35 @@ impl Session {
             counter: s.send_counter,
         };
         let cipher = message_cipher(&mk)?;
-        let ciphertext = chacha_seal(&cipher.0, &cipher.1, &message_ad(&s.associated_data, &header), &padded);
+        let ciphertext = chacha_seal(&cipher.key, &cipher.nonce, &message_ad(&s.associated_data, &header), &padded);
         s.sending_chain_key = Some(next_chain);
         s.send_counter = next_counter;
         Ok(Envelope { prekey: s.pending_prekey, header, ciphertext })
     }
 
     /// Decrypts one message. On any error the session is unchanged. A message
-    /// already decrypted gives [`CryptoError::DuplicateMessage`]. The RNG makes
-    /// our next ratchet key when the contact's ratchet key changes.
-    pub fn decrypt<R: CryptoRng + ?Sized>(&mut self, envelope: &Envelope, rng: &mut R) -> Result<Vec<u8>, CryptoError> {
+    /// already decrypted gives [`CryptoError::DuplicateMessage`].
+    pub fn decrypt(&mut self, envelope: &Envelope) -> Result<Vec<u8>, CryptoError> {
         let header = &envelope.header;
         let s = &mut self.state;
         // Fast path: the next message of the current receiving chain. Nothing
         // is written until the AEAD check has passed.
-        if s.their_ratchet_key == Some(header.ratchet_key) && header.counter == s.receive_counter {
-            if let Some(chain) = &s.receiving_chain_key {
-                let next_counter = s.receive_counter.checked_add(1).ok_or(CryptoError::CounterExhausted)?;
-                let (mk, next_chain) = kdf_ck(chain);
-                let plaintext = open(&mk, &s.associated_data, envelope)?;
-                s.receiving_chain_key = Some(next_chain);
-                s.receive_counter = next_counter;
-                s.pending_prekey = None;
-                return Ok(plaintext);
-            }
+        if s.their_ratchet_key == Some(header.ratchet_key)
+            && header.counter == s.receive_counter
+            && let Some(chain) = &s.receiving_chain_key
+        {
+            let next_counter = s.receive_counter.checked_add(1).ok_or(CryptoError::CounterExhausted)?;
+            let (mk, next_chain) = kdf_ck(chain);
+            let plaintext = open(&mk, &s.associated_data, envelope)?;
+            s.receiving_chain_key = Some(next_chain);
+            s.receive_counter = next_counter;
+            s.pending_prekey = None;
+            return Ok(plaintext);
         }
         // Every other path works on a copy that replaces the state only on
         // success.
         let mut next = s.clone();
-        let plaintext = next.decrypt_slow(envelope, rng)?;
+        let plaintext = next.decrypt_slow(envelope)?;
         next.pending_prekey = None;
         self.state = next;
         Ok(plaintext)
@@ -346,7 +368,7 @@ impl Session {
 }
 
 impl SessionSnapshot {
-    fn decrypt_slow<R: CryptoRng + ?Sized>(&mut self, envelope: &Envelope, rng: &mut R) -> Result<Vec<u8>, CryptoError> {
+    fn decrypt_slow(&mut self, envelope: &Envelope) -> Result<Vec<u8>, CryptoError> {
         let header = &envelope.header;
         if let Some(pos) =
             self.skipped.iter().position(|k| k.ratchet_key == header.ratchet_key && k.counter == header.counter)
@@ -354,6 +376,12 @@ impl SessionSnapshot {
             let plaintext = open(&self.skipped[pos].message_key, &self.associated_data, envelope)?;
             self.skipped.remove(pos);
             return Ok(plaintext);
+        }
+        if self.their_ratchet_key != Some(header.ratchet_key)
+            && self.skipped.iter().any(|k| k.ratchet_key == header.ratchet_key)
+        {
+            // An earlier chain we still hold keys of, but not this one's.
+            return Err(CryptoError::DuplicateMessage);
         }
         if let Some(done) = self.finished_chains.iter().find(|c| c.ratchet_key == header.ratchet_key) {
             return Err(if header.counter < done.length {
@@ -366,7 +394,7 @@ impl SessionSnapshot {
         }
         if self.their_ratchet_key != Some(header.ratchet_key) || self.receiving_chain_key.is_none() {
             self.skip_message_keys(header.previous_chain_length)?;
-            self.dh_ratchet(header, rng)?;
+            self.dh_ratchet(header)?;
         } else if header.counter < self.receive_counter {
             return Err(CryptoError::DuplicateMessage);
         }
@@ -390,7 +418,10 @@ impl SessionSnapshot {
         }
         let gap = until - self.receive_counter;
         if gap > MAX_SKIP_PER_CHAIN {
-            return Err(CryptoError::TooManySkipped { requested: u64::from(gap), limit: u64::from(MAX_SKIP_PER_CHAIN) });
+            return Err(CryptoError::TooManySkipped {
+                requested: u64::from(gap),
+                limit: u64::from(MAX_SKIP_PER_CHAIN),
+            });
         }
         for counter in self.receive_counter..until {
             let (mk, next_chain) = kdf_ck(&chain);
@@ -407,28 +438,40 @@ impl SessionSnapshot {
         Ok(())
     }
 
-    /// The DH ratchet step on a new remote ratchet key.
-    fn dh_ratchet<R: CryptoRng + ?Sized>(&mut self, header: &RatchetHeader, rng: &mut R) -> Result<(), CryptoError> {
-        if let Some(previous) = self.their_ratchet_key {
-            if self.receiving_chain_key.is_some() {
-                self.finished_chains.push(FinishedChain { ratchet_key: previous, length: self.receive_counter });
-                if self.finished_chains.len() > MAX_FINISHED_CHAINS {
-                    self.finished_chains.remove(0);
-                }
+    /// The receiving half of the DH ratchet step, on a new remote ratchet
+    /// key: a new receiving chain from `DH(our current key, their new key)`.
+    /// Our sending chain ends here; the next one starts when we next send.
+    fn dh_ratchet(&mut self, header: &RatchetHeader) -> Result<(), CryptoError> {
+        if let Some(previous) = self.their_ratchet_key
+            && self.receiving_chain_key.is_some()
+        {
+            self.finished_chains.push(FinishedChain { ratchet_key: previous, length: self.receive_counter });
+            if self.finished_chains.len() > MAX_FINISHED_CHAINS {
+                self.finished_chains.remove(0);
             }
         }
         let dh = x25519(&StaticSecret::from(self.our_ratchet_secret), &header.ratchet_key)?;
         let (root, receiving) = kdf_rk(&self.root_key, &dh)?;
-        let our_secret = random_key(rng);
-        let dh = x25519(&StaticSecret::from(our_secret), &header.ratchet_key)?;
-        let (root, sending) = kdf_rk(&root, &dh)?;
-        self.previous_send_counter = self.send_counter;
-        self.send_counter = 0;
+        if self.sending_chain_key.take().is_some() {
+            self.previous_send_counter = self.send_counter;
+            self.send_counter = 0;
+        }
         self.receive_counter = 0;
         self.their_ratchet_key = Some(header.ratchet_key);
         self.receiving_chain_key = Some(receiving);
-        self.sending_chain_key = Some(sending);
         self.root_key = root;
+        Ok(())
+    }
+
+    /// The sending half of the DH ratchet step: a fresh ratchet key pair and
+    /// a new sending chain from `DH(our new key, their current key)`.
+    fn start_sending_chain<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) -> Result<(), CryptoError> {
+        let their = self.their_ratchet_key.ok_or(CryptoError::SessionNotReady)?;
+        let our_secret = random_key(rng);
+        let dh = x25519(&StaticSecret::from(our_secret), &their)?;
+        let (root, sending) = kdf_rk(&self.root_key, &dh)?;
+        self.root_key = root;
+        self.sending_chain_key = Some(sending);
         self.our_ratchet_secret = our_secret;
         self.our_ratchet_public = x25519_public(&StaticSecret::from(our_secret));
         Ok(())

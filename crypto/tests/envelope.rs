@@ -1,0 +1,139 @@
+//! The envelope decoder against hostile bytes: random input, mutated valid
+//! envelopes, and the length bound. (The cargo-fuzz target in `crypto/fuzz`
+//! runs the same property with coverage guidance.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use kabar_crypto::envelope::{MAX_CIPHERTEXT, MAX_ENVELOPE_LEN, MAX_PLAINTEXT, MIN_CIPHERTEXT};
+use kabar_crypto::*;
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+/// A prekey envelope (with one-time prekey) and an ordinary one.
+fn samples() -> Vec<Vec<u8>> {
+    static SAMPLES: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    SAMPLES.get_or_init(make_samples).clone()
+}
+
+fn make_samples() -> Vec<Vec<u8>> {
+    let mut rng = StdRng::seed_from_u64(42);
+    let alice = IdentityKeyPair::generate(ProfileKind::Personal, &mut rng);
+    let bob = IdentityKeyPair::generate(ProfileKind::Business, &mut rng);
+    let spk = SignedPrekey::generate(&bob, 9, 1, &mut rng);
+    let opk = OneTimePrekey::generate_batch(3, 1, &mut rng).remove(0);
+    let bundle =
+        PrekeyBundle { identity: bob.public(), signed_prekey: spk.public(), one_time_prekey: Some(opk.public()) };
+    let mut a = Session::initiate(&alice, &bundle, &mut rng).unwrap();
+    let first = a.encrypt(b"first", &mut rng).unwrap();
+    let (mut b, _) = Session::respond(&bob, &spk, Some(&opk), &first).unwrap();
+    let reply = b.encrypt(&[7u8; 300], &mut rng).unwrap();
+    vec![first.encode(), reply.encode()]
+}
+
+#[test]
+fn valid_envelopes_round_trip() {
+    for bytes in samples() {
+        let env = Envelope::decode(&bytes).unwrap();
+        assert_eq!(env.encode(), bytes);
+        assert_eq!(env.encoded_len(), bytes.len());
+    }
+}
+
+#[test]
+fn every_truncation_and_extension_is_rejected() {
+    for bytes in samples() {
+        for len in 0..bytes.len() {
+            assert!(Envelope::decode(&bytes[..len]).is_err(), "truncated to {len}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(Envelope::decode(&longer), Err(DecodeError::TrailingBytes(1)));
+    }
+}
+
+#[test]
+fn oversized_input_is_rejected_before_parsing() {
+    let big = vec![1u8; MAX_ENVELOPE_LEN + 1];
+    assert_eq!(Envelope::decode(&big), Err(DecodeError::TooLong { len: MAX_ENVELOPE_LEN + 1, max: MAX_ENVELOPE_LEN }));
+}
+
+#[test]
+fn the_largest_message_fits_the_bound() {
+    let mut rng = StdRng::seed_from_u64(43);
+    let alice = IdentityKeyPair::generate(ProfileKind::Personal, &mut rng);
+    let bob = IdentityKeyPair::generate(ProfileKind::Business, &mut rng);
+    let spk = SignedPrekey::generate(&bob, 9, 1, &mut rng);
+    let opk = OneTimePrekey::generate_batch(3, 1, &mut rng).remove(0);
+    let bundle =
+        PrekeyBundle { identity: bob.public(), signed_prekey: spk.public(), one_time_prekey: Some(opk.public()) };
+    let mut a = Session::initiate(&alice, &bundle, &mut rng).unwrap();
+    let env = a.encrypt(&vec![0xAB; MAX_PLAINTEXT], &mut rng).unwrap();
+    assert_eq!(env.ciphertext.len(), MAX_CIPHERTEXT);
+    assert_eq!(env.encode().len(), MAX_ENVELOPE_LEN);
+    assert!(Envelope::decode(&env.encode()).is_ok());
+    assert!(matches!(a.encrypt(&vec![0; MAX_PLAINTEXT + 1], &mut rng), Err(CryptoError::PlaintextTooLong { .. })));
+}
+
+#[test]
+fn ciphertext_length_out_of_range_is_rejected() {
+    let bytes = samples().remove(1);
+    let env = Envelope::decode(&bytes).unwrap();
+    let mut short = env.clone();
+    short.ciphertext.truncate(MIN_CIPHERTEXT - 1);
+    assert_eq!(Envelope::decode(&short.encode()), Err(DecodeError::BadCiphertextLength(MIN_CIPHERTEXT - 1)));
+    // A length field claiming 4 GiB with no bytes behind it.
+    let mut lying = bytes[..2 + RatchetHeader::LEN].to_vec();
+    lying.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(Envelope::decode(&lying), Err(DecodeError::BadCiphertextLength(_))));
+}
+
+#[test]
+fn unknown_version_and_type_are_rejected() {
+    let mut bytes = samples().remove(1);
+    bytes[0] = 2;
+    assert_eq!(Envelope::decode(&bytes), Err(DecodeError::UnsupportedVersion(2)));
+    bytes[0] = 1;
+    bytes[1] = 9;
+    assert_eq!(Envelope::decode(&bytes), Err(DecodeError::UnknownType(9)));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        if let Ok(env) = Envelope::decode(&bytes) {
+            prop_assert_eq!(env.encode(), bytes);
+        }
+    }
+
+    #[test]
+    fn random_bytes_behind_a_valid_prefix_never_panic(kind in 1u8..=2, tail in prop::collection::vec(any::<u8>(), 0..400)) {
+        let mut bytes = vec![1u8, kind];
+        bytes.extend_from_slice(&tail);
+        if let Ok(env) = Envelope::decode(&bytes) {
+            prop_assert_eq!(env.encode(), bytes);
+        }
+    }
+
+    #[test]
+    fn mutated_envelopes_never_panic(
+        which in 0usize..2,
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let mut bytes = samples().swap_remove(which);
+        for (at, value) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        if truncate {
+            let len = cut.index(bytes.len());
+            bytes.truncate(len);
+        }
+        if let Ok(env) = Envelope::decode(&bytes) {
+            prop_assert_eq!(env.encode(), bytes);
+        }
+    }
+}
