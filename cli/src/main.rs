@@ -1,3 +1,113 @@
-//! The `kabar` command (placeholder until the CLI issue): for now only the
-//! crypto demo.
-fn main() {}
+//! `kabar`: the command-line client of Kabar.
+//!
+//! For now it has one command, `kabar demo`, which runs a conversation between
+//! a personal and a business identity through kabar-crypto in one process: the
+//! node, the control socket and the messaging commands arrive with the node
+//! and CLI issues.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use kabar_crypto::{
+    CryptoError, Envelope, IdentityKeyPair, OneTimePrekey, PrekeyBundle, ProfileKind, SafetyNumber, Session,
+    SignedPrekey,
+};
+
+/// Kabar: peer-to-peer, end-to-end encrypted messaging with separate personal
+/// and business identities.
+#[derive(Debug, Parser)]
+#[command(name = "kabar", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Two identities talk end to end through kabar-crypto (X3DH, Double
+    /// Ratchet, envelopes), in this process, with no network.
+    ///
+    /// Example: kabar demo --messages 5
+    Demo {
+        /// Messages each side sends after the handshake.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        messages: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo { messages } => demo(messages),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sends `envelope` "over the wire": encode, then decode as the receiver would.
+fn transmit(envelope: &Envelope) -> Result<Envelope> {
+    let bytes = envelope.encode();
+    Envelope::decode(&bytes).context("decoding an envelope we just encoded")
+}
+
+fn demo(messages: u32) -> Result<()> {
+    let mut rng = rand::rng();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+
+    let customer = IdentityKeyPair::generate(ProfileKind::Personal, &mut rng);
+    let shop = IdentityKeyPair::generate(ProfileKind::Business, &mut rng);
+    let spk = SignedPrekey::generate(&shop, 1, now, &mut rng);
+    let opk = OneTimePrekey::generate_batch(1, 1, &mut rng).remove(0);
+    let bundle =
+        PrekeyBundle { identity: shop.public(), signed_prekey: spk.public(), one_time_prekey: Some(opk.public()) };
+    println!("customer  (personal)  identity {}", kabar_crypto::hex::encode(&customer.public().signing));
+    println!("shop      (business)  identity {}", kabar_crypto::hex::encode(&shop.public().signing));
+
+    // X3DH from the shop's bundle, then the first message.
+    let mut customer_session = Session::initiate(&customer, &bundle, &mut rng)?;
+    let first = customer_session.encrypt(b"Hello! Do you have sourdough today?", &mut rng)?;
+    println!("\ncustomer -> shop   prekey message, {} bytes on the wire", first.encoded_len());
+    let (mut shop_session, text) = Session::respond(&shop, &spk, Some(&opk), &transmit(&first)?)?;
+    println!("shop reads          {:?}", String::from_utf8_lossy(&text));
+
+    let mut sent = 1u32;
+    for i in 0..messages {
+        let reply = format!("Yes, {} loaves left (reply {}).", 12 - (i % 12), i + 1);
+        let env = shop_session.encrypt(reply.as_bytes(), &mut rng)?;
+        let text = customer_session.decrypt(&transmit(&env)?)?;
+        println!("shop -> customer   {:?} ({} bytes)", String::from_utf8_lossy(&text), env.encoded_len());
+        let order = format!("I'll take {}.", i + 1);
+        let env = customer_session.encrypt(order.as_bytes(), &mut rng)?;
+        let text = shop_session.decrypt(&transmit(&env)?)?;
+        println!("customer -> shop   {:?} ({} bytes)", String::from_utf8_lossy(&text), env.encoded_len());
+        sent += 2;
+    }
+
+    // A tampered message is rejected and changes nothing.
+    let mut tampered = customer_session.encrypt(b"Pay 10 EUR", &mut rng)?;
+    let genuine = tampered.clone();
+    if let Some(byte) = tampered.ciphertext.first_mut() {
+        *byte ^= 1;
+    }
+    match shop_session.decrypt(&tampered) {
+        Err(CryptoError::AuthenticationFailed) => println!("\ntampered message   rejected (authentication failed)"),
+        other => bail!("a tampered message was not rejected: {other:?}"),
+    }
+    shop_session.decrypt(&genuine)?;
+    match shop_session.decrypt(&genuine) {
+        Err(CryptoError::DuplicateMessage) => println!("replayed message   rejected (duplicate)"),
+        other => bail!("a replayed message was not rejected: {other:?}"),
+    }
+
+    let safety = SafetyNumber::new(&customer.public(), &shop.public());
+    println!("\nsafety number (both sides see the same):\n  {}", safety.display());
+    println!("\n{} messages exchanged end to end, {} rejected as expected.", sent + 1, 2);
+    Ok(())
+}

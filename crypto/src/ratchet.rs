@@ -110,7 +110,8 @@ fn message_ad(ad: &[u8], header: &RatchetHeader) -> Vec<u8> {
 
 fn open(mk: &[u8; KEY_LEN], ad: &[u8], envelope: &Envelope) -> Result<Vec<u8>, CryptoError> {
     let cipher = message_cipher(mk)?;
-    let mut plaintext = chacha_open(&cipher.key, &cipher.nonce, &message_ad(ad, &envelope.header), &envelope.ciphertext)?;
+    let mut plaintext =
+        chacha_open(&cipher.key, &cipher.nonce, &message_ad(ad, &envelope.header), &envelope.ciphertext)?;
     unpad(&mut plaintext)?;
     Ok(plaintext)
 }
