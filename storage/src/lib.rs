@@ -1,5 +1,35 @@
-//! kabar-storage: one encrypted redb database per profile.
+//! # kabar-storage
 //!
-//! Not built yet: this crate is laid out so the workspace has its final shape.
-//! The storage issue fills it with the per-profile store and the atomic write
-//! rules (ratchet state, message and outbox entry in one durable transaction).
+//! One encrypted redb database per profile, and the rules that keep messages
+//! and keys safe across crashes. Synchronous; knows nothing of libp2p or
+//! tokio.
+//!
+//! ## Layout
+//! - [`header`]: the data directory, its header file (profile names and
+//!   kinds, Argon2id parameters and salt, wrapped data keys) and passphrase
+//!   handling: [`DataDir`].
+//! - [`store`]: [`ProfileStore`], one profile's database: identity and
+//!   prekeys, contacts, sessions, messages, outbox, received ids,
+//!   conversations and business data; the atomic send and receive commits.
+//! - [`model`]: the record types and their validation rules.
+//! - [`schema`]: every table, and the schema version with its migrations.
+//! - `seal`: record encryption (XChaCha20-Poly1305, table and key as
+//!   associated data) and opaque lookup keys.
+//! - [`error`]: the error type, [`StoreError`].
+//!
+//! ## Separation
+//! Each profile has its own data key and its own file; nothing in one
+//! profile's file names or references another profile (the tests check the
+//! raw bytes). On-disk format: `docs/protocol.md`, "Storage".
+
+pub mod error;
+pub mod header;
+pub mod model;
+pub mod schema;
+mod seal;
+pub mod store;
+
+pub use error::StoreError;
+pub use header::{DataDir, KdfParams, ProfileEntry, validate_profile_name};
+pub use model::*;
+pub use store::{IncomingMessage, OutgoingMessage, ProfileStore, ReceiveOutcome};

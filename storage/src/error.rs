@@ -1,0 +1,125 @@
+//! Error type of kabar-storage.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Everything that can go wrong opening or using a data directory or a
+/// profile store. No variant carries secret material or message content.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The passphrase does not unlock this data directory.
+    #[error("wrong passphrase for this data directory")]
+    WrongPassphrase,
+    /// Another process (another kabar node) holds the profile database.
+    #[error("{0} is in use by another kabar node; stop it first (`kabar node stop`)")]
+    InUse(PathBuf),
+    /// No data directory at the path (no header file).
+    #[error("no Kabar data directory at {0}; create one with `kabar init`")]
+    NoDataDir(PathBuf),
+    /// A data directory already exists where one was to be created.
+    #[error("a Kabar data directory already exists at {0}")]
+    DataDirExists(PathBuf),
+    /// The header file is unreadable, malformed or of an unknown version.
+    #[error("data directory header {path} is invalid: {reason}")]
+    BadHeader {
+        /// Header path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A profile name is empty, too long or has characters outside `[a-z0-9_-]`.
+    #[error("invalid profile name {0:?}: use 1-32 characters a-z, 0-9, '-' or '_', starting with a letter")]
+    InvalidProfileName(String),
+    /// A profile of that name already exists.
+    #[error("a profile named {0:?} already exists")]
+    DuplicateProfile(String),
+    /// No profile of that name.
+    #[error("no profile named {0:?}")]
+    UnknownProfile(String),
+    /// The database was written by a newer Kabar (or is not ours).
+    #[error("profile database has schema version {found}; this kabar supports up to {supported}: upgrade kabar")]
+    UnsupportedSchema {
+        /// Version in the file.
+        found: u32,
+        /// Newest version this build reads.
+        supported: u32,
+    },
+    /// The database file is damaged (truncated, corrupted, or not a database).
+    #[error("profile database {path} is corrupted: {reason}")]
+    Corrupted {
+        /// Database path (empty for in-memory stores).
+        path: PathBuf,
+        /// What redb or our checks found.
+        reason: String,
+    },
+    /// A record failed authentication: it was modified, moved to another key
+    /// or table, or belongs to another profile.
+    #[error("record in table {table} failed authentication (tampered or from another profile)")]
+    TamperedRecord {
+        /// Table the record was read from.
+        table: &'static str,
+    },
+    /// A record decrypted but did not decode.
+    #[error("record in table {table} is malformed")]
+    MalformedRecord {
+        /// Table the record was read from.
+        table: &'static str,
+    },
+    /// A value given to the store broke a rule (field too long, too many labels…).
+    #[error("{0}")]
+    Invalid(String),
+    /// A business-only operation on a personal profile.
+    #[error("profile {0:?} is a personal profile; this needs a business profile")]
+    NotBusiness(String),
+    /// No such record (contact, message, catalog item, label…).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The one-time prekey was already used (or never existed).
+    #[error("one-time prekey {0} already used")]
+    PrekeyUsed(u32),
+    /// The operating system's random source failed.
+    #[error("random number generator failed")]
+    Random,
+    /// A file system error.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Any other redb error (I/O during commit, …).
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io { context: context.into(), source }
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                let text = e.to_string();
+                if text.to_lowercase().contains("corrupt") {
+                    StoreError::Corrupted { path: PathBuf::new(), reason: text }
+                } else {
+                    StoreError::Database(text)
+                }
+            }
+        }
+    )*};
+}
+
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::CompactionError,
+    redb::SetDurabilityError
+);

@@ -1,0 +1,326 @@
+//! The data directory and its header file.
+//!
+//! ```text
+//! <data dir>/
+//!   kabar-header.json         profile names and kinds, KDF salt and parameters, wrapped keys
+//!   profiles/<name>.redb      one encrypted database per profile
+//! ```
+//!
+//! The header holds no secret in the clear: each profile's random 256-bit data
+//! key is wrapped with XChaCha20-Poly1305 under a key-encryption key derived
+//! from the passphrase with Argon2id. Changing the passphrase rewraps the data
+//! keys; the databases are untouched.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use kabar_crypto::ProfileKind;
+use kabar_crypto::primitives::{XNONCE_LEN, xchacha_open, xchacha_seal};
+use rand_core::CryptoRng;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::error::StoreError;
+use crate::seal::random_bytes;
+use crate::store::ProfileStore;
+
+/// File name of the header inside a data directory.
+pub const HEADER_FILE: &str = "kabar-header.json";
+/// Subdirectory holding the profile databases.
+pub const PROFILES_DIR: &str = "profiles";
+const HEADER_FORMAT: &str = "kabar-data-dir";
+const HEADER_VERSION: u32 = 1;
+const VERIFIER_AAD: &[u8] = b"KABAR-VERIFIER-V1";
+const WRAP_AAD: &[u8] = b"KABAR-WRAP-V1\x00";
+
+/// Argon2id cost parameters, stored in the header beside the salt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_cost_kib: u32,
+    /// Iterations.
+    pub t_cost: u32,
+    /// Lanes.
+    pub p_cost: u32,
+}
+
+impl KdfParams {
+    /// Real-use default: 64 MiB, 3 iterations, 1 lane (about a quarter of a
+    /// second on a 2-core machine). Memory-hard enough that guessing a weak
+    /// passphrase offline costs real hardware.
+    pub const DEFAULT: KdfParams = KdfParams { m_cost_kib: 64 * 1024, t_cost: 3, p_cost: 1 };
+
+    /// Cheap setting for local test networks and tests ONLY: 64 KiB, 1
+    /// iteration. It protects nothing against an offline guesser.
+    pub const TESTNET: KdfParams = KdfParams { m_cost_kib: 64, t_cost: 1, p_cost: 1 };
+
+    fn derive(&self, passphrase: &[u8], salt: &[u8]) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        let params = Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(32))
+            .map_err(|e| StoreError::Invalid(format!("bad Argon2 parameters: {e}")))?;
+        let mut kek = Zeroizing::new([0u8; 32]);
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password_into(passphrase, salt, kek.as_mut())
+            .map_err(|e| StoreError::Invalid(format!("Argon2 failed: {e}")))?;
+        Ok(kek)
+    }
+}
+
+/// One profile as the header lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileEntry {
+    /// Profile name (validated: `[a-z][a-z0-9_-]{0,31}`).
+    pub name: String,
+    /// Personal or business.
+    pub kind: ProfileKind,
+    /// Database path relative to the data directory.
+    pub file: String,
+    /// `nonce (24) ‖ XChaCha20-Poly1305(KEK, data key)`, hex.
+    wrapped_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HeaderFile {
+    format: String,
+    version: u32,
+    kdf: KdfParams,
+    /// Argon2id salt, hex (16 bytes).
+    salt: String,
+    /// Seal of an empty message under the KEK: tells a wrong passphrase apart.
+    verifier: String,
+    profiles: Vec<ProfileEntry>,
+}
+
+/// A data directory: its header, and the key-encryption key once unlocked.
+pub struct DataDir {
+    root: PathBuf,
+    header: HeaderFile,
+    kek: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for DataDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataDir").field("root", &self.root).field("profiles", &self.header.profiles).finish()
+    }
+}
+
+/// Checks a profile name: 1–32 characters `[a-z0-9_-]`, starting with a letter.
+pub fn validate_profile_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok { Ok(()) } else { Err(StoreError::InvalidProfileName(name.to_string())) }
+}
+
+fn seal_with_kek(kek: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<String, StoreError> {
+    let mut nonce = [0u8; XNONCE_LEN];
+    random_bytes(&mut nonce)?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&xchacha_seal(kek, &nonce, aad, plaintext));
+    Ok(kabar_crypto::hex::encode(&out))
+}
+
+fn open_with_kek(kek: &[u8; 32], aad: &[u8], hex: &str) -> Option<Zeroizing<Vec<u8>>> {
+    let bytes = kabar_crypto::hex::decode(hex)?;
+    if bytes.len() < XNONCE_LEN {
+        return None;
+    }
+    let mut nonce = [0u8; XNONCE_LEN];
+    nonce.copy_from_slice(&bytes[..XNONCE_LEN]);
+    xchacha_open(kek, &nonce, aad, &bytes[XNONCE_LEN..]).ok().map(Zeroizing::new)
+}
+
+fn wrap_aad(name: &str) -> Vec<u8> {
+    [WRAP_AAD, name.as_bytes()].concat()
+}
+
+impl DataDir {
+    /// Creates a new, empty data directory at `root` (made if missing) locked
+    /// by `passphrase`. Fails if one already exists there.
+    pub fn create(root: &Path, passphrase: &[u8], kdf: KdfParams) -> Result<Self, StoreError> {
+        let header_path = root.join(HEADER_FILE);
+        if header_path.exists() {
+            return Err(StoreError::DataDirExists(root.to_path_buf()));
+        }
+        fs::create_dir_all(root.join(PROFILES_DIR))
+            .map_err(|e| StoreError::io(format!("creating {}", root.display()), e))?;
+        restrict_dir(root)?;
+        let mut salt = [0u8; 16];
+        random_bytes(&mut salt)?;
+        let kek = kdf.derive(passphrase, &salt)?;
+        let header = HeaderFile {
+            format: HEADER_FORMAT.to_string(),
+            version: HEADER_VERSION,
+            kdf,
+            salt: kabar_crypto::hex::encode(&salt),
+            verifier: seal_with_kek(&kek, VERIFIER_AAD, &[])?,
+            profiles: Vec::new(),
+        };
+        let dir = DataDir { root: root.to_path_buf(), header, kek };
+        dir.write_header()?;
+        Ok(dir)
+    }
+
+    /// Opens and unlocks an existing data directory.
+    pub fn open(root: &Path, passphrase: &[u8]) -> Result<Self, StoreError> {
+        let header = read_header(root)?;
+        let salt = kabar_crypto::hex::decode(&header.salt).ok_or_else(|| bad_header(root, "salt is not hex"))?;
+        let kek = header.kdf.derive(passphrase, &salt)?;
+        if open_with_kek(&kek, VERIFIER_AAD, &header.verifier).is_none() {
+            return Err(StoreError::WrongPassphrase);
+        }
+        Ok(DataDir { root: root.to_path_buf(), header, kek })
+    }
+
+    /// The profiles of this directory, without unlocking it.
+    pub fn list_profiles(root: &Path) -> Result<Vec<ProfileEntry>, StoreError> {
+        Ok(read_header(root)?.profiles)
+    }
+
+    /// The directory's root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The profiles, in creation order.
+    pub fn profiles(&self) -> &[ProfileEntry] {
+        &self.header.profiles
+    }
+
+    /// Creates profile `name` of `kind`: a new database with a new identity,
+    /// signed prekey and one-time prekeys, and a new data key wrapped into the
+    /// header. `now` is Unix seconds.
+    pub fn create_profile<R: CryptoRng + ?Sized>(
+        &mut self,
+        name: &str,
+        kind: ProfileKind,
+        now: u64,
+        rng: &mut R,
+    ) -> Result<ProfileStore, StoreError> {
+        validate_profile_name(name)?;
+        if self.header.profiles.iter().any(|p| p.name == name) {
+            return Err(StoreError::DuplicateProfile(name.to_string()));
+        }
+        let file = format!("{PROFILES_DIR}/{name}.redb");
+        let path = self.root.join(&file);
+        if path.exists() {
+            return Err(StoreError::Invalid(format!(
+                "{} exists but is not in the header; move it away first",
+                path.display()
+            )));
+        }
+        let mut data_key = Zeroizing::new([0u8; 32]);
+        random_bytes(data_key.as_mut())?;
+        let store = ProfileStore::create(&path, name, kind, &data_key, now, rng)?;
+        self.header.profiles.push(ProfileEntry {
+            name: name.to_string(),
+            kind,
+            file,
+            wrapped_key: seal_with_kek(&self.kek, &wrap_aad(name), data_key.as_ref())?,
+        });
+        if let Err(e) = self.write_header() {
+            self.header.profiles.pop();
+            drop(store);
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(store)
+    }
+
+    /// Opens profile `name`.
+    pub fn open_profile(&self, name: &str) -> Result<ProfileStore, StoreError> {
+        let entry = self
+            .header
+            .profiles
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| StoreError::UnknownProfile(name.to_string()))?;
+        let key = open_with_kek(&self.kek, &wrap_aad(name), &entry.wrapped_key)
+            .ok_or_else(|| bad_header(&self.root, "a wrapped profile key does not open (header tampered?)"))?;
+        let data_key: [u8; 32] =
+            key.as_slice().try_into().map_err(|_| bad_header(&self.root, "a wrapped key has the wrong length"))?;
+        let data_key = Zeroizing::new(data_key);
+        ProfileStore::open(&self.root.join(&entry.file), &entry.name, entry.kind, &data_key)
+    }
+
+    /// Changes the passphrase: a new salt and key-encryption key, every data
+    /// key rewrapped, the header replaced atomically. Databases are untouched.
+    pub fn change_passphrase(&mut self, new_passphrase: &[u8], kdf: KdfParams) -> Result<(), StoreError> {
+        let mut salt = [0u8; 16];
+        random_bytes(&mut salt)?;
+        let new_kek = kdf.derive(new_passphrase, &salt)?;
+        let mut header = self.header.clone();
+        for entry in &mut header.profiles {
+            let key = open_with_kek(&self.kek, &wrap_aad(&entry.name), &entry.wrapped_key)
+                .ok_or_else(|| bad_header(&self.root, "a wrapped profile key does not open"))?;
+            entry.wrapped_key = seal_with_kek(&new_kek, &wrap_aad(&entry.name), &key)?;
+        }
+        header.kdf = kdf;
+        header.salt = kabar_crypto::hex::encode(&salt);
+        header.verifier = seal_with_kek(&new_kek, VERIFIER_AAD, &[])?;
+        let old = std::mem::replace(&mut self.header, header);
+        if let Err(e) = self.write_header() {
+            self.header = old;
+            return Err(e);
+        }
+        self.kek = new_kek;
+        Ok(())
+    }
+
+    /// Writes the header atomically: temporary file, fsync, rename, fsync dir.
+    fn write_header(&self) -> Result<(), StoreError> {
+        let path = self.root.join(HEADER_FILE);
+        let tmp = self.root.join(format!("{HEADER_FILE}.tmp"));
+        let json = serde_json::to_vec_pretty(&self.header)
+            .map_err(|e| StoreError::Database(format!("encoding the header: {e}")))?;
+        let write = || -> std::io::Result<()> {
+            let mut file = fs::File::create(&tmp)?;
+            file.write_all(&json)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            fs::File::open(&self.root)?.sync_all()
+        };
+        write().map_err(|e| StoreError::io(format!("writing {}", path.display()), e))
+    }
+}
+
+fn bad_header(root: &Path, reason: &str) -> StoreError {
+    StoreError::BadHeader { path: root.join(HEADER_FILE), reason: reason.to_string() }
+}
+
+fn read_header(root: &Path) -> Result<HeaderFile, StoreError> {
+    let path = root.join(HEADER_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NoDataDir(root.to_path_buf())),
+        Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
+    };
+    let header: HeaderFile = serde_json::from_slice(&bytes).map_err(|e| bad_header(root, &e.to_string()))?;
+    if header.format != HEADER_FORMAT {
+        return Err(bad_header(root, "not a Kabar header"));
+    }
+    if header.version != HEADER_VERSION {
+        return Err(bad_header(root, &format!("unsupported header version {}", header.version)));
+    }
+    for entry in &header.profiles {
+        validate_profile_name(&entry.name).map_err(|_| bad_header(root, "invalid profile name"))?;
+        if entry.file != format!("{PROFILES_DIR}/{}.redb", entry.name) {
+            return Err(bad_header(root, "profile file path does not match its name"));
+        }
+    }
+    Ok(header)
+}
+
+#[cfg(unix)]
+fn restrict_dir(root: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+        .map_err(|e| StoreError::io(format!("setting permissions of {}", root.display()), e))
+}
+
+#[cfg(not(unix))]
+fn restrict_dir(_root: &Path) -> Result<(), StoreError> {
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! Every table of a profile database, in one place, and the schema version.
+//!
+//! Keys are opaque: fixed strings (meta, secrets, business settings), numbers
+//! (prekey ids), keyed hashes (contact and conversation ids, quick-reply
+//! shortcuts), random ids (catalog items, labels) or envelope message ids.
+//! Never a name or any text a user typed. Values marked *sealed* are
+//! XChaCha20-Poly1305 records (see `seal.rs`).
+
+use redb::TableDefinition;
+
+/// The schema this build writes. Version history:
+/// - 1: first layout.
+/// - 2: adds `message_index` (message id → position), so statuses and
+///   acknowledgements find a message without scanning. Migration 1 → 2
+///   rebuilds it from `messages`.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Key of the schema version (u32 BE, clear) in [`META`].
+pub(crate) const META_SCHEMA: &str = "schema_version";
+/// Key of the sealed key check (the profile name and kind) in [`META`].
+pub(crate) const META_PROFILE: &str = "profile";
+/// Key of the current signed prekey id (u32 BE, clear) in [`META`].
+pub(crate) const META_CURRENT_SPK: &str = "current_signed_prekey";
+/// Key of the next one-time prekey id (u32 BE, clear) in [`META`].
+pub(crate) const META_NEXT_OPK: &str = "next_one_time_prekey";
+
+macro_rules! tables {
+    ($($(#[$doc:meta])* $name:ident / $label:ident = $str:literal : <$k:ty, $v:ty>;)*) => {$(
+        $(#[$doc])*
+        pub(crate) const $name: TableDefinition<'static, $k, $v> = TableDefinition::new($str);
+        #[doc = concat!("Name of the `", $str, "` table (for errors and associated data).")]
+        #[allow(dead_code)]
+        pub(crate) const $label: &str = $str;
+    )*};
+}
+
+tables! {
+    /// Schema version, key check, counters.
+    META / META_NAME = "meta": <&'static str, &'static [u8]>;
+    /// The identity key pair (sealed), under "identity".
+    SECRETS / SECRETS_NAME = "secrets": <&'static str, &'static [u8]>;
+    /// Signed prekeys by id (sealed).
+    SIGNED_PREKEYS / SIGNED_PREKEYS_NAME = "signed_prekeys": <u32, &'static [u8]>;
+    /// One-time prekeys by id (sealed); removed when used.
+    ONE_TIME_PREKEYS / ONE_TIME_PREKEYS_NAME = "one_time_prekeys": <u32, &'static [u8]>;
+    /// Contacts by contact id (sealed).
+    CONTACTS / CONTACTS_NAME = "contacts": <&'static [u8], &'static [u8]>;
+    /// Ratchet session snapshots by contact id (sealed).
+    SESSIONS / SESSIONS_NAME = "sessions": <&'static [u8], &'static [u8]>;
+    /// Messages by conversation id ‖ sequence number (u64 BE) (sealed).
+    MESSAGES / MESSAGES_NAME = "messages": <&'static [u8], &'static [u8]>;
+    /// Message id → conversation id ‖ sequence number (clear: opaque ids). Schema 2.
+    MESSAGE_INDEX / MESSAGE_INDEX_NAME = "message_index": <&'static [u8], &'static [u8]>;
+    /// Envelopes awaiting acknowledgement, by message id (sealed).
+    OUTBOX / OUTBOX_NAME = "outbox": <&'static [u8], &'static [u8]>;
+    /// Ids of messages received, with the time (Unix ms): duplicates are
+    /// acknowledged again and never stored twice.
+    RECEIVED / RECEIVED_NAME = "received": <&'static [u8], u64>;
+    /// Per-conversation state by conversation id (sealed).
+    CONVERSATIONS / CONVERSATIONS_NAME = "conversations": <&'static [u8], &'static [u8]>;
+    /// Business profile, hours and automations (sealed), by fixed key.
+    BUSINESS / BUSINESS_NAME = "business": <&'static str, &'static [u8]>;
+    /// Catalog items by item id (sealed).
+    CATALOG / CATALOG_NAME = "catalog": <&'static [u8], &'static [u8]>;
+    /// Quick replies by keyed hash of the shortcut (sealed).
+    QUICK_REPLIES / QUICK_REPLIES_NAME = "quick_replies": <&'static [u8], &'static [u8]>;
+    /// Labels by label id (sealed).
+    LABELS / LABELS_NAME = "labels": <&'static [u8], &'static [u8]>;
+}

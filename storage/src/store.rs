@@ -1,0 +1,926 @@
+//! [`ProfileStore`]: one profile's encrypted redb database.
+//!
+//! The atomic write rules live here:
+//! - [`ProfileStore::commit_outgoing`]: ratchet state, message record and
+//!   outbox entry in ONE durable transaction, committed before the envelope
+//!   leaves the node;
+//! - [`ProfileStore::commit_incoming`]: decrypted message, ratchet state,
+//!   received id (and the consumed one-time prekey) in ONE durable
+//!   transaction, committed before the acknowledgement goes out; a duplicate
+//!   id is reported, never stored twice.
+//!
+//! Both take batches, so many messages share one fsync.
+
+use std::path::{Path, PathBuf};
+
+use kabar_crypto::{
+    IdentityKeyPair, IdentityPublic, OneTimePrekey, PrekeyBundle, ProfileKind, SessionSnapshot, SignedPrekey,
+};
+use rand_core::CryptoRng;
+use redb::{
+    Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::StoreError;
+use crate::model::*;
+use crate::schema::*;
+use crate::seal::{RecordKeys, random_bytes};
+
+/// One-time prekeys made with a new profile.
+pub const INITIAL_ONE_TIME_PREKEYS: u32 = 100;
+
+/// A message to commit with its ratchet step and outbox entry.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    /// Recipient.
+    pub contact: ContactId,
+    /// The session state after encrypting this message.
+    pub session: SessionSnapshot,
+    /// The message record (status `Queued`).
+    pub message: MessageRecord,
+    /// The encoded envelope.
+    pub envelope: Vec<u8>,
+}
+
+/// A decrypted message to commit with its ratchet step.
+#[derive(Debug, Clone)]
+pub struct IncomingMessage {
+    /// Sender.
+    pub contact: ContactId,
+    /// The session state after decrypting this message.
+    pub session: SessionSnapshot,
+    /// The message record.
+    pub message: MessageRecord,
+    /// The one-time prekey the message's X3DH used, deleted in the same
+    /// transaction.
+    pub consumed_one_time_prekey: Option<u32>,
+}
+
+/// What [`ProfileStore::commit_incoming`] did with one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiveOutcome {
+    /// Stored as sequence number `seq` of its conversation.
+    Stored {
+        /// Position in the conversation.
+        seq: u64,
+    },
+    /// Already received before: nothing stored; acknowledge it again.
+    Duplicate,
+}
+
+/// One profile's encrypted database.
+pub struct ProfileStore {
+    db: Database,
+    keys: RecordKeys,
+    name: String,
+    kind: ProfileKind,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for ProfileStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfileStore")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct ProfileCheck {
+    name: String,
+    kind: ProfileKind,
+}
+
+fn map_open_error(path: &Path, error: DatabaseError) -> StoreError {
+    match error {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.to_path_buf()),
+        DatabaseError::Storage(redb::StorageError::Io(io)) if io.kind() == std::io::ErrorKind::InvalidData => {
+            StoreError::Corrupted { path: path.to_path_buf(), reason: io.to_string() }
+        }
+        DatabaseError::Storage(redb::StorageError::Io(io)) => StoreError::io(format!("opening {}", path.display()), io),
+        other => StoreError::Corrupted { path: path.to_path_buf(), reason: other.to_string() },
+    }
+}
+
+fn seq_key(contact: &ContactId, seq: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(&contact.0);
+    key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn u32_value(bytes: &[u8]) -> Option<u32> {
+    <[u8; 4]>::try_from(bytes).ok().map(u32::from_be_bytes)
+}
+
+impl ProfileStore {
+    /// Creates a new profile database at `path` with a fresh identity, signed
+    /// prekey 1 and [`INITIAL_ONE_TIME_PREKEYS`] one-time prekeys.
+    pub(crate) fn create<R: CryptoRng + ?Sized>(
+        path: &Path,
+        name: &str,
+        kind: ProfileKind,
+        data_key: &[u8; 32],
+        now: u64,
+        rng: &mut R,
+    ) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|e| map_open_error(path, e))?;
+        let store =
+            ProfileStore { db, keys: RecordKeys::derive(data_key)?, name: name.into(), kind, path: path.into() };
+        let identity = IdentityKeyPair::generate(kind, rng);
+        let spk = SignedPrekey::generate(&identity, 1, now, rng);
+        let opks = OneTimePrekey::generate_batch(1, INITIAL_ONE_TIME_PREKEYS, rng);
+        store.write(|tx| {
+            create_all_tables(tx)?;
+            let mut meta = tx.open_table(META)?;
+            meta.insert(META_SCHEMA, SCHEMA_VERSION.to_be_bytes().as_slice())?;
+            let check =
+                store.keys.seal(META_NAME, META_PROFILE.as_bytes(), &ProfileCheck { name: name.into(), kind })?;
+            meta.insert(META_PROFILE, check.as_slice())?;
+            meta.insert(META_CURRENT_SPK, 1u32.to_be_bytes().as_slice())?;
+            meta.insert(META_NEXT_OPK, (INITIAL_ONE_TIME_PREKEYS + 1).to_be_bytes().as_slice())?;
+            let sealed = store.keys.seal(SECRETS_NAME, b"identity", &identity)?;
+            tx.open_table(SECRETS)?.insert("identity", sealed.as_slice())?;
+            let sealed = store.keys.seal(SIGNED_PREKEYS_NAME, &1u32.to_be_bytes(), &spk)?;
+            tx.open_table(SIGNED_PREKEYS)?.insert(1, sealed.as_slice())?;
+            let mut table = tx.open_table(ONE_TIME_PREKEYS)?;
+            for opk in &opks {
+                let sealed = store.keys.seal(ONE_TIME_PREKEYS_NAME, &opk.id().to_be_bytes(), opk)?;
+                table.insert(opk.id(), sealed.as_slice())?;
+            }
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// Opens an existing profile database, migrating an older schema.
+    pub(crate) fn open(path: &Path, name: &str, kind: ProfileKind, data_key: &[u8; 32]) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Corrupted {
+                path: path.into(),
+                reason: "the profile database file is missing".into(),
+            });
+        }
+        let db = Database::open(path).map_err(|e| map_open_error(path, e))?;
+        let store =
+            ProfileStore { db, keys: RecordKeys::derive(data_key)?, name: name.into(), kind, path: path.into() };
+        let corrupted = |reason: &str| StoreError::Corrupted { path: path.into(), reason: reason.into() };
+        let tx = store.db.begin_read()?;
+        let meta = tx.open_table(META).map_err(|_| corrupted("not a Kabar profile database (no meta table)"))?;
+        let version =
+            meta.get(META_SCHEMA)?.and_then(|v| u32_value(v.value())).ok_or_else(|| corrupted("no schema version"))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::UnsupportedSchema { found: version, supported: SCHEMA_VERSION });
+        }
+        let check = meta.get(META_PROFILE)?.ok_or_else(|| corrupted("no profile check record"))?;
+        let check: ProfileCheck = store.keys.open(META_NAME, META_PROFILE.as_bytes(), check.value())?;
+        if check.name != name || check.kind != kind {
+            return Err(corrupted("the database belongs to another profile"));
+        }
+        drop(meta);
+        drop(tx);
+        if version < SCHEMA_VERSION {
+            store.migrate(version)?;
+        }
+        Ok(store)
+    }
+
+    /// Brings a database from `from` up to [`SCHEMA_VERSION`] in one
+    /// transaction.
+    fn migrate(&self, from: u32) -> Result<(), StoreError> {
+        self.write(|tx| {
+            if from < 2 {
+                // 1 → 2: build the message index from the messages.
+                let messages = tx.open_table(MESSAGES)?;
+                let mut index = tx.open_table(MESSAGE_INDEX)?;
+                for row in messages.iter()? {
+                    let (key, value) = row?;
+                    let record: MessageRecord = self.keys.open(MESSAGES_NAME, key.value(), value.value())?;
+                    index.insert(record.id.as_slice(), key.value())?;
+                }
+            }
+            tx.open_table(META)?.insert(META_SCHEMA, SCHEMA_VERSION.to_be_bytes().as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Profile name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Profile kind.
+    pub fn kind(&self) -> ProfileKind {
+        self.kind
+    }
+
+    /// Database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    // ---- transactions -----------------------------------------------------
+
+    /// Runs `f` in one durable write transaction; commits only if `f` succeeds.
+    fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let tx = self.db.begin_write()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        Ok(self.db.begin_read()?)
+    }
+
+    fn get_sealed<T: DeserializeOwned>(
+        &self,
+        table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        name: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match table.get(key)? {
+            Some(value) => Ok(Some(self.keys.open(name, key, value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_sealed<T: Serialize>(
+        &self,
+        table: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+        name: &'static str,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let sealed = self.keys.seal(name, key, value)?;
+        table.insert(key, sealed.as_slice())?;
+        Ok(())
+    }
+
+    fn all_sealed<T: DeserializeOwned>(
+        &self,
+        table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        name: &'static str,
+    ) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (key, value) = row?;
+            out.push((key.value().to_vec(), self.keys.open(name, key.value(), value.value())?));
+        }
+        Ok(out)
+    }
+
+    // ---- identity and prekeys ---------------------------------------------
+
+    /// The profile's identity key pair.
+    pub fn identity(&self) -> Result<IdentityKeyPair, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(SECRETS)?;
+        let value = table.get("identity")?.ok_or_else(|| StoreError::NotFound("identity".into()))?;
+        self.keys.open(SECRETS_NAME, b"identity", value.value())
+    }
+
+    /// A signed prekey by id (current or kept after rotation).
+    pub fn signed_prekey(&self, id: u32) -> Result<Option<SignedPrekey>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(SIGNED_PREKEYS)?;
+        match table.get(id)? {
+            Some(v) => Ok(Some(self.keys.open(SIGNED_PREKEYS_NAME, &id.to_be_bytes(), v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The current signed prekey.
+    pub fn current_signed_prekey(&self) -> Result<SignedPrekey, StoreError> {
+        let id = {
+            let tx = self.read()?;
+            let meta = tx.open_table(META)?;
+            let v = meta.get(META_CURRENT_SPK)?.ok_or_else(|| StoreError::NotFound("current signed prekey".into()))?;
+            u32_value(v.value()).ok_or(StoreError::MalformedRecord { table: META_NAME })?
+        };
+        self.signed_prekey(id)?.ok_or_else(|| StoreError::NotFound(format!("signed prekey {id}")))
+    }
+
+    /// Makes a new signed prekey current; older ones stay until
+    /// [`ProfileStore::remove_signed_prekey`] so messages in flight still open.
+    pub fn rotate_signed_prekey<R: CryptoRng + ?Sized>(
+        &self,
+        now: u64,
+        rng: &mut R,
+    ) -> Result<SignedPrekey, StoreError> {
+        let identity = self.identity()?;
+        let id = self.current_signed_prekey()?.id().wrapping_add(1);
+        let spk = SignedPrekey::generate(&identity, id, now, rng);
+        self.write(|tx| {
+            let sealed = self.keys.seal(SIGNED_PREKEYS_NAME, &id.to_be_bytes(), &spk)?;
+            tx.open_table(SIGNED_PREKEYS)?.insert(id, sealed.as_slice())?;
+            tx.open_table(META)?.insert(META_CURRENT_SPK, id.to_be_bytes().as_slice())?;
+            Ok(())
+        })?;
+        Ok(spk)
+    }
+
+    /// Deletes an old signed prekey (never the current one).
+    pub fn remove_signed_prekey(&self, id: u32) -> Result<(), StoreError> {
+        if self.current_signed_prekey()?.id() == id {
+            return Err(StoreError::Invalid("cannot remove the current signed prekey".into()));
+        }
+        self.write(|tx| {
+            tx.open_table(SIGNED_PREKEYS)?.remove(id)?;
+            Ok(())
+        })
+    }
+
+    /// A one-time prekey by id, if still unused.
+    pub fn one_time_prekey(&self, id: u32) -> Result<Option<OneTimePrekey>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(ONE_TIME_PREKEYS)?;
+        match table.get(id)? {
+            Some(v) => Ok(Some(self.keys.open(ONE_TIME_PREKEYS_NAME, &id.to_be_bytes(), v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Number of unused one-time prekeys.
+    pub fn one_time_prekey_count(&self) -> Result<u64, StoreError> {
+        Ok(self.read()?.open_table(ONE_TIME_PREKEYS)?.len()?)
+    }
+
+    /// Adds one-time prekeys until `target` are unused; returns how many were made.
+    pub fn replenish_one_time_prekeys<R: CryptoRng + ?Sized>(
+        &self,
+        target: u32,
+        rng: &mut R,
+    ) -> Result<u32, StoreError> {
+        self.write(|tx| {
+            let mut table = tx.open_table(ONE_TIME_PREKEYS)?;
+            let have = u32::try_from(table.len()?).unwrap_or(u32::MAX);
+            if have >= target {
+                return Ok(0);
+            }
+            let mut meta = tx.open_table(META)?;
+            let next = meta.get(META_NEXT_OPK)?.and_then(|v| u32_value(v.value())).unwrap_or(1);
+            let count = target - have;
+            for opk in OneTimePrekey::generate_batch(next, count, rng) {
+                let sealed = self.keys.seal(ONE_TIME_PREKEYS_NAME, &opk.id().to_be_bytes(), &opk)?;
+                table.insert(opk.id(), sealed.as_slice())?;
+            }
+            meta.insert(META_NEXT_OPK, next.wrapping_add(count).to_be_bytes().as_slice())?;
+            Ok(count)
+        })
+    }
+
+    /// A bundle with the current signed prekey and, if `with_one_time` and one
+    /// is left, the lowest unused one-time prekey (not consumed: it is deleted
+    /// when a message that used it is committed).
+    pub fn prekey_bundle(&self, with_one_time: bool) -> Result<PrekeyBundle, StoreError> {
+        let identity = self.identity()?;
+        let spk = self.current_signed_prekey()?;
+        let one_time_prekey = if with_one_time {
+            let tx = self.read()?;
+            let table = tx.open_table(ONE_TIME_PREKEYS)?;
+            match table.first()? {
+                Some((id, v)) => {
+                    let opk: OneTimePrekey =
+                        self.keys.open(ONE_TIME_PREKEYS_NAME, &id.value().to_be_bytes(), v.value())?;
+                    Some(opk.public())
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        Ok(PrekeyBundle { identity: identity.public(), signed_prekey: spk.public(), one_time_prekey })
+    }
+
+    // ---- contacts ---------------------------------------------------------
+
+    /// The opaque id of the contact with this identity.
+    pub fn contact_id(&self, identity: &IdentityPublic) -> ContactId {
+        ContactId(self.keys.blind("contact", &identity.signing))
+    }
+
+    /// Adds a contact, or updates it if its Ed25519 identity is known. If the
+    /// rest of its identity (X25519 key, kind) changed, the change is recorded
+    /// in [`Contact::identity_change`], `verified` is cleared, and the change
+    /// is returned so the user can be warned.
+    pub fn upsert_contact(&self, contact: Contact) -> Result<(ContactId, Option<IdentityChange>), StoreError> {
+        contact.identity.verify().map_err(|e| StoreError::Invalid(format!("contact identity: {e}")))?;
+        let id = self.contact_id(&contact.identity);
+        self.write(|tx| {
+            let mut table = tx.open_table(CONTACTS)?;
+            let existing: Option<Contact> = self.get_sealed(&table, CONTACTS_NAME, &id.0)?;
+            let (stored, change) = match existing {
+                None => (contact, None),
+                Some(mut old) => {
+                    let mut change = None;
+                    if old.identity != contact.identity {
+                        let c = IdentityChange { previous: old.identity, changed_at_ms: contact.added_at_ms };
+                        old.identity = contact.identity;
+                        old.verified = false;
+                        old.identity_change = Some(c.clone());
+                        change = Some(c);
+                    }
+                    if !contact.display_name.is_empty() {
+                        old.display_name = contact.display_name;
+                        old.request = old.request && contact.request;
+                    }
+                    if contact.signed_prekey.is_some() {
+                        old.signed_prekey = contact.signed_prekey;
+                    }
+                    if !contact.addresses.is_empty() {
+                        old.addresses = contact.addresses;
+                    }
+                    (old, change)
+                }
+            };
+            self.put_sealed(&mut table, CONTACTS_NAME, &id.0, &stored)?;
+            Ok((id, change))
+        })
+    }
+
+    /// A contact by id.
+    pub fn contact(&self, id: &ContactId) -> Result<Option<Contact>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(CONTACTS)?;
+        self.get_sealed(&table, CONTACTS_NAME, &id.0)
+    }
+
+    /// All contacts.
+    pub fn contacts(&self) -> Result<Vec<(ContactId, Contact)>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(CONTACTS)?;
+        Ok(self
+            .all_sealed(&table, CONTACTS_NAME)?
+            .into_iter()
+            .filter_map(|(k, c)| Some((ContactId(k.try_into().ok()?), c)))
+            .collect())
+    }
+
+    /// The contact with this display name (names are compared exactly).
+    pub fn contact_by_name(&self, name: &str) -> Result<Option<(ContactId, Contact)>, StoreError> {
+        Ok(self.contacts()?.into_iter().find(|(_, c)| c.display_name == name))
+    }
+
+    /// Changes a contact in place (verify, block, accept a request, rename…).
+    pub fn update_contact(&self, id: &ContactId, f: impl FnOnce(&mut Contact)) -> Result<Contact, StoreError> {
+        self.write(|tx| {
+            let mut table = tx.open_table(CONTACTS)?;
+            let mut contact: Contact =
+                self.get_sealed(&table, CONTACTS_NAME, &id.0)?.ok_or_else(|| StoreError::NotFound("contact".into()))?;
+            f(&mut contact);
+            self.put_sealed(&mut table, CONTACTS_NAME, &id.0, &contact)?;
+            Ok(contact)
+        })
+    }
+
+    // ---- sessions and messages ---------------------------------------------
+
+    /// The ratchet session with a contact.
+    pub fn session(&self, contact: &ContactId) -> Result<Option<SessionSnapshot>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(SESSIONS)?;
+        self.get_sealed(&table, SESSIONS_NAME, &contact.0)
+    }
+
+    fn store_message(
+        &self,
+        tx: &WriteTransaction,
+        contact: &ContactId,
+        message: &MessageRecord,
+        incoming: bool,
+    ) -> Result<u64, StoreError> {
+        let mut conversations = tx.open_table(CONVERSATIONS)?;
+        let mut conversation: Conversation =
+            self.get_sealed(&conversations, CONVERSATIONS_NAME, &contact.0)?.unwrap_or_default();
+        let seq = conversation.next_seq;
+        conversation.next_seq += 1;
+        conversation.status = ConversationStatus::Open;
+        let at = message.received_at_ms.unwrap_or(message.sent_at_ms);
+        conversation.last_activity_ms = conversation.last_activity_ms.max(at);
+        if incoming {
+            conversation.unread = conversation.unread.saturating_add(1);
+            conversation.last_incoming_ms = Some(at);
+        }
+        self.put_sealed(&mut conversations, CONVERSATIONS_NAME, &contact.0, &conversation)?;
+        let key = seq_key(contact, seq);
+        self.put_sealed(&mut tx.open_table(MESSAGES)?, MESSAGES_NAME, &key, message)?;
+        tx.open_table(MESSAGE_INDEX)?.insert(message.id.as_slice(), key.as_slice())?;
+        Ok(seq)
+    }
+
+    /// Commits outgoing messages: for each, the session state after the
+    /// ratchet step, the message record and the outbox entry, all in ONE
+    /// durable transaction. Call before the envelopes leave the node. Returns
+    /// each message's sequence number in its conversation.
+    pub fn commit_outgoing(&self, batch: &[OutgoingMessage], now_ms: u64) -> Result<Vec<u64>, StoreError> {
+        self.write(|tx| {
+            let mut seqs = Vec::with_capacity(batch.len());
+            for item in batch {
+                self.put_sealed(&mut tx.open_table(SESSIONS)?, SESSIONS_NAME, &item.contact.0, &item.session)?;
+                seqs.push(self.store_message(tx, &item.contact, &item.message, false)?);
+                let entry = OutboxEntry {
+                    contact: item.contact,
+                    message_id: item.message.id,
+                    envelope: item.envelope.clone(),
+                    queued_at_ms: now_ms,
+                    attempts: 0,
+                    next_attempt_at_ms: now_ms,
+                };
+                self.put_sealed(&mut tx.open_table(OUTBOX)?, OUTBOX_NAME, &item.message.id, &entry)?;
+            }
+            Ok(seqs)
+        })
+    }
+
+    /// True if a message with this id was received before.
+    pub fn is_received(&self, message_id: &[u8; 16]) -> Result<bool, StoreError> {
+        Ok(self.read()?.open_table(RECEIVED)?.get(message_id.as_slice())?.is_some())
+    }
+
+    /// Commits received messages: for each, the message, the session state
+    /// after decryption, the received id and the consumed one-time prekey, all
+    /// in ONE durable transaction. Call before acknowledging. A message whose
+    /// id was already received (earlier, or earlier in this batch) is
+    /// reported as [`ReceiveOutcome::Duplicate`] and not stored.
+    pub fn commit_incoming(&self, batch: &[IncomingMessage], now_ms: u64) -> Result<Vec<ReceiveOutcome>, StoreError> {
+        self.write(|tx| {
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for item in batch {
+                let mut received = tx.open_table(RECEIVED)?;
+                if received.get(item.message.id.as_slice())?.is_some() {
+                    outcomes.push(ReceiveOutcome::Duplicate);
+                    continue;
+                }
+                received.insert(item.message.id.as_slice(), now_ms)?;
+                drop(received);
+                if let Some(id) = item.consumed_one_time_prekey
+                    && tx.open_table(ONE_TIME_PREKEYS)?.remove(id)?.is_none()
+                {
+                    return Err(StoreError::PrekeyUsed(id));
+                }
+                self.put_sealed(&mut tx.open_table(SESSIONS)?, SESSIONS_NAME, &item.contact.0, &item.session)?;
+                let seq = self.store_message(tx, &item.contact, &item.message, true)?;
+                outcomes.push(ReceiveOutcome::Stored { seq });
+            }
+            Ok(outcomes)
+        })
+    }
+
+    fn message_position(&self, tx: &ReadTransaction, message_id: &[u8; 16]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(tx.open_table(MESSAGE_INDEX)?.get(message_id.as_slice())?.map(|v| v.value().to_vec()))
+    }
+
+    /// A message by id, with its conversation and sequence number.
+    pub fn message(&self, message_id: &[u8; 16]) -> Result<Option<(ContactId, u64, MessageRecord)>, StoreError> {
+        let tx = self.read()?;
+        let Some(key) = self.message_position(&tx, message_id)? else { return Ok(None) };
+        let table = tx.open_table(MESSAGES)?;
+        let record: Option<MessageRecord> = self.get_sealed(&table, MESSAGES_NAME, &key)?;
+        let (Ok(contact), Ok(seq)) = (<[u8; 16]>::try_from(&key[..16]), <[u8; 8]>::try_from(&key[16..])) else {
+            return Err(StoreError::MalformedRecord { table: MESSAGE_INDEX_NAME });
+        };
+        Ok(record.map(|r| (ContactId(contact), u64::from_be_bytes(seq), r)))
+    }
+
+    fn advance_status(
+        &self,
+        tx: &WriteTransaction,
+        message_id: &[u8; 16],
+        status: MessageStatus,
+    ) -> Result<bool, StoreError> {
+        let Some(key) = tx.open_table(MESSAGE_INDEX)?.get(message_id.as_slice())?.map(|v| v.value().to_vec()) else {
+            return Ok(false);
+        };
+        let mut table = tx.open_table(MESSAGES)?;
+        let Some(mut record): Option<MessageRecord> = self.get_sealed(&table, MESSAGES_NAME, &key)? else {
+            return Ok(false);
+        };
+        // Statuses only move forward (queued → sent → delivered → read);
+        // failed replaces queued or sent only.
+        let forward = match status {
+            MessageStatus::Failed => matches!(record.status, MessageStatus::Queued | MessageStatus::Sent),
+            s => record.status != MessageStatus::Failed && s > record.status,
+        };
+        if forward {
+            record.status = status;
+            self.put_sealed(&mut table, MESSAGES_NAME, &key, &record)?;
+        }
+        Ok(forward)
+    }
+
+    /// Moves a message's status forward (never back). Returns whether it changed.
+    pub fn set_message_status(&self, message_id: &[u8; 16], status: MessageStatus) -> Result<bool, StoreError> {
+        self.write(|tx| self.advance_status(tx, message_id, status))
+    }
+
+    /// The latest `limit` messages of a conversation before sequence number
+    /// `before` (all if `None`), oldest first, with their sequence numbers.
+    pub fn history(
+        &self,
+        contact: &ContactId,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<(u64, MessageRecord)>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(MESSAGES)?;
+        let start = seq_key(contact, 0);
+        let end = seq_key(contact, before.unwrap_or(u64::MAX));
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for row in table.range(start.as_slice()..end.as_slice())?.rev().take(limit) {
+            let (key, value) = row?;
+            let seq = <[u8; 8]>::try_from(&key.value()[16..]).map(u64::from_be_bytes).unwrap_or(0);
+            out.push((seq, self.keys.open(MESSAGES_NAME, key.value(), value.value())?));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    // ---- outbox -------------------------------------------------------------
+
+    /// Every outbox entry, oldest first.
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(OUTBOX)?;
+        let mut entries: Vec<OutboxEntry> = self.all_sealed(&table, OUTBOX_NAME)?.into_iter().map(|(_, e)| e).collect();
+        entries.sort_by_key(|e| e.queued_at_ms);
+        Ok(entries)
+    }
+
+    /// Records a delivery attempt: attempts + 1, the next attempt time, and
+    /// the message's status `Sent`.
+    pub fn record_attempt(&self, message_id: &[u8; 16], next_attempt_at_ms: u64) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut table = tx.open_table(OUTBOX)?;
+            if let Some(mut entry) = self.get_sealed::<OutboxEntry>(&table, OUTBOX_NAME, message_id)? {
+                entry.attempts = entry.attempts.saturating_add(1);
+                entry.next_attempt_at_ms = next_attempt_at_ms;
+                self.put_sealed(&mut table, OUTBOX_NAME, message_id, &entry)?;
+            }
+            drop(table);
+            self.advance_status(tx, message_id, MessageStatus::Sent)?;
+            Ok(())
+        })
+    }
+
+    /// The recipient acknowledged these messages: their outbox entries go and
+    /// their status becomes `Delivered`, in one transaction.
+    pub fn acknowledge(&self, message_ids: &[[u8; 16]]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            for id in message_ids {
+                tx.open_table(OUTBOX)?.remove(id.as_slice())?;
+                self.advance_status(tx, id, MessageStatus::Delivered)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Gives up on a message: its outbox entry goes and its status becomes `Failed`.
+    pub fn fail_message(&self, message_id: &[u8; 16]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.open_table(OUTBOX)?.remove(message_id.as_slice())?;
+            self.advance_status(tx, message_id, MessageStatus::Failed)?;
+            Ok(())
+        })
+    }
+
+    // ---- conversations ------------------------------------------------------
+
+    /// Every conversation, with its contact id.
+    pub fn conversations(&self) -> Result<Vec<(ContactId, Conversation)>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(CONVERSATIONS)?;
+        Ok(self
+            .all_sealed(&table, CONVERSATIONS_NAME)?
+            .into_iter()
+            .filter_map(|(k, c)| Some((ContactId(k.try_into().ok()?), c)))
+            .collect())
+    }
+
+    /// A conversation's state (default if none yet).
+    pub fn conversation(&self, contact: &ContactId) -> Result<Conversation, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(CONVERSATIONS)?;
+        Ok(self.get_sealed(&table, CONVERSATIONS_NAME, &contact.0)?.unwrap_or_default())
+    }
+
+    /// Changes a conversation's state in place (read, close, labels…).
+    pub fn update_conversation(
+        &self,
+        contact: &ContactId,
+        f: impl FnOnce(&mut Conversation),
+    ) -> Result<Conversation, StoreError> {
+        self.write(|tx| {
+            let mut table = tx.open_table(CONVERSATIONS)?;
+            let mut conversation: Conversation =
+                self.get_sealed(&table, CONVERSATIONS_NAME, &contact.0)?.unwrap_or_default();
+            f(&mut conversation);
+            self.put_sealed(&mut table, CONVERSATIONS_NAME, &contact.0, &conversation)?;
+            Ok(conversation)
+        })
+    }
+
+    // ---- business -----------------------------------------------------------
+
+    fn require_business(&self) -> Result<(), StoreError> {
+        match self.kind {
+            ProfileKind::Business => Ok(()),
+            ProfileKind::Personal => Err(StoreError::NotBusiness(self.name.clone())),
+        }
+    }
+
+    fn business_get<T: DeserializeOwned + Default>(&self, key: &'static str) -> Result<T, StoreError> {
+        self.require_business()?;
+        let tx = self.read()?;
+        let table = tx.open_table(BUSINESS)?;
+        match table.get(key)? {
+            Some(v) => self.keys.open(BUSINESS_NAME, key.as_bytes(), v.value()),
+            None => Ok(T::default()),
+        }
+    }
+
+    fn business_put<T: Serialize>(&self, key: &'static str, value: &T) -> Result<(), StoreError> {
+        self.require_business()?;
+        self.write(|tx| {
+            let sealed = self.keys.seal(BUSINESS_NAME, key.as_bytes(), value)?;
+            tx.open_table(BUSINESS)?.insert(key, sealed.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// The business profile.
+    pub fn business_profile(&self) -> Result<BusinessProfile, StoreError> {
+        self.business_get("profile")
+    }
+
+    /// Replaces the business profile; over-long fields are rejected.
+    pub fn set_business_profile(&self, profile: &BusinessProfile) -> Result<(), StoreError> {
+        profile.validate()?;
+        self.business_put("profile", profile)
+    }
+
+    /// Opening hours.
+    pub fn business_hours(&self) -> Result<BusinessHours, StoreError> {
+        self.business_get("hours")
+    }
+
+    /// Replaces the opening hours.
+    pub fn set_business_hours(&self, hours: &BusinessHours) -> Result<(), StoreError> {
+        hours.validate()?;
+        self.business_put("hours", hours)
+    }
+
+    /// Greeting and away settings.
+    pub fn automations(&self) -> Result<Automations, StoreError> {
+        self.business_get("automations")
+    }
+
+    /// Replaces greeting and away settings.
+    pub fn set_automations(&self, automations: &Automations) -> Result<(), StoreError> {
+        automations.validate()?;
+        self.business_put("automations", automations)
+    }
+
+    /// Adds (or replaces, same id) a catalog item; a zero id gets a random one.
+    pub fn put_catalog_item(&self, mut item: CatalogItem) -> Result<CatalogItem, StoreError> {
+        self.require_business()?;
+        item.validate()?;
+        if item.id == [0; 8] {
+            random_bytes(&mut item.id)?;
+        }
+        self.write(|tx| {
+            self.put_sealed(&mut tx.open_table(CATALOG)?, CATALOG_NAME, &item.id, &item)?;
+            Ok(())
+        })?;
+        Ok(item)
+    }
+
+    /// The catalog, by name.
+    pub fn catalog(&self) -> Result<Vec<CatalogItem>, StoreError> {
+        self.require_business()?;
+        let tx = self.read()?;
+        let table = tx.open_table(CATALOG)?;
+        let mut items: Vec<CatalogItem> = self.all_sealed(&table, CATALOG_NAME)?.into_iter().map(|(_, i)| i).collect();
+        items.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(items)
+    }
+
+    /// Removes a catalog item.
+    pub fn remove_catalog_item(&self, id: &[u8; 8]) -> Result<(), StoreError> {
+        self.require_business()?;
+        self.write(|tx| match tx.open_table(CATALOG)?.remove(id.as_slice())? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotFound("catalog item".into())),
+        })
+    }
+
+    /// Saves a quick reply (replacing one with the same shortcut).
+    pub fn put_quick_reply(&self, reply: &QuickReply) -> Result<(), StoreError> {
+        self.require_business()?;
+        reply.validate()?;
+        let key = self.keys.blind("quick-reply", reply.shortcut.as_bytes());
+        self.write(|tx| self.put_sealed(&mut tx.open_table(QUICK_REPLIES)?, QUICK_REPLIES_NAME, &key, reply))
+    }
+
+    /// The quick reply for `/shortcut` (pass it without the slash).
+    pub fn quick_reply(&self, shortcut: &str) -> Result<Option<QuickReply>, StoreError> {
+        self.require_business()?;
+        let key = self.keys.blind("quick-reply", shortcut.as_bytes());
+        let tx = self.read()?;
+        let table = tx.open_table(QUICK_REPLIES)?;
+        self.get_sealed(&table, QUICK_REPLIES_NAME, &key)
+    }
+
+    /// All quick replies, by shortcut.
+    pub fn quick_replies(&self) -> Result<Vec<QuickReply>, StoreError> {
+        self.require_business()?;
+        let tx = self.read()?;
+        let table = tx.open_table(QUICK_REPLIES)?;
+        let mut replies: Vec<QuickReply> =
+            self.all_sealed(&table, QUICK_REPLIES_NAME)?.into_iter().map(|(_, r)| r).collect();
+        replies.sort_by(|a, b| a.shortcut.cmp(&b.shortcut));
+        Ok(replies)
+    }
+
+    /// Removes a quick reply.
+    pub fn remove_quick_reply(&self, shortcut: &str) -> Result<(), StoreError> {
+        self.require_business()?;
+        let key = self.keys.blind("quick-reply", shortcut.as_bytes());
+        self.write(|tx| match tx.open_table(QUICK_REPLIES)?.remove(key.as_slice())? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotFound(format!("quick reply /{shortcut}"))),
+        })
+    }
+
+    /// Defines a label (at most [`MAX_LABELS`], names unique).
+    pub fn add_label(&self, name: &str, colour: &str) -> Result<Label, StoreError> {
+        self.require_business()?;
+        let mut label = Label { id: [0; 16], name: name.into(), colour: colour.into() };
+        label.validate()?;
+        random_bytes(&mut label.id)?;
+        self.write(|tx| {
+            let mut table = tx.open_table(LABELS)?;
+            let existing: Vec<(Vec<u8>, Label)> = self.all_sealed(&table, LABELS_NAME)?;
+            if existing.len() >= MAX_LABELS {
+                return Err(StoreError::Invalid(format!("a business may define at most {MAX_LABELS} labels")));
+            }
+            if existing.iter().any(|(_, l)| l.name == label.name) {
+                return Err(StoreError::Invalid(format!("a label named {:?} already exists", label.name)));
+            }
+            self.put_sealed(&mut table, LABELS_NAME, &label.id, &label)?;
+            Ok(())
+        })?;
+        Ok(label)
+    }
+
+    /// All labels, by name.
+    pub fn labels(&self) -> Result<Vec<Label>, StoreError> {
+        self.require_business()?;
+        let tx = self.read()?;
+        let table = tx.open_table(LABELS)?;
+        let mut labels: Vec<Label> = self.all_sealed(&table, LABELS_NAME)?.into_iter().map(|(_, l)| l).collect();
+        labels.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(labels)
+    }
+
+    /// Removes a label, and takes it off every conversation, in one transaction.
+    pub fn remove_label(&self, id: &[u8; 16]) -> Result<(), StoreError> {
+        self.require_business()?;
+        self.write(|tx| {
+            if tx.open_table(LABELS)?.remove(id.as_slice())?.is_none() {
+                return Err(StoreError::NotFound("label".into()));
+            }
+            let mut table = tx.open_table(CONVERSATIONS)?;
+            for (key, mut conversation) in self.all_sealed::<Conversation>(&table, CONVERSATIONS_NAME)? {
+                if conversation.labels.contains(id) {
+                    conversation.labels.retain(|l| l != id);
+                    self.put_sealed(&mut table, CONVERSATIONS_NAME, &key, &conversation)?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+fn create_all_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(META)?;
+    tx.open_table(SECRETS)?;
+    tx.open_table(SIGNED_PREKEYS)?;
+    tx.open_table(ONE_TIME_PREKEYS)?;
+    tx.open_table(CONTACTS)?;
+    tx.open_table(SESSIONS)?;
+    tx.open_table(MESSAGES)?;
+    tx.open_table(MESSAGE_INDEX)?;
+    tx.open_table(OUTBOX)?;
+    tx.open_table(RECEIVED)?;
+    tx.open_table(CONVERSATIONS)?;
+    tx.open_table(BUSINESS)?;
+    tx.open_table(CATALOG)?;
+    tx.open_table(QUICK_REPLIES)?;
+    tx.open_table(LABELS)?;
+    Ok(())
+}
