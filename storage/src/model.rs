@@ -94,6 +94,9 @@ pub struct OutboxEntry {
     pub contact: ContactId,
     /// Message id of the envelope.
     pub message_id: [u8; 16],
+    /// The message's sequence number in its conversation (keeps the outbox
+    /// in the order messages were written).
+    pub seq: u64,
     /// The encoded envelope, exactly as it must be (re)sent.
     pub envelope: Vec<u8>,
     /// When it was queued, Unix milliseconds.

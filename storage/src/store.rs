@@ -522,10 +522,12 @@ impl ProfileStore {
             let mut seqs = Vec::with_capacity(batch.len());
             for item in batch {
                 self.put_sealed(&mut tx.open_table(SESSIONS)?, SESSIONS_NAME, &item.contact.0, &item.session)?;
-                seqs.push(self.store_message(tx, &item.contact, &item.message, false)?);
+                let seq = self.store_message(tx, &item.contact, &item.message, false)?;
+                seqs.push(seq);
                 let entry = OutboxEntry {
                     contact: item.contact,
                     message_id: item.message.id,
+                    seq,
                     envelope: item.envelope.clone(),
                     queued_at_ms: now_ms,
                     attempts: 0,
@@ -642,12 +644,12 @@ impl ProfileStore {
 
     // ---- outbox -------------------------------------------------------------
 
-    /// Every outbox entry, oldest first.
+    /// Every outbox entry, oldest first (per conversation in message order).
     pub fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         let tx = self.read()?;
         let table = tx.open_table(OUTBOX)?;
         let mut entries: Vec<OutboxEntry> = self.all_sealed(&table, OUTBOX_NAME)?.into_iter().map(|(_, e)| e).collect();
-        entries.sort_by_key(|e| e.queued_at_ms);
+        entries.sort_by_key(|e| (e.queued_at_ms, e.contact, e.seq));
         Ok(entries)
     }
 
@@ -923,4 +925,147 @@ fn create_all_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(QUICK_REPLIES)?;
     tx.open_table(LABELS)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::header::{DataDir, KdfParams};
+
+    fn store(dir: &tempfile::TempDir) -> (DataDir, ProfileStore) {
+        let mut data = DataDir::create(dir.path(), b"pw", KdfParams::TESTNET).unwrap();
+        let store = data.create_profile("personal", ProfileKind::Personal, 1, &mut rand::rng()).unwrap();
+        (data, store)
+    }
+
+    fn contact(store: &ProfileStore, name: &str) -> ContactId {
+        let identity = IdentityKeyPair::generate(ProfileKind::Personal, &mut rand::rng()).public();
+        let c = Contact {
+            peer_id: identity.signing.to_vec(),
+            identity,
+            signed_prekey: None,
+            addresses: vec![],
+            display_name: name.into(),
+            verified: false,
+            blocked: false,
+            identity_change: None,
+            added_at_ms: 0,
+            request: false,
+        };
+        store.upsert_contact(c).unwrap().0
+    }
+
+    #[test]
+    fn a_modified_record_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, store) = store(&dir);
+        let id = contact(&store, "Alice");
+        store
+            .write(|tx| {
+                let mut table = tx.open_table(CONTACTS)?;
+                let mut sealed = table.get(id.0.as_slice())?.unwrap().value().to_vec();
+                let last = sealed.len() - 1;
+                sealed[last] ^= 0x01;
+                table.insert(id.0.as_slice(), sealed.as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(matches!(store.contact(&id), Err(StoreError::TamperedRecord { table: "contacts" })));
+    }
+
+    #[test]
+    fn a_record_moved_to_another_key_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, store) = store(&dir);
+        let alice = contact(&store, "Alice");
+        let bob = contact(&store, "Bob");
+        store
+            .write(|tx| {
+                let mut table = tx.open_table(CONTACTS)?;
+                let sealed = table.get(alice.0.as_slice())?.unwrap().value().to_vec();
+                table.insert(bob.0.as_slice(), sealed.as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(store.contact(&alice).unwrap().is_some());
+        assert!(matches!(store.contact(&bob), Err(StoreError::TamperedRecord { .. })));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, store) = store(&dir);
+        store
+            .write(|tx| {
+                tx.open_table(META)?.insert(META_SCHEMA, 99u32.to_be_bytes().as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+        drop(store);
+        match data.open_profile("personal") {
+            Err(StoreError::UnsupportedSchema { found: 99, supported: SCHEMA_VERSION }) => {}
+            other => panic!("expected UnsupportedSchema, got {other:?}"),
+        }
+        // Still 99: nothing was rewritten.
+        let db = Database::open(dir.path().join("profiles/personal.redb")).unwrap();
+        let tx = db.begin_read().unwrap();
+        let v = tx.open_table(META).unwrap().get(META_SCHEMA).unwrap().unwrap().value().to_vec();
+        assert_eq!(v, 99u32.to_be_bytes());
+    }
+
+    /// Turns a current database into what schema 1 wrote: no message index.
+    fn downgrade_to_schema_1(store: &ProfileStore) {
+        store
+            .write(|tx| {
+                tx.delete_table(MESSAGE_INDEX)?;
+                tx.open_table(META)?.insert(META_SCHEMA, 1u32.to_be_bytes().as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn schema_1_is_migrated_and_its_messages_stay_reachable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, store) = store(&dir);
+        let alice = contact(&store, "Alice");
+        let session = {
+            let bob = IdentityKeyPair::generate(ProfileKind::Personal, &mut rand::rng());
+            let spk = SignedPrekey::generate(&bob, 1, 0, &mut rand::rng());
+            let bundle = PrekeyBundle { identity: bob.public(), signed_prekey: spk.public(), one_time_prekey: None };
+            kabar_crypto::Session::initiate(&store.identity().unwrap(), &bundle, &mut rand::rng()).unwrap().snapshot()
+        };
+        let ids: Vec<[u8; 16]> = (0..5u8).map(|i| [i + 1; 16]).collect();
+        let batch: Vec<OutgoingMessage> = ids
+            .iter()
+            .map(|id| OutgoingMessage {
+                contact: alice,
+                session: session.clone(),
+                message: MessageRecord {
+                    id: *id,
+                    direction: Direction::Outgoing,
+                    sent_at_ms: 1,
+                    received_at_ms: None,
+                    status: MessageStatus::Queued,
+                    body: b"hi".to_vec(),
+                },
+                envelope: vec![1, 2, 3],
+            })
+            .collect();
+        store.commit_outgoing(&batch, 1).unwrap();
+        downgrade_to_schema_1(&store);
+        drop(store);
+
+        let store = data.open_profile("personal").unwrap();
+        let tx = store.read().unwrap();
+        let version = tx.open_table(META).unwrap().get(META_SCHEMA).unwrap().unwrap().value().to_vec();
+        assert_eq!(version, SCHEMA_VERSION.to_be_bytes());
+        drop(tx);
+        for (seq, id) in ids.iter().enumerate() {
+            let (who, at, record) = store.message(id).unwrap().expect("indexed by the migration");
+            assert_eq!((who, at, record.id), (alice, seq as u64, *id));
+        }
+        store.acknowledge(&[ids[2]]).unwrap();
+        assert_eq!(store.message(&ids[2]).unwrap().unwrap().2.status, MessageStatus::Delivered);
+    }
 }

@@ -1,0 +1,528 @@
+//! kabar-storage behaviour: data directories and passphrases, separation of
+//! profiles on disk, encryption at rest, the atomic send and receive rules,
+//! business records, and bad input (corrupted files, wrong passphrase).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::path::Path;
+
+use kabar_crypto::{IdentityKeyPair, PrekeyBundle, ProfileKind, Session, SessionSnapshot, SignedPrekey};
+use kabar_storage::*;
+
+const PASS: &[u8] = b"correct horse battery staple";
+
+fn new_dir() -> (tempfile::TempDir, DataDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let dir = DataDir::create(&root, PASS, KdfParams::TESTNET).unwrap();
+    (tmp, dir)
+}
+
+fn contact_with(identity: kabar_crypto::IdentityPublic, name: &str) -> Contact {
+    Contact {
+        peer_id: identity.signing.to_vec(),
+        identity,
+        signed_prekey: None,
+        addresses: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+        display_name: name.into(),
+        verified: false,
+        blocked: false,
+        identity_change: None,
+        added_at_ms: 1,
+        request: false,
+    }
+}
+
+fn new_contact(store: &ProfileStore, name: &str) -> (ContactId, IdentityKeyPair) {
+    let identity = IdentityKeyPair::generate(ProfileKind::Personal, &mut rand::rng());
+    let (id, change) = store.upsert_contact(contact_with(identity.public(), name)).unwrap();
+    assert!(change.is_none());
+    (id, identity)
+}
+
+/// A real session snapshot with `peer`, as the node would persist it.
+fn session_with(store: &ProfileStore, peer: &IdentityKeyPair) -> Session {
+    let spk = SignedPrekey::generate(peer, 1, 0, &mut rand::rng());
+    let bundle = PrekeyBundle { identity: peer.public(), signed_prekey: spk.public(), one_time_prekey: None };
+    Session::initiate(&store.identity().unwrap(), &bundle, &mut rand::rng()).unwrap()
+}
+
+fn outgoing(contact: ContactId, session: &mut Session, text: &str) -> OutgoingMessage {
+    let envelope = session.encrypt(text.as_bytes(), &mut rand::rng()).unwrap();
+    OutgoingMessage {
+        contact,
+        session: session.snapshot(),
+        message: MessageRecord {
+            id: envelope.message_id().0,
+            direction: Direction::Outgoing,
+            sent_at_ms: 10,
+            received_at_ms: None,
+            status: MessageStatus::Queued,
+            body: text.as_bytes().to_vec(),
+        },
+        envelope: envelope.encode(),
+    }
+}
+
+fn incoming(contact: ContactId, session: SessionSnapshot, id: u8, text: &str, opk: Option<u32>) -> IncomingMessage {
+    IncomingMessage {
+        contact,
+        session,
+        message: MessageRecord {
+            id: [id; 16],
+            direction: Direction::Incoming,
+            sent_at_ms: 5,
+            received_at_ms: Some(6),
+            status: MessageStatus::Delivered,
+            body: text.as_bytes().to_vec(),
+        },
+        consumed_one_time_prekey: opk,
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+// ---- data directory and passphrase -----------------------------------------
+
+#[test]
+fn wrong_passphrase_is_a_clear_error() {
+    let (_tmp, dir) = new_dir();
+    let root = dir.root().to_path_buf();
+    drop(dir);
+    let err = DataDir::open(&root, b"wrong").unwrap_err();
+    assert!(matches!(err, StoreError::WrongPassphrase), "{err:?}");
+    assert_eq!(err.to_string(), "wrong passphrase for this data directory");
+    DataDir::open(&root, PASS).unwrap();
+}
+
+#[test]
+fn missing_and_existing_data_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(matches!(DataDir::open(tmp.path(), PASS), Err(StoreError::NoDataDir(_))));
+    DataDir::create(tmp.path(), PASS, KdfParams::TESTNET).unwrap();
+    assert!(matches!(DataDir::create(tmp.path(), PASS, KdfParams::TESTNET), Err(StoreError::DataDirExists(_))));
+}
+
+#[test]
+fn profile_names_are_validated_and_unique() {
+    let (_tmp, mut dir) = new_dir();
+    let mut rng = rand::rng();
+    for bad in ["", "Personal", "1shop", "has space", "../escape", "a/b", &"x".repeat(33)] {
+        assert!(
+            matches!(
+                dir.create_profile(bad, ProfileKind::Personal, 0, &mut rng),
+                Err(StoreError::InvalidProfileName(_))
+            ),
+            "{bad:?} accepted"
+        );
+    }
+    dir.create_profile("personal", ProfileKind::Personal, 0, &mut rng).unwrap();
+    assert!(matches!(
+        dir.create_profile("personal", ProfileKind::Business, 0, &mut rng),
+        Err(StoreError::DuplicateProfile(_))
+    ));
+    assert!(matches!(dir.open_profile("nobody"), Err(StoreError::UnknownProfile(_))));
+    assert_eq!(dir.profiles().len(), 1);
+}
+
+#[test]
+fn any_number_of_profiles_each_with_its_own_identity() {
+    let (_tmp, mut dir) = new_dir();
+    let mut keys = Vec::new();
+    for (i, kind) in [ProfileKind::Personal, ProfileKind::Business, ProfileKind::Business, ProfileKind::Personal]
+        .into_iter()
+        .enumerate()
+    {
+        let store = dir.create_profile(&format!("p{i}"), kind, 0, &mut rand::rng()).unwrap();
+        assert_eq!(store.identity().unwrap().kind(), kind);
+        keys.push(store.identity().unwrap().public().signing);
+    }
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 4);
+    let listed = DataDir::list_profiles(dir.root()).unwrap();
+    assert_eq!(listed.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["p0", "p1", "p2", "p3"]);
+}
+
+#[test]
+fn changing_the_passphrase_rewraps_keys_only() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    let (alice, _) = new_contact(&store, "Alice");
+    let identity = store.identity().unwrap().public();
+    let db_path = store.path().to_path_buf();
+    drop(store);
+    let before = std::fs::read(&db_path).unwrap();
+    dir.change_passphrase(b"new passphrase", KdfParams::TESTNET).unwrap();
+    assert_eq!(std::fs::read(&db_path).unwrap(), before, "the database must not be rewritten");
+    let root = dir.root().to_path_buf();
+    drop(dir);
+    assert!(matches!(DataDir::open(&root, PASS), Err(StoreError::WrongPassphrase)));
+    let dir = DataDir::open(&root, b"new passphrase").unwrap();
+    let store = dir.open_profile("personal").unwrap();
+    assert_eq!(store.identity().unwrap().public(), identity);
+    assert_eq!(store.contact(&alice).unwrap().unwrap().display_name, "Alice");
+}
+
+// ---- separation and encryption at rest ---------------------------------------
+
+#[test]
+fn nothing_of_one_profile_appears_in_the_other_profiles_file_and_no_secret_in_either() {
+    let (_tmp, mut dir) = new_dir();
+    let personal = dir.create_profile("homelife", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    let business = dir.create_profile("marigold-shop", ProfileKind::Business, 0, &mut rand::rng()).unwrap();
+
+    let (friend, friend_key) = new_contact(&personal, "Zebediah Friend");
+    let (customer, customer_key) = new_contact(&business, "Quintessa Customer");
+    let mut s1 = session_with(&personal, &friend_key);
+    let mut s2 = session_with(&business, &customer_key);
+    personal.commit_outgoing(&[outgoing(friend, &mut s1, "meet at the blue lighthouse")], 1).unwrap();
+    business.commit_outgoing(&[outgoing(customer, &mut s2, "your sourdough order is ready")], 1).unwrap();
+    business
+        .set_business_profile(&BusinessProfile {
+            name: "Marigold Bakery".into(),
+            about: "Fresh bread daily".into(),
+            ..Default::default()
+        })
+        .unwrap();
+
+    let p_id = personal.identity().unwrap();
+    let b_id = business.identity().unwrap();
+    let p_path = personal.path().to_path_buf();
+    let b_path = business.path().to_path_buf();
+    drop(personal);
+    drop(business);
+    let p_raw = std::fs::read(&p_path).unwrap();
+    let b_raw = std::fs::read(&b_path).unwrap();
+
+    // What belongs to each profile: keys (the Ed25519 key is the PeerId),
+    // contacts, names, texts.
+    let p_public = p_id.public();
+    let b_public = b_id.public();
+    let friend_public = friend_key.public();
+    let customer_public = customer_key.public();
+    let personal_things: Vec<&[u8]> =
+        vec![&p_public.signing, &p_public.dh, &friend_public.signing, b"Zebediah", b"blue lighthouse", b"homelife"];
+    let business_things: Vec<&[u8]> = vec![
+        &b_public.signing,
+        &b_public.dh,
+        &customer_public.signing,
+        b"Quintessa",
+        b"sourdough",
+        b"Marigold",
+        b"marigold-shop",
+    ];
+    for thing in &business_things {
+        assert!(!contains(&p_raw, thing), "the personal file contains business data {thing:?}");
+    }
+    for thing in &personal_things {
+        assert!(!contains(&b_raw, thing), "the business file contains personal data {thing:?}");
+    }
+    // Not even a profile's own texts, names or secrets appear in clear.
+    for (raw, id, texts) in [
+        (&p_raw, &p_id, vec![&b"Zebediah"[..], b"blue lighthouse"]),
+        (&b_raw, &b_id, vec![&b"Quintessa"[..], b"sourdough", b"Marigold", b"Fresh bread"]),
+    ] {
+        for text in texts {
+            assert!(!contains(raw, text), "clear text {:?} in a database file", String::from_utf8_lossy(text));
+        }
+        assert!(!contains(raw, id.signing_seed().as_ref()), "identity secret in clear");
+    }
+    // The header names both profiles but holds no key in the clear.
+    let header = std::fs::read(dir.root().join(header::HEADER_FILE)).unwrap();
+    assert!(!contains(&header, p_id.signing_seed().as_ref()) && !contains(&header, b_id.signing_seed().as_ref()));
+}
+
+// ---- prekeys ------------------------------------------------------------------
+
+#[test]
+fn a_one_time_prekey_is_consumed_exactly_once() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    assert_eq!(store.one_time_prekey_count().unwrap(), 100);
+    let bundle = store.prekey_bundle(true).unwrap();
+    bundle.verify().unwrap();
+    let opk = bundle.one_time_prekey.unwrap().id;
+    let (alice, alice_key) = new_contact(&store, "Alice");
+    let snapshot = session_with(&store, &alice_key).snapshot();
+
+    let first = store.commit_incoming(&[incoming(alice, snapshot.clone(), 1, "first", Some(opk))], 1).unwrap();
+    assert!(matches!(first[..], [ReceiveOutcome::Stored { seq: 0 }]));
+    assert!(store.one_time_prekey(opk).unwrap().is_none());
+    assert_eq!(store.one_time_prekey_count().unwrap(), 99);
+
+    // A second message claiming the same prekey aborts its whole transaction.
+    let err = store.commit_incoming(&[incoming(alice, snapshot, 2, "second", Some(opk))], 1).unwrap_err();
+    assert!(matches!(err, StoreError::PrekeyUsed(id) if id == opk));
+    assert!(!store.is_received(&[2; 16]).unwrap());
+    assert_eq!(store.history(&alice, 10, None).unwrap().len(), 1);
+
+    assert_eq!(store.replenish_one_time_prekeys(100, &mut rand::rng()).unwrap(), 1);
+    assert_eq!(store.one_time_prekey_count().unwrap(), 100);
+    assert!(store.one_time_prekey(opk).unwrap().is_none(), "ids are never reused");
+}
+
+#[test]
+fn signed_prekeys_rotate_and_old_ones_stay_until_removed() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    assert_eq!(store.current_signed_prekey().unwrap().id(), 1);
+    let new = store.rotate_signed_prekey(100, &mut rand::rng()).unwrap();
+    assert_eq!(new.id(), 2);
+    assert_eq!(store.current_signed_prekey().unwrap().id(), 2);
+    assert!(store.signed_prekey(1).unwrap().is_some());
+    assert!(store.remove_signed_prekey(2).is_err());
+    store.remove_signed_prekey(1).unwrap();
+    assert!(store.signed_prekey(1).unwrap().is_none());
+    store.prekey_bundle(false).unwrap().verify().unwrap();
+}
+
+// ---- the atomic rules -----------------------------------------------------------
+
+#[test]
+fn sending_commits_session_message_and_outbox_together() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    let (alice, alice_key) = new_contact(&store, "Alice");
+    let mut session = session_with(&store, &alice_key);
+    let batch: Vec<_> = (0..3).map(|i| outgoing(alice, &mut session, &format!("m{i}"))).collect();
+    let seqs = store.commit_outgoing(&batch, 100).unwrap();
+    assert_eq!(seqs, [0, 1, 2]);
+
+    // The persisted session is the one after the last message.
+    let persisted = serde_json::to_string(&store.session(&alice).unwrap().unwrap()).unwrap();
+    assert_eq!(persisted, serde_json::to_string(&session.snapshot()).unwrap());
+    let outbox = store.outbox().unwrap();
+    assert_eq!(outbox.len(), 3);
+    assert_eq!(outbox[1].envelope, batch[1].envelope);
+    let history = store.history(&alice, 10, None).unwrap();
+    assert_eq!(
+        history.iter().map(|(_, m)| m.body.clone()).collect::<Vec<_>>(),
+        [b"m0".to_vec(), b"m1".to_vec(), b"m2".to_vec()]
+    );
+
+    store.record_attempt(&batch[0].message.id, 200).unwrap();
+    assert_eq!(store.message(&batch[0].message.id).unwrap().unwrap().2.status, MessageStatus::Sent);
+    store.acknowledge(&[batch[0].message.id, batch[1].message.id]).unwrap();
+    assert_eq!(store.outbox().unwrap().len(), 1);
+    assert_eq!(store.message(&batch[1].message.id).unwrap().unwrap().2.status, MessageStatus::Delivered);
+    // Statuses never go back.
+    assert!(!store.set_message_status(&batch[1].message.id, MessageStatus::Sent).unwrap());
+    assert!(store.set_message_status(&batch[1].message.id, MessageStatus::Read).unwrap());
+    store.fail_message(&batch[2].message.id).unwrap();
+    assert!(store.outbox().unwrap().is_empty());
+    assert_eq!(store.message(&batch[2].message.id).unwrap().unwrap().2.status, MessageStatus::Failed);
+}
+
+#[test]
+fn a_duplicate_is_reported_and_never_stored_twice() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    let (alice, alice_key) = new_contact(&store, "Alice");
+    let snap = session_with(&store, &alice_key).snapshot();
+    let out = store
+        .commit_incoming(
+            &[
+                incoming(alice, snap.clone(), 1, "one", None),
+                incoming(alice, snap.clone(), 2, "two", None),
+                incoming(alice, snap.clone(), 1, "one again, same batch", None),
+            ],
+            1,
+        )
+        .unwrap();
+    assert_eq!(out, [ReceiveOutcome::Stored { seq: 0 }, ReceiveOutcome::Stored { seq: 1 }, ReceiveOutcome::Duplicate]);
+    let out = store.commit_incoming(&[incoming(alice, snap, 2, "two again", None)], 2).unwrap();
+    assert_eq!(out, [ReceiveOutcome::Duplicate]);
+    let history = store.history(&alice, 10, None).unwrap();
+    assert_eq!(history.len(), 2);
+    let conversation = store.conversation(&alice).unwrap();
+    assert_eq!(conversation.unread, 2);
+    assert_eq!(store.update_conversation(&alice, |c| c.unread = 0).unwrap().unread, 0);
+}
+
+#[test]
+fn history_pages_backwards_in_order() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    let (alice, alice_key) = new_contact(&store, "Alice");
+    let (bob, _) = new_contact(&store, "Bob");
+    let snap = session_with(&store, &alice_key).snapshot();
+    let batch: Vec<_> = (0..30u8)
+        .map(|i| incoming(if i % 3 == 0 { bob } else { alice }, snap.clone(), i + 1, &i.to_string(), None))
+        .collect();
+    store.commit_incoming(&batch, 1).unwrap();
+    let alice_all = store.history(&alice, 100, None).unwrap();
+    assert_eq!(alice_all.len(), 20);
+    let last5 = store.history(&alice, 5, None).unwrap();
+    assert_eq!(last5.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [15, 16, 17, 18, 19]);
+    let before = store.history(&alice, 5, Some(15)).unwrap();
+    assert_eq!(before.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [10, 11, 12, 13, 14]);
+    assert_eq!(store.history(&bob, 100, None).unwrap().len(), 10);
+}
+
+#[test]
+fn a_changed_identity_key_is_recorded_and_clears_verification() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    let seed = [7u8; 32];
+    let old = IdentityKeyPair::from_secrets(ProfileKind::Personal, &seed, &[1; 32]).public();
+    let (id, _) = store.upsert_contact(contact_with(old, "Alice")).unwrap();
+    store.update_contact(&id, |c| c.verified = true).unwrap();
+    // Same Ed25519 key (same PeerId), new X25519 identity key.
+    let new = IdentityKeyPair::from_secrets(ProfileKind::Personal, &seed, &[2; 32]).public();
+    let (same_id, change) = store.upsert_contact(contact_with(new, "")).unwrap();
+    assert_eq!(same_id, id);
+    assert_eq!(change.unwrap().previous, old);
+    let contact = store.contact(&id).unwrap().unwrap();
+    assert!(!contact.verified);
+    assert_eq!(contact.identity, new);
+    assert_eq!(contact.display_name, "Alice");
+    assert_eq!(contact.identity_change.unwrap().previous, old);
+    // A forged identity is refused.
+    let mut forged = new;
+    forged.dh[0] ^= 1;
+    assert!(matches!(store.upsert_contact(contact_with(forged, "x")), Err(StoreError::Invalid(_))));
+}
+
+// ---- business -------------------------------------------------------------------
+
+#[test]
+fn business_records_and_their_rules() {
+    let (_tmp, mut dir) = new_dir();
+    let personal = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    let shop = dir.create_profile("shop", ProfileKind::Business, 0, &mut rand::rng()).unwrap();
+    assert!(matches!(personal.business_profile(), Err(StoreError::NotBusiness(_))));
+    assert!(matches!(personal.add_label("x", "#000000"), Err(StoreError::NotBusiness(_))));
+
+    let profile = BusinessProfile { name: "Marigold Bakery".into(), about: "Bread".into(), ..Default::default() };
+    shop.set_business_profile(&profile).unwrap();
+    let too_long = BusinessProfile { about: "a".repeat(140), ..profile.clone() };
+    let err = shop.set_business_profile(&too_long).unwrap_err();
+    assert!(err.to_string().contains("about"), "{err}");
+    assert_eq!(shop.business_profile().unwrap(), profile, "a rejected update changes nothing");
+
+    let item = shop
+        .put_catalog_item(CatalogItem {
+            id: [0; 8],
+            name: "Sourdough".into(),
+            price_minor: 450,
+            currency: "EUR".into(),
+            description: "800 g".into(),
+            available: true,
+        })
+        .unwrap();
+    assert_ne!(item.id, [0; 8]);
+    assert_eq!(shop.catalog().unwrap(), [item.clone()]);
+    shop.remove_catalog_item(&item.id).unwrap();
+    assert!(shop.catalog().unwrap().is_empty());
+    assert!(shop.remove_catalog_item(&item.id).is_err());
+
+    shop.put_quick_reply(&QuickReply { shortcut: "thanks".into(), text: "Thank you for your order!".into() }).unwrap();
+    assert_eq!(shop.quick_reply("thanks").unwrap().unwrap().text, "Thank you for your order!");
+    assert!(shop.quick_reply("nope").unwrap().is_none());
+
+    let automations = Automations {
+        greeting: Some("Welcome!".into()),
+        away_message: Some("We're closed".into()),
+        away_schedule: AwaySchedule::OutsideHours,
+    };
+    shop.set_automations(&automations).unwrap();
+    assert_eq!(shop.automations().unwrap(), automations);
+    let mut hours = BusinessHours::default();
+    hours.days[0] = Some((540, 1020));
+    shop.set_business_hours(&hours).unwrap();
+    assert_eq!(shop.business_hours().unwrap(), hours);
+
+    // Labels: at most 20, unique names; removing one strips it from conversations.
+    let (customer, key) = new_contact(&shop, "Customer");
+    let labels: Vec<Label> = (0..20).map(|i| shop.add_label(&format!("label {i}"), "#aabbcc").unwrap()).collect();
+    assert!(shop.add_label("one too many", "#aabbcc").is_err());
+    shop.remove_label(&labels[19].id).unwrap();
+    assert!(shop.add_label("label 0", "#aabbcc").is_err(), "duplicate name");
+    shop.update_conversation(&customer, |c| c.labels.push(labels[0].id)).unwrap();
+    shop.remove_label(&labels[0].id).unwrap();
+    assert!(shop.conversation(&customer).unwrap().labels.is_empty());
+
+    // Lifecycle: close after the transaction; a new message reopens.
+    shop.update_conversation(&customer, |c| c.status = ConversationStatus::Closed).unwrap();
+    let snap = session_with(&shop, &key).snapshot();
+    shop.commit_incoming(&[incoming(customer, snap, 9, "one more thing", None)], 5).unwrap();
+    assert_eq!(shop.conversation(&customer).unwrap().status, ConversationStatus::Open);
+}
+
+// ---- bad input --------------------------------------------------------------------
+
+fn db_path(dir: &DataDir, name: &str) -> std::path::PathBuf {
+    dir.root().join(format!("profiles/{name}.redb"))
+}
+
+#[test]
+fn opening_a_profile_twice_says_it_is_in_use() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    let err = dir.open_profile("personal").unwrap_err();
+    assert!(matches!(err, StoreError::InUse(_)));
+    assert!(err.to_string().contains("in use by another kabar node"), "{err}");
+    drop(store);
+    dir.open_profile("personal").unwrap();
+}
+
+fn corrupt(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut bytes = std::fs::read(path).unwrap();
+    f(&mut bytes);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_truncated_database_is_a_typed_error() {
+    let (_tmp, mut dir) = new_dir();
+    drop(dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap());
+    let path = db_path(&dir, "personal");
+    corrupt(&path, |b| b.truncate(b.len() / 3));
+    let before = std::fs::read(&path).unwrap();
+    match dir.open_profile("personal") {
+        Err(StoreError::Corrupted { .. }) => {}
+        other => panic!("expected Corrupted, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before, "a damaged file is not overwritten");
+}
+
+#[test]
+fn garbage_instead_of_a_database_is_a_typed_error() {
+    let (_tmp, mut dir) = new_dir();
+    drop(dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap());
+    let path = db_path(&dir, "personal");
+    corrupt(&path, |b| b.iter_mut().enumerate().for_each(|(i, x)| *x = (i * 31 % 251) as u8));
+    assert!(matches!(dir.open_profile("personal"), Err(StoreError::Corrupted { .. })));
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(dir.open_profile("personal"), Err(StoreError::Corrupted { .. })));
+}
+
+#[test]
+fn swapped_database_files_are_detected() {
+    let (_tmp, mut dir) = new_dir();
+    drop(dir.create_profile("alpha", ProfileKind::Personal, 0, &mut rand::rng()).unwrap());
+    drop(dir.create_profile("beta", ProfileKind::Personal, 0, &mut rand::rng()).unwrap());
+    let (a, b) = (db_path(&dir, "alpha"), db_path(&dir, "beta"));
+    let tmp = a.with_extension("swap");
+    std::fs::rename(&a, &tmp).unwrap();
+    std::fs::rename(&b, &a).unwrap();
+    std::fs::rename(&tmp, &b).unwrap();
+    assert!(dir.open_profile("alpha").is_err());
+    assert!(dir.open_profile("beta").is_err());
+}
+
+#[test]
+fn a_damaged_header_is_a_typed_error() {
+    let (_tmp, dir) = new_dir();
+    let root = dir.root().to_path_buf();
+    drop(dir);
+    let path = root.join(header::HEADER_FILE);
+    let good = std::fs::read(&path).unwrap();
+    corrupt(&path, |b| b.truncate(b.len() / 2));
+    assert!(matches!(DataDir::open(&root, PASS), Err(StoreError::BadHeader { .. })));
+    let tampered = String::from_utf8(good).unwrap().replace("\"version\": 1", "\"version\": 7");
+    std::fs::write(&path, tampered).unwrap();
+    assert!(matches!(DataDir::open(&root, PASS), Err(StoreError::BadHeader { .. })));
+}
