@@ -191,6 +191,14 @@ mod tests {
         let mut forged = header;
         forged.identity.dh[0] ^= 1;
         assert!(respond(&b.id, &b.spk, Some(&b.opk), &forged).is_err());
+        // An initiator identity whose signature does not verify is refused
+        // before any key is derived.
+        let mut unsigned = header;
+        unsigned.identity.dh_signature[0] ^= 1;
+        assert_eq!(
+            respond(&b.id, &b.spk, Some(&b.opk), &unsigned).err(),
+            Some(CryptoError::BadSignature("identity-key"))
+        );
     }
 
     #[test]
