@@ -413,7 +413,7 @@ fn business_records_and_their_rules() {
         })
         .unwrap();
     assert_ne!(item.id, [0; 8]);
-    assert_eq!(shop.catalog().unwrap(), [item.clone()]);
+    assert_eq!(shop.catalog().unwrap(), std::slice::from_ref(&item));
     shop.remove_catalog_item(&item.id).unwrap();
     assert!(shop.catalog().unwrap().is_empty());
     assert!(shop.remove_catalog_item(&item.id).is_err());
