@@ -51,20 +51,32 @@ pub struct IncomingMessage {
     pub contact: ContactId,
     /// The session state after decrypting this message.
     pub session: SessionSnapshot,
-    /// The message record.
-    pub message: MessageRecord,
+    /// The message record; `None` for content that is not shown in the
+    /// conversation (read receipts), whose session step and id still commit.
+    pub message: Option<MessageRecord>,
     /// The one-time prekey the message's X3DH used, deleted in the same
     /// transaction.
     pub consumed_one_time_prekey: Option<u32>,
+    /// The envelope's message id (the same as `message.id` when there is a
+    /// message).
+    pub received_id: [u8; 16],
+}
+
+impl IncomingMessage {
+    /// The envelope's message id.
+    pub fn id(&self) -> [u8; 16] {
+        self.message.as_ref().map_or(self.received_id, |m| m.id)
+    }
 }
 
 /// What [`ProfileStore::commit_incoming`] did with one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReceiveOutcome {
-    /// Stored as sequence number `seq` of its conversation.
+    /// Stored, as sequence number `seq` of its conversation if it has a
+    /// visible message.
     Stored {
         /// Position in the conversation.
-        seq: u64,
+        seq: Option<u64>,
     },
     /// Already received before: nothing stored; acknowledge it again.
     Duplicate,
@@ -401,7 +413,12 @@ impl ProfileStore {
 
     /// The opaque id of the contact with this identity.
     pub fn contact_id(&self, identity: &IdentityPublic) -> ContactId {
-        ContactId(self.keys.blind("contact", &identity.signing))
+        self.contact_id_for_key(&identity.signing)
+    }
+
+    /// The opaque id of the contact with this Ed25519 key (its PeerId).
+    pub fn contact_id_for_key(&self, signing: &[u8; 32]) -> ContactId {
+        ContactId(self.keys.blind("contact", signing))
     }
 
     /// Adds a contact, or updates it if its Ed25519 identity is known. If the
@@ -554,11 +571,11 @@ impl ProfileStore {
             let mut outcomes = Vec::with_capacity(batch.len());
             for item in batch {
                 let mut received = tx.open_table(RECEIVED)?;
-                if received.get(item.message.id.as_slice())?.is_some() {
+                if received.get(item.id().as_slice())?.is_some() {
                     outcomes.push(ReceiveOutcome::Duplicate);
                     continue;
                 }
-                received.insert(item.message.id.as_slice(), now_ms)?;
+                received.insert(item.id().as_slice(), now_ms)?;
                 drop(received);
                 if let Some(id) = item.consumed_one_time_prekey
                     && tx.open_table(ONE_TIME_PREKEYS)?.remove(id)?.is_none()
@@ -566,7 +583,10 @@ impl ProfileStore {
                     return Err(StoreError::PrekeyUsed(id));
                 }
                 self.put_sealed(&mut tx.open_table(SESSIONS)?, SESSIONS_NAME, &item.contact.0, &item.session)?;
-                let seq = self.store_message(tx, &item.contact, &item.message, true)?;
+                let seq = match &item.message {
+                    Some(message) => Some(self.store_message(tx, &item.contact, message, true)?),
+                    None => None,
+                };
                 outcomes.push(ReceiveOutcome::Stored { seq });
             }
             Ok(outcomes)
@@ -665,6 +685,23 @@ impl ProfileStore {
             }
             drop(table);
             self.advance_status(tx, message_id, MessageStatus::Sent)?;
+            Ok(())
+        })
+    }
+
+    /// Records one delivery attempt of several messages in one transaction.
+    pub fn record_attempts(&self, message_ids: &[[u8; 16]], next_attempt_at_ms: u64) -> Result<(), StoreError> {
+        self.write(|tx| {
+            for id in message_ids {
+                let mut table = tx.open_table(OUTBOX)?;
+                if let Some(mut entry) = self.get_sealed::<OutboxEntry>(&table, OUTBOX_NAME, id)? {
+                    entry.attempts = entry.attempts.saturating_add(1);
+                    entry.next_attempt_at_ms = next_attempt_at_ms;
+                    self.put_sealed(&mut table, OUTBOX_NAME, id, &entry)?;
+                }
+                drop(table);
+                self.advance_status(tx, id, MessageStatus::Sent)?;
+            }
             Ok(())
         })
     }

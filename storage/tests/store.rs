@@ -67,14 +67,15 @@ fn incoming(contact: ContactId, session: SessionSnapshot, id: u8, text: &str, op
     IncomingMessage {
         contact,
         session,
-        message: MessageRecord {
+        received_id: [id; 16],
+        message: Some(MessageRecord {
             id: [id; 16],
             direction: Direction::Incoming,
             sent_at_ms: 5,
             received_at_ms: Some(6),
             status: MessageStatus::Delivered,
             body: text.as_bytes().to_vec(),
-        },
+        }),
         consumed_one_time_prekey: opk,
     }
 }
@@ -248,7 +249,7 @@ fn a_one_time_prekey_is_consumed_exactly_once() {
     let snapshot = session_with(&store, &alice_key).snapshot();
 
     let first = store.commit_incoming(&[incoming(alice, snapshot.clone(), 1, "first", Some(opk))], 1).unwrap();
-    assert!(matches!(first[..], [ReceiveOutcome::Stored { seq: 0 }]));
+    assert!(matches!(first[..], [ReceiveOutcome::Stored { seq: Some(0) }]));
     assert!(store.one_time_prekey(opk).unwrap().is_none());
     assert_eq!(store.one_time_prekey_count().unwrap(), 99);
 
@@ -331,7 +332,10 @@ fn a_duplicate_is_reported_and_never_stored_twice() {
             1,
         )
         .unwrap();
-    assert_eq!(out, [ReceiveOutcome::Stored { seq: 0 }, ReceiveOutcome::Stored { seq: 1 }, ReceiveOutcome::Duplicate]);
+    assert_eq!(
+        out,
+        [ReceiveOutcome::Stored { seq: Some(0) }, ReceiveOutcome::Stored { seq: Some(1) }, ReceiveOutcome::Duplicate]
+    );
     let out = store.commit_incoming(&[incoming(alice, snap, 2, "two again", None)], 2).unwrap();
     assert_eq!(out, [ReceiveOutcome::Duplicate]);
     let history = store.history(&alice, 10, None).unwrap();
