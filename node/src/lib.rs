@@ -1,5 +1,26 @@
-//! kabar-node: the only crate that knows libp2p and tokio.
+//! # kabar-node
 //!
-//! Not built yet: this crate is laid out so the workspace has its final shape.
-//! The node issue fills it with one swarm per profile, the delivery engine and
-//! the JSON-RPC control socket.
+//! The daemon a user runs: every profile of a data directory on its own
+//! libp2p swarm, end-to-end encrypted delivery, and a JSON-RPC control socket.
+//! The only crate that knows libp2p and tokio.
+//!
+//! ## Layout
+//! - [`engine`]: the delivery engine of one profile — pure logic over the
+//!   profile's store: events in, actions out; tested without sockets.
+//! - [`network`]: one swarm per profile and its event loop.
+//! - [`wire`]: the `/kabar/envelope/1` request-response protocol and codec.
+//! - [`content`]: the JSON content inside envelopes (text, receipts,
+//!   catalog, orders).
+//! - [`card`]: contact cards (`kabar:` URIs).
+//! - [`control`]: the JSON-RPC 2.0 control API over a Unix socket.
+//! - [`node`]: starting and stopping a node.
+
+pub mod card;
+pub mod content;
+pub mod control;
+pub mod engine;
+pub mod network;
+pub mod node;
+pub mod wire;
+
+pub use node::{Node, NodeConfig, NodeError};

@@ -1,0 +1,865 @@
+//! The control API: JSON-RPC 2.0 over a Unix domain socket, one JSON value
+//! per line (newline-delimited). Every method is documented in `docs/api.md`.
+//!
+//! Requests may be batched (a JSON array). A request without `id` is a
+//! notification and gets no response. `subscribe` turns the connection into
+//! an event stream: the server then also sends `{"jsonrpc":"2.0","method":"event","params":{…}}`
+//! lines.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use kabar_crypto::{ProfileKind, SafetyNumber};
+use kabar_storage::{
+    AwaySchedule, BusinessHours, BusinessProfile, CatalogItem, ContactId, ConversationStatus, Direction, QuickReply,
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::card::ContactCard;
+use crate::content::{Content, Message, OrderLine};
+use crate::engine::{Engine, NodeEvent};
+use crate::network::{Command, EngineJob, ProfileStatus, now_ms};
+
+/// Socket file name inside the data directory.
+pub const SOCKET_FILE: &str = "kabar.sock";
+/// Longest request line accepted, in bytes.
+pub const MAX_LINE: usize = 1024 * 1024;
+/// Most simultaneous control connections.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A JSON-RPC error object.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RpcError {
+    /// Code: -32700 parse error, -32600 invalid request, -32601 method not
+    /// found, -32602 invalid params, -32603 internal; -32000… Kabar errors.
+    pub code: i64,
+    /// Plain message.
+    pub message: String,
+}
+
+/// Kabar error codes (see docs/api.md).
+pub mod codes {
+    /// The JSON did not parse.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// Not a valid JSON-RPC request.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// No such method.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// Bad parameters.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// Internal error.
+    pub const INTERNAL: i64 = -32603;
+    /// No such profile, contact, message or item.
+    pub const NOT_FOUND: i64 = -32001;
+    /// A value broke a rule (over-long field, too many labels…).
+    pub const INVALID_VALUE: i64 = -32002;
+    /// The operation needs a business profile.
+    pub const NOT_BUSINESS: i64 = -32003;
+    /// The contact is blocked.
+    pub const BLOCKED: i64 = -32004;
+    /// A malformed contact card.
+    pub const BAD_CARD: i64 = -32005;
+    /// Storage failed.
+    pub const STORAGE: i64 = -32006;
+    /// The node is shutting down.
+    pub const SHUTTING_DOWN: i64 = -32007;
+}
+
+impl RpcError {
+    /// A new error.
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        RpcError { code, message: message.into() }
+    }
+
+    fn params(message: impl Into<String>) -> Self {
+        Self::new(codes::INVALID_PARAMS, message)
+    }
+}
+
+impl From<kabar_storage::StoreError> for RpcError {
+    fn from(e: kabar_storage::StoreError) -> Self {
+        use kabar_storage::StoreError as S;
+        let code = match &e {
+            S::NotFound(_) | S::UnknownProfile(_) => codes::NOT_FOUND,
+            S::Invalid(_) | S::InvalidProfileName(_) | S::DuplicateProfile(_) => codes::INVALID_VALUE,
+            S::NotBusiness(_) => codes::NOT_BUSINESS,
+            _ => codes::STORAGE,
+        };
+        RpcError::new(code, e.to_string())
+    }
+}
+
+impl From<crate::engine::EngineError> for RpcError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        use crate::engine::EngineError as E;
+        match e {
+            E::Store(s) => s.into(),
+            E::Blocked(_) => RpcError::new(codes::BLOCKED, e.to_string()),
+            E::UnknownShortcut(_) | E::NoPrekey(_) | E::Content(_) => {
+                RpcError::new(codes::INVALID_VALUE, e.to_string())
+            }
+            E::Crypto(_) => RpcError::new(codes::INTERNAL, e.to_string()),
+        }
+    }
+}
+
+/// A handle on one running profile.
+#[derive(Clone)]
+pub struct ProfileHandle {
+    /// Commands to its task.
+    pub commands: mpsc::Sender<Command>,
+    /// Its live status.
+    pub status: watch::Receiver<ProfileStatus>,
+}
+
+/// Shared state of the control server.
+pub struct ControlState {
+    /// Profiles by name, in creation order.
+    pub profiles: Vec<(String, ProfileHandle)>,
+    /// Events of all profiles.
+    pub events: broadcast::Sender<NodeEvent>,
+    /// Flipped to stop the node.
+    pub stop: watch::Sender<bool>,
+}
+
+/// Creates the socket: refuses if a live node answers on it, removes a stale
+/// one, and restricts it to the owner (0600).
+pub async fn bind(data_dir: &Path) -> Result<(UnixListener, PathBuf), std::io::Error> {
+    let path = data_dir.join(SOCKET_FILE);
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("a kabar node is already running on {} (stop it with `kabar node stop`)", path.display()),
+            ));
+        }
+        std::fs::remove_file(&path)?;
+    }
+    let listener = UnixListener::bind(&path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok((listener, path))
+}
+
+/// Accepts control connections until `stop` flips.
+pub async fn serve(listener: UnixListener, state: std::sync::Arc<ControlState>) {
+    let mut stop = state.stop.subscribe();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!("too many control connections; refusing one");
+                        continue;
+                    };
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        connection(stream, state).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "control accept failed"),
+            }
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, state: std::sync::Arc<ControlState>) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    let mut events: Option<broadcast::Receiver<NodeEvent>> = None;
+    let mut stop = state.stop.subscribe();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let line = tokio::select! {
+            _ = stop.changed() => break,
+            event = next_event(&mut events) => {
+                let note = json!({"jsonrpc": "2.0", "method": "event", "params": event});
+                if write_line(&mut write, &note).await.is_err() { break; }
+                continue;
+            }
+            read = read_line(&mut lines, &mut buf) => match read {
+                Ok(0) => break,
+                Ok(_) => String::from_utf8_lossy(&buf).into_owned(),
+                Err(e) => {
+                    let _ = write_line(&mut write, &error_response(Value::Null, RpcError::new(codes::INVALID_REQUEST, e.to_string()))).await;
+                    break;
+                }
+            },
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let reply = handle_line(&line, &state, &mut events).await;
+        if let Some(reply) = reply
+            && write_line(&mut write, &reply).await.is_err()
+        {
+            break;
+        }
+    }
+}
+
+async fn next_event(events: &mut Option<broadcast::Receiver<NodeEvent>>) -> Value {
+    match events {
+        None => std::future::pending().await,
+        Some(rx) => loop {
+            match rx.recv().await {
+                Ok(e) => return serde_json::to_value(e).unwrap_or(Value::Null),
+                Err(broadcast::error::RecvError::Lagged(n)) => return json!({"event": "lagged", "missed": n}),
+                Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        },
+    }
+}
+
+/// Reads one line, refusing lines over [`MAX_LINE`].
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    loop {
+        let available = r.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(buf.len());
+        }
+        let (used, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        buf.extend_from_slice(&available[..used]);
+        r.consume(used);
+        if buf.len() > MAX_LINE {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "request line over 1 MiB"));
+        }
+        if done {
+            return Ok(buf.len());
+        }
+    }
+}
+
+async fn write_line<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, value: &Value) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(value).unwrap_or_default();
+    bytes.push(b'\n');
+    w.write_all(&bytes).await?;
+    w.flush().await
+}
+
+fn error_response(id: Value, error: RpcError) -> Value {
+    json!({"jsonrpc": "2.0", "error": error, "id": id})
+}
+
+/// Handles one line: a request, a notification or a batch.
+async fn handle_line(
+    line: &str,
+    state: &ControlState,
+    events: &mut Option<broadcast::Receiver<NodeEvent>>,
+) -> Option<Value> {
+    let parsed: Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => {
+            return Some(error_response(Value::Null, RpcError::new(codes::PARSE_ERROR, format!("parse error: {e}"))));
+        }
+    };
+    match parsed {
+        Value::Array(items) if items.is_empty() => {
+            Some(error_response(Value::Null, RpcError::new(codes::INVALID_REQUEST, "empty batch")))
+        }
+        Value::Array(items) => {
+            let mut out = Vec::new();
+            for item in items {
+                if let Some(r) = handle_request(item, state, events).await {
+                    out.push(r);
+                }
+            }
+            (!out.is_empty()).then_some(Value::Array(out))
+        }
+        other => handle_request(other, state, events).await,
+    }
+}
+
+async fn handle_request(
+    request: Value,
+    state: &ControlState,
+    events: &mut Option<broadcast::Receiver<NodeEvent>>,
+) -> Option<Value> {
+    let Value::Object(obj) = request else {
+        return Some(error_response(Value::Null, RpcError::new(codes::INVALID_REQUEST, "a request must be an object")));
+    };
+    let id = obj.get("id").cloned();
+    // A valid id is a string, a number or null; anything else is invalid.
+    if let Some(bad) = &id
+        && !(bad.is_string() || bad.is_number() || bad.is_null())
+    {
+        return Some(error_response(
+            Value::Null,
+            RpcError::new(codes::INVALID_REQUEST, "id must be a string, number or null"),
+        ));
+    }
+    let reply_id = id.clone().unwrap_or(Value::Null);
+    if obj.get("jsonrpc") != Some(&Value::String("2.0".into())) {
+        return Some(error_response(reply_id, RpcError::new(codes::INVALID_REQUEST, "\"jsonrpc\" must be \"2.0\"")));
+    }
+    let Some(Value::String(method)) = obj.get("method") else {
+        return Some(error_response(reply_id, RpcError::new(codes::INVALID_REQUEST, "\"method\" must be a string")));
+    };
+    let params = match obj.get("params") {
+        None => Value::Object(Default::default()),
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(Value::Array(_)) => {
+            return id.map(|id| error_response(id, RpcError::params("params must be an object (named parameters)")));
+        }
+        Some(_) => {
+            return Some(error_response(reply_id, RpcError::new(codes::INVALID_REQUEST, "params must be an object")));
+        }
+    };
+    let result = call(method, &params, state, events).await;
+    // Notifications get no response, even on error.
+    let id = id?;
+    Some(match result {
+        Ok(value) => json!({"jsonrpc": "2.0", "result": value, "id": id}),
+        Err(error) => error_response(id, error),
+    })
+}
+
+// ---- parameters ------------------------------------------------------------------
+
+fn str_param<'a>(params: &'a Value, name: &str) -> Result<&'a str, RpcError> {
+    params
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| RpcError::params(format!("missing string parameter \"{name}\"")))
+}
+
+fn opt_str<'a>(params: &'a Value, name: &str) -> Result<Option<&'a str>, RpcError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(RpcError::params(format!("\"{name}\" must be a string"))),
+    }
+}
+
+fn opt_u64(params: &Value, name: &str) -> Result<Option<u64>, RpcError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => {
+            v.as_u64().map(Some).ok_or_else(|| RpcError::params(format!("\"{name}\" must be a non-negative integer")))
+        }
+    }
+}
+
+fn opt_bool(params: &Value, name: &str) -> Result<Option<bool>, RpcError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(RpcError::params(format!("\"{name}\" must be true or false"))),
+    }
+}
+
+fn parse_hhmm(s: &str) -> Option<u16> {
+    let (h, m) = s.split_once(':')?;
+    let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+    (h <= 24 && m < 60 && h * 60 + m <= 1440).then_some(h * 60 + m)
+}
+
+fn hex_id<const N: usize>(s: &str) -> Result<[u8; N], RpcError> {
+    kabar_crypto::hex::decode(s)
+        .and_then(|b| <[u8; N]>::try_from(b).ok())
+        .ok_or_else(|| RpcError::params(format!("{s:?} is not a {}-digit hex id", 2 * N)))
+}
+
+/// Finds a contact by display name (or PeerId).
+fn contact_by(engine: &Engine, who: &str) -> Result<(ContactId, kabar_storage::Contact), RpcError> {
+    let store = engine.store();
+    if let Some(found) = store.contact_by_name(who)? {
+        return Ok(found);
+    }
+    store
+        .contacts()?
+        .into_iter()
+        .find(|(_, c)| crate::card::peer_id_of(&c.identity.signing).to_string() == who)
+        .ok_or_else(|| RpcError::new(codes::NOT_FOUND, format!("no contact named {who:?}; see `kabar contact list`")))
+}
+
+fn message_json(seq: u64, m: &kabar_storage::MessageRecord) -> Value {
+    let parsed = Message::decode(&m.body).ok();
+    json!({
+        "id": kabar_crypto::hex::encode(&m.id),
+        "seq": seq,
+        "direction": match m.direction { Direction::Outgoing => "out", Direction::Incoming => "in" },
+        "status": m.status,
+        "sent_at_ms": m.sent_at_ms,
+        "received_at_ms": m.received_at_ms,
+        "sender_seq": parsed.as_ref().map(|p| p.seq),
+        "content": parsed.map(|p| serde_json::to_value(p.content).unwrap_or(Value::Null)),
+    })
+}
+
+fn contact_json(c: &kabar_storage::Contact) -> Value {
+    json!({
+        "name": c.display_name,
+        "peer_id": crate::card::peer_id_of(&c.identity.signing).to_string(),
+        "kind": c.identity.kind.to_string(),
+        "verified": c.verified,
+        "blocked": c.blocked,
+        "request": c.request,
+        "identity_changed": c.identity_change.is_some(),
+        "addresses": c.addresses,
+    })
+}
+
+/// Runs `job` on the named profile's task.
+async fn on_profile(state: &ControlState, params: &Value, job: EngineJob) -> Result<Value, RpcError> {
+    let name = match opt_str(params, "profile")? {
+        Some(n) => n.to_string(),
+        None => state
+            .profiles
+            .first()
+            .map(|(n, _)| n.clone())
+            .ok_or_else(|| RpcError::new(codes::NOT_FOUND, "no profiles"))?,
+    };
+    let handle = state
+        .profiles
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, h)| h.clone())
+        .ok_or_else(|| RpcError::new(codes::NOT_FOUND, format!("no profile named {name:?}")))?;
+    let (tx, rx) = oneshot::channel();
+    handle
+        .commands
+        .send(Command::Job(job, tx))
+        .await
+        .map_err(|_| RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down"))?;
+    rx.await.map_err(|_| RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down"))?
+}
+
+fn ok(value: Value) -> crate::network::JobResult {
+    Ok((value, Vec::new()))
+}
+
+/// Dispatches one method.
+async fn call(
+    method: &str,
+    params: &Value,
+    state: &ControlState,
+    events: &mut Option<broadcast::Receiver<NodeEvent>>,
+) -> Result<Value, RpcError> {
+    let p = params.clone();
+    let job: EngineJob = match method {
+        "node.info" => {
+            let profiles: Vec<ProfileStatus> = state.profiles.iter().map(|(_, h)| h.status.borrow().clone()).collect();
+            return Ok(json!({"version": env!("CARGO_PKG_VERSION"), "profiles": profiles}));
+        }
+        "profile.list" => {
+            let profiles: Vec<Value> = state
+                .profiles
+                .iter()
+                .map(|(_, h)| {
+                    let s = h.status.borrow();
+                    json!({"name": s.name, "kind": s.kind, "peer_id": s.peer_id})
+                })
+                .collect();
+            return Ok(Value::Array(profiles));
+        }
+        "node.stop" => {
+            let _ = state.stop.send(true);
+            return Ok(json!({"stopping": true}));
+        }
+        "subscribe" => {
+            *events = Some(state.events.subscribe());
+            return Ok(json!({"subscribed": true}));
+        }
+        "node.dial" => {
+            let addr: libp2p::Multiaddr =
+                str_param(params, "address")?.parse().map_err(|e| RpcError::params(format!("bad multiaddr: {e}")))?;
+            for (_, h) in &state.profiles {
+                let _ = h.commands.send(Command::Dial(addr.clone())).await;
+            }
+            return Ok(json!({"dialing": addr.to_string()}));
+        }
+        "card.get" => Box::new(move |engine, status| {
+            let name = opt_str(&p, "name")?.map(str::to_string).unwrap_or_else(|| status.name.clone());
+            let identity = engine.store().identity()?.public();
+            let spk = engine.store().current_signed_prekey()?.public();
+            let addresses = status
+                .listen_addrs
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .filter(|a: &libp2p::Multiaddr| {
+                    !a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified()))
+                })
+                .collect();
+            let card = ContactCard { identity, signed_prekey: spk, display_name: name, addresses };
+            ok(json!({"card": card.to_uri(), "peer_id": card.peer_id().to_string()}))
+        }),
+        "contact.add" => Box::new(move |engine, _| {
+            let card = ContactCard::from_uri(str_param(&p, "card")?)
+                .map_err(|e| RpcError::new(codes::BAD_CARD, e.to_string()))?;
+            let name = opt_str(&p, "name")?.map(str::to_string).unwrap_or_else(|| card.display_name.clone());
+            if name.trim().is_empty() || name.chars().count() > 64 {
+                return Err(RpcError::new(codes::INVALID_VALUE, "a contact name needs 1 to 64 characters"));
+            }
+            let store = engine.store();
+            if store.identity()?.public().signing == card.identity.signing {
+                return Err(RpcError::new(codes::INVALID_VALUE, "that is this profile's own card"));
+            }
+            if let Some((existing, _)) = store.contact_by_name(&name)?
+                && existing != store.contact_id(&card.identity)
+            {
+                return Err(RpcError::new(codes::INVALID_VALUE, format!("another contact is already named {name:?}")));
+            }
+            let contact = kabar_storage::Contact {
+                peer_id: card.identity.signing.to_vec(),
+                identity: card.identity,
+                signed_prekey: Some(card.signed_prekey),
+                addresses: card.addresses.iter().map(|a| a.to_string()).collect(),
+                display_name: name,
+                verified: false,
+                blocked: false,
+                identity_change: None,
+                added_at_ms: now_ms(),
+                request: false,
+            };
+            let (id, change) = store.upsert_contact(contact)?;
+            let stored = store.contact(&id)?.ok_or_else(|| RpcError::new(codes::INTERNAL, "contact vanished"))?;
+            let mut v = contact_json(&stored);
+            v["identity_change_warning"] = json!(change.is_some());
+            let actions = engine.on_peer_reachable(&card.identity.signing, now_ms())?;
+            Ok((v, actions))
+        }),
+        "contact.list" => Box::new(move |engine, _| {
+            let list: Vec<Value> = engine.store().contacts()?.iter().map(|(_, c)| contact_json(c)).collect();
+            ok(Value::Array(list))
+        }),
+        "contact.verify" => Box::new(move |engine, _| {
+            let (id, c) = contact_by(engine, str_param(&p, "name")?)?;
+            let ours = engine.store().identity()?.public();
+            let number = SafetyNumber::new(&ours, &c.identity);
+            let confirm = opt_bool(&p, "confirm")?.unwrap_or(false);
+            if confirm {
+                engine.store().update_contact(&id, |c| {
+                    c.verified = true;
+                    c.identity_change = None;
+                })?;
+            }
+            ok(
+                json!({"name": c.display_name, "safety_number": number.display(), "digits": number.digits(), "qr_payload": number.qr_payload(), "verified": confirm || c.verified}),
+            )
+        }),
+        "contact.block" | "contact.unblock" | "request.block" => {
+            let block = method != "contact.unblock";
+            Box::new(move |engine, _| {
+                let (id, _) = contact_by(engine, str_param(&p, "name")?)?;
+                let c = engine.store().update_contact(&id, |c| {
+                    c.blocked = block;
+                    c.request = false;
+                })?;
+                ok(contact_json(&c))
+            })
+        }
+        "request.list" => Box::new(move |engine, _| {
+            let list: Vec<Value> = engine
+                .store()
+                .contacts()?
+                .iter()
+                .filter(|(_, c)| c.request && !c.blocked)
+                .map(|(_, c)| contact_json(c))
+                .collect();
+            ok(Value::Array(list))
+        }),
+        "request.accept" => Box::new(move |engine, _| {
+            let (id, _) = contact_by(engine, str_param(&p, "name")?)?;
+            let rename = opt_str(&p, "rename")?.map(str::to_string);
+            let c = engine.store().update_contact(&id, |c| {
+                c.request = false;
+                if let Some(n) = rename {
+                    c.display_name = n;
+                }
+            })?;
+            ok(contact_json(&c))
+        }),
+        "message.send" => Box::new(move |engine, _| {
+            let (id, _) = contact_by(engine, str_param(&p, "to")?)?;
+            let text = str_param(&p, "text")?;
+            if text.is_empty() {
+                return Err(RpcError::params("text is empty"));
+            }
+            let (message_id, actions) = engine.send(&id, Content::text(text), now_ms(), &mut rand::rng())?;
+            Ok((json!({"message_id": kabar_crypto::hex::encode(&message_id)}), actions))
+        }),
+        "message.status" => Box::new(move |engine, _| {
+            let id = hex_id::<16>(str_param(&p, "message_id")?)?;
+            let (_, seq, record) =
+                engine.store().message(&id)?.ok_or_else(|| RpcError::new(codes::NOT_FOUND, "no such message"))?;
+            ok(message_json(seq, &record))
+        }),
+        "message.history" => Box::new(move |engine, _| {
+            let (id, c) = contact_by(engine, str_param(&p, "with")?)?;
+            let limit = opt_u64(&p, "limit")?.unwrap_or(50).min(10_000) as usize;
+            let before = opt_u64(&p, "before")?;
+            let mut messages: Vec<(u64, kabar_storage::MessageRecord)> = engine
+                .store()
+                .history(&id, limit * 2, before)?
+                .into_iter()
+                .filter(|(_, m)| Message::decode(&m.body).map(|x| x.content.is_visible()).unwrap_or(true))
+                .collect();
+            // Show each side's messages in the sender's order.
+            messages.sort_by_key(|(seq, m)| {
+                let sender_seq = Message::decode(&m.body).map(|x| x.seq).unwrap_or(*seq);
+                (m.sent_at_ms, sender_seq)
+            });
+            let start = messages.len().saturating_sub(limit);
+            let list: Vec<Value> = messages[start..].iter().map(|(s, m)| message_json(*s, m)).collect();
+            ok(json!({"contact": c.display_name, "messages": list}))
+        }),
+        "conversation.list" => Box::new(move |engine, _| {
+            let store = engine.store();
+            let labels: HashMap<[u8; 16], String> = match store.kind() {
+                ProfileKind::Business => store.labels()?.into_iter().map(|l| (l.id, l.name)).collect(),
+                ProfileKind::Personal => HashMap::new(),
+            };
+            let mut list = Vec::new();
+            for (id, conv) in store.conversations()? {
+                let Some(c) = store.contact(&id)? else { continue };
+                let last = store.history(&id, 1, None)?.pop();
+                list.push(json!({
+                    "contact": c.display_name,
+                    "unread": conv.unread,
+                    "status": match conv.status { ConversationStatus::Open => "open", ConversationStatus::Closed => "closed" },
+                    "labels": conv.labels.iter().filter_map(|l| labels.get(l)).collect::<Vec<_>>(),
+                    "last_activity_ms": conv.last_activity_ms,
+                    "request": c.request,
+                    "last_message": last.map(|(s, m)| message_json(s, &m)),
+                }));
+            }
+            list.sort_by_key(|v| std::cmp::Reverse(v["last_activity_ms"].as_u64().unwrap_or(0)));
+            ok(Value::Array(list))
+        }),
+        "conversation.read" => Box::new(move |engine, _| {
+            let (id, _) = contact_by(engine, str_param(&p, "with")?)?;
+            let actions = engine.mark_read(&id, now_ms(), &mut rand::rng())?;
+            Ok((json!({"read": true}), actions))
+        }),
+        "business.close" | "business.reopen" => {
+            let close = method == "business.close";
+            Box::new(move |engine, _| {
+                if engine.store().kind() != ProfileKind::Business {
+                    return Err(RpcError::new(codes::NOT_BUSINESS, "closing conversations needs a business profile"));
+                }
+                let (id, _) = contact_by(engine, str_param(&p, "with")?)?;
+                engine.store().update_conversation(&id, |c| {
+                    c.status = if close { ConversationStatus::Closed } else { ConversationStatus::Open };
+                })?;
+                ok(json!({"status": if close { "closed" } else { "open" }}))
+            })
+        }
+        "business.profile.get" => Box::new(move |engine, _| {
+            ok(serde_json::to_value(engine.store().business_profile()?).unwrap_or(Value::Null))
+        }),
+        "business.profile.set" => Box::new(move |engine, _| {
+            let mut profile: BusinessProfile = engine.store().business_profile()?;
+            for (field, slot) in [
+                ("name", &mut profile.name),
+                ("category", &mut profile.category),
+                ("about", &mut profile.about),
+                ("description", &mut profile.description),
+                ("address", &mut profile.address),
+                ("email", &mut profile.email),
+                ("website", &mut profile.website),
+            ] {
+                if let Some(v) = opt_str(&p, field)? {
+                    *slot = v.to_string();
+                }
+            }
+            engine.store().set_business_profile(&profile)?;
+            ok(serde_json::to_value(profile).unwrap_or(Value::Null))
+        }),
+        "business.hours.set" => Box::new(move |engine, _| {
+            // {"days": {"mon": "09:00-17:00", ...}, "utc_offset_minutes": 60}
+            let mut hours = BusinessHours::default();
+            let names = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+            if let Some(days) = p.get("days").and_then(Value::as_object) {
+                for (key, value) in days {
+                    let day = names
+                        .iter()
+                        .position(|n| n == key)
+                        .ok_or_else(|| RpcError::params(format!("unknown day {key:?} (use mon…sun)")))?;
+                    let text = value.as_str().ok_or_else(|| RpcError::params("hours must be \"HH:MM-HH:MM\""))?;
+                    let (a, b) =
+                        text.split_once('-').ok_or_else(|| RpcError::params("hours must be \"HH:MM-HH:MM\""))?;
+                    let (a, b) = (
+                        parse_hhmm(a).ok_or_else(|| RpcError::params("bad time"))?,
+                        parse_hhmm(b).ok_or_else(|| RpcError::params("bad time"))?,
+                    );
+                    hours.days[day] = Some((a, b));
+                }
+            }
+            if let Some(v) = p.get("utc_offset_minutes") {
+                hours.utc_offset_minutes = v
+                    .as_i64()
+                    .and_then(|x| i16::try_from(x).ok())
+                    .ok_or_else(|| RpcError::params("bad utc_offset_minutes"))?;
+            }
+            engine.store().set_business_hours(&hours)?;
+            ok(serde_json::to_value(hours).unwrap_or(Value::Null))
+        }),
+        "business.greeting.set" => Box::new(move |engine, _| {
+            let mut a = engine.store().automations()?;
+            a.greeting = opt_str(&p, "text")?.map(str::to_string);
+            engine.store().set_automations(&a)?;
+            ok(serde_json::to_value(a).unwrap_or(Value::Null))
+        }),
+        "business.away.set" => Box::new(move |engine, _| {
+            let mut a = engine.store().automations()?;
+            let schedule = str_param(&p, "schedule")?;
+            a.away_schedule = match schedule {
+                "off" => AwaySchedule::Off,
+                "always" => AwaySchedule::Always,
+                "outside-hours" => AwaySchedule::OutsideHours,
+                window => {
+                    let (s, e) = window
+                        .split_once('-')
+                        .ok_or_else(|| RpcError::params("schedule: always, outside-hours, off or HH:MM-HH:MM"))?;
+                    AwaySchedule::Window {
+                        start: parse_hhmm(s).ok_or_else(|| RpcError::params("bad start time"))?,
+                        end: parse_hhmm(e).ok_or_else(|| RpcError::params("bad end time"))?,
+                    }
+                }
+            };
+            if let Some(text) = opt_str(&p, "text")? {
+                a.away_message = Some(text.to_string());
+            }
+            if a.away_schedule == AwaySchedule::Off {
+                a.away_message = None;
+            } else if a.away_message.is_none() {
+                return Err(RpcError::params("an away schedule needs a \"text\""));
+            }
+            engine.store().set_automations(&a)?;
+            ok(serde_json::to_value(a).unwrap_or(Value::Null))
+        }),
+        "business.catalog.add" => Box::new(move |engine, _| {
+            let item = CatalogItem {
+                id: [0; 8],
+                name: str_param(&p, "name")?.to_string(),
+                price_minor: opt_u64(&p, "price_minor")?.ok_or_else(|| RpcError::params("missing \"price_minor\""))?,
+                currency: opt_str(&p, "currency")?.unwrap_or("EUR").to_string(),
+                description: opt_str(&p, "description")?.unwrap_or("").to_string(),
+                available: opt_bool(&p, "available")?.unwrap_or(true),
+            };
+            let item = engine.store().put_catalog_item(item)?;
+            ok(catalog_json(&item))
+        }),
+        "business.catalog.list" => {
+            Box::new(move |engine, _| ok(Value::Array(engine.store().catalog()?.iter().map(catalog_json).collect())))
+        }
+        "business.catalog.remove" => Box::new(move |engine, _| {
+            engine.store().remove_catalog_item(&hex_id::<8>(str_param(&p, "id")?)?)?;
+            ok(json!({"removed": true}))
+        }),
+        "business.reply.add" => Box::new(move |engine, _| {
+            let reply = QuickReply {
+                shortcut: str_param(&p, "shortcut")?.trim_start_matches('/').to_string(),
+                text: str_param(&p, "text")?.to_string(),
+            };
+            engine.store().put_quick_reply(&reply)?;
+            ok(serde_json::to_value(reply).unwrap_or(Value::Null))
+        }),
+        "business.reply.list" => {
+            Box::new(move |engine, _| ok(serde_json::to_value(engine.store().quick_replies()?).unwrap_or(Value::Null)))
+        }
+        "business.reply.remove" => Box::new(move |engine, _| {
+            engine.store().remove_quick_reply(str_param(&p, "shortcut")?.trim_start_matches('/'))?;
+            ok(json!({"removed": true}))
+        }),
+        "business.label.add" => Box::new(move |engine, _| {
+            let label =
+                engine.store().add_label(str_param(&p, "name")?, opt_str(&p, "colour")?.unwrap_or("#607d8b"))?;
+            ok(json!({"id": kabar_crypto::hex::encode(&label.id), "name": label.name, "colour": label.colour}))
+        }),
+        "business.label.list" => Box::new(move |engine, _| {
+            let labels: Vec<Value> = engine
+                .store()
+                .labels()?
+                .iter()
+                .map(|l| json!({"id": kabar_crypto::hex::encode(&l.id), "name": l.name, "colour": l.colour}))
+                .collect();
+            ok(Value::Array(labels))
+        }),
+        "business.label.apply" | "business.label.unapply" => {
+            let apply = method == "business.label.apply";
+            Box::new(move |engine, _| {
+                let label_name = str_param(&p, "label")?;
+                let label = engine
+                    .store()
+                    .labels()?
+                    .into_iter()
+                    .find(|l| l.name == label_name)
+                    .ok_or_else(|| RpcError::new(codes::NOT_FOUND, format!("no label named {label_name:?}")))?;
+                let (id, _) = contact_by(engine, str_param(&p, "with")?)?;
+                let conv = engine.store().update_conversation(&id, |c| {
+                    c.labels.retain(|l| *l != label.id);
+                    if apply {
+                        c.labels.push(label.id);
+                    }
+                })?;
+                ok(json!({"labels": conv.labels.len()}))
+            })
+        }
+        "business.label.remove" => Box::new(move |engine, _| {
+            let label_name = str_param(&p, "name")?;
+            let label = engine
+                .store()
+                .labels()?
+                .into_iter()
+                .find(|l| l.name == label_name)
+                .ok_or_else(|| RpcError::new(codes::NOT_FOUND, format!("no label named {label_name:?}")))?;
+            engine.store().remove_label(&label.id)?;
+            ok(json!({"removed": true}))
+        }),
+        "catalog.request" => Box::new(move |engine, _| {
+            let (id, _) = contact_by(engine, str_param(&p, "to")?)?;
+            let (message_id, actions) = engine.send(&id, Content::CatalogRequest, now_ms(), &mut rand::rng())?;
+            Ok((json!({"message_id": kabar_crypto::hex::encode(&message_id)}), actions))
+        }),
+        "order.place" => Box::new(move |engine, _| {
+            let (id, _) = contact_by(engine, str_param(&p, "to")?)?;
+            let items =
+                p.get("items").and_then(Value::as_array).ok_or_else(|| RpcError::params("missing \"items\" array"))?;
+            let mut lines = Vec::new();
+            for item in items {
+                let line: OrderLine = serde_json::from_value(item.clone())
+                    .map_err(|e| RpcError::params(format!("bad order line: {e}")))?;
+                if line.quantity == 0 {
+                    return Err(RpcError::params("quantity must be at least 1"));
+                }
+                lines.push(line);
+            }
+            if lines.is_empty() {
+                return Err(RpcError::params("an order needs at least one item"));
+            }
+            let note = opt_str(&p, "note")?.map(str::to_string);
+            let (message_id, actions) =
+                engine.send(&id, Content::Order { items: lines, note }, now_ms(), &mut rand::rng())?;
+            Ok((json!({"message_id": kabar_crypto::hex::encode(&message_id)}), actions))
+        }),
+        other => return Err(RpcError::new(codes::METHOD_NOT_FOUND, format!("method not found: {other}"))),
+    };
+    on_profile(state, params, job).await
+}
+
+fn catalog_json(item: &CatalogItem) -> Value {
+    json!({
+        "id": kabar_crypto::hex::encode(&item.id),
+        "name": item.name,
+        "price_minor": item.price_minor,
+        "currency": item.currency,
+        "description": item.description,
+        "available": item.available,
+    })
+}

@@ -1,0 +1,785 @@
+//! The delivery engine of one profile: events in, actions out.
+//!
+//! It owns the profile's [`ProfileStore`] and knows nothing of sockets,
+//! libp2p or tokio: the network layer feeds it what happened (a request
+//! arrived, acknowledgements came back, a peer became reachable, time
+//! passed) and carries out the [`Action`]s it returns. Time comes in as
+//! `now_ms`, randomness as an RNG, so tests drive two engines against each
+//! other without a network.
+//!
+//! Rules it keeps:
+//! - **Send**: encrypt, commit (ratchet step + message + outbox in one
+//!   transaction), then transmit.
+//! - **Receive**: decrypt, commit (message + ratchet state + received id in one
+//!   transaction), then acknowledge. Duplicates are acknowledged, not stored.
+//! - **Retry**: the outbox is retried with capped exponential backoff and
+//!   jitter, at once when the peer becomes reachable, and survives restarts
+//!   (it lives in the store). A message fails only after [`EngineConfig::expiry_ms`].
+
+use std::collections::{HashMap, HashSet};
+
+use kabar_crypto::{CryptoError, Envelope, IdentityKeyPair, ProfileKind, Session};
+use kabar_storage::{
+    AwaySchedule, Contact, ContactId, Direction, IncomingMessage, MessageRecord, MessageStatus, OutgoingMessage,
+    ProfileStore, ReceiveOutcome, StoreError,
+};
+use rand_core::CryptoRng;
+use serde::Serialize;
+
+use crate::content::{CatalogEntry, Content, Message};
+use crate::wire::{Ack, RejectReason};
+
+/// A peer, by its Ed25519 identity key (its PeerId is derived from it).
+pub type PeerKey = [u8; 32];
+
+/// Greeting again after this much silence from the customer.
+pub const GREETING_SILENCE_MS: u64 = 14 * 24 * 3_600_000;
+/// Label applied to a business's new customers.
+pub const NEW_CUSTOMER_LABEL: &str = "New customer";
+
+/// Tunables of the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Most envelopes per request.
+    pub max_batch: usize,
+    /// First retry delay.
+    pub retry_base_ms: u64,
+    /// Longest retry delay.
+    pub retry_max_ms: u64,
+    /// A message still unacknowledged this long after it was queued fails.
+    pub expiry_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { max_batch: 64, retry_base_ms: 1_000, retry_max_ms: 5 * 60_000, expiry_ms: 7 * 24 * 3_600_000 }
+    }
+}
+
+/// What the network layer must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send these envelopes to `peer` in one request, then report back with
+    /// [`Engine::on_acks`] or [`Engine::on_transmit_failed`].
+    Transmit {
+        /// Recipient.
+        peer: PeerKey,
+        /// Addresses we know for it.
+        addresses: Vec<String>,
+        /// The message ids, in the order of `envelopes`.
+        message_ids: Vec<[u8; 16]>,
+        /// Encoded envelopes.
+        envelopes: Vec<Vec<u8>>,
+    },
+    /// Tell subscribers.
+    Notify(NodeEvent),
+}
+
+/// Events for control-API subscribers. Never carry message text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum NodeEvent {
+    /// A message arrived.
+    MessageReceived {
+        /// Profile name.
+        profile: String,
+        /// Contact's display name.
+        contact: String,
+        /// Message id (hex).
+        message_id: String,
+        /// Content kind (text, order, catalog…).
+        kind: String,
+    },
+    /// One of our messages changed status.
+    StatusChanged {
+        /// Profile name.
+        profile: String,
+        /// Message id (hex).
+        message_id: String,
+        /// New status.
+        status: MessageStatus,
+    },
+    /// A contact's identity key changed: warn the user.
+    ContactIdentityChanged {
+        /// Profile name.
+        profile: String,
+        /// Contact's display name.
+        contact: String,
+    },
+    /// A stranger wrote to a personal profile.
+    MessageRequest {
+        /// Profile name.
+        profile: String,
+        /// The name it gave itself (from its first message), or its PeerId.
+        contact: String,
+    },
+}
+
+/// Why an engine operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Cryptography failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The contact has no signed prekey to start a session from.
+    #[error("no session with {0} and no prekey to start one: add their contact card")]
+    NoPrekey(String),
+    /// The contact is blocked.
+    #[error("{0} is blocked")]
+    Blocked(String),
+    /// A `/shortcut` with no saved quick reply.
+    #[error("no quick reply /{0}; add one with `kabar business reply add`")]
+    UnknownShortcut(String),
+    /// Bad content.
+    #[error(transparent)]
+    Content(#[from] crate::content::ContentError),
+}
+
+/// The engine of one profile.
+pub struct Engine {
+    store: ProfileStore,
+    identity: IdentityKeyPair,
+    config: EngineConfig,
+    in_flight: HashSet<[u8; 16]>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    kabar_crypto::hex::encode(bytes)
+}
+
+impl Engine {
+    /// An engine over an opened profile store.
+    pub fn new(store: ProfileStore, config: EngineConfig) -> Result<Self, EngineError> {
+        let identity = store.identity()?;
+        Ok(Engine { store, identity, config, in_flight: HashSet::new() })
+    }
+
+    /// The profile's store.
+    pub fn store(&self) -> &ProfileStore {
+        &self.store
+    }
+
+    /// The profile's Ed25519 key (its PeerId).
+    pub fn peer_key(&self) -> PeerKey {
+        self.identity.public().signing
+    }
+
+    fn profile(&self) -> String {
+        self.store.name().to_string()
+    }
+
+    fn contact_or_err(&self, id: &ContactId) -> Result<Contact, EngineError> {
+        self.store.contact(id)?.ok_or_else(|| StoreError::NotFound("contact".into()).into())
+    }
+
+    // ---- send ---------------------------------------------------------------
+
+    /// Expands a business's `/shortcut` into its quick reply.
+    fn expand(&self, content: Content) -> Result<Content, EngineError> {
+        if self.store.kind() != ProfileKind::Business {
+            return Ok(content);
+        }
+        match content {
+            Content::Text { text, automatic: None } if text.starts_with('/') && !text.contains(char::is_whitespace) => {
+                let shortcut = &text[1..];
+                match self.store.quick_reply(shortcut)? {
+                    Some(reply) => Ok(Content::text(reply.text)),
+                    None => Err(EngineError::UnknownShortcut(shortcut.to_string())),
+                }
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Encrypts, commits and queues `content` for `contact`; returns the
+    /// message id and the actions (a transmission).
+    pub fn send<R: CryptoRng + ?Sized>(
+        &mut self,
+        contact: &ContactId,
+        content: Content,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<([u8; 16], Vec<Action>), EngineError> {
+        let content = self.expand(content)?;
+        content.check()?;
+        let id = self.queue(contact, content, now_ms, rng)?;
+        let peer = self.contact_or_err(contact)?.identity.signing;
+        Ok((id, self.flush_peer(&peer, now_ms)?))
+    }
+
+    /// Encrypts and commits one message without transmitting it.
+    fn queue<R: CryptoRng + ?Sized>(
+        &mut self,
+        contact_id: &ContactId,
+        content: Content,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<[u8; 16], EngineError> {
+        let contact = self.contact_or_err(contact_id)?;
+        if contact.blocked {
+            return Err(EngineError::Blocked(contact.display_name));
+        }
+        let mut session = match self.store.session(contact_id)? {
+            Some(snapshot) => Session::from_snapshot(snapshot)?,
+            None => {
+                let spk = contact.signed_prekey.ok_or_else(|| EngineError::NoPrekey(contact.display_name.clone()))?;
+                let bundle = kabar_crypto::PrekeyBundle {
+                    identity: contact.identity,
+                    signed_prekey: spk,
+                    one_time_prekey: None,
+                };
+                Session::initiate(&self.identity, &bundle, rng)?
+            }
+        };
+        let seq = self.store.conversation(contact_id)?.next_seq;
+        let body = Message { v: crate::content::CONTENT_VERSION, seq, sent_at_ms: now_ms, content }.encode();
+        let envelope = session.encrypt(&body, rng)?;
+        let id = envelope.message_id().0;
+        let message = MessageRecord {
+            id,
+            direction: Direction::Outgoing,
+            sent_at_ms: now_ms,
+            received_at_ms: None,
+            status: MessageStatus::Queued,
+            body,
+        };
+        self.store.commit_outgoing(
+            &[OutgoingMessage {
+                contact: *contact_id,
+                session: session.snapshot(),
+                message,
+                envelope: envelope.encode(),
+            }],
+            now_ms,
+        )?;
+        Ok(id)
+    }
+
+    /// Transmits the outbox entries for `peer` that are not in flight (up to
+    /// a batch), regardless of their retry time.
+    pub fn flush_peer(&mut self, peer: &PeerKey, now_ms: u64) -> Result<Vec<Action>, EngineError> {
+        let contact_id = self.store.contact_id_for_key(peer);
+        let entries: Vec<_> = self
+            .store
+            .outbox()?
+            .into_iter()
+            .filter(|e| e.contact == contact_id && !self.in_flight.contains(&e.message_id))
+            .take(self.config.max_batch)
+            .collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let contact = self.contact_or_err(&contact_id)?;
+        let ids: Vec<[u8; 16]> = entries.iter().map(|e| e.message_id).collect();
+        let attempts = entries.iter().map(|e| e.attempts).max().unwrap_or(0);
+        self.store.record_attempts(&ids, now_ms + self.backoff(attempts, &ids[0]))?;
+        self.in_flight.extend(ids.iter().copied());
+        let mut actions: Vec<Action> = ids
+            .iter()
+            .zip(&entries)
+            .filter(|(_, e)| e.attempts == 0)
+            .map(|(id, _)| {
+                Action::Notify(NodeEvent::StatusChanged {
+                    profile: self.profile(),
+                    message_id: hex(id),
+                    status: MessageStatus::Sent,
+                })
+            })
+            .collect();
+        actions.push(Action::Transmit {
+            peer: *peer,
+            addresses: contact.addresses,
+            message_ids: ids,
+            envelopes: entries.into_iter().map(|e| e.envelope).collect(),
+        });
+        Ok(actions)
+    }
+
+    /// Capped exponential backoff with ±20 % jitter (deterministic per
+    /// message, so tests are repeatable).
+    fn backoff(&self, attempts: u32, id: &[u8; 16]) -> u64 {
+        let base = self.config.retry_base_ms.saturating_mul(1u64 << attempts.min(20)).min(self.config.retry_max_ms);
+        let jitter = u64::from(u16::from_be_bytes([id[0], id[1]])) % 401; // 0..=400 per mille
+        base * (800 + jitter) / 1000
+    }
+
+    /// The recipient answered a [`Action::Transmit`].
+    pub fn on_acks(
+        &mut self,
+        peer: &PeerKey,
+        message_ids: &[[u8; 16]],
+        acks: &[Ack],
+        now_ms: u64,
+    ) -> Result<Vec<Action>, EngineError> {
+        let mut delivered = Vec::new();
+        let mut actions = Vec::new();
+        for (i, id) in message_ids.iter().enumerate() {
+            self.in_flight.remove(id);
+            match acks.get(i) {
+                Some(Ack::Accepted | Ack::Duplicate) => delivered.push(*id),
+                Some(Ack::Rejected(reason)) if !reason.is_transient() => {
+                    tracing::warn!(profile = %self.store.name(), ?reason, "message rejected by recipient");
+                    self.store.fail_message(id)?;
+                    actions.push(self.status_event(id, MessageStatus::Failed));
+                }
+                // Transient rejection or a missing ack: retried later.
+                _ => {}
+            }
+        }
+        self.store.acknowledge(&delivered)?;
+        actions.extend(delivered.iter().map(|id| self.status_event(id, MessageStatus::Delivered)));
+        actions.extend(self.flush_peer(peer, now_ms)?);
+        Ok(actions)
+    }
+
+    fn status_event(&self, id: &[u8; 16], status: MessageStatus) -> Action {
+        Action::Notify(NodeEvent::StatusChanged { profile: self.profile(), message_id: hex(id), status })
+    }
+
+    /// A transmission failed (dial failure, timeout, connection closed): the
+    /// messages stay in the outbox and are retried after their backoff.
+    pub fn on_transmit_failed(&mut self, message_ids: &[[u8; 16]]) {
+        for id in message_ids {
+            self.in_flight.remove(id);
+        }
+    }
+
+    /// The peer became reachable (connected, identified, discovered): flush
+    /// its outbox now.
+    pub fn on_peer_reachable(&mut self, peer: &PeerKey, now_ms: u64) -> Result<Vec<Action>, EngineError> {
+        self.flush_peer(peer, now_ms)
+    }
+
+    /// Time passed: retry what is due, fail what expired.
+    pub fn on_tick(&mut self, now_ms: u64) -> Result<Vec<Action>, EngineError> {
+        let mut actions = Vec::new();
+        let mut due_peers = Vec::new();
+        for entry in self.store.outbox()? {
+            if self.in_flight.contains(&entry.message_id) {
+                continue;
+            }
+            if now_ms.saturating_sub(entry.queued_at_ms) > self.config.expiry_ms {
+                self.store.fail_message(&entry.message_id)?;
+                actions.push(self.status_event(&entry.message_id, MessageStatus::Failed));
+            } else if entry.next_attempt_at_ms <= now_ms && !due_peers.contains(&entry.contact) {
+                due_peers.push(entry.contact);
+            }
+        }
+        for contact in due_peers {
+            if let Some(c) = self.store.contact(&contact)? {
+                actions.extend(self.flush_peer(&c.identity.signing, now_ms)?);
+            }
+        }
+        Ok(actions)
+    }
+
+    /// Peers with queued messages, and the addresses we know for them.
+    pub fn pending_peers(&self) -> Result<Vec<(PeerKey, Vec<String>)>, EngineError> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for entry in self.store.outbox()? {
+            if seen.insert(entry.contact)
+                && let Some(c) = self.store.contact(&entry.contact)?
+            {
+                out.push((c.identity.signing, c.addresses));
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- receive ------------------------------------------------------------
+
+    /// A request with `envelopes` arrived from `peer` (authenticated by the
+    /// transport). Decrypts and commits everything in one transaction, then
+    /// returns one acknowledgement per envelope, and follow-up actions
+    /// (notifications, automatic replies). Send the acknowledgements only
+    /// after this returns: by then everything is durable.
+    pub fn on_request<R: CryptoRng + ?Sized>(
+        &mut self,
+        peer: &PeerKey,
+        envelopes: &[Vec<u8>],
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<(Vec<Ack>, Vec<Action>), EngineError> {
+        let contact_id = self.store.contact_id_for_key(peer);
+        let mut contact = self.store.contact(&contact_id)?;
+        if contact.as_ref().is_some_and(|c| c.blocked) {
+            return Ok((vec![Ack::Rejected(RejectReason::Blocked); envelopes.len()], Vec::new()));
+        }
+        let conversation_before = self.store.conversation(&contact_id)?;
+        let mut session: Option<Session> = match self.store.session(&contact_id)? {
+            Some(s) => Some(Session::from_snapshot(s)?),
+            None => None,
+        };
+        let mut acks = vec![Ack::Rejected(RejectReason::Malformed); envelopes.len()];
+        let mut batch: Vec<IncomingMessage> = Vec::new();
+        let mut batch_index: Vec<usize> = Vec::new();
+        let mut contents: Vec<Option<Message>> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut new_contact = None;
+        let mut identity_changed = false;
+        for (i, bytes) in envelopes.iter().enumerate() {
+            let Ok(envelope) = Envelope::decode(bytes) else { continue };
+            let id = envelope.message_id().0;
+            if !seen.insert(id) || self.store.is_received(&id)? {
+                acks[i] = Ack::Duplicate;
+                continue;
+            }
+            let mut consumed = None;
+            let plaintext = match &envelope.prekey {
+                Some(header) if &header.identity.signing != peer => {
+                    acks[i] = Ack::Rejected(RejectReason::IdentityMismatch);
+                    continue;
+                }
+                Some(header) if !session.as_ref().is_some_and(|s| s.is_same_prekey_session(header)) => {
+                    let Some(spk) = self.store.signed_prekey(header.signed_prekey_id)? else {
+                        acks[i] = Ack::Rejected(RejectReason::UnknownPrekey);
+                        continue;
+                    };
+                    let opk = match header.one_time_prekey_id {
+                        Some(opk_id) => match self.store.one_time_prekey(opk_id)? {
+                            Some(opk) => Some(opk),
+                            None => {
+                                acks[i] = Ack::Rejected(RejectReason::UnknownPrekey);
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
+                    match Session::respond(&self.identity, &spk, opk.as_ref(), &envelope) {
+                        Ok((s, plaintext)) => {
+                            consumed = header.one_time_prekey_id;
+                            session = Some(s);
+                            match &contact {
+                                None => {
+                                    let c = self.stranger(&header.identity, now_ms);
+                                    new_contact = Some(c.clone());
+                                    contact = Some(c);
+                                }
+                                Some(c) if c.identity != header.identity => {
+                                    identity_changed = true;
+                                    let mut updated = c.clone();
+                                    updated.identity = header.identity;
+                                    contact = Some(updated);
+                                }
+                                Some(_) => {}
+                            }
+                            plaintext
+                        }
+                        Err(_) => {
+                            acks[i] = Ack::Rejected(RejectReason::Undecryptable);
+                            continue;
+                        }
+                    }
+                }
+                _ => {
+                    let Some(s) = session.as_mut() else {
+                        acks[i] = Ack::Rejected(RejectReason::NoSession);
+                        continue;
+                    };
+                    match s.decrypt(&envelope) {
+                        Ok(p) => p,
+                        Err(CryptoError::DuplicateMessage) => {
+                            acks[i] = Ack::Duplicate;
+                            continue;
+                        }
+                        Err(_) => {
+                            acks[i] = Ack::Rejected(RejectReason::Undecryptable);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(snapshot) = session.as_ref().map(Session::snapshot) else { continue };
+            let parsed = Message::decode(&plaintext).ok();
+            if parsed.is_none() {
+                tracing::warn!(profile = %self.store.name(), "undecodable content from a contact; dropped");
+            }
+            let visible = parsed.as_ref().is_some_and(|m| m.content.is_visible());
+            let record = visible.then(|| MessageRecord {
+                id,
+                direction: Direction::Incoming,
+                sent_at_ms: parsed.as_ref().map_or(now_ms, |m| m.sent_at_ms),
+                received_at_ms: Some(now_ms),
+                status: MessageStatus::Delivered,
+                body: plaintext.clone(),
+            });
+            batch.push(IncomingMessage {
+                contact: contact_id,
+                session: snapshot,
+                message: record,
+                consumed_one_time_prekey: consumed,
+                received_id: id,
+            });
+            batch_index.push(i);
+            contents.push(parsed);
+        }
+        if batch.is_empty() {
+            return Ok((acks, Vec::new()));
+        }
+        // The contact record goes first: a stranger becomes a contact (or a
+        // known contact's new identity is recorded) only with its message.
+        if let Some(c) = &contact
+            && (new_contact.is_some() || identity_changed)
+        {
+            let to_store =
+                if new_contact.is_some() { c.clone() } else { Contact { display_name: String::new(), ..c.clone() } };
+            if let Err(e) = self.store.upsert_contact(to_store) {
+                tracing::warn!(error = %e, "could not store contact");
+                for i in &batch_index {
+                    acks[*i] = Ack::Rejected(RejectReason::Storage);
+                }
+                return Ok((acks, Vec::new()));
+            }
+        }
+        let outcomes = match self.store.commit_incoming(&batch, now_ms) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not store received messages");
+                for i in &batch_index {
+                    acks[*i] = Ack::Rejected(RejectReason::Storage);
+                }
+                return Ok((acks, Vec::new()));
+            }
+        };
+        let name = contact.as_ref().map(|c| c.display_name.clone()).unwrap_or_default();
+        let mut actions = Vec::new();
+        if identity_changed {
+            actions.push(Action::Notify(NodeEvent::ContactIdentityChanged {
+                profile: self.profile(),
+                contact: name.clone(),
+            }));
+        }
+        if new_contact.as_ref().is_some_and(|c| c.request) {
+            actions.push(Action::Notify(NodeEvent::MessageRequest { profile: self.profile(), contact: name.clone() }));
+        }
+        let mut visible_received = false;
+        let mut catalog_requested = false;
+        for ((outcome, &i), (item, parsed)) in outcomes.iter().zip(&batch_index).zip(batch.iter().zip(&contents)) {
+            acks[i] = match outcome {
+                ReceiveOutcome::Stored { .. } => Ack::Accepted,
+                ReceiveOutcome::Duplicate => Ack::Duplicate,
+            };
+            if !matches!(outcome, ReceiveOutcome::Stored { .. }) {
+                continue;
+            }
+            match parsed.as_ref().map(|m| &m.content) {
+                Some(Content::Receipt { read }) => {
+                    for id in read
+                        .iter()
+                        .filter_map(|h| kabar_crypto::hex::decode(h))
+                        .filter_map(|b| <[u8; 16]>::try_from(b).ok())
+                    {
+                        if self.store.set_message_status(&id, MessageStatus::Read)? {
+                            actions.push(self.status_event(&id, MessageStatus::Read));
+                        }
+                    }
+                }
+                Some(content) => {
+                    visible_received = true;
+                    catalog_requested |= matches!(content, Content::CatalogRequest);
+                    actions.push(Action::Notify(NodeEvent::MessageReceived {
+                        profile: self.profile(),
+                        contact: name.clone(),
+                        message_id: hex(&item.message.as_ref().map_or([0; 16], |m| m.id)),
+                        kind: content.kind().to_string(),
+                    }));
+                }
+                None => {}
+            }
+        }
+        if self.store.kind() == ProfileKind::Business && visible_received {
+            if new_contact.is_some() {
+                self.label_new_customer(&contact_id)?;
+            }
+            actions.extend(self.automations(&contact_id, &conversation_before, catalog_requested, now_ms, rng)?);
+        }
+        Ok((acks, actions))
+    }
+
+    /// A contact record for someone who wrote first.
+    fn stranger(&self, identity: &kabar_crypto::IdentityPublic, now_ms: u64) -> Contact {
+        let peer = crate::card::peer_id_of(&identity.signing).to_string();
+        Contact {
+            peer_id: identity.signing.to_vec(),
+            identity: *identity,
+            signed_prekey: None,
+            addresses: Vec::new(),
+            display_name: format!("{}…", &peer[peer.len().saturating_sub(8)..]),
+            verified: false,
+            blocked: false,
+            identity_change: None,
+            added_at_ms: now_ms,
+            // A stranger is a message request in a personal profile; in a
+            // business profile, a new customer.
+            request: self.store.kind() == ProfileKind::Personal,
+        }
+    }
+
+    fn label_new_customer(&self, contact: &ContactId) -> Result<(), EngineError> {
+        let labels = self.store.labels()?;
+        let label = match labels.into_iter().find(|l| l.name == NEW_CUSTOMER_LABEL) {
+            Some(l) => l,
+            None => match self.store.add_label(NEW_CUSTOMER_LABEL, "#2e7d32") {
+                Ok(l) => l,
+                // At the label limit: leave the conversation unlabelled.
+                Err(StoreError::Invalid(_)) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        self.store.update_conversation(contact, |c| {
+            if !c.labels.contains(&label.id) {
+                c.labels.push(label.id);
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Greeting, away message and catalog answers of a business profile.
+    fn automations<R: CryptoRng + ?Sized>(
+        &mut self,
+        contact: &ContactId,
+        before: &kabar_storage::Conversation,
+        catalog_requested: bool,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, EngineError> {
+        let settings = self.store.automations()?;
+        let mut queued = false;
+        let first_or_silent = before.last_incoming_ms.is_none_or(|t| now_ms.saturating_sub(t) >= GREETING_SILENCE_MS);
+        if let Some(greeting) = &settings.greeting
+            && first_or_silent
+        {
+            self.queue(
+                contact,
+                Content::Text { text: greeting.clone(), automatic: Some("greeting".into()) },
+                now_ms,
+                rng,
+            )?;
+            queued = true;
+        }
+        if let Some(away) = &settings.away_message
+            && let Some(period) = self.away_period(settings.away_schedule, now_ms)?
+            && before.away_sent_for_ms != Some(period)
+        {
+            self.queue(contact, Content::Text { text: away.clone(), automatic: Some("away".into()) }, now_ms, rng)?;
+            self.store.update_conversation(contact, |c| c.away_sent_for_ms = Some(period))?;
+            queued = true;
+        }
+        if catalog_requested {
+            let items = self
+                .store
+                .catalog()?
+                .into_iter()
+                .map(|i| CatalogEntry {
+                    id: hex(&i.id),
+                    name: i.name,
+                    price_minor: i.price_minor,
+                    currency: i.currency,
+                    description: i.description,
+                    available: i.available,
+                })
+                .collect();
+            self.queue(contact, Content::Catalog { items }, now_ms, rng)?;
+            queued = true;
+        }
+        if !queued {
+            return Ok(Vec::new());
+        }
+        let peer = self.contact_or_err(contact)?.identity.signing;
+        self.flush_peer(&peer, now_ms)
+    }
+
+    /// If the business is away at `now_ms`, the start of the current away
+    /// period (one away message per period per conversation).
+    fn away_period(&self, schedule: AwaySchedule, now_ms: u64) -> Result<Option<u64>, EngineError> {
+        const DAY: u64 = 86_400_000;
+        const STEP: u64 = 15 * 60_000;
+        Ok(match schedule {
+            AwaySchedule::Off => None,
+            // Always away: one away message per conversation per day.
+            AwaySchedule::Always => Some(now_ms - now_ms % DAY),
+            AwaySchedule::OutsideHours => {
+                let hours = self.store.business_hours()?;
+                if hours.is_open_at(now_ms) {
+                    None
+                } else {
+                    // Walk back to the moment the business closed (at most a week).
+                    let mut t = now_ms - now_ms % STEP;
+                    let mut steps = 0;
+                    while steps < 7 * 96 && !hours.is_open_at(t.saturating_sub(STEP)) {
+                        t = t.saturating_sub(STEP);
+                        steps += 1;
+                    }
+                    Some(t)
+                }
+            }
+            AwaySchedule::Window { start, end } => {
+                let offset = i64::from(self.store.business_hours()?.utc_offset_minutes) * 60_000;
+                let local = now_ms as i64 + offset;
+                let day_start = local - local.rem_euclid(DAY as i64);
+                let minute = (local.rem_euclid(DAY as i64) / 60_000) as u16;
+                let (inside, start_day) = if start < end {
+                    (minute >= start && minute < end, day_start)
+                } else if minute >= start {
+                    (true, day_start)
+                } else {
+                    (minute < end, day_start - DAY as i64)
+                };
+                inside.then(|| (start_day + i64::from(start) * 60_000 - offset).max(0) as u64)
+            }
+        })
+    }
+
+    // ---- reading ------------------------------------------------------------
+
+    /// Marks a conversation read: unread count to zero, our copies of their
+    /// messages to `Read`, and an encrypted read receipt to the sender.
+    pub fn mark_read<R: CryptoRng + ?Sized>(
+        &mut self,
+        contact: &ContactId,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, EngineError> {
+        let unread = self.store.conversation(contact)?.unread as usize;
+        if unread == 0 {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<[u8; 16]> = self
+            .store
+            .history(contact, unread.max(1) * 4, None)?
+            .into_iter()
+            .filter(|(_, m)| m.direction == Direction::Incoming && m.status == MessageStatus::Delivered)
+            .map(|(_, m)| m.id)
+            .collect();
+        for id in &ids {
+            self.store.set_message_status(id, MessageStatus::Read)?;
+        }
+        self.store.update_conversation(contact, |c| c.unread = 0)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let receipt = Content::Receipt { read: ids.iter().map(|id| hex(id)).collect() };
+        match self.send(contact, receipt, now_ms, rng) {
+            Ok((_, actions)) => Ok(actions),
+            // No way to send a receipt (blocked, no prekey): reading still counts.
+            Err(EngineError::Blocked(_) | EngineError::NoPrekey(_)) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Groups consecutive transmissions per peer (helper for callers that
+    /// collect many actions).
+    pub fn transmissions(actions: &[Action]) -> HashMap<PeerKey, usize> {
+        let mut out = HashMap::new();
+        for a in actions {
+            if let Action::Transmit { peer, envelopes, .. } = a {
+                *out.entry(*peer).or_insert(0) += envelopes.len();
+            }
+        }
+        out
+    }
+}

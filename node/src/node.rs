@@ -1,0 +1,132 @@
+//! Running a node: every profile of a data directory on its own swarm, the
+//! control socket, and a clean shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kabar_storage::DataDir;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::control::{self, ControlState, ProfileHandle};
+use crate::engine::{Engine, EngineConfig};
+use crate::network::{self, NetworkConfig, ProfileStatus};
+
+/// What a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The data directory (created with `kabar init`).
+    pub data_dir: PathBuf,
+    /// Its passphrase.
+    pub passphrase: Vec<u8>,
+    /// Network settings shared by all profiles.
+    pub network: NetworkConfig,
+    /// Delivery engine settings.
+    pub engine: EngineConfig,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data directory or a profile store.
+    #[error(transparent)]
+    Store(#[from] kabar_storage::StoreError),
+    /// The network.
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
+    /// The engine.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// The control socket.
+    #[error("control socket: {0}")]
+    Socket(#[from] std::io::Error),
+}
+
+/// A running node.
+pub struct Node {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    socket: PathBuf,
+    state: Arc<ControlState>,
+}
+
+impl Node {
+    /// Opens the data directory, starts one swarm per profile and the
+    /// control socket.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let (listener, socket) = control::bind(&config.data_dir).await?;
+        let dir = match DataDir::open(&config.data_dir, &config.passphrase) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = std::fs::remove_file(&socket);
+                return Err(e.into());
+            }
+        };
+        let (stop, _) = watch::channel(false);
+        let (events, _) = broadcast::channel(1024);
+        let mut tasks = Vec::new();
+        let mut profiles = Vec::new();
+        for entry in dir.profiles() {
+            let store = dir.open_profile(&entry.name)?;
+            let seed = store.identity()?.signing_seed();
+            let swarm = network::build_swarm(&seed, &config.network)?;
+            let status = ProfileStatus {
+                name: entry.name.clone(),
+                kind: entry.kind.to_string(),
+                peer_id: swarm.local_peer_id().to_string(),
+                listen_addrs: Vec::new(),
+                connected_peers: 0,
+            };
+            let engine = Engine::new(store, config.engine)?;
+            let (cmd_tx, cmd_rx) = mpsc::channel(64);
+            let (status_tx, status_rx) = watch::channel(status);
+            tasks.push(tokio::spawn(network::run_profile(
+                swarm,
+                engine,
+                config.network.clone(),
+                cmd_rx,
+                events.clone(),
+                status_tx,
+                stop.subscribe(),
+            )));
+            profiles.push((entry.name.clone(), ProfileHandle { commands: cmd_tx, status: status_rx }));
+        }
+        let state = Arc::new(ControlState { profiles, events, stop: stop.clone() });
+        tasks.push(tokio::spawn(control::serve(listener, state.clone())));
+        Ok(Node { stop, tasks, socket, state })
+    }
+
+    /// The control socket's path.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// Live status of every profile.
+    pub fn profiles(&self) -> Vec<ProfileStatus> {
+        self.state.profiles.iter().map(|(_, h)| h.status.borrow().clone()).collect()
+    }
+
+    /// Waits until every profile listens on at least one address.
+    pub async fn wait_listening(&self) {
+        for (_, handle) in &self.state.profiles {
+            let mut status = handle.status.clone();
+            let _ = status.wait_for(|s| !s.listen_addrs.is_empty()).await;
+        }
+    }
+
+    /// Resolves when something asked the node to stop (`node.stop`).
+    pub async fn stopped(&self) {
+        let mut rx = self.stop.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Stops: profiles finish the event they are handling (commits complete),
+    /// swarms close, the socket is removed.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}

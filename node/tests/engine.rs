@@ -1,0 +1,382 @@
+//! The delivery engine without sockets: two or three engines wired by hand,
+//! with loss, duplication, reordering, restarts, strangers and the business
+//! automations.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use kabar_crypto::ProfileKind;
+use kabar_node::content::{Content, Message};
+use kabar_node::engine::{Action, Engine, EngineConfig, NEW_CUSTOMER_LABEL, PeerKey};
+use kabar_node::wire::{Ack, RejectReason};
+use kabar_storage::*;
+
+const T0: u64 = 1_764_000_000_000; // a Monday, 2025-11-24 16:00 UTC
+
+struct Party {
+    _tmp: tempfile::TempDir,
+    dir: DataDir,
+    name: String,
+    engine: Option<Engine>,
+}
+
+impl Party {
+    fn new(name: &str, kind: ProfileKind) -> Party {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dir = DataDir::create(tmp.path(), b"pw", KdfParams::TESTNET).unwrap();
+        let store = dir.create_profile(name, kind, T0 / 1000, &mut rand::rng()).unwrap();
+        let engine = Engine::new(store, EngineConfig::default()).unwrap();
+        Party { _tmp: tmp, dir, name: name.into(), engine: Some(engine) }
+    }
+
+    fn e(&mut self) -> &mut Engine {
+        self.engine.as_mut().unwrap()
+    }
+
+    fn key(&mut self) -> PeerKey {
+        self.e().peer_key()
+    }
+
+    fn store(&mut self) -> &ProfileStore {
+        self.e().store()
+    }
+
+    /// Adds `other` as a contact from its card data.
+    fn knows(&mut self, other: &mut Party, as_name: &str) -> ContactId {
+        let identity = other.store().identity().unwrap().public();
+        let spk = other.store().current_signed_prekey().unwrap().public();
+        let contact = Contact {
+            peer_id: identity.signing.to_vec(),
+            identity,
+            signed_prekey: Some(spk),
+            addresses: vec![],
+            display_name: as_name.into(),
+            verified: false,
+            blocked: false,
+            identity_change: None,
+            added_at_ms: T0,
+            request: false,
+        };
+        self.store().upsert_contact(contact).unwrap().0
+    }
+
+    fn contact_of(&mut self, other: &mut Party) -> ContactId {
+        let key = other.key();
+        self.store().contact_id_for_key(&key)
+    }
+
+    fn restart(&mut self) {
+        drop(self.engine.take());
+        let store = self.dir.open_profile(&self.name).unwrap();
+        self.engine = Some(Engine::new(store, EngineConfig::default()).unwrap());
+    }
+}
+
+/// One transmission: recipient, message ids, envelopes.
+type Transmission = (PeerKey, Vec<[u8; 16]>, Vec<Vec<u8>>);
+
+/// The transmissions among `actions`.
+fn transmits(actions: &[Action]) -> Vec<Transmission> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Transmit { peer, message_ids, envelopes, .. } => {
+                Some((*peer, message_ids.clone(), envelopes.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Delivers every transmission in `actions` from `from` to `to`, feeds the
+/// acks back, and keeps going with the follow-up actions of both sides until
+/// nothing is left. Returns how many envelopes went each way.
+fn pump(from: &mut Party, to: &mut Party, mut actions: Vec<Action>, now: u64) -> usize {
+    let mut moved = 0;
+    let mut back: Vec<Action> = Vec::new();
+    let (from_key, to_key) = (from.key(), to.key());
+    for _ in 0..50 {
+        if actions.is_empty() && back.is_empty() {
+            break;
+        }
+        for (peer, ids, envs) in transmits(&actions) {
+            assert_eq!(peer, to_key);
+            moved += envs.len();
+            let (acks, follow) = to.e().on_request(&from_key, &envs, now, &mut rand::rng()).unwrap();
+            back.extend(follow);
+            let more = from.e().on_acks(&to_key, &ids, &acks, now).unwrap();
+            actions = more;
+        }
+        if transmits(&actions).is_empty() {
+            actions.clear();
+        }
+        for (peer, ids, envs) in transmits(&std::mem::take(&mut back)) {
+            assert_eq!(peer, from_key);
+            moved += envs.len();
+            let (acks, follow) = from.e().on_request(&to_key, &envs, now, &mut rand::rng()).unwrap();
+            actions.extend(follow);
+            back.extend(to.e().on_acks(&from_key, &ids, &acks, now).unwrap());
+        }
+    }
+    moved
+}
+
+fn texts(p: &mut Party, c: &ContactId) -> Vec<(Direction, String)> {
+    p.store()
+        .history(c, 1000, None)
+        .unwrap()
+        .into_iter()
+        .filter_map(|(_, m)| match Message::decode(&m.body).ok()?.content {
+            Content::Text { text, .. } => Some((m.direction, text)),
+            Content::Order { .. } => Some((m.direction, "<order>".into())),
+            Content::Catalog { items } => Some((m.direction, format!("<catalog {}>", items.len()))),
+            Content::CatalogRequest => Some((m.direction, "<catalog request>".into())),
+            Content::Receipt { .. } => None,
+        })
+        .collect()
+}
+
+fn status(p: &mut Party, id: &[u8; 16]) -> MessageStatus {
+    p.store().message(id).unwrap().unwrap().2.status
+}
+
+#[test]
+fn messages_go_both_ways_and_reach_delivered_then_read() {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    let b_alice = b.knows(&mut a, "Alice");
+
+    let (id, actions) = a.e().send(&a_bob, Content::text("hi Bob"), T0, &mut rand::rng()).unwrap();
+    assert_eq!(status(&mut a, &id), MessageStatus::Sent);
+    assert_eq!(pump(&mut a, &mut b, actions, T0), 1);
+    assert_eq!(status(&mut a, &id), MessageStatus::Delivered);
+    assert!(a.store().outbox().unwrap().is_empty());
+    assert_eq!(texts(&mut b, &b_alice), [(Direction::Incoming, "hi Bob".to_string())]);
+    assert_eq!(b.store().conversation(&b_alice).unwrap().unread, 1);
+
+    let (reply, actions) = b.e().send(&b_alice, Content::text("hi Alice"), T0 + 1, &mut rand::rng()).unwrap();
+    pump(&mut b, &mut a, actions, T0 + 1);
+    assert_eq!(status(&mut b, &reply), MessageStatus::Delivered);
+
+    // Bob reads: Alice's message becomes Read on Alice's side.
+    let actions = b.e().mark_read(&b_alice, T0 + 2, &mut rand::rng()).unwrap();
+    pump(&mut b, &mut a, actions, T0 + 2);
+    assert_eq!(status(&mut a, &id), MessageStatus::Read);
+    assert_eq!(b.store().conversation(&b_alice).unwrap().unread, 0);
+}
+
+#[test]
+fn lost_requests_are_retried_with_backoff_and_survive_a_restart() {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    let b_alice = b.knows(&mut a, "Alice");
+    let (id, actions) = a.e().send(&a_bob, Content::text("are you there?"), T0, &mut rand::rng()).unwrap();
+    let (_, ids, _) = transmits(&actions).remove(0);
+    // The request is lost.
+    a.e().on_transmit_failed(&ids);
+    // Not due yet: nothing is retried immediately.
+    assert!(transmits(&a.e().on_tick(T0 + 100).unwrap()).is_empty());
+    // Alice's node restarts; the outbox is still there.
+    a.restart();
+    let actions = a.e().on_tick(T0 + 5_000).unwrap();
+    assert_eq!(transmits(&actions).len(), 1);
+    pump(&mut a, &mut b, actions, T0 + 5_000);
+    assert_eq!(status(&mut a, &id), MessageStatus::Delivered);
+    assert_eq!(texts(&mut b, &b_alice).len(), 1);
+    // The next backoff is longer than the first.
+    let (_, actions) = a.e().send(&a_bob, Content::text("again"), T0 + 6_000, &mut rand::rng()).unwrap();
+    let (_, ids, _) = transmits(&actions).remove(0);
+    a.e().on_transmit_failed(&ids);
+    let entry = a.store().outbox().unwrap().remove(0);
+    assert!(entry.next_attempt_at_ms >= T0 + 6_000 + 800 && entry.next_attempt_at_ms <= T0 + 6_000 + 1_200);
+    let actions = a.e().on_tick(entry.next_attempt_at_ms).unwrap();
+    a.e().on_transmit_failed(&transmits(&actions)[0].1);
+    let entry2 = a.store().outbox().unwrap().remove(0);
+    assert!(entry2.next_attempt_at_ms - entry.next_attempt_at_ms >= 1_600, "backoff doubles");
+    // Reachability flushes at once, whatever the backoff says.
+    assert_eq!(transmits(&a.e().on_peer_reachable(&b.key(), entry.next_attempt_at_ms + 1).unwrap()).len(), 1);
+}
+
+#[test]
+fn duplicates_are_acknowledged_and_stored_once_and_order_is_the_senders() {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    let b_alice = b.knows(&mut a, "Alice");
+    let mut all = Vec::new();
+    for i in 0..5 {
+        let (id, actions) = a.e().send(&a_bob, Content::text(format!("m{i}")), T0 + i, &mut rand::rng()).unwrap();
+        let (_, ids, envs) = transmits(&actions).remove(0);
+        a.e().on_transmit_failed(&ids);
+        // The retransmission carries the earlier ones too; keep this one.
+        let at = ids.iter().position(|x| *x == id).unwrap();
+        all.push(envs[at].clone());
+    }
+    // They arrive in reverse order, one request each, then all again.
+    let key = a.key();
+    for env in all.iter().rev() {
+        let (acks, _) = b.e().on_request(&key, std::slice::from_ref(env), T0 + 10, &mut rand::rng()).unwrap();
+        assert_eq!(acks, [Ack::Accepted]);
+    }
+    let (acks, _) = b.e().on_request(&key, &all, T0 + 11, &mut rand::rng()).unwrap();
+    assert_eq!(acks, vec![Ack::Duplicate; 5]);
+    let history = b.store().history(&b_alice, 100, None).unwrap();
+    assert_eq!(history.len(), 5);
+    let mut by_sender: Vec<(u64, String)> = history
+        .iter()
+        .map(|(_, m)| {
+            let msg = Message::decode(&m.body).unwrap();
+            let Content::Text { text, .. } = msg.content else { panic!() };
+            (msg.seq, text)
+        })
+        .collect();
+    by_sender.sort();
+    assert_eq!(by_sender.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(), ["m0", "m1", "m2", "m3", "m4"]);
+}
+
+#[test]
+fn garbage_and_foreign_envelopes_are_rejected_without_harm() {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let mut m = Party::new("mallory", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    b.knows(&mut a, "Alice");
+    let (_, actions) = a.e().send(&a_bob, Content::text("hello"), T0, &mut rand::rng()).unwrap();
+    let (_, _, envs) = transmits(&actions).remove(0);
+    let mallory = m.key();
+    // Mallory replays Alice's prekey message as her own: identity mismatch.
+    let (acks, _) = b.e().on_request(&mallory, &envs, T0, &mut rand::rng()).unwrap();
+    assert_eq!(acks, [Ack::Rejected(RejectReason::IdentityMismatch)]);
+    // Garbage.
+    let (acks, _) = b.e().on_request(&mallory, &[vec![1, 2, 3], vec![]], T0, &mut rand::rng()).unwrap();
+    assert_eq!(acks, vec![Ack::Rejected(RejectReason::Malformed); 2]);
+    // A tampered envelope from Alice.
+    let mut bad = envs[0].clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let alice = a.key();
+    let (acks, _) = b.e().on_request(&alice, &[bad], T0, &mut rand::rng()).unwrap();
+    assert_eq!(acks, [Ack::Rejected(RejectReason::Undecryptable)]);
+    // The genuine one still goes through afterwards.
+    let (acks, _) = b.e().on_request(&alice, &envs, T0, &mut rand::rng()).unwrap();
+    assert_eq!(acks, [Ack::Accepted]);
+    assert!(b.store().contacts().unwrap().iter().all(|(_, c)| c.display_name != "mallory"));
+}
+
+#[test]
+fn a_stranger_becomes_a_message_request_and_blocking_rejects() {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob"); // Bob does not know Alice.
+    let (_, actions) = a.e().send(&a_bob, Content::text("remember me?"), T0, &mut rand::rng()).unwrap();
+    let (_, ids, envs) = transmits(&actions).remove(0);
+    let alice = a.key();
+    let (acks, events) = b.e().on_request(&alice, &envs, T0, &mut rand::rng()).unwrap();
+    assert_eq!(acks, [Ack::Accepted]);
+    assert!(events.iter().any(|e| matches!(e, Action::Notify(kabar_node::engine::NodeEvent::MessageRequest { .. }))));
+    let b_alice = b.contact_of(&mut a);
+    let contact = b.store().contact(&b_alice).unwrap().unwrap();
+    assert!(contact.request);
+    a.e().on_acks(&b.key(), &ids, &acks, T0).unwrap();
+    // Bob blocks: further messages are rejected and not stored.
+    b.store().update_contact(&b_alice, |c| c.blocked = true).unwrap();
+    let (id2, actions) = a.e().send(&a_bob, Content::text("hello??"), T0 + 1, &mut rand::rng()).unwrap();
+    pump(&mut a, &mut b, actions, T0 + 1);
+    assert_eq!(status(&mut a, &id2), MessageStatus::Failed);
+    assert_eq!(texts(&mut b, &b_alice).len(), 1);
+}
+
+#[test]
+fn business_greets_new_customers_labels_them_and_sends_away_once_per_period() {
+    let mut shop = Party::new("shop", ProfileKind::Business);
+    let mut cust = Party::new("customer", ProfileKind::Personal);
+    let c_shop = cust.knows(&mut shop, "Bakery");
+    shop.store()
+        .set_automations(&Automations {
+            greeting: Some("Welcome to Marigold!".into()),
+            away_message: Some("We are closed, back at 9:00".into()),
+            away_schedule: AwaySchedule::OutsideHours,
+        })
+        .unwrap();
+    let mut hours = BusinessHours::default();
+    hours.days[0] = Some((9 * 60, 17 * 60)); // Mondays 9-17 UTC
+    shop.store().set_business_hours(&hours).unwrap();
+
+    // Monday 16:00 UTC: open. First message: greeting, no away message.
+    let (_, actions) = cust.e().send(&c_shop, Content::text("Hello"), T0, &mut rand::rng()).unwrap();
+    pump(&mut cust, &mut shop, actions, T0);
+    let s_cust = shop.contact_of(&mut cust);
+    let conv = shop.store().conversation(&s_cust).unwrap();
+    let label = shop.store().labels().unwrap().into_iter().find(|l| l.name == NEW_CUSTOMER_LABEL).unwrap();
+    assert_eq!(conv.labels, [label.id]);
+    assert!(!shop.store().contact(&s_cust).unwrap().unwrap().request, "a customer, not a request");
+    assert_eq!(
+        texts(&mut cust, &c_shop),
+        [(Direction::Outgoing, "Hello".into()), (Direction::Incoming, "Welcome to Marigold!".into())]
+    );
+
+    // Monday 18:00: closed. Away message once; a second message in the same
+    // closed period gets nothing.
+    let evening = T0 + 2 * 3_600_000;
+    for text in ["Are you open?", "Hello?"] {
+        let (_, actions) = cust.e().send(&c_shop, Content::text(text), evening, &mut rand::rng()).unwrap();
+        pump(&mut cust, &mut shop, actions, evening);
+    }
+    let got = texts(&mut cust, &c_shop);
+    assert_eq!(got.iter().filter(|(_, t)| t.starts_with("We are closed")).count(), 1, "{got:?}");
+    assert_eq!(got.iter().filter(|(_, t)| t.starts_with("Welcome")).count(), 1);
+    // Next Monday evening: a new away period.
+    let next_week = evening + 7 * 86_400_000;
+    let (_, actions) = cust.e().send(&c_shop, Content::text("Hi again"), next_week, &mut rand::rng()).unwrap();
+    pump(&mut cust, &mut shop, actions, next_week);
+    let got = texts(&mut cust, &c_shop);
+    assert_eq!(got.iter().filter(|(_, t)| t.starts_with("We are closed")).count(), 2);
+    // After 14 days of silence the greeting comes again.
+    let later = next_week + 15 * 86_400_000 - 7 * 3_600_000; // a Monday, open
+    let (_, actions) = cust.e().send(&c_shop, Content::text("Back"), later, &mut rand::rng()).unwrap();
+    pump(&mut cust, &mut shop, actions, later);
+    assert_eq!(texts(&mut cust, &c_shop).iter().filter(|(_, t)| t.starts_with("Welcome")).count(), 2);
+}
+
+#[test]
+fn quick_replies_catalog_and_orders() {
+    let mut shop = Party::new("shop", ProfileKind::Business);
+    let mut cust = Party::new("customer", ProfileKind::Personal);
+    let c_shop = cust.knows(&mut shop, "Bakery");
+    let s_cust = shop.knows(&mut cust, "Dana");
+    shop.store()
+        .put_quick_reply(&QuickReply { shortcut: "thanks".into(), text: "Thank you for your order!".into() })
+        .unwrap();
+    let item = shop
+        .store()
+        .put_catalog_item(CatalogItem {
+            id: [0; 8],
+            name: "Sourdough".into(),
+            price_minor: 450,
+            currency: "EUR".into(),
+            description: "800 g".into(),
+            available: true,
+        })
+        .unwrap();
+
+    let (_, actions) = cust.e().send(&c_shop, Content::CatalogRequest, T0, &mut rand::rng()).unwrap();
+    pump(&mut cust, &mut shop, actions, T0);
+    assert!(texts(&mut cust, &c_shop).contains(&(Direction::Incoming, "<catalog 1>".into())));
+
+    let order = Content::Order {
+        items: vec![kabar_node::content::OrderLine { item: kabar_crypto::hex::encode(&item.id), quantity: 2 }],
+        note: None,
+    };
+    let (_, actions) = cust.e().send(&c_shop, order, T0 + 1, &mut rand::rng()).unwrap();
+    pump(&mut cust, &mut shop, actions, T0 + 1);
+    assert!(texts(&mut shop, &s_cust).contains(&(Direction::Incoming, "<order>".into())));
+
+    let (_, actions) = shop.e().send(&s_cust, Content::text("/thanks"), T0 + 2, &mut rand::rng()).unwrap();
+    pump(&mut shop, &mut cust, actions, T0 + 2);
+    assert_eq!(texts(&mut cust, &c_shop).last().unwrap().1, "Thank you for your order!");
+    assert!(shop.e().send(&s_cust, Content::text("/nope"), T0 + 3, &mut rand::rng()).is_err());
+    // A personal profile sends "/thanks" as it is.
+    let (_, actions) = cust.e().send(&c_shop, Content::text("/thanks"), T0 + 4, &mut rand::rng()).unwrap();
+    pump(&mut cust, &mut shop, actions, T0 + 4);
+    assert_eq!(texts(&mut shop, &s_cust).last().unwrap().1, "/thanks");
+}
