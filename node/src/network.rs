@@ -211,10 +211,14 @@ pub async fn run_profile(
     // A Send CSPRNG (ThreadRng is not Send), seeded from the thread RNG.
     let mut rng: rand::rngs::StdRng = rand::SeedableRng::from_rng(&mut rand::rng());
 
-    // Messages queued before a restart go out as soon as their peers connect.
-    if let Ok(peers) = engine.pending_peers() {
-        for (peer, addresses) in peers {
-            dial(&mut swarm, &peer, &addresses);
+    // Say hello to contacts (at most 64, newest first): they learn our new
+    // address, and messages queued before a restart go out as soon as
+    // their peers connect.
+    if let Ok(mut contacts) = engine.store().contacts() {
+        contacts.retain(|(_, c)| !c.blocked && !c.addresses.is_empty());
+        contacts.sort_by_key(|(_, c)| std::cmp::Reverse(c.added_at_ms));
+        for (_, c) in contacts.into_iter().take(64) {
+            dial(&mut swarm, &c.identity.signing, &c.addresses);
         }
     }
 

@@ -120,6 +120,18 @@ impl Node {
         let _ = rx.wait_for(|s| *s).await;
     }
 
+    /// Stops abruptly, as a crash would between two events: tasks are
+    /// aborted at their next await point, nothing is flushed. (Commits are
+    /// synchronous, so a task never stops halfway through one.)
+    pub async fn kill(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
     /// Stops: profiles finish the event they are handling (commits complete),
     /// swarms close, the socket is removed.
     pub async fn shutdown(self) {

@@ -55,8 +55,9 @@ pub enum Direction {
     Incoming,
 }
 
-/// Delivery status of a message.
+/// Delivery status of a message. (JSON: lower-case names.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MessageStatus {
     /// Persisted with its envelope in the outbox; not yet handed to the network.
     Queued,

@@ -1,0 +1,55 @@
+//! Two nodes message both ways; statuses reach delivered and read.
+
+use kabar_crypto::ProfileKind::Personal;
+use kabar_tests::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_message_both_ways_and_statuses_reach_delivered_and_read() {
+    let alice = TestNode::start(&[("personal", Personal)]).await;
+    let bob = TestNode::start(&[("personal", Personal)]).await;
+    introduce(&alice, "personal", "Alice", &bob, "personal", "Bob").await;
+    let mut alice_events = alice.subscribe().await;
+    let mut bob_events = bob.subscribe().await;
+
+    let sent = alice.call("message.send", json!({"to": "Bob", "text": "Hi Bob!"})).await;
+    let id = sent["message_id"].as_str().unwrap().to_string();
+    alice_events.wait_status(&id, "delivered").await;
+    bob_events.wait_received("personal", 1).await;
+
+    let reply = bob.call("message.send", json!({"to": "Alice", "text": "Hi Alice, all well?"})).await;
+    bob_events.wait_status(reply["message_id"].as_str().unwrap(), "delivered").await;
+
+    assert_eq!(
+        history(&alice, "personal", "Bob").await,
+        [("out".into(), "Hi Bob!".into()), ("in".into(), "Hi Alice, all well?".into())]
+    );
+    assert_eq!(
+        history(&bob, "personal", "Alice").await,
+        [("in".into(), "Hi Bob!".into()), ("out".into(), "Hi Alice, all well?".into())]
+    );
+    let inbox = bob.call("conversation.list", json!({})).await;
+    assert_eq!(inbox[0]["contact"], "Alice");
+
+    // Bob reads the conversation: Alice sees "read".
+    bob.call("conversation.read", json!({"with": "Alice"})).await;
+    alice_events.wait_status(&id, "read").await;
+    let status = alice.call("message.status", json!({"message_id": id})).await;
+    assert_eq!(status["status"], "read");
+    let inbox = bob.call("conversation.list", json!({})).await;
+    assert_eq!(inbox[0]["unread"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safety_numbers_match_on_both_sides_and_verify_marks_the_contact() {
+    let alice = TestNode::start(&[("personal", Personal)]).await;
+    let bob = TestNode::start(&[("personal", Personal)]).await;
+    introduce(&alice, "personal", "Alice", &bob, "personal", "Bob").await;
+    let a = alice.call("contact.verify", json!({"name": "Bob"})).await;
+    let b = bob.call("contact.verify", json!({"name": "Alice", "confirm": true})).await;
+    assert_eq!(a["digits"], b["digits"]);
+    assert_eq!(a["verified"], false);
+    assert_eq!(b["verified"], true);
+    let contacts = bob.call("contact.list", json!({})).await;
+    assert_eq!(contacts[0]["verified"], true);
+}
