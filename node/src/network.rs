@@ -294,8 +294,10 @@ fn dial(swarm: &mut Swarm<Behaviour>, peer: &PeerKey, addresses: &[String]) {
     }
 }
 
-fn allow(limits: &mut HashMap<PeerId, RateLimit>, peer: PeerId) -> bool {
-    let now = Instant::now();
+/// Token bucket per peer: [`PEER_REQUESTS_PER_SECOND`], bursts up to twice
+/// that. The map holds only connected peers (entries go when the last
+/// connection closes), so it is bounded by the connection limits.
+fn allow(limits: &mut HashMap<PeerId, RateLimit>, peer: PeerId, now: Instant) -> bool {
     let entry = limits.entry(peer).or_insert(RateLimit { tokens: 2.0 * PEER_REQUESTS_PER_SECOND, last: now });
     let elapsed = now.duration_since(entry.last).as_secs_f64();
     entry.tokens = (entry.tokens + elapsed * PEER_REQUESTS_PER_SECOND).min(2.0 * PEER_REQUESTS_PER_SECOND);
@@ -349,7 +351,7 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
                             .send_response(channel, vec![Ack::Rejected(RejectReason::IdentityMismatch); request.len()]);
                         return Vec::new();
                     };
-                    if !allow(limits, peer) {
+                    if !allow(limits, peer, Instant::now()) {
                         tracing::debug!(%peer, "request over the per-peer rate; dropped");
                         return Vec::new();
                     }
@@ -409,5 +411,24 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
             actions
         }
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flooding_peer_is_held_to_its_rate_and_others_are_not_affected() {
+        let mut limits = HashMap::new();
+        let (flood, quiet) = (PeerId::random(), PeerId::random());
+        let t0 = Instant::now();
+        let burst = (0..1_000).filter(|_| allow(&mut limits, flood, t0)).count();
+        assert_eq!(burst, 2 * PEER_REQUESTS_PER_SECOND as usize);
+        assert!(allow(&mut limits, quiet, t0), "another peer has its own bucket");
+        // One second later: one second's worth more, not another burst.
+        let t1 = t0 + Duration::from_secs(1);
+        let more = (0..1_000).filter(|_| allow(&mut limits, flood, t1)).count();
+        assert_eq!(more, PEER_REQUESTS_PER_SECOND as usize);
     }
 }

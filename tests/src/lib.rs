@@ -25,6 +25,7 @@ const PASSPHRASE: &[u8] = b"integration tests";
 /// A node running in this process.
 pub struct TestNode {
     _tmp: tempfile::TempDir,
+    listen: Vec<libp2p::Multiaddr>,
     /// Its data directory.
     pub data_dir: PathBuf,
     node: Option<Node>,
@@ -42,6 +43,12 @@ pub struct RpcFailure {
 impl TestNode {
     /// A node with these profiles, listening on 127.0.0.1 (TCP, random ports).
     pub async fn start(profiles: &[(&str, ProfileKind)]) -> TestNode {
+        Self::start_on(profiles, "/ip4/127.0.0.1/tcp/0").await
+    }
+
+    /// A node with these profiles listening on `listen` (e.g. QUIC:
+    /// `/ip4/127.0.0.1/udp/0/quic-v1`).
+    pub async fn start_on(profiles: &[(&str, ProfileKind)], listen: &str) -> TestNode {
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = tmp.path().join("data");
         let mut dir = DataDir::create(&data_dir, PASSPHRASE, KdfParams::TESTNET).unwrap();
@@ -49,7 +56,7 @@ impl TestNode {
             dir.create_profile(name, *kind, 1_700_000_000, &mut rand::rng()).unwrap();
         }
         drop(dir);
-        let mut node = TestNode { _tmp: tmp, data_dir, node: None };
+        let mut node = TestNode { _tmp: tmp, listen: vec![listen.parse().unwrap()], data_dir, node: None };
         node.boot().await;
         node
     }
@@ -59,7 +66,7 @@ impl TestNode {
             data_dir: self.data_dir.clone(),
             passphrase: PASSPHRASE.to_vec(),
             network: NetworkConfig {
-                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                listen: self.listen.clone(),
                 bootstrap: Vec::new(),
                 mdns: false,
                 kad_server: true,

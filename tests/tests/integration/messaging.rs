@@ -53,3 +53,15 @@ async fn safety_numbers_match_on_both_sides_and_verify_marks_the_contact() {
     let contacts = bob.call("contact.list", json!({})).await;
     assert_eq!(contacts[0]["verified"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_travel_over_quic_too() {
+    let alice = TestNode::start_on(&[("personal", Personal)], "/ip4/127.0.0.1/udp/0/quic-v1").await;
+    let bob = TestNode::start_on(&[("personal", Personal)], "/ip4/127.0.0.1/udp/0/quic-v1").await;
+    assert!(bob.profile_info("personal").await["listen_addrs"][0].as_str().unwrap().contains("quic-v1"));
+    introduce(&alice, "personal", "Alice", &bob, "personal", "Bob").await;
+    let mut events = alice.subscribe().await;
+    let sent = alice.call("message.send", json!({"to": "Bob", "text": "over QUIC"})).await;
+    events.wait_status(sent["message_id"].as_str().unwrap(), "delivered").await;
+    assert_eq!(history(&bob, "personal", "Alice").await, [("in".into(), "over QUIC".into())]);
+}
