@@ -380,3 +380,21 @@ fn quick_replies_catalog_and_orders() {
     pump(&mut cust, &mut shop, actions, T0 + 4);
     assert_eq!(texts(&mut shop, &s_cust).last().unwrap().1, "/thanks");
 }
+
+#[test]
+fn a_message_fails_only_after_the_expiry() {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    let (id, actions) = a.e().send(&a_bob, Content::text("into the void"), T0, &mut rand::rng()).unwrap();
+    a.e().on_transmit_failed(&transmits(&actions)[0].1);
+    let expiry = EngineConfig::default().expiry_ms;
+    // Retried (never failed) right up to the expiry.
+    let actions = a.e().on_tick(T0 + expiry).unwrap();
+    assert_eq!(status(&mut a, &id), MessageStatus::Sent);
+    a.e().on_transmit_failed(&transmits(&actions)[0].1);
+    let actions = a.e().on_tick(T0 + expiry + 1).unwrap();
+    assert!(transmits(&actions).is_empty());
+    assert_eq!(status(&mut a, &id), MessageStatus::Failed);
+    assert!(a.store().outbox().unwrap().is_empty());
+}
