@@ -1,17 +1,24 @@
-//! `kabar`: the command-line client of Kabar: `kabar init`, `kabar node run`
-//! (the node itself, in the foreground), and a thin client of the node's
-//! JSON-RPC control socket. The only crate that prints for humans.
+//! `kabar`: the command-line client of Kabar. `kabar init` and
+//! `kabar node run` work on the data directory directly; every other command
+//! is a thin client of the running node's JSON-RPC control socket
+//! (docs/api.md). The only crate that prints for humans.
+//!
+//! Exit codes: 0 success, 1 error, 2 bad usage, 3 no node running, 4 `--wait`
+//! timed out.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod client;
 mod demo;
+mod output;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use client::{Client, EXIT_NO_NODE, EXIT_TIMEOUT, NoNode, TimedOut};
 use kabar_crypto::ProfileKind;
 use kabar_node::network::NetworkConfig;
 use kabar_node::{Node, NodeConfig};
@@ -21,12 +28,15 @@ use serde_json::{Value, json};
 /// Kabar: peer-to-peer, end-to-end encrypted messaging with separate personal
 /// and business identities.
 #[derive(Debug, Parser)]
-#[command(name = "kabar", version, about, long_about = None)]
+#[command(name = "kabar", version, about, long_about = None, after_help = "Start here: kabar init, then kabar node run (see docs/cli.md)")]
 struct Cli {
-    /// Data directory (default: the platform's data directory for kabar).
+    /// Data directory [default: the platform's data directory for kabar].
     #[arg(long, global = true, env = "KABAR_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Print machine-readable JSON.
+    /// Profile to act as.
+    #[arg(long, global = true, default_value = "personal")]
+    profile: String,
+    /// Machine-readable JSON output (documented in docs/cli.md).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -35,22 +45,112 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create the data directory with a personal profile (and optionally a
-    /// business one), locked by a passphrase (KABAR_PASSPHRASE or a prompt).
+    /// Create the data directory with a personal profile (and optionally a business one).
+    ///
+    /// The passphrase comes from KABAR_PASSPHRASE or a prompt.
     ///
     /// Example: kabar init --business shop
     Init {
         /// Also create a business profile with this name.
         #[arg(long, value_name = "NAME")]
         business: Option<String>,
-        /// Cheap key derivation for local test networks ONLY (not safe for real use).
-        #[arg(long, hide = true)]
+        /// Cheap key derivation for local test networks ONLY (unsafe for real use).
+        #[arg(long)]
         testnet_kdf: bool,
     },
-    /// Run or query the node.
+    /// Run, inspect or stop the node.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Call any control-API method (see docs/api.md).
+    /// List, create or show profiles.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+    /// Print this profile's contact card (a kabar: URI) to give to others.
+    ///
+    /// Example: kabar card --qr
+    Card {
+        /// Draw the card as a QR code in the terminal.
+        #[arg(long)]
+        qr: bool,
+        /// The name the card suggests (default: the profile name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Manage contacts.
+    #[command(subcommand)]
+    Contact(ContactCommand),
+    /// Send a message.
+    ///
+    /// On a business profile, a text like /thanks sends the saved quick reply.
+    ///
+    /// Example: kabar send Bob "See you at 8" --wait
+    Send {
+        /// Contact name.
+        name: String,
+        /// The text.
+        text: String,
+        /// Wait until delivered (exit code 4 if not within --timeout).
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait with --wait.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Conversations, unread counts, labels and last messages.
+    ///
+    /// Example: kabar --profile shop inbox
+    Inbox,
+    /// The messages of a conversation.
+    ///
+    /// Example: kabar history Bob --limit 20
+    History {
+        /// Contact name.
+        name: String,
+        /// How many of the latest messages.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// Message requests from strangers: list, accept or block.
+    ///
+    /// Example: kabar requests accept 8xY3kQ9p… --rename Carol
+    Requests {
+        #[command(subcommand)]
+        action: Option<RequestCommand>,
+    },
+    /// An interactive conversation in this terminal (line mode). Type and press
+    /// Enter to send; Ctrl-D or Ctrl-C leaves.
+    ///
+    /// Example: kabar chat Bob
+    Chat {
+        /// Contact name.
+        name: String,
+    },
+    /// Business tools (business profiles).
+    #[command(subcommand)]
+    Business(BusinessCommand),
+    /// Fetch a business's catalog.
+    ///
+    /// Example: kabar catalog Bakery
+    Catalog {
+        /// The business contact's name.
+        name: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Order from a business's catalog: ITEM is an item name or id, xN a quantity.
+    ///
+    /// Example: kabar order Bakery Sourdough x2 Croissant
+    Order {
+        /// The business contact's name.
+        name: String,
+        /// Items, each optionally followed by xN.
+        #[arg(required = true)]
+        items: Vec<String>,
+        /// A note for the business.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Call any control-API method (docs/api.md).
     ///
     /// Example: kabar rpc message.send '{"to":"Bob","text":"Hello"}'
     Rpc {
@@ -60,8 +160,14 @@ enum Command {
         #[arg(default_value = "{}")]
         params: String,
     },
-    /// Two identities talk end to end through kabar-crypto, in this process,
-    /// with no network.
+    /// Print shell completions.
+    ///
+    /// Example: kabar completions bash > /etc/bash_completion.d/kabar
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Two identities talk end to end through kabar-crypto, in this process, with no network.
     ///
     /// Example: kabar demo --messages 5
     Demo {
@@ -77,7 +183,7 @@ enum NodeCommand {
     ///
     /// Example: kabar node run --listen /ip4/0.0.0.0/tcp/4001
     Run {
-        /// Listen address (repeatable); default: all interfaces, TCP and QUIC, random ports.
+        /// Listen address (repeatable) [default: all interfaces, TCP and QUIC, random ports].
         #[arg(long, value_name = "MULTIADDR")]
         listen: Vec<String>,
         /// Peer to dial at start (repeatable).
@@ -86,11 +192,11 @@ enum NodeCommand {
         /// Turn off mDNS discovery on the local network.
         #[arg(long)]
         no_mdns: bool,
-        /// Serve the DHT from the start (for local test networks).
-        #[arg(long, hide = true)]
+        /// Serve the DHT from the start (local test networks).
+        #[arg(long)]
         dht_server: bool,
     },
-    /// Show the running node's profiles, PeerIds and listen addresses.
+    /// The running node's profiles, PeerIds and listen addresses.
     ///
     /// Example: kabar node info
     Info,
@@ -100,14 +206,310 @@ enum NodeCommand {
     Stop,
 }
 
+#[derive(Debug, Subcommand)]
+enum ProfileCommand {
+    /// List the profiles of the data directory (no node needed).
+    ///
+    /// Example: kabar profile list
+    List,
+    /// Create a profile (stop the node first; it hosts the new profile when started again).
+    ///
+    /// Example: kabar profile create shop --kind business
+    Create {
+        /// Profile name: 1-32 characters a-z, 0-9, '-' or '_'.
+        name: String,
+        /// personal or business.
+        #[arg(long, value_parser = ["personal", "business"])]
+        kind: String,
+    },
+    /// Show the selected profile (--profile): kind, PeerId, addresses.
+    ///
+    /// Example: kabar --profile shop profile show
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
+enum ContactCommand {
+    /// Add a contact from their card.
+    ///
+    /// Example: kabar contact add kabar:AQGm… --name Bob
+    Add {
+        /// The kabar: card.
+        card: String,
+        /// The name to file them under.
+        #[arg(long)]
+        name: String,
+    },
+    /// List contacts.
+    ///
+    /// Example: kabar contact list
+    List,
+    /// Show the safety number to compare with the contact; --confirm marks them verified.
+    ///
+    /// Example: kabar contact verify Bob --confirm
+    Verify {
+        /// Contact name.
+        name: String,
+        /// Mark as verified (after comparing the numbers).
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Block a contact: their messages are refused.
+    ///
+    /// Example: kabar contact block Mallory
+    Block {
+        /// Contact name.
+        name: String,
+    },
+    /// Unblock a contact.
+    ///
+    /// Example: kabar contact unblock Mallory
+    Unblock {
+        /// Contact name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RequestCommand {
+    /// List message requests (the default).
+    List,
+    /// Accept a request (optionally renaming the contact).
+    Accept {
+        /// The request's name (from `kabar requests`).
+        name: String,
+        /// A name to file them under.
+        #[arg(long)]
+        rename: Option<String>,
+    },
+    /// Block a request.
+    Block {
+        /// The request's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BusinessCommand {
+    /// The business profile.
+    #[command(subcommand)]
+    Profile(BusinessProfileCommand),
+    /// Catalog items.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+    /// Quick replies (/shortcut → text).
+    #[command(subcommand)]
+    Reply(ReplyCommand),
+    /// The greeting sent on a customer's first message (and after 14 days of silence).
+    #[command(subcommand)]
+    Greeting(GreetingCommand),
+    /// The away message.
+    #[command(subcommand)]
+    Away(AwayCommand),
+    /// Opening hours.
+    #[command(subcommand)]
+    Hours(HoursCommand),
+    /// Labels for conversations.
+    #[command(subcommand)]
+    Label(LabelCommand),
+    /// Close a conversation after the transaction (a new message reopens it).
+    ///
+    /// Example: kabar --profile shop business close Dana
+    Close {
+        /// Customer name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BusinessProfileCommand {
+    /// Set fields of the business profile.
+    ///
+    /// Example: kabar --profile shop business profile set --name "Marigold Bakery" --about "Fresh bread daily"
+    Set {
+        /// Business name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Category.
+        #[arg(long)]
+        category: Option<String>,
+        /// One line, at most 139 characters.
+        #[arg(long)]
+        about: Option<String>,
+        /// At most 512 characters.
+        #[arg(long)]
+        description: Option<String>,
+        /// Street address.
+        #[arg(long)]
+        address: Option<String>,
+        /// E-mail.
+        #[arg(long)]
+        email: Option<String>,
+        /// Web site.
+        #[arg(long)]
+        website: Option<String>,
+    },
+    /// Show the business profile.
+    ///
+    /// Example: kabar --profile shop business profile show
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogCommand {
+    /// Add an item.
+    ///
+    /// Example: kabar --profile shop business catalog add Sourdough --price 4.50 --currency EUR
+    Add {
+        /// Item name.
+        name: String,
+        /// Price, e.g. 4.50.
+        #[arg(long)]
+        price: String,
+        /// ISO 4217 currency.
+        #[arg(long, default_value = "EUR")]
+        currency: String,
+        /// Description.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List items.
+    ///
+    /// Example: kabar --profile shop business catalog list
+    List,
+    /// Remove an item by id.
+    ///
+    /// Example: kabar --profile shop business catalog remove 3f9a0c2d11b4e5a6
+    Remove {
+        /// Item id (from `catalog list`).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReplyCommand {
+    /// Save a quick reply.
+    ///
+    /// Example: kabar --profile shop business reply add /thanks "Thank you for your order!"
+    Add {
+        /// The shortcut, e.g. /thanks.
+        shortcut: String,
+        /// The text it sends.
+        text: String,
+    },
+    /// List quick replies.
+    ///
+    /// Example: kabar --profile shop business reply list
+    List,
+    /// Remove a quick reply.
+    ///
+    /// Example: kabar --profile shop business reply remove /thanks
+    Remove {
+        /// The shortcut.
+        shortcut: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GreetingCommand {
+    /// Set the greeting.
+    ///
+    /// Example: kabar --profile shop business greeting set "Welcome to Marigold!"
+    Set {
+        /// The greeting text.
+        text: String,
+    },
+    /// Turn the greeting off.
+    ///
+    /// Example: kabar --profile shop business greeting off
+    Off,
+}
+
+#[derive(Debug, Subcommand)]
+enum AwayCommand {
+    /// Set when the away message goes out, and its text.
+    ///
+    /// Example: kabar --profile shop business away set --schedule outside-hours --text "Closed; back at 9"
+    Set {
+        /// always, outside-hours, HH:MM-HH:MM or off.
+        #[arg(long)]
+        schedule: String,
+        /// The away message.
+        #[arg(long)]
+        text: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HoursCommand {
+    /// Set opening hours, e.g. mon=09:00-17:00 sat=10:00-14:00 (days not given are closed).
+    ///
+    /// Example: kabar --profile shop business hours set mon=09:00-17:00 tue=09:00-17:00 --utc-offset 60
+    Set {
+        /// DAY=HH:MM-HH:MM, DAY in mon…sun.
+        days: Vec<String>,
+        /// Minutes the shop's local time is ahead of UTC.
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        utc_offset: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LabelCommand {
+    /// Define a label (at most 20).
+    ///
+    /// Example: kabar --profile shop business label add Paid --colour "#00aa00"
+    Add {
+        /// Label name.
+        name: String,
+        /// Colour as #rrggbb.
+        #[arg(long, default_value = "#607d8b")]
+        colour: String,
+    },
+    /// List labels.
+    ///
+    /// Example: kabar --profile shop business label list
+    List,
+    /// Apply a label to a conversation.
+    ///
+    /// Example: kabar --profile shop business label apply Paid Dana
+    Apply {
+        /// Label name.
+        label: String,
+        /// Customer name.
+        name: String,
+    },
+    /// Delete a label (it is taken off every conversation).
+    ///
+    /// Example: kabar --profile shop business label remove Paid
+    Remove {
+        /// Label name.
+        label: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = run(cli);
-    match result {
+    let json = cli.json;
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
+            if let Some(e) = error.downcast_ref::<std::io::Error>()
+                && e.kind() == std::io::ErrorKind::BrokenPipe
+            {
+                return ExitCode::SUCCESS;
+            }
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            if json && let Some(e) = error.downcast_ref::<client::NodeError>() {
+                println!("{}", json!({"error": {"code": e.code, "message": e.message}}));
+            }
+            if error.downcast_ref::<NoNode>().is_some() {
+                ExitCode::from(EXIT_NO_NODE)
+            } else if error.downcast_ref::<TimedOut>().is_some() {
+                ExitCode::from(EXIT_TIMEOUT)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -125,21 +527,40 @@ fn passphrase(confirm: bool) -> Result<Vec<u8>> {
     if let Ok(p) = std::env::var("KABAR_PASSPHRASE") {
         return Ok(p.into_bytes());
     }
-    let first =
-        rpassword::prompt_password("Passphrase: ").context("reading the passphrase (or set KABAR_PASSPHRASE)")?;
-    if confirm {
-        let again = rpassword::prompt_password("Passphrase again: ")?;
-        if again != first {
-            bail!("the passphrases differ");
-        }
+    if !std::io::stdin().is_terminal() {
+        bail!("no passphrase: set KABAR_PASSPHRASE or run in a terminal");
+    }
+    let first = rpassword::prompt_password("Passphrase: ")?;
+    if confirm && rpassword::prompt_password("Passphrase again: ")? != first {
+        bail!("the passphrases differ");
     }
     Ok(first.into_bytes())
 }
 
+/// Prints JSON (with --json) or the human form.
+fn show(json: bool, value: &Value, human: impl FnOnce(&Value)) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        human(value);
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
+    let json = cli.json;
+    let profile = cli.profile.clone();
+    let p = |mut v: Value| {
+        v["profile"] = json!(profile);
+        v
+    };
     match &cli.command {
         Command::Demo { messages } => demo::run(*messages),
-        Command::Init { business, testnet_kdf } => init(&data_dir(&cli)?, business.as_deref(), *testnet_kdf, cli.json),
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "kabar", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Init { business, testnet_kdf } => init(&data_dir(&cli)?, business.as_deref(), *testnet_kdf, json),
         Command::Node(NodeCommand::Run { listen, bootstrap, no_mdns, dht_server }) => {
             let parse = |v: &[String]| -> Result<Vec<libp2p::Multiaddr>> {
                 v.iter().map(|a| a.parse().with_context(|| format!("{a:?} is not a multiaddr"))).collect()
@@ -149,20 +570,544 @@ fn run(cli: Cli) -> Result<()> {
                 network.listen = parse(listen)?;
             }
             network.bootstrap = parse(bootstrap)?;
-            node_run(&data_dir(&cli)?, network, cli.json)
+            node_run(&data_dir(&cli)?, network, json)
         }
-        Command::Node(NodeCommand::Info) => print(call(&data_dir(&cli)?, "node.info", json!({}))?, cli.json),
-        Command::Node(NodeCommand::Stop) => print(call(&data_dir(&cli)?, "node.stop", json!({}))?, cli.json),
+        Command::Node(NodeCommand::Info) => {
+            let v = Client::connect(&data_dir(&cli)?)?.call("node.info", json!({}))?;
+            show(json, &v, |v| {
+                let rows: Vec<Vec<String>> = v["profiles"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        vec![
+                            s(&p["name"]),
+                            s(&p["kind"]),
+                            s(&p["peer_id"]),
+                            p["connected_peers"].to_string(),
+                            p["listen_addrs"]
+                                .as_array()
+                                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
+                                .unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                output::table(&["PROFILE", "KIND", "PEER ID", "PEERS", "LISTENING ON"], &rows);
+            })
+        }
+        Command::Node(NodeCommand::Stop) => {
+            let v = Client::connect(&data_dir(&cli)?)?.call("node.stop", json!({}))?;
+            show(json, &v, |_| println!("node stopping"))
+        }
+        Command::Profile(ProfileCommand::List) => {
+            let list = DataDir::list_profiles(&data_dir(&cli)?)?;
+            let v = json!(list.iter().map(|p| json!({"name": p.name, "kind": p.kind.to_string()})).collect::<Vec<_>>());
+            show(json, &v, |_| {
+                let rows: Vec<Vec<String>> = list.iter().map(|p| vec![p.name.clone(), p.kind.to_string()]).collect();
+                output::table(&["PROFILE", "KIND"], &rows);
+            })
+        }
+        Command::Profile(ProfileCommand::Create { name, kind }) => {
+            let dir = data_dir(&cli)?;
+            if Client::connect(&dir).is_ok() {
+                bail!("the node is running; stop it first (`kabar node stop`), then create the profile");
+            }
+            let pass = passphrase(false)?;
+            let mut data = DataDir::open(&dir, &pass)?;
+            let kind = if kind == "business" { ProfileKind::Business } else { ProfileKind::Personal };
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            let store = data.create_profile(name, kind, now, &mut rand::rng())?;
+            let peer = kabar_node::card::peer_id_of(&store.identity()?.public().signing).to_string();
+            let v = json!({"name": name, "kind": kind.to_string(), "peer_id": peer});
+            show(json, &v, |_| println!("created {kind} profile {name} ({peer}); start the node to use it"))
+        }
+        Command::Profile(ProfileCommand::Show) => {
+            let info = Client::connect(&data_dir(&cli)?)?.call("node.info", json!({}))?;
+            let prof = info["profiles"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| x["name"] == json!(cli.profile))
+                .cloned()
+                .ok_or_else(|| anyhow!("no profile named {:?}; see `kabar profile list`", cli.profile))?;
+            show(json, &prof, |p| {
+                println!("profile   {}", s(&p["name"]));
+                println!("kind      {}", s(&p["kind"]));
+                println!("peer id   {}", s(&p["peer_id"]));
+                for a in p["listen_addrs"].as_array().into_iter().flatten() {
+                    println!("listening {}", s(a));
+                }
+            })
+        }
+        Command::Card { qr, name } => {
+            let v = Client::connect(&data_dir(&cli)?)?.call("card.get", p(json!({"name": name})))?;
+            let card = s(&v["card"]);
+            if *qr && !json {
+                let code = qrcode::QrCode::new(card.as_bytes()).context("the card is too long for a QR code")?;
+                println!("{}", code.render::<qrcode::render::unicode::Dense1x2>().quiet_zone(true).build());
+            }
+            show(json, &v, |_| println!("{card}"))
+        }
+        Command::Contact(c) => contact(&data_dir(&cli)?, c, &p, json),
+        Command::Send { name, text, wait, timeout } => {
+            send(&data_dir(&cli)?, &profile, name, text, *wait, *timeout, json)
+        }
+        Command::Inbox => {
+            let v = Client::connect(&data_dir(&cli)?)?.call("conversation.list", p(json!({})))?;
+            show(json, &v, |v| {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| {
+                        let last = &c["last_message"];
+                        let arrow = if last["direction"] == "out" { "you: " } else { "" };
+                        vec![
+                            s(&c["contact"]),
+                            if c["unread"].as_u64().unwrap_or(0) > 0 { c["unread"].to_string() } else { String::new() },
+                            s(&c["status"]),
+                            c["labels"]
+                                .as_array()
+                                .map(|l| l.iter().map(s).collect::<Vec<_>>().join(", "))
+                                .unwrap_or_default(),
+                            output::time(c["last_activity_ms"].as_u64().unwrap_or(0)),
+                            format!("{arrow}{}", output::content(&last["content"])),
+                        ]
+                    })
+                    .collect();
+                output::table(&["CONTACT", "UNREAD", "STATUS", "LABELS", "WHEN", "LAST MESSAGE"], &rows);
+            })
+        }
+        Command::History { name, limit } => {
+            let v =
+                Client::connect(&data_dir(&cli)?)?.call("message.history", p(json!({"with": name, "limit": limit})))?;
+            show(json, &v, print_history)
+        }
+        Command::Requests { action } => {
+            let mut client = Client::connect(&data_dir(&cli)?)?;
+            let v = match action {
+                None | Some(RequestCommand::List) => client.call("request.list", p(json!({})))?,
+                Some(RequestCommand::Accept { name, rename }) => {
+                    client.call("request.accept", p(json!({"name": name, "rename": rename})))?
+                }
+                Some(RequestCommand::Block { name }) => client.call("request.block", p(json!({"name": name})))?,
+            };
+            show(json, &v, |v| match v.as_array() {
+                Some(list) if list.is_empty() => println!("no message requests"),
+                Some(list) => {
+                    let rows: Vec<Vec<String>> = list.iter().map(|c| vec![s(&c["name"]), s(&c["peer_id"])]).collect();
+                    output::table(&["NAME", "PEER ID"], &rows);
+                }
+                None => println!("{}: {}", s(&v["name"]), if v["blocked"] == true { "blocked" } else { "accepted" }),
+            })
+        }
+        Command::Chat { name } => chat(&data_dir(&cli)?, &profile, name),
+        Command::Business(b) => business(&data_dir(&cli)?, b, &p, json),
+        Command::Catalog { name, timeout } => catalog(&data_dir(&cli)?, &profile, name, *timeout, json),
+        Command::Order { name, items, note } => order(&data_dir(&cli)?, &profile, name, items, note.as_deref(), json),
         Command::Rpc { method, params } => {
             let params: Value = serde_json::from_str(params).context("params must be a JSON object")?;
-            print(call(&data_dir(&cli)?, method, params)?, true)
+            let v = Client::connect(&data_dir(&cli)?)?.call(method, params)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
         }
     }
 }
 
-fn print(value: Value, _json: bool) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(&value)?);
+fn s(v: &Value) -> String {
+    v.as_str().map(str::to_string).unwrap_or_else(|| if v.is_null() { String::new() } else { v.to_string() })
+}
+
+fn print_history(v: &Value) {
+    let contact = s(&v["contact"]);
+    for m in v["messages"].as_array().into_iter().flatten() {
+        let who = if m["direction"] == "out" { "you".to_string() } else { contact.clone() };
+        let mark = if m["direction"] == "out" { output::status(m["status"].as_str().unwrap_or("")) } else { "" };
+        println!(
+            "{:>11}  {:<12} {} {}",
+            output::time(m["sent_at_ms"].as_u64().unwrap_or(0)),
+            who,
+            output::content(&m["content"]),
+            mark
+        );
+    }
+}
+
+fn contact(dir: &Path, c: &ContactCommand, p: &dyn Fn(Value) -> Value, json: bool) -> Result<()> {
+    let mut client = Client::connect(dir)?;
+    match c {
+        ContactCommand::Add { card, name } => {
+            let v = client.call("contact.add", p(json!({"card": card, "name": name})))?;
+            show(json, &v, |v| {
+                println!("added {} ({}, {})", s(&v["name"]), s(&v["kind"]), s(&v["peer_id"]));
+                if v["identity_change_warning"] == true {
+                    println!(
+                        "WARNING: {}'s identity key changed. Compare safety numbers: kabar contact verify {}",
+                        s(&v["name"]),
+                        s(&v["name"])
+                    );
+                }
+            })
+        }
+        ContactCommand::List => {
+            let v = client.call("contact.list", p(json!({})))?;
+            show(json, &v, |v| {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| {
+                        let mut flags = Vec::new();
+                        if c["verified"] == true {
+                            flags.push("verified");
+                        }
+                        if c["blocked"] == true {
+                            flags.push("blocked");
+                        }
+                        if c["request"] == true {
+                            flags.push("request");
+                        }
+                        if c["identity_changed"] == true {
+                            flags.push("KEY CHANGED");
+                        }
+                        vec![s(&c["name"]), s(&c["kind"]), flags.join(","), s(&c["peer_id"])]
+                    })
+                    .collect();
+                output::table(&["NAME", "KIND", "FLAGS", "PEER ID"], &rows);
+            })
+        }
+        ContactCommand::Verify { name, confirm } => {
+            let v = client.call("contact.verify", p(json!({"name": name, "confirm": confirm})))?;
+            show(json, &v, |v| {
+                println!("Safety number with {}:\n\n  {}\n", s(&v["name"]), s(&v["safety_number"]));
+                if v["verified"] == true {
+                    println!("{} is verified.", s(&v["name"]));
+                } else {
+                    println!(
+                        "Compare it with {} in person or on a call; if it matches: kabar contact verify {} --confirm",
+                        s(&v["name"]),
+                        s(&v["name"])
+                    );
+                }
+            })
+        }
+        ContactCommand::Block { name } | ContactCommand::Unblock { name } => {
+            let method = if matches!(c, ContactCommand::Block { .. }) { "contact.block" } else { "contact.unblock" };
+            let v = client.call(method, p(json!({"name": name})))?;
+            show(json, &v, |v| {
+                println!("{} is {}", s(&v["name"]), if v["blocked"] == true { "blocked" } else { "unblocked" })
+            })
+        }
+    }
+}
+
+fn send(dir: &Path, profile: &str, name: &str, text: &str, wait: bool, timeout: u64, json: bool) -> Result<()> {
+    let mut client = Client::connect(dir)?;
+    if wait {
+        client.subscribe()?;
+    }
+    let v = client.call("message.send", json!({"profile": profile, "to": name, "text": text}))?;
+    let id = s(&v["message_id"]);
+    let mut out = json!({"message_id": id, "status": "sent"});
+    if wait {
+        let mut status_client = Client::connect(dir)?;
+        let deadline = Instant::now() + Duration::from_secs(timeout);
+        loop {
+            let st = status_client.call("message.status", json!({"profile": profile, "message_id": id}))?;
+            let status = s(&st["status"]);
+            if status == "delivered" || status == "read" {
+                out["status"] = json!(status);
+                break;
+            }
+            if status == "failed" {
+                bail!("message {id} failed: the recipient refused it");
+            }
+            if client.next_event(deadline)?.is_none() {
+                if json {
+                    out["status"] = json!(status);
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                }
+                return Err(TimedOut(format!(
+                    "message {id} not delivered within {timeout} s; it stays queued and will be retried"
+                ))
+                .into());
+            }
+        }
+    }
+    show(json, &out, |o| println!("{} {}", s(&o["message_id"]), s(&o["status"])))
+}
+
+fn chat(dir: &Path, profile: &str, name: &str) -> Result<()> {
+    let mut client = Client::connect(dir)?;
+    let history = client.call("message.history", json!({"profile": profile, "with": name, "limit": 20}))?;
+    let contact = s(&history["contact"]);
+    println!("── chat with {contact} ({profile}) · type and press Enter · Ctrl-D leaves ──");
+    print_history(&history);
+    client.call("conversation.read", json!({"profile": profile, "with": name}))?;
+    let mut events = Client::connect(dir)?;
+    events.subscribe()?;
+    // Lines typed by the user arrive through a bounded channel.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Option<String>>(16);
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            match line {
+                Ok(l) => {
+                    if tx.send(Some(l)).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = tx.send(None);
+    });
+    let mut mine: Vec<String> = Vec::new();
+    loop {
+        match rx.try_recv() {
+            Ok(Some(line)) if line.trim().is_empty() => {}
+            Ok(Some(line)) => {
+                match client.call("message.send", json!({"profile": profile, "to": name, "text": line})) {
+                    Ok(v) => mine.push(s(&v["message_id"])),
+                    Err(e) => eprintln!("! {e:#}"),
+                }
+            }
+            Ok(None) | Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+        }
+        if let Some(e) = events.next_event(Instant::now() + Duration::from_millis(100))? {
+            match e["event"].as_str() {
+                Some("message_received") if e["profile"] == json!(profile) && e["contact"] == json!(contact) => {
+                    let m =
+                        client.call("message.status", json!({"profile": profile, "message_id": e["message_id"]}))?;
+                    println!(
+                        "{:>11}  {:<12} {}",
+                        output::time(m["sent_at_ms"].as_u64().unwrap_or(0)),
+                        contact,
+                        output::content(&m["content"])
+                    );
+                    client.call("conversation.read", json!({"profile": profile, "with": name}))?;
+                }
+                Some("status_changed") if mine.iter().any(|id| e["message_id"] == json!(id)) => {
+                    println!("{:>11}  {}", "", output::status(e["status"].as_str().unwrap_or("")));
+                }
+                _ => {}
+            }
+        }
+        std::io::stdout().flush()?;
+    }
     Ok(())
+}
+
+fn business(dir: &Path, b: &BusinessCommand, p: &dyn Fn(Value) -> Value, json: bool) -> Result<()> {
+    let mut client = Client::connect(dir)?;
+    let pretty = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    match b {
+        BusinessCommand::Profile(BusinessProfileCommand::Show) => {
+            let v = client.call("business.profile.get", p(json!({})))?;
+            show(json, &v, |v| {
+                for f in ["name", "category", "about", "description", "address", "email", "website"] {
+                    println!("{f:<12} {}", s(&v[f]));
+                }
+            })
+        }
+        BusinessCommand::Profile(BusinessProfileCommand::Set {
+            name,
+            category,
+            about,
+            description,
+            address,
+            email,
+            website,
+        }) => {
+            let v = client.call(
+                "business.profile.set",
+                p(json!({"name": name, "category": category, "about": about, "description": description, "address": address, "email": email, "website": website})),
+            )?;
+            show(json, &v, |_| println!("business profile saved"))
+        }
+        BusinessCommand::Catalog(CatalogCommand::Add { name, price, currency, description }) => {
+            let price_minor = parse_price(price)?;
+            let v = client.call(
+                "business.catalog.add",
+                p(json!({"name": name, "price_minor": price_minor, "currency": currency, "description": description})),
+            )?;
+            show(json, &v, |v| println!("added {} {} ({})", s(&v["name"]), output::money(v), s(&v["id"])))
+        }
+        BusinessCommand::Catalog(CatalogCommand::List) => {
+            let v = client.call("business.catalog.list", p(json!({})))?;
+            show(json, &v, print_catalog)
+        }
+        BusinessCommand::Catalog(CatalogCommand::Remove { id }) => {
+            let v = client.call("business.catalog.remove", p(json!({"id": id})))?;
+            show(json, &v, |_| println!("removed"))
+        }
+        BusinessCommand::Reply(ReplyCommand::Add { shortcut, text }) => {
+            let v = client.call("business.reply.add", p(json!({"shortcut": shortcut, "text": text})))?;
+            show(json, &v, |v| println!("/{} saved", s(&v["shortcut"])))
+        }
+        BusinessCommand::Reply(ReplyCommand::List) => {
+            let v = client.call("business.reply.list", p(json!({})))?;
+            show(json, &v, |v| {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| vec![format!("/{}", s(&r["shortcut"])), s(&r["text"])])
+                    .collect();
+                output::table(&["SHORTCUT", "TEXT"], &rows);
+            })
+        }
+        BusinessCommand::Reply(ReplyCommand::Remove { shortcut }) => {
+            let v = client.call("business.reply.remove", p(json!({"shortcut": shortcut})))?;
+            show(json, &v, |_| println!("removed"))
+        }
+        BusinessCommand::Greeting(g) => {
+            let text = match g {
+                GreetingCommand::Set { text } => Some(text.clone()),
+                GreetingCommand::Off => None,
+            };
+            let v = client.call("business.greeting.set", p(json!({"text": text})))?;
+            show(
+                json,
+                &v,
+                |v| if v["greeting"].is_null() { println!("greeting off") } else { println!("greeting set") },
+            )
+        }
+        BusinessCommand::Away(AwayCommand::Set { schedule, text }) => {
+            let v = client.call("business.away.set", p(json!({"schedule": schedule, "text": text})))?;
+            show(json, &v, |_| println!("away message: {schedule}"))
+        }
+        BusinessCommand::Hours(HoursCommand::Set { days, utc_offset }) => {
+            let mut map = serde_json::Map::new();
+            for d in days {
+                let (day, hours) =
+                    d.split_once('=').ok_or_else(|| anyhow!("{d:?}: write DAY=HH:MM-HH:MM, e.g. mon=09:00-17:00"))?;
+                map.insert(day.to_string(), json!(hours));
+            }
+            let v = client.call("business.hours.set", p(json!({"days": map, "utc_offset_minutes": utc_offset})))?;
+            show(json, &v, |_| println!("opening hours saved"))
+        }
+        BusinessCommand::Label(l) => {
+            let v = match l {
+                LabelCommand::Add { name, colour } => {
+                    client.call("business.label.add", p(json!({"name": name, "colour": colour})))?
+                }
+                LabelCommand::List => client.call("business.label.list", p(json!({})))?,
+                LabelCommand::Apply { label, name } => {
+                    client.call("business.label.apply", p(json!({"label": label, "with": name})))?
+                }
+                LabelCommand::Remove { label } => client.call("business.label.remove", p(json!({"name": label})))?,
+            };
+            show(json, &v, |v| match l {
+                LabelCommand::List => {
+                    let rows: Vec<Vec<String>> =
+                        v.as_array().into_iter().flatten().map(|x| vec![s(&x["name"]), s(&x["colour"])]).collect();
+                    output::table(&["LABEL", "COLOUR"], &rows);
+                }
+                _ => pretty(&json!("ok")),
+            })
+        }
+        BusinessCommand::Close { name } => {
+            let v = client.call("business.close", p(json!({"with": name})))?;
+            show(json, &v, |_| println!("conversation with {name} closed"))
+        }
+    }
+}
+
+/// "4.50" → 450 minor units.
+fn parse_price(text: &str) -> Result<u64> {
+    let bad = || anyhow!("{text:?} is not a price; write e.g. 4.50");
+    let (units, frac) = text.split_once(['.', ',']).unwrap_or((text, ""));
+    let digits = |x: &str| x.chars().all(|c| c.is_ascii_digit());
+    if units.is_empty() || frac.len() > 2 || !digits(units) || !digits(frac) {
+        return Err(bad());
+    }
+    let cents = match frac.len() {
+        0 => 0,
+        1 => frac.parse::<u64>()? * 10,
+        _ => frac.parse::<u64>()?,
+    };
+    units.parse::<u64>().ok().and_then(|u| u.checked_mul(100)).and_then(|u| u.checked_add(cents)).ok_or_else(bad)
+}
+
+fn print_catalog(v: &Value) {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            vec![
+                s(&i["name"]),
+                output::money(i),
+                if i["available"] == true { "yes".into() } else { "no".into() },
+                s(&i["description"]),
+                s(&i["id"]),
+            ]
+        })
+        .collect();
+    output::table(&["ITEM", "PRICE", "AVAILABLE", "DESCRIPTION", "ID"], &rows);
+}
+
+/// The newest catalog a business sent us, from the conversation.
+fn latest_catalog(client: &mut Client, profile: &str, name: &str) -> Result<Option<Value>> {
+    let h = client.call("message.history", json!({"profile": profile, "with": name, "limit": 200}))?;
+    Ok(h["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+        .find(|m| m["direction"] == "in" && m["content"]["type"] == "catalog")
+        .map(|m| m["content"]["items"].clone()))
+}
+
+fn catalog(dir: &Path, profile: &str, name: &str, timeout: u64, json: bool) -> Result<()> {
+    let mut client = Client::connect(dir)?;
+    client.subscribe()?;
+    let before = latest_catalog(&mut client, profile, name)?;
+    client.call("catalog.request", json!({"profile": profile, "to": name}))?;
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    loop {
+        let event = client.next_event(deadline)?;
+        match event {
+            None => return Err(TimedOut(format!("{name} did not answer within {timeout} s")).into()),
+            Some(e) if e["event"] == "message_received" && e["kind"] == "catalog" => {
+                let items = latest_catalog(&mut client, profile, name)?.or(before).unwrap_or(json!([]));
+                return show(json, &items, print_catalog);
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+fn order(dir: &Path, profile: &str, name: &str, args: &[String], note: Option<&str>, json: bool) -> Result<()> {
+    let mut client = Client::connect(dir)?;
+    let catalog = latest_catalog(&mut client, profile, name)?
+        .ok_or_else(|| anyhow!("no catalog from {name} yet; fetch it first: kabar catalog {name}"))?;
+    let items = catalog.as_array().cloned().unwrap_or_default();
+    let mut lines: Vec<Value> = Vec::new();
+    for arg in args {
+        let (item, qty) = match arg.rsplit_once('x') {
+            Some((i, q)) if !i.is_empty() && q.parse::<u32>().is_ok() => (i.to_string(), q.parse::<u32>()?),
+            _ if arg.starts_with('x') && arg[1..].parse::<u32>().is_ok() => {
+                let q = arg[1..].parse::<u32>()?;
+                let last = lines.last_mut().ok_or_else(|| anyhow!("{arg:?} must follow an item"))?;
+                last["quantity"] = json!(q);
+                continue;
+            }
+            _ => (arg.clone(), 1),
+        };
+        if qty == 0 {
+            bail!("quantity must be at least 1");
+        }
+        let found = items
+            .iter()
+            .find(|i| s(&i["id"]) == item || s(&i["name"]).eq_ignore_ascii_case(&item))
+            .ok_or_else(|| anyhow!("{item:?} is not in {name}'s catalog; see `kabar catalog {name}`"))?;
+        lines.push(json!({"item": found["id"], "quantity": qty}));
+    }
+    let v = client.call("order.place", json!({"profile": profile, "to": name, "items": lines, "note": note}))?;
+    show(json, &v, |v| println!("order sent ({})", s(&v["message_id"])))
 }
 
 fn init(dir: &Path, business: Option<&str>, testnet_kdf: bool, json: bool) -> Result<()> {
@@ -195,21 +1140,18 @@ fn init(dir: &Path, business: Option<&str>, testnet_kdf: bool, json: bool) -> Re
             Ok(json!({"name": name, "kind": store.kind().to_string(), "peer_id": kabar_node::card::peer_id_of(&signing).to_string()}))
         })
         .collect::<Result<_>>()?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&json!({"data_dir": dir, "profiles": profiles}))?);
-    } else {
+    let v = json!({"data_dir": dir, "profiles": profiles});
+    show(json, &v, |v| {
         println!("Created {}", dir.display());
-        for p in &profiles {
-            println!(
-                "  {:<12} {:<9} {}",
-                p["name"].as_str().unwrap_or(""),
-                p["kind"].as_str().unwrap_or(""),
-                p["peer_id"].as_str().unwrap_or("")
-            );
-        }
+        let rows: Vec<Vec<String>> = v["profiles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| vec![s(&p["name"]), s(&p["kind"]), s(&p["peer_id"])])
+            .collect();
+        output::table(&["PROFILE", "KIND", "PEER ID"], &rows);
         println!("Next: kabar node run");
-    }
-    Ok(())
+    })
 }
 
 fn node_run(dir: &Path, network: NetworkConfig, json: bool) -> Result<()> {
@@ -232,10 +1174,10 @@ fn node_run(dir: &Path, network: NetworkConfig, json: bool) -> Result<()> {
     runtime.block_on(async move {
         let config = NodeConfig { data_dir: dir.to_path_buf(), passphrase: pass, network, engine: Default::default() };
         let node = Node::start(config).await?;
-        tokio::time::timeout(std::time::Duration::from_secs(10), node.wait_listening()).await.ok();
+        tokio::time::timeout(Duration::from_secs(10), node.wait_listening()).await.ok();
         let profiles = node.profiles();
         if json {
-            println!("{}", serde_json::to_string(&json!({"profiles": profiles}))?);
+            println!("{}", serde_json::to_string(&json!({"profiles": profiles, "socket": node.socket()}))?);
         } else {
             for p in &profiles {
                 println!("{:<12} {:<9} {}", p.name, p.kind, p.peer_id);
@@ -256,20 +1198,4 @@ fn node_run(dir: &Path, network: NetworkConfig, json: bool) -> Result<()> {
         node.shutdown().await;
         Ok::<(), anyhow::Error>(())
     })
-}
-
-/// One JSON-RPC call on the node's control socket.
-fn call(dir: &Path, method: &str, params: Value) -> Result<Value> {
-    let socket = dir.join(kabar_node::control::SOCKET_FILE);
-    let mut stream = UnixStream::connect(&socket)
-        .map_err(|_| anyhow!("no kabar node is running for {}; start one with `kabar node run`", dir.display()))?;
-    let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    writeln!(stream, "{request}")?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    let reply: Value = serde_json::from_str(&line).context("the node sent malformed JSON")?;
-    match reply.get("error") {
-        Some(e) => bail!("{} (code {})", e["message"].as_str().unwrap_or("error"), e["code"]),
-        None => Ok(reply["result"].clone()),
-    }
 }

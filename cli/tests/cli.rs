@@ -1,0 +1,212 @@
+//! End-to-end tests of the built `kabar` binary: two data directories, two
+//! node processes, cards exchanged, messages both ways with `--wait`, the
+//! business flows, and the error paths with their exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kabar");
+const PASS: &str = "cli test passphrase";
+
+fn kabar(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN).arg("--data-dir").arg(dir).args(args).env("KABAR_PASSPHRASE", PASS).output().unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = kabar(dir, args);
+    assert!(out.status.success(), "kabar {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn ok_json(dir: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(dir, &all)).unwrap()
+}
+
+/// Runs `kabar node run` and waits for its JSON start line; killed on drop.
+struct RunningNode {
+    child: Child,
+}
+
+impl RunningNode {
+    fn start(dir: &Path) -> RunningNode {
+        let mut child = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--json", "node", "run", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .env("KABAR_PASSPHRASE", PASS)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        let started: Value = serde_json::from_str(&line).expect("the node prints a JSON line when it is up");
+        assert!(started["profiles"][0]["listen_addrs"][0].as_str().unwrap().starts_with("/ip4/127.0.0.1/tcp/"));
+        RunningNode { child }
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        // SIGTERM, as a service manager would.
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn init(root: &Path, name: &str, business: Option<&str>) -> PathBuf {
+    let dir = root.join(name);
+    let mut args = vec!["init", "--testnet-kdf"];
+    if let Some(b) = business {
+        args.extend(["--business", b]);
+    }
+    let v = ok_json(&dir, &args);
+    assert_eq!(v["profiles"][0]["name"], "personal");
+    dir
+}
+
+fn fails(dir: &Path, args: &[&str], code: i32, needle: &str) {
+    let out = kabar(dir, args);
+    assert_eq!(out.status.code(), Some(code), "kabar {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(needle), "kabar {args:?}: expected {needle:?} in {err:?}");
+}
+
+#[test]
+fn two_nodes_exchange_cards_and_messages_and_run_the_business_flows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ann = init(tmp.path(), "ann", None);
+    let shop = init(tmp.path(), "shop", Some("shop"));
+    let ann_node = RunningNode::start(&ann);
+    let shop_node = RunningNode::start(&shop);
+
+    // Cards, both ways.
+    let ann_card = ok_json(&ann, &["card", "--name", "Ann"])["card"].as_str().unwrap().to_string();
+    let shop_card =
+        ok_json(&shop, &["--profile", "shop", "card", "--name", "Marigold"])["card"].as_str().unwrap().to_string();
+    assert!(ok(&ann, &["card", "--qr"]).contains('█'), "a QR code is drawn");
+    ok(&ann, &["contact", "add", &shop_card, "--name", "Bakery"]);
+    ok(&shop, &["--profile", "shop", "contact", "add", &ann_card, "--name", "Ann"]);
+    let contacts = ok_json(&ann, &["contact", "list"]);
+    assert_eq!(contacts[0]["name"], "Bakery");
+    assert_eq!(contacts[0]["kind"], "business");
+
+    // Messages both ways, waiting for delivery.
+    let sent = ok_json(&ann, &["send", "Bakery", "Hello, do you have sourdough?", "--wait"]);
+    assert_eq!(sent["status"], "delivered");
+    let sent = ok_json(&shop, &["--profile", "shop", "send", "Ann", "Yes, 12 left!", "--wait"]);
+    assert_eq!(sent["status"], "delivered");
+    let history = ok_json(&ann, &["history", "Bakery"]);
+    let texts: Vec<&str> =
+        history["messages"].as_array().unwrap().iter().map(|m| m["content"]["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["Hello, do you have sourdough?", "Yes, 12 left!"]);
+    assert!(ok(&ann, &["history", "Bakery"]).contains("Yes, 12 left!"));
+
+    // Business setup.
+    let b = |args: &[&str]| {
+        let mut all = vec!["--profile", "shop", "business"];
+        all.extend_from_slice(args);
+        ok(&shop, &all)
+    };
+    b(&["profile", "set", "--name", "Marigold Bakery", "--about", "Fresh bread daily"]);
+    b(&["greeting", "set", "Welcome to Marigold!"]);
+    b(&["away", "set", "--schedule", "always", "--text", "We are away right now."]);
+    b(&["reply", "add", "/thanks", "Thank you for your order!"]);
+    b(&["catalog", "add", "Sourdough", "--price", "4.50", "--description", "800 g"]);
+    b(&["catalog", "add", "Croissant", "--price", "1.8"]);
+    b(&["label", "add", "Paid", "--colour", "#00aa00"]);
+    assert!(b(&["catalog", "list"]).contains("4.50 EUR"));
+
+    // A new customer (the shop does not know Cleo): greeting and away message.
+    let cleo = init(tmp.path(), "cleo", None);
+    let cleo_node = RunningNode::start(&cleo);
+    ok(&cleo, &["contact", "add", &shop_card, "--name", "Bakery"]);
+    ok(&cleo, &["send", "Bakery", "Hi! First time here.", "--wait"]);
+    // The automatic answers arrive; fetching the catalog waits on events.
+    let catalog = ok_json(&cleo, &["catalog", "Bakery"]);
+    assert_eq!(catalog.as_array().unwrap().len(), 2);
+    let history = ok_json(&cleo, &["history", "Bakery"]);
+    let auto: Vec<&str> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["content"]["automatic"].is_string())
+        .map(|m| m["content"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(auto, ["Welcome to Marigold!", "We are away right now."]);
+    ok(&cleo, &["order", "Bakery", "sourdough", "x2", "Croissant"]);
+
+    // The shop's inbox: Cleo is a new customer with an order.
+    let inbox = ok_json(&shop, &["--profile", "shop", "inbox"]);
+    let cleo_row =
+        inbox.as_array().unwrap().iter().find(|c| c["labels"] == serde_json::json!(["New customer"])).unwrap();
+    let cleo_name = cleo_row["contact"].as_str().unwrap().to_string();
+    assert!(ok(&shop, &["--profile", "shop", "inbox"]).contains("New customer"));
+    let shop_history = ok_json(&shop, &["--profile", "shop", "history", &cleo_name]);
+    assert!(shop_history["messages"].as_array().unwrap().iter().any(|m| m["content"]["type"] == "order"));
+
+    // Quick reply, label, close.
+    ok(&shop, &["--profile", "shop", "send", &cleo_name, "/thanks", "--wait"]);
+    let history = ok_json(&cleo, &["history", "Bakery"]);
+    assert_eq!(history["messages"].as_array().unwrap().last().unwrap()["content"]["text"], "Thank you for your order!");
+    b(&["label", "apply", "Paid", &cleo_name]);
+    b(&["close", &cleo_name]);
+    let inbox = ok_json(&shop, &["--profile", "shop", "inbox"]);
+    let row = inbox.as_array().unwrap().iter().find(|c| c["contact"] == cleo_name.as_str()).unwrap();
+    assert_eq!(row["status"], "closed");
+    assert_eq!(row["labels"].as_array().unwrap().len(), 2);
+
+    // Error paths: clear message, non-zero exit, nothing changed.
+    fails(&ann, &["send", "Nobody", "hi"], 1, "no contact named \"Nobody\"");
+    fails(&ann, &["contact", "add", "kabar:not-a-card", "--name", "X"], 1, "contact card");
+    fails(&shop, &["--profile", "shop", "business", "profile", "set", "--about", &"a".repeat(140)], 1, "about");
+    assert!(ok(&shop, &["--profile", "shop", "business", "profile", "show"]).contains("Fresh bread daily"));
+    fails(&ann, &["business", "greeting", "set", "x"], 1, "business profile");
+    fails(&shop, &["--profile", "shop", "business", "catalog", "add", "Bun", "--price", "cheap"], 1, "not a price");
+
+    // SIGTERM stops a node cleanly; then "no node" is exit code 3, and a
+    // message to an offline contact times out with exit code 4.
+    assert!(cleo_node.terminate().success());
+    assert!(!cleo.join("kabar.sock").exists(), "the socket is removed");
+    fails(&cleo, &["inbox"], 3, "node run");
+    let shop_status = shop_node.terminate();
+    assert!(shop_status.success());
+    fails(&ann, &["send", "Bakery", "are you there?", "--wait", "--timeout", "1"], 4, "not delivered within 1 s");
+    drop(ann_node);
+}
+
+#[test]
+fn bad_passphrase_and_bad_arguments_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = init(tmp.path(), "d", None);
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["node", "run", "--no-mdns"])
+        .env("KABAR_PASSPHRASE", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"));
+    fails(&dir, &["init"], 1, "already exists");
+    fails(&tmp.path().join("nowhere"), &["node", "run"], 1, "kabar init");
+    fails(&dir, &["node", "run", "--listen", "not-an-address"], 1, "not a multiaddr");
+    fails(&dir, &["profile", "create", "Bad Name", "--kind", "personal"], 1, "invalid profile name");
+    // clap: usage errors exit with 2.
+    let out = kabar(&dir, &["send"]);
+    assert_eq!(out.status.code(), Some(2));
+    ok(&dir, &["profile", "create", "second", "--kind", "business"]);
+    assert!(ok(&dir, &["profile", "list"]).contains("second"));
+    assert!(ok(&dir, &["completions", "bash"]).contains("kabar"));
+}
