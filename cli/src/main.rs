@@ -10,6 +10,7 @@
 mod client;
 mod demo;
 mod output;
+mod testnet;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -150,6 +151,9 @@ enum Command {
         #[arg(long)]
         note: Option<String>,
     },
+    /// A local test network of real nodes, with traffic and a report.
+    #[command(subcommand)]
+    Testnet(TestnetCommand),
     /// Call any control-API method (docs/api.md).
     ///
     /// Example: kabar rpc message.send '{"to":"Bob","text":"Hello"}'
@@ -174,6 +178,34 @@ enum Command {
         /// Messages each side sends after the handshake.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         messages: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TestnetCommand {
+    /// Start N node processes (each with a personal and a business profile)
+    /// on loopback, introduce contacts, send traffic, print a report.
+    ///
+    /// Example: kabar testnet run --nodes 5 --messages 20
+    Run {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=500))]
+        nodes: u32,
+        /// Messages each node sends.
+        #[arg(long, default_value_t = 20)]
+        messages: u32,
+        /// Directory for the nodes' data (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Leave the network running after the report; Ctrl-C stops it.
+        #[arg(long)]
+        keep: bool,
+        /// Probability per message of SIGKILLing and restarting a random node.
+        #[arg(long, default_value_t = 0.0)]
+        kill_rate: f64,
+        /// Seconds to wait for connections and deliveries.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
     },
 }
 
@@ -705,6 +737,17 @@ fn run(cli: Cli) -> Result<()> {
         Command::Business(b) => business(&data_dir(&cli)?, b, &p, json),
         Command::Catalog { name, timeout } => catalog(&data_dir(&cli)?, &profile, name, *timeout, json),
         Command::Order { name, items, note } => order(&data_dir(&cli)?, &profile, name, items, note.as_deref(), json),
+        Command::Testnet(TestnetCommand::Run { nodes, messages, dir, keep, kill_rate, timeout }) => {
+            testnet::run(testnet::TestnetOptions {
+                nodes: *nodes as usize,
+                messages: *messages as usize,
+                dir: dir.clone(),
+                keep: *keep,
+                json,
+                kill_rate: *kill_rate,
+                timeout: Duration::from_secs(*timeout),
+            })
+        }
         Command::Rpc { method, params } => {
             let params: Value = serde_json::from_str(params).context("params must be a JSON object")?;
             let v = Client::connect(&data_dir(&cli)?)?.call(method, params)?;
