@@ -18,8 +18,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use kabar_crypto::ProfileKind;
 use kabar_storage::{DataDir, KdfParams};
-use rand::seq::{IndexedRandom, SliceRandom};
 use rand::RngExt;
+use rand::seq::{IndexedRandom, SliceRandom};
 use serde_json::{Value, json};
 
 use crate::client::Client;
@@ -85,8 +85,9 @@ impl NodeProc {
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
-        let started: Value = serde_json::from_str(&line)
-            .with_context(|| format!("node {} did not start; see {}", self.index, self.dir.join("node.log").display()))?;
+        let started: Value = serde_json::from_str(&line).with_context(|| {
+            format!("node {} did not start; see {}", self.index, self.dir.join("node.log").display())
+        })?;
         self.personal_addr = started["profiles"][0]["listen_addrs"][0].as_str().unwrap_or_default().to_string();
         self.pid = child.id();
         self.child = Some(child);
@@ -164,7 +165,11 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         }
     };
     let progress = if opts.json { ProgressBar::hidden() } else { ProgressBar::new(opts.nodes as u64) };
-    progress.set_style(ProgressStyle::with_template("{msg:<24} [{bar:40}] {pos}/{len} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
+    progress.set_style(
+        ProgressStyle::with_template("{msg:<24} [{bar:40}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
 
     // 1. Data directories and node processes.
     progress.set_message("starting nodes");
@@ -202,7 +207,8 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
     for node in &nodes {
         let mut c = node.client()?;
         for profile in ["personal", "shop"] {
-            let card = c.call("card.get", json!({"profile": profile, "name": format!("{profile}-{:02}", node.index)}))?;
+            let card =
+                c.call("card.get", json!({"profile": profile, "name": format!("{profile}-{:02}", node.index)}))?;
             cards.insert((node.index, profile), card["card"].as_str().unwrap_or_default().to_string());
         }
     }
@@ -263,7 +269,8 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
             loop {
                 match client.next_event(Instant::now() + Duration::from_secs(3600)) {
                     Ok(Some(e)) => {
-                        if e["event"] == "status_changed" && matches!(e["status"].as_str(), Some("delivered" | "read"))
+                        if e["event"] == "status_changed"
+                            && matches!(e["status"].as_str(), Some("delivered" | "read"))
                             && let Some(id) = e["message_id"].as_str()
                             && let Ok(mut map) = delivered.lock()
                         {
@@ -303,7 +310,8 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
             spawn_reader(&nodes[victim], delivered.clone())?;
             clients[victim] = nodes[victim].client().ok();
         }
-        let shops: Vec<usize> = customers_of.iter().enumerate().filter(|(_, c)| c.contains(&i)).map(|(b, _)| b).collect();
+        let shops: Vec<usize> =
+            customers_of.iter().enumerate().filter(|(_, c)| c.contains(&i)).map(|(b, _)| b).collect();
         let to_shop = !shops.is_empty() && rng.random_bool(0.3);
         let (to_node, to_profile, name) = if to_shop {
             let b = *shops.choose(&mut rng).ok_or_else(|| anyhow!("no shop"))?;
@@ -422,7 +430,10 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         }
         println!("  connected after       {:.2} s", connected_after.as_secs_f64());
         println!("  messages sent         {}", sent.len());
-        println!("  messages delivered    {delivered_count} ({:.2} %)", 100.0 * report["delivery_ratio"].as_f64().unwrap_or(0.0));
+        println!(
+            "  messages delivered    {delivered_count} ({:.2} %)",
+            100.0 * report["delivery_ratio"].as_f64().unwrap_or(0.0)
+        );
         if opts.kill_rate > 0.0 {
             println!("  kills / restarts      {kills}");
         }

@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use kabar_crypto::{CryptoError, Envelope, IdentityKeyPair, ProfileKind, Session};
 use kabar_storage::{
     AwaySchedule, Contact, ContactId, Direction, IncomingMessage, MessageRecord, MessageStatus, OutgoingMessage,
-    ProfileStore, ReceiveOutcome, StoreError,
+    ProfileStore, ReceiveOutcome, SessionState, StoreError,
 };
 use rand_core::CryptoRng;
 use serde::Serialize;
@@ -138,6 +138,40 @@ pub enum EngineError {
     Content(#[from] crate::content::ContentError),
 }
 
+/// True if one of the sessions was made from this X3DH header.
+fn has_prekey_session(state: &SessionState, header: &kabar_crypto::PrekeyHeader) -> bool {
+    std::iter::once(&state.current)
+        .chain(&state.previous)
+        .filter_map(|s| Session::from_snapshot(s.clone()).ok())
+        .any(|s| s.is_same_prekey_session(header))
+}
+
+/// Decrypts with the current session, else with a previous one, which then
+/// becomes current. A failed attempt changes nothing.
+fn decrypt_with(state: &mut SessionState, envelope: &Envelope) -> Result<Vec<u8>, CryptoError> {
+    let mut current = Session::from_snapshot(state.current.clone())?;
+    let first = match current.decrypt(envelope) {
+        Ok(plaintext) => {
+            state.current = current.snapshot();
+            return Ok(plaintext);
+        }
+        Err(e) => e,
+    };
+    let mut duplicate = first == CryptoError::DuplicateMessage;
+    for index in 0..state.previous.len() {
+        let mut session = Session::from_snapshot(state.previous[index].clone())?;
+        match session.decrypt(envelope) {
+            Ok(plaintext) => {
+                state.promote(index, session.snapshot());
+                return Ok(plaintext);
+            }
+            Err(CryptoError::DuplicateMessage) => duplicate = true,
+            Err(_) => {}
+        }
+    }
+    Err(if duplicate { CryptoError::DuplicateMessage } else { first })
+}
+
 /// The engine of one profile.
 pub struct Engine {
     store: ProfileStore,
@@ -222,8 +256,9 @@ impl Engine {
         if contact.blocked {
             return Err(EngineError::Blocked(contact.display_name));
         }
-        let mut session = match self.store.session(contact_id)? {
-            Some(snapshot) => Session::from_snapshot(snapshot)?,
+        let mut state = self.store.session(contact_id)?;
+        let mut session = match &state {
+            Some(state) => Session::from_snapshot(state.current.clone())?,
             None => {
                 let spk = contact.signed_prekey.ok_or_else(|| EngineError::NoPrekey(contact.display_name.clone()))?;
                 let bundle = kabar_crypto::PrekeyBundle {
@@ -249,7 +284,13 @@ impl Engine {
         self.store.commit_outgoing(
             &[OutgoingMessage {
                 contact: *contact_id,
-                session: session.snapshot(),
+                session: match state.take() {
+                    Some(mut state) => {
+                        state.current = session.snapshot();
+                        state
+                    }
+                    None => SessionState::new(session.snapshot()),
+                },
                 message,
                 envelope: envelope.encode(),
             }],
@@ -410,10 +451,7 @@ impl Engine {
             return Ok((vec![Ack::Rejected(RejectReason::Blocked); envelopes.len()], Vec::new()));
         }
         let conversation_before = self.store.conversation(&contact_id)?;
-        let mut session: Option<Session> = match self.store.session(&contact_id)? {
-            Some(s) => Some(Session::from_snapshot(s)?),
-            None => None,
-        };
+        let mut sessions: Option<SessionState> = self.store.session(&contact_id)?;
         let mut acks = vec![Ack::Rejected(RejectReason::Malformed); envelopes.len()];
         let mut batch: Vec<IncomingMessage> = Vec::new();
         let mut batch_index: Vec<usize> = Vec::new();
@@ -434,7 +472,7 @@ impl Engine {
                     acks[i] = Ack::Rejected(RejectReason::IdentityMismatch);
                     continue;
                 }
-                Some(header) if !session.as_ref().is_some_and(|s| s.is_same_prekey_session(header)) => {
+                Some(header) if !sessions.as_ref().is_some_and(|s| has_prekey_session(s, header)) => {
                     let Some(spk) = self.store.signed_prekey(header.signed_prekey_id)? else {
                         acks[i] = Ack::Rejected(RejectReason::UnknownPrekey);
                         continue;
@@ -452,7 +490,13 @@ impl Engine {
                     match Session::respond(&self.identity, &spk, opk.as_ref(), &envelope) {
                         Ok((s, plaintext)) => {
                             consumed = header.one_time_prekey_id;
-                            session = Some(s);
+                            // Both sides may have started a session at once:
+                            // keep ours among the previous ones, it may still
+                            // have messages in flight.
+                            match sessions.as_mut() {
+                                Some(state) => state.replace_current(s.snapshot()),
+                                None => sessions = Some(SessionState::new(s.snapshot())),
+                            }
                             match &contact {
                                 None => {
                                     let c = self.stranger(&header.identity, now_ms);
@@ -476,11 +520,11 @@ impl Engine {
                     }
                 }
                 _ => {
-                    let Some(s) = session.as_mut() else {
+                    let Some(state) = sessions.as_mut() else {
                         acks[i] = Ack::Rejected(RejectReason::NoSession);
                         continue;
                     };
-                    match s.decrypt(&envelope) {
+                    match decrypt_with(state, &envelope) {
                         Ok(p) => p,
                         Err(CryptoError::DuplicateMessage) => {
                             acks[i] = Ack::Duplicate;
@@ -493,7 +537,7 @@ impl Engine {
                     }
                 }
             };
-            let Some(snapshot) = session.as_ref().map(Session::snapshot) else { continue };
+            let Some(snapshot) = sessions.clone() else { continue };
             let parsed = Message::decode(&plaintext).ok();
             if parsed.is_none() {
                 tracing::warn!(profile = %self.store.name(), "undecodable content from a contact; dropped");

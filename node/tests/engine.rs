@@ -398,3 +398,50 @@ fn a_message_fails_only_after_the_expiry() {
     assert_eq!(status(&mut a, &id), MessageStatus::Failed);
     assert!(a.store().outbox().unwrap().is_empty());
 }
+
+#[test]
+fn both_sides_starting_a_session_at_once_lose_nothing() {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    let b_alice = b.knows(&mut a, "Alice");
+    let (ak, bk) = (a.key(), b.key());
+    // Each sends before hearing from the other: two X3DH sessions cross.
+    let mut from_a = Vec::new();
+    let mut from_b = Vec::new();
+    for i in 0..3 {
+        let (_, act) = a.e().send(&a_bob, Content::text(format!("a{i}")), T0, &mut rand::rng()).unwrap();
+        let (_, ids, envs) = transmits(&act).remove(0);
+        a.e().on_transmit_failed(&ids);
+        from_a.push(envs.last().unwrap().clone());
+        let (_, act) = b.e().send(&b_alice, Content::text(format!("b{i}")), T0, &mut rand::rng()).unwrap();
+        let (_, ids, envs) = transmits(&act).remove(0);
+        b.e().on_transmit_failed(&ids);
+        from_b.push(envs.last().unwrap().clone());
+    }
+    // Interleaved delivery: a0 to Bob, b0 to Alice, then the rest.
+    let deliver = |to: &mut Party, from: &PeerKey, env: &Vec<u8>| {
+        to.e().on_request(from, std::slice::from_ref(env), T0, &mut rand::rng()).unwrap().0
+    };
+    assert_eq!(deliver(&mut b, &ak, &from_a[0]), [Ack::Accepted]);
+    assert_eq!(deliver(&mut a, &bk, &from_b[0]), [Ack::Accepted]);
+    for env in &from_a[1..] {
+        assert_eq!(deliver(&mut b, &ak, env), [Ack::Accepted]);
+    }
+    for env in &from_b[1..] {
+        assert_eq!(deliver(&mut a, &bk, env), [Ack::Accepted]);
+    }
+    // The conversation goes on both ways afterwards, through the engines.
+    for round in 0..3 {
+        let (id, act) =
+            a.e().send(&a_bob, Content::text(format!("later a{round}")), T0 + 10, &mut rand::rng()).unwrap();
+        pump(&mut a, &mut b, act, T0 + 10);
+        assert_eq!(status(&mut a, &id), MessageStatus::Delivered);
+        let (id, act) =
+            b.e().send(&b_alice, Content::text(format!("later b{round}")), T0 + 10, &mut rand::rng()).unwrap();
+        pump(&mut b, &mut a, act, T0 + 10);
+        assert_eq!(status(&mut b, &id), MessageStatus::Delivered);
+    }
+    assert_eq!(texts(&mut b, &b_alice).iter().filter(|(d, _)| *d == Direction::Incoming).count(), 6);
+    assert_eq!(texts(&mut a, &a_bob).iter().filter(|(d, _)| *d == Direction::Incoming).count(), 6);
+}

@@ -149,7 +149,7 @@ impl Kabar {
                 let message = self.record(Direction::Incoming);
                 IncomingMessage {
                     contact: *contact,
-                    session: session.clone(),
+                    session: kabar_storage::SessionState::new(session.clone()),
                     received_id: message.id,
                     message: Some(message),
                     consumed_one_time_prekey: None,
@@ -165,7 +165,7 @@ impl Kabar {
                 let (contact, session) = &self.peers[i % self.peers.len()];
                 OutgoingMessage {
                     contact: *contact,
-                    session: session.clone(),
+                    session: kabar_storage::SessionState::new(session.clone()),
                     message: self.record(Direction::Outgoing),
                     envelope: self.envelope.clone(),
                 }

@@ -1,6 +1,6 @@
 //! The records a profile store holds, and the rules they must satisfy.
 
-use kabar_crypto::{IdentityPublic, SignedPrekeyPublic};
+use kabar_crypto::{IdentityPublic, SessionSnapshot, SignedPrekeyPublic};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
@@ -44,6 +44,43 @@ pub struct IdentityChange {
     pub previous: IdentityPublic,
     /// When the change was seen, Unix milliseconds.
     pub changed_at_ms: u64,
+}
+
+/// Most earlier sessions kept per contact (besides the current one).
+pub const MAX_PREVIOUS_SESSIONS: usize = 4;
+
+/// The ratchet sessions with one contact: the one we send with, and a few
+/// earlier ones still able to decrypt messages in flight (both sides may
+/// start a session at the same time; a contact may reinstall).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionState {
+    /// The session we encrypt with.
+    pub current: SessionSnapshot,
+    /// Earlier sessions, newest first, at most [`MAX_PREVIOUS_SESSIONS`].
+    pub previous: Vec<SessionSnapshot>,
+}
+
+impl SessionState {
+    /// A state with one session.
+    pub fn new(current: SessionSnapshot) -> Self {
+        SessionState { current, previous: Vec::new() }
+    }
+
+    /// Makes `session` current; the old current becomes the newest previous
+    /// one (the oldest is dropped past the bound).
+    pub fn replace_current(&mut self, session: SessionSnapshot) {
+        let old = std::mem::replace(&mut self.current, session);
+        self.previous.insert(0, old);
+        self.previous.truncate(MAX_PREVIOUS_SESSIONS);
+    }
+
+    /// Makes previous session `index` current (after it decrypted a message).
+    pub fn promote(&mut self, index: usize, updated: SessionSnapshot) {
+        if index < self.previous.len() {
+            self.previous.remove(index);
+            self.replace_current(updated);
+        }
+    }
 }
 
 /// Direction of a message.

@@ -13,9 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kabar_crypto::{
-    IdentityKeyPair, IdentityPublic, OneTimePrekey, PrekeyBundle, ProfileKind, SessionSnapshot, SignedPrekey,
-};
+use kabar_crypto::{IdentityKeyPair, IdentityPublic, OneTimePrekey, PrekeyBundle, ProfileKind, SignedPrekey};
 use rand_core::CryptoRng;
 use redb::{
     Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction,
@@ -37,7 +35,7 @@ pub struct OutgoingMessage {
     /// Recipient.
     pub contact: ContactId,
     /// The session state after encrypting this message.
-    pub session: SessionSnapshot,
+    pub session: SessionState,
     /// The message record (status `Queued`).
     pub message: MessageRecord,
     /// The encoded envelope.
@@ -50,7 +48,7 @@ pub struct IncomingMessage {
     /// Sender.
     pub contact: ContactId,
     /// The session state after decrypting this message.
-    pub session: SessionSnapshot,
+    pub session: SessionState,
     /// The message record; `None` for content that is not shown in the
     /// conversation (read receipts), whose session step and id still commit.
     pub message: Option<MessageRecord>,
@@ -497,8 +495,8 @@ impl ProfileStore {
 
     // ---- sessions and messages ---------------------------------------------
 
-    /// The ratchet session with a contact.
-    pub fn session(&self, contact: &ContactId) -> Result<Option<SessionSnapshot>, StoreError> {
+    /// The ratchet sessions with a contact.
+    pub fn session(&self, contact: &ContactId) -> Result<Option<SessionState>, StoreError> {
         let tx = self.read()?;
         let table = tx.open_table(SESSIONS)?;
         self.get_sealed(&table, SESSIONS_NAME, &contact.0)
@@ -1077,7 +1075,7 @@ mod tests {
             .iter()
             .map(|id| OutgoingMessage {
                 contact: alice,
-                session: session.clone(),
+                session: SessionState::new(session.clone()),
                 message: MessageRecord {
                     id: *id,
                     direction: Direction::Outgoing,

@@ -87,7 +87,7 @@ fn run_child(root: &Path) -> ! {
     assert_eq!(contacts.len(), 1, "the crash store has one contact");
     let (contact, peer) = contacts.into_iter().next().unwrap();
     let mut session = match store.session(&contact).unwrap() {
-        Some(snapshot) => Session::from_snapshot(snapshot).unwrap(),
+        Some(state) => Session::from_snapshot(state.current).unwrap(),
         None => {
             let bundle = PrekeyBundle {
                 identity: peer.identity,
@@ -119,7 +119,7 @@ fn run_child(root: &Path) -> ! {
             let envelope = session.encrypt(&text, &mut rng).unwrap();
             batch.push(OutgoingMessage {
                 contact,
-                session: session.snapshot(),
+                session: kabar_storage::SessionState::new(session.snapshot()),
                 message: MessageRecord {
                     id: envelope.message_id().0,
                     direction: Direction::Outgoing,
@@ -333,7 +333,7 @@ fn verify(root: &Path, ledger: &mut Ledger) -> (usize, usize) {
         None => assert_eq!(n, 0, "{n} messages committed but no session"),
         Some(snapshot) => {
             assert!(n > 0, "a session without messages");
-            let mut session = Session::from_snapshot(snapshot).expect("the persisted session restores");
+            let mut session = Session::from_snapshot(snapshot.current).expect("the persisted session restores");
             let envelope = session.encrypt(b"after the crash", &mut rand::rng()).expect("and still encrypts");
             assert_eq!(
                 u64::from(envelope.header.counter),

@@ -50,7 +50,7 @@ fn outgoing(contact: ContactId, session: &mut Session, text: &str) -> OutgoingMe
     let envelope = session.encrypt(text.as_bytes(), &mut rand::rng()).unwrap();
     OutgoingMessage {
         contact,
-        session: session.snapshot(),
+        session: SessionState::new(session.snapshot()),
         message: MessageRecord {
             id: envelope.message_id().0,
             direction: Direction::Outgoing,
@@ -66,7 +66,7 @@ fn outgoing(contact: ContactId, session: &mut Session, text: &str) -> OutgoingMe
 fn incoming(contact: ContactId, session: SessionSnapshot, id: u8, text: &str, opk: Option<u32>) -> IncomingMessage {
     IncomingMessage {
         contact,
-        session,
+        session: SessionState::new(session),
         received_id: [id; 16],
         message: Some(MessageRecord {
             id: [id; 16],
@@ -292,7 +292,7 @@ fn sending_commits_session_message_and_outbox_together() {
     assert_eq!(seqs, [0, 1, 2]);
 
     // The persisted session is the one after the last message.
-    let persisted = serde_json::to_string(&store.session(&alice).unwrap().unwrap()).unwrap();
+    let persisted = serde_json::to_string(&store.session(&alice).unwrap().unwrap().current).unwrap();
     assert_eq!(persisted, serde_json::to_string(&session.snapshot()).unwrap());
     let outbox = store.outbox().unwrap();
     assert_eq!(outbox.len(), 3);
