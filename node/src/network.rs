@@ -194,6 +194,14 @@ pub async fn run_profile(
     mut shutdown: watch::Receiver<bool>,
 ) {
     for addr in &config.listen {
+        // A random port (0) becomes the port used last time, if it is free:
+        // contacts keep reaching us at the address they know.
+        let remembered = remembered_port(addr, engine.store());
+        if let Some(preferred) = remembered
+            && swarm.listen_on(preferred).is_ok()
+        {
+            continue;
+        }
         if let Err(e) = swarm.listen_on(addr.clone()) {
             tracing::warn!(profile = %engine.store().name(), %addr, error = %e, "cannot listen");
         }
@@ -264,6 +272,7 @@ pub async fn run_profile(
                     if !swarm.is_connected(&peer_id) {
                         dial(&mut swarm, &peer, &addresses);
                     }
+                    tracing::debug!(%peer_id, envelopes = envelopes.len(), connected = swarm.is_connected(&peer_id), "transmit");
                     let id = swarm.behaviour_mut().envelope.send_request(&peer_id, envelopes);
                     pending.insert(id, (peer, message_ids));
                 }
@@ -279,6 +288,35 @@ pub async fn run_profile(
         });
     }
     tracing::info!(profile = %engine.store().name(), "profile stopped");
+}
+
+/// The transport ("tcp" or "udp") and port of a listen address.
+fn transport_port(addr: &Multiaddr) -> Option<(&'static str, u16)> {
+    use libp2p::multiaddr::Protocol;
+    addr.iter().find_map(|p| match p {
+        Protocol::Tcp(port) => Some(("tcp", port)),
+        Protocol::Udp(port) => Some(("udp", port)),
+        _ => None,
+    })
+}
+
+/// `addr` with its port 0 replaced by the port remembered for its transport.
+fn remembered_port(addr: &Multiaddr, store: &kabar_storage::ProfileStore) -> Option<Multiaddr> {
+    use libp2p::multiaddr::Protocol;
+    let (transport, port) = transport_port(addr)?;
+    if port != 0 {
+        return None;
+    }
+    let remembered = store.listen_port(transport).ok()??;
+    Some(
+        addr.iter()
+            .map(|p| match p {
+                Protocol::Tcp(0) => Protocol::Tcp(remembered),
+                Protocol::Udp(0) => Protocol::Udp(remembered),
+                other => other,
+            })
+            .collect(),
+    )
 }
 
 fn dial(swarm: &mut Swarm<Behaviour>, peer: &PeerKey, addresses: &[String]) {
@@ -329,6 +367,11 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
     match event {
         SwarmEvent::NewListenAddr { address, .. } => {
             tracing::info!(profile = %engine.store().name(), %address, "listening");
+            if let Some((transport, port)) = transport_port(&address)
+                && let Err(e) = engine.store().set_listen_port(transport, port)
+            {
+                tracing::warn!(error = %e, "cannot remember the listen port");
+            }
             status.listen_addrs.push(address.to_string());
             Vec::new()
         }
@@ -344,6 +387,7 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
         SwarmEvent::Behaviour(BehaviourEvent::Envelope(event)) => match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
+                    tracing::debug!(profile = %engine.store().name(), %peer, envelopes = request.len(), "request");
                     let Some(key) = signing_key_of(&peer) else {
                         let _ = swarm
                             .behaviour_mut()

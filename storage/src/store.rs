@@ -407,6 +407,30 @@ impl ProfileStore {
         Ok(PrekeyBundle { identity: identity.public(), signed_prekey: spk.public(), one_time_prekey })
     }
 
+    // ---- network hints ----------------------------------------------------
+
+    /// The port this profile listened on last time for a transport (`"tcp"`
+    /// or `"udp"`), so a restarted node keeps its address.
+    pub fn listen_port(&self, transport: &str) -> Result<Option<u16>, StoreError> {
+        let key = format!("listen_port_{transport}");
+        let tx = self.read()?;
+        let meta = tx.open_table(META)?;
+        let value = meta.get(key.as_str())?.and_then(|v| <[u8; 2]>::try_from(v.value()).ok()).map(u16::from_be_bytes);
+        Ok(value)
+    }
+
+    /// Remembers the port this profile listens on for a transport.
+    pub fn set_listen_port(&self, transport: &str, port: u16) -> Result<(), StoreError> {
+        if self.listen_port(transport)? == Some(port) {
+            return Ok(());
+        }
+        let key = format!("listen_port_{transport}");
+        self.write(|tx| {
+            tx.open_table(META)?.insert(key.as_str(), port.to_be_bytes().as_slice())?;
+            Ok(())
+        })
+    }
+
     // ---- contacts ---------------------------------------------------------
 
     /// The opaque id of the contact with this identity.

@@ -49,6 +49,13 @@ impl TestNode {
     /// A node with these profiles listening on `listen` (e.g. QUIC:
     /// `/ip4/127.0.0.1/udp/0/quic-v1`).
     pub async fn start_on(profiles: &[(&str, ProfileKind)], listen: &str) -> TestNode {
+        // KABAR_TEST_LOG=debug shows the nodes' logs (tracing) on stderr.
+        if let Ok(filter) = std::env::var("KABAR_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = tmp.path().join("data");
         let mut dir = DataDir::create(&data_dir, PASSPHRASE, KdfParams::TESTNET).unwrap();

@@ -28,7 +28,7 @@ async fn an_offline_recipient_gets_everything_when_it_comes_back() {
         let r = alice.call("message.send", json!({"to": "Bob", "text": format!("while you were away {i}")})).await;
         ids.push(r["message_id"].as_str().unwrap().to_string());
     }
-    // Bob comes back (on new ports); he greets his contacts, Alice flushes.
+    // Bob comes back (on the port he had); he greets his contacts, Alice flushes.
     bob.restart().await;
     for id in &ids {
         events.wait_status(id, "delivered").await;
