@@ -237,7 +237,17 @@ impl ProfileStore {
 
     /// Runs `f` in one durable write transaction; commits only if `f` succeeds.
     fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let tx = self.db.begin_write()?;
+        self.write_with(redb::Durability::Immediate, f)
+    }
+
+    /// Runs `f` in one write transaction with the given durability.
+    fn write_with<T>(
+        &self,
+        durability: redb::Durability,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(durability)?;
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
@@ -712,8 +722,13 @@ impl ProfileStore {
     }
 
     /// Records one delivery attempt of several messages in one transaction.
+    ///
+    /// Not durable on its own (`Durability::None`): it becomes durable with
+    /// the next durable commit. Losing it in a crash only loses the attempt
+    /// count and the retry time (the message is retried at once after a
+    /// restart) and the `sent` status (it shows `queued` until delivered).
     pub fn record_attempts(&self, message_ids: &[[u8; 16]], next_attempt_at_ms: u64) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.write_with(redb::Durability::None, |tx| {
             for id in message_ids {
                 let mut table = tx.open_table(OUTBOX)?;
                 if let Some(mut entry) = self.get_sealed::<OutboxEntry>(&table, OUTBOX_NAME, id)? {
