@@ -15,15 +15,22 @@ fn samples() -> Vec<Vec<u8>> {
     SAMPLES.get_or_init(make_samples).clone()
 }
 
-fn make_samples() -> Vec<Vec<u8>> {
-    let mut rng = StdRng::seed_from_u64(42);
+/// Bob (business) with a signed and a one-time prekey, and Alice's session
+/// started from his bundle.
+fn started(seed: u64) -> (StdRng, IdentityKeyPair, SignedPrekey, OneTimePrekey, Session) {
+    let mut rng = StdRng::seed_from_u64(seed);
     let alice = IdentityKeyPair::generate(ProfileKind::Personal, &mut rng);
     let bob = IdentityKeyPair::generate(ProfileKind::Business, &mut rng);
     let spk = SignedPrekey::generate(&bob, 9, 1, &mut rng);
     let opk = OneTimePrekey::generate_batch(3, 1, &mut rng).remove(0);
     let bundle =
         PrekeyBundle { identity: bob.public(), signed_prekey: spk.public(), one_time_prekey: Some(opk.public()) };
-    let mut a = Session::initiate(&alice, &bundle, &mut rng).unwrap();
+    let a = Session::initiate(&alice, &bundle, &mut rng).unwrap();
+    (rng, bob, spk, opk, a)
+}
+
+fn make_samples() -> Vec<Vec<u8>> {
+    let (mut rng, bob, spk, opk, mut a) = started(42);
     let first = a.encrypt(b"first", &mut rng).unwrap();
     let (mut b, _) = Session::respond(&bob, &spk, Some(&opk), &first).unwrap();
     let reply = b.encrypt(&[7u8; 300], &mut rng).unwrap();
@@ -59,14 +66,7 @@ fn oversized_input_is_rejected_before_parsing() {
 
 #[test]
 fn the_largest_message_fits_the_bound() {
-    let mut rng = StdRng::seed_from_u64(43);
-    let alice = IdentityKeyPair::generate(ProfileKind::Personal, &mut rng);
-    let bob = IdentityKeyPair::generate(ProfileKind::Business, &mut rng);
-    let spk = SignedPrekey::generate(&bob, 9, 1, &mut rng);
-    let opk = OneTimePrekey::generate_batch(3, 1, &mut rng).remove(0);
-    let bundle =
-        PrekeyBundle { identity: bob.public(), signed_prekey: spk.public(), one_time_prekey: Some(opk.public()) };
-    let mut a = Session::initiate(&alice, &bundle, &mut rng).unwrap();
+    let (mut rng, _, _, _, mut a) = started(43);
     let env = a.encrypt(&vec![0xAB; MAX_PLAINTEXT], &mut rng).unwrap();
     assert_eq!(env.ciphertext.len(), MAX_CIPHERTEXT);
     assert_eq!(env.encode().len(), MAX_ENVELOPE_LEN);

@@ -445,3 +445,24 @@ fn both_sides_starting_a_session_at_once_lose_nothing() {
     assert_eq!(texts(&mut b, &b_alice).iter().filter(|(d, _)| *d == Direction::Incoming).count(), 6);
     assert_eq!(texts(&mut a, &a_bob).iter().filter(|(d, _)| *d == Direction::Incoming).count(), 6);
 }
+
+#[test]
+fn a_retransmission_long_after_is_still_acknowledged_as_a_duplicate() {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    let b_alice = b.knows(&mut a, "Alice");
+    let (_, actions) = a.e().send(&a_bob, Content::text("first"), T0, &mut rand::rng()).unwrap();
+    let (_, _, envs) = transmits(&actions).remove(0);
+    let alice = a.key();
+    assert_eq!(b.e().on_request(&alice, &envs, T0, &mut rand::rng()).unwrap().0, [Ack::Accepted]);
+    // The ack is lost; many ratchet steps later the old envelope comes again
+    // (its chain is long forgotten by the ratchet).
+    for i in 0..30 {
+        let (_, act) = b.e().send(&b_alice, Content::text(format!("b{i}")), T0 + 1, &mut rand::rng()).unwrap();
+        pump(&mut b, &mut a, act, T0 + 1);
+        let (_, act) = a.e().send(&a_bob, Content::text(format!("a{i}")), T0 + 1, &mut rand::rng()).unwrap();
+        pump(&mut a, &mut b, act, T0 + 1);
+    }
+    assert_eq!(b.e().on_request(&alice, &envs, T0 + 2, &mut rand::rng()).unwrap().0, [Ack::Duplicate]);
+}
