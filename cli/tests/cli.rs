@@ -210,3 +210,50 @@ fn bad_passphrase_and_bad_arguments_are_clear_errors() {
     assert!(ok(&dir, &["profile", "list"]).contains("second"));
     assert!(ok(&dir, &["completions", "bash"]).contains("kabar"));
 }
+
+#[test]
+fn chat_sends_typed_lines_shows_arrivals_and_leaves_on_end_of_input() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let ann = init(tmp.path(), "ann", None);
+    let bob = init(tmp.path(), "bob", None);
+    let _ann_node = RunningNode::start(&ann);
+    let _bob_node = RunningNode::start(&bob);
+    let ann_card = ok_json(&ann, &["card"])["card"].as_str().unwrap().to_string();
+    let bob_card = ok_json(&bob, &["card"])["card"].as_str().unwrap().to_string();
+    ok(&ann, &["contact", "add", &bob_card, "--name", "Bob"]);
+    ok(&bob, &["contact", "add", &ann_card, "--name", "Ann"]);
+    ok(&bob, &["send", "Ann", "before the chat", "--wait"]);
+
+    let mut chat = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&ann)
+        .args(["chat", "Bob"])
+        .env("KABAR_PASSPHRASE", PASS)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = chat.stdin.take().unwrap();
+    let mut out = BufReader::new(chat.stdout.take().unwrap());
+    let mut read_until = |needle: &str| {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "chat ended before {needle:?}");
+            if line.contains(needle) {
+                return;
+            }
+        }
+    };
+    read_until("before the chat"); // history is shown
+    writeln!(stdin, "typed in the chat").unwrap();
+    read_until("✓✓"); // delivered mark for our line
+    ok(&bob, &["send", "Ann", "an answer while chatting", "--wait"]);
+    read_until("an answer while chatting");
+    drop(stdin); // Ctrl-D
+    assert!(chat.wait().unwrap().success());
+    let history = ok_json(&bob, &["history", "Ann"]);
+    assert!(history["messages"].as_array().unwrap().iter().any(|m| m["content"]["text"] == "typed in the chat"));
+}
