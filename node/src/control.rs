@@ -593,6 +593,24 @@ async fn call(
             let (message_id, actions) = engine.send(&id, Content::text(text), now_ms(), &mut rand::rng())?;
             Ok((json!({"message_id": kabar_crypto::hex::encode(&message_id)}), actions))
         }),
+        "message.send_batch" => Box::new(move |engine, _| {
+            let (id, _) = contact_by(engine, str_param(&p, "to")?)?;
+            let texts =
+                p.get("texts").and_then(Value::as_array).ok_or_else(|| RpcError::params("missing \"texts\" array"))?;
+            if texts.is_empty() || texts.len() > crate::wire::MAX_BATCH {
+                return Err(RpcError::params(format!("\"texts\" needs 1 to {} texts", crate::wire::MAX_BATCH)));
+            }
+            let mut contents = Vec::with_capacity(texts.len());
+            for t in texts {
+                match t.as_str() {
+                    Some(text) if !text.is_empty() => contents.push(Content::text(text)),
+                    _ => return Err(RpcError::params("each text must be a non-empty string")),
+                }
+            }
+            let (ids, actions) = engine.send_many(&id, contents, now_ms(), &mut rand::rng())?;
+            let ids: Vec<String> = ids.iter().map(|i| kabar_crypto::hex::encode(i)).collect();
+            Ok((json!({"message_ids": ids}), actions))
+        }),
         "message.status" => Box::new(move |engine, _| {
             let id = hex_id::<16>(str_param(&p, "message_id")?)?;
             let (_, seq, record) =

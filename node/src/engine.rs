@@ -252,6 +252,20 @@ impl Engine {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<[u8; 16], EngineError> {
+        let ids = self.queue_many(contact_id, vec![content], now_ms, rng)?;
+        ids.first().copied().ok_or_else(|| StoreError::NotFound("queued message".into()).into())
+    }
+
+    /// Encrypts several messages to one contact and commits them all in ONE
+    /// durable transaction (group commit: one fsync for the batch). Each
+    /// message's session state is the one after encrypting it.
+    fn queue_many<R: CryptoRng + ?Sized>(
+        &mut self,
+        contact_id: &ContactId,
+        contents: Vec<Content>,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<[u8; 16]>, EngineError> {
         let contact = self.contact_or_err(contact_id)?;
         if contact.blocked {
             return Err(EngineError::Blocked(contact.display_name));
@@ -269,34 +283,55 @@ impl Engine {
                 Session::initiate(&self.identity, &bundle, rng)?
             }
         };
-        let seq = self.store.conversation(contact_id)?.next_seq;
-        let body = Message { v: crate::content::CONTENT_VERSION, seq, sent_at_ms: now_ms, content }.encode();
-        let envelope = session.encrypt(&body, rng)?;
-        let id = envelope.message_id().0;
-        let message = MessageRecord {
-            id,
-            direction: Direction::Outgoing,
-            sent_at_ms: now_ms,
-            received_at_ms: None,
-            status: MessageStatus::Queued,
-            body,
-        };
-        self.store.commit_outgoing(
-            &[OutgoingMessage {
+        let first_seq = self.store.conversation(contact_id)?.next_seq;
+        let mut batch = Vec::with_capacity(contents.len());
+        for (i, content) in contents.into_iter().enumerate() {
+            let seq = first_seq + i as u64;
+            let body = Message { v: crate::content::CONTENT_VERSION, seq, sent_at_ms: now_ms, content }.encode();
+            let envelope = session.encrypt(&body, rng)?;
+            let id = envelope.message_id().0;
+            let message = MessageRecord {
+                id,
+                direction: Direction::Outgoing,
+                sent_at_ms: now_ms,
+                received_at_ms: None,
+                status: MessageStatus::Queued,
+                body,
+            };
+            let snapshot = match &state {
+                Some(state) => SessionState { current: session.snapshot(), previous: state.previous.clone() },
+                None => SessionState::new(session.snapshot()),
+            };
+            batch.push(OutgoingMessage {
                 contact: *contact_id,
-                session: match state.take() {
-                    Some(mut state) => {
-                        state.current = session.snapshot();
-                        state
-                    }
-                    None => SessionState::new(session.snapshot()),
-                },
+                session: snapshot,
                 message,
                 envelope: envelope.encode(),
-            }],
-            now_ms,
-        )?;
-        Ok(id)
+            });
+        }
+        state.take();
+        self.store.commit_outgoing(&batch, now_ms)?;
+        Ok(batch.iter().map(|m| m.message.id).collect())
+    }
+
+    /// Like [`Engine::send`] for several texts to one contact, committed
+    /// together (one durable transaction) and transmitted together.
+    pub fn send_many<R: CryptoRng + ?Sized>(
+        &mut self,
+        contact: &ContactId,
+        contents: Vec<Content>,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<(Vec<[u8; 16]>, Vec<Action>), EngineError> {
+        let mut expanded = Vec::with_capacity(contents.len());
+        for content in contents {
+            let content = self.expand(content)?;
+            content.check()?;
+            expanded.push(content);
+        }
+        let ids = self.queue_many(contact, expanded, now_ms, rng)?;
+        let peer = self.contact_or_err(contact)?.identity.signing;
+        Ok((ids, self.flush_peer(&peer, now_ms)?))
     }
 
     /// Transmits the outbox entries for `peer` that are not in flight (up to

@@ -466,3 +466,25 @@ fn a_retransmission_long_after_is_still_acknowledged_as_a_duplicate() {
     }
     assert_eq!(b.e().on_request(&alice, &envs, T0 + 2, &mut rand::rng()).unwrap().0, [Ack::Duplicate]);
 }
+
+#[test]
+fn a_batch_of_sends_commits_together_and_arrives_in_order() {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    let b_alice = b.knows(&mut a, "Alice");
+    let contents: Vec<Content> = (0..50).map(|i| Content::text(format!("batch {i}"))).collect();
+    let (ids, actions) = a.e().send_many(&a_bob, contents, T0, &mut rand::rng()).unwrap();
+    assert_eq!(ids.len(), 50);
+    // One request carries the whole batch.
+    assert_eq!(transmits(&actions).len(), 1);
+    assert_eq!(transmits(&actions)[0].2.len(), 50);
+    pump(&mut a, &mut b, actions, T0);
+    assert!(ids.iter().all(|id| status(&mut a, id) == MessageStatus::Delivered));
+    let got: Vec<String> = texts(&mut b, &b_alice).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(got, (0..50).map(|i| format!("batch {i}")).collect::<Vec<_>>());
+    // Then single sends go on from the same session.
+    let (id, actions) = a.e().send(&a_bob, Content::text("after"), T0 + 1, &mut rand::rng()).unwrap();
+    pump(&mut a, &mut b, actions, T0 + 1);
+    assert_eq!(status(&mut a, &id), MessageStatus::Delivered);
+}

@@ -126,7 +126,7 @@ async fn bare_round() -> (f64, Vec<f64>) {
 /// Kabar: two real nodes (durable stores, encryption), driven through the
 /// control socket. Returns (messages/s delivered, sorted latencies in ms from
 /// the send call to the delivered event, one message at a time).
-async fn kabar_round() -> (f64, Vec<f64>) {
+async fn kabar_round() -> (f64, f64, Vec<f64>) {
     let alice = TestNode::start(&[("personal", Personal)]).await;
     let bob = TestNode::start(&[("personal", Personal)]).await;
     introduce(&alice, "personal", "Alice", &bob, "personal", "Bob").await;
@@ -158,23 +158,44 @@ async fn kabar_round() -> (f64, Vec<f64>) {
     }
     let rate = THROUGHPUT_MESSAGES as f64 / start.elapsed().as_secs_f64();
     latencies.sort_by(|a, b| a.total_cmp(b));
-    (rate, latencies)
+    // The same number of messages again, 64 per `message.send_batch` call:
+    // one durable commit per batch on the sender.
+    let start = Instant::now();
+    let batch: Vec<String> = vec![body.clone(); IN_FLIGHT];
+    let mut last = String::new();
+    for _ in 0..THROUGHPUT_MESSAGES / IN_FLIGHT {
+        let r = alice.call("message.send_batch", json!({"to": "Bob", "texts": batch})).await;
+        last = r["message_ids"].as_array().unwrap().last().unwrap().as_str().unwrap().to_string();
+    }
+    loop {
+        let s = alice.call("message.status", json!({"message_id": last})).await;
+        if s["status"] == "delivered" || s["status"] == "read" {
+            break;
+        }
+        events.wait_for("deliveries", |_| true).await;
+    }
+    let batched = (THROUGHPUT_MESSAGES / IN_FLIGHT * IN_FLIGHT) as f64 / start.elapsed().as_secs_f64();
+    (rate, batched, latencies)
 }
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (mut bare_rate, mut bare_p50, mut bare_p99) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut k_rate, mut k_p50, mut k_p99) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut k_rate, mut k_p50, mut k_p99, mut k_batched) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds() {
         let (r, l) = runtime.block_on(bare_round());
         bare_rate.push(r);
         bare_p50.push(pct(&l, 50.0));
         bare_p99.push(pct(&l, 99.0));
-        let (r, l) = runtime.block_on(kabar_round());
+        let (r, b, l) = runtime.block_on(kabar_round());
         k_rate.push(r);
+        k_batched.push(b);
         k_p50.push(pct(&l, 50.0));
         k_p99.push(pct(&l, 99.0));
-        println!("round {round}: bare {:.0}/s, kabar {:.0}/s", bare_rate[round], k_rate[round]);
+        println!(
+            "round {round}: bare {:.0}/s, kabar {:.0}/s, kabar batched {:.0}/s",
+            bare_rate[round], k_rate[round], k_batched[round]
+        );
     }
     let (br, kr) = (median(bare_rate), median(k_rate));
     println!("\n| | messages/s (one-way) | latency p50 | latency p99 |");
@@ -189,5 +210,7 @@ fn main() {
         median(k_p50),
         median(k_p99)
     );
-    println!("\nKabar / bare: {:.3}×", kr / br);
+    let kb = median(k_batched);
+    println!("| Kabar, durable, `message.send_batch` of {IN_FLIGHT} | {kb:.0} | — | — |");
+    println!("\nKabar / bare: {:.3}× one by one, {:.3}× batched", kr / br, kb / br);
 }
