@@ -80,6 +80,14 @@ pub enum ReceiveOutcome {
     Duplicate,
 }
 
+/// What a batch commit writes once per contact at its end: the session after
+/// the contact's last message in the batch, and the conversation state.
+#[derive(Default)]
+struct BatchState<'a> {
+    sessions: std::collections::HashMap<ContactId, &'a SessionState>,
+    conversations: std::collections::HashMap<ContactId, Conversation>,
+}
+
 /// One profile's encrypted database.
 pub struct ProfileStore {
     db: Database,
@@ -536,16 +544,23 @@ impl ProfileStore {
         self.get_sealed(&table, SESSIONS_NAME, &contact.0)
     }
 
+    /// Writes a message and its index entry, and updates the conversation
+    /// in `batch` (written once per conversation by `finish_batch`).
     fn store_message(
         &self,
         tx: &WriteTransaction,
+        batch: &mut BatchState<'_>,
         contact: &ContactId,
         message: &MessageRecord,
         incoming: bool,
     ) -> Result<u64, StoreError> {
-        let mut conversations = tx.open_table(CONVERSATIONS)?;
-        let mut conversation: Conversation =
-            self.get_sealed(&conversations, CONVERSATIONS_NAME, &contact.0)?.unwrap_or_default();
+        let conversation = match batch.conversations.entry(*contact) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let table = tx.open_table(CONVERSATIONS)?;
+                v.insert(self.get_sealed(&table, CONVERSATIONS_NAME, &contact.0)?.unwrap_or_default())
+            }
+        };
         let seq = conversation.next_seq;
         conversation.next_seq += 1;
         conversation.status = ConversationStatus::Open;
@@ -555,11 +570,24 @@ impl ProfileStore {
             conversation.unread = conversation.unread.saturating_add(1);
             conversation.last_incoming_ms = Some(at);
         }
-        self.put_sealed(&mut conversations, CONVERSATIONS_NAME, &contact.0, &conversation)?;
         let key = seq_key(contact, seq);
         self.put_sealed(&mut tx.open_table(MESSAGES)?, MESSAGES_NAME, &key, message)?;
         tx.open_table(MESSAGE_INDEX)?.insert(message.id.as_slice(), key.as_slice())?;
         Ok(seq)
+    }
+
+    /// Writes the last session state and the conversation state of each
+    /// contact of a batch, once.
+    fn finish_batch(&self, tx: &WriteTransaction, state: BatchState<'_>) -> Result<(), StoreError> {
+        let mut sessions = tx.open_table(SESSIONS)?;
+        for (contact, session) in state.sessions {
+            self.put_sealed(&mut sessions, SESSIONS_NAME, &contact.0, session)?;
+        }
+        let mut conversations = tx.open_table(CONVERSATIONS)?;
+        for (contact, conversation) in state.conversations {
+            self.put_sealed(&mut conversations, CONVERSATIONS_NAME, &contact.0, &conversation)?;
+        }
+        Ok(())
     }
 
     /// Commits outgoing messages: for each, the session state after the
@@ -568,10 +596,11 @@ impl ProfileStore {
     /// each message's sequence number in its conversation.
     pub fn commit_outgoing(&self, batch: &[OutgoingMessage], now_ms: u64) -> Result<Vec<u64>, StoreError> {
         self.write(|tx| {
+            let mut state = BatchState::default();
             let mut seqs = Vec::with_capacity(batch.len());
             for item in batch {
-                self.put_sealed(&mut tx.open_table(SESSIONS)?, SESSIONS_NAME, &item.contact.0, &item.session)?;
-                let seq = self.store_message(tx, &item.contact, &item.message, false)?;
+                state.sessions.insert(item.contact, &item.session);
+                let seq = self.store_message(tx, &mut state, &item.contact, &item.message, false)?;
                 seqs.push(seq);
                 let entry = OutboxEntry {
                     contact: item.contact,
@@ -584,6 +613,7 @@ impl ProfileStore {
                 };
                 self.put_sealed(&mut tx.open_table(OUTBOX)?, OUTBOX_NAME, &item.message.id, &entry)?;
             }
+            self.finish_batch(tx, state)?;
             Ok(seqs)
         })
     }
@@ -600,6 +630,7 @@ impl ProfileStore {
     /// reported as [`ReceiveOutcome::Duplicate`] and not stored.
     pub fn commit_incoming(&self, batch: &[IncomingMessage], now_ms: u64) -> Result<Vec<ReceiveOutcome>, StoreError> {
         self.write(|tx| {
+            let mut state = BatchState::default();
             let mut outcomes = Vec::with_capacity(batch.len());
             for item in batch {
                 let mut received = tx.open_table(RECEIVED)?;
@@ -614,13 +645,14 @@ impl ProfileStore {
                 {
                     return Err(StoreError::PrekeyUsed(id));
                 }
-                self.put_sealed(&mut tx.open_table(SESSIONS)?, SESSIONS_NAME, &item.contact.0, &item.session)?;
+                state.sessions.insert(item.contact, &item.session);
                 let seq = match &item.message {
-                    Some(message) => Some(self.store_message(tx, &item.contact, message, true)?),
+                    Some(message) => Some(self.store_message(tx, &mut state, &item.contact, message, true)?),
                     None => None,
                 };
                 outcomes.push(ReceiveOutcome::Stored { seq });
             }
+            self.finish_batch(tx, state)?;
             Ok(outcomes)
         })
     }
