@@ -419,7 +419,7 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         "latency_ms": {"p50": percentile(&latencies, 50.0), "p95": percentile(&latencies, 95.0), "p99": percentile(&latencies, 99.0)},
         "throughput_msgs_per_s": throughput,
         "peak_rss_kib": {"min": rss_sorted.first(), "median": rss_sorted.get(rss_sorted.len() / 2), "max": rss_sorted.last(), "per_node": rss},
-        "dir": root,
+        "dir": (opts.keep || opts.dir.is_some()).then_some(&root),
     });
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -451,7 +451,9 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
             rss_sorted.get(rss_sorted.len() / 2).unwrap_or(&0),
             rss_sorted.last().unwrap_or(&0)
         );
-        println!("  data                  {}", root.display());
+        if opts.keep || opts.dir.is_some() {
+            println!("  data                  {}", root.display());
+        }
     }
     if opts.keep {
         println!("\nThe network stays up. Talk to a node, e.g.:");
