@@ -6,8 +6,6 @@
 //! input longer than [`MAX_ENVELOPE_LEN`] before looking at it, and allocates
 //! at most one buffer no longer than its input.
 
-use sha2::{Digest, Sha256};
-
 use crate::error::{CryptoError, DecodeError};
 use crate::identity::{IDENTITY_PUBLIC_LEN, IdentityPublic};
 use crate::primitives::{KEY_LEN, TAG_LEN};
@@ -103,7 +101,11 @@ impl RatchetHeader {
 
 /// A message's stable identifier, computable from the envelope alone so a
 /// receiver can recognise a retransmission without decrypting it:
-/// `SHA-256("KABAR-MSGID-V1" ‖ ratchet_key ‖ N(u32 BE))[..16]`.
+/// `ratchet_key[0..12] ‖ N (u32 BE)`.
+///
+/// Both parts are in the authenticated header, so the id says nothing the
+/// header does not. Messages of one chain get neighbouring ids, which keeps
+/// a store's id index compact (one page per chain, not one per message).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId(pub [u8; 16]);
 
@@ -133,13 +135,9 @@ pub struct Envelope {
 impl Envelope {
     /// The message id; see [`MessageId`].
     pub fn message_id(&self) -> MessageId {
-        let mut hasher = Sha256::new();
-        hasher.update(b"KABAR-MSGID-V1");
-        hasher.update(self.header.ratchet_key);
-        hasher.update(self.header.counter.to_be_bytes());
-        let digest = hasher.finalize();
         let mut id = [0u8; 16];
-        id.copy_from_slice(&digest[..16]);
+        id[..12].copy_from_slice(&self.header.ratchet_key[..12]);
+        id[12..].copy_from_slice(&self.header.counter.to_be_bytes());
         MessageId(id)
     }
 

@@ -88,6 +88,10 @@ struct Kabar {
     /// The encoded envelope of one 1 KiB message, for outbox entries.
     envelope: Vec<u8>,
     body: Vec<u8>,
+    /// Per contact: the ratchet-key prefix its message ids start with.
+    prefixes: Vec<[u8; 12]>,
+    /// Next message counter (ids must be fresh across iterations).
+    counter: std::cell::Cell<u32>,
     _data: DataDir,
     _dir: TempDir,
 }
@@ -101,7 +105,7 @@ impl Kabar {
         let me = store.identity().unwrap();
         let body = body();
         let mut envelope = Vec::new();
-        let peers = (0..conversations)
+        let peers: Vec<(ContactId, SessionSnapshot)> = (0..conversations)
             .map(|i| {
                 let peer = IdentityKeyPair::generate(ProfileKind::Personal, &mut rng);
                 let spk = SignedPrekey::generate(&peer, 1, NOW_MS / 1000, &mut rng);
@@ -126,13 +130,25 @@ impl Kabar {
                 (id, session.snapshot())
             })
             .collect();
-        Kabar { store, peers, envelope, body, _data: data, _dir: dir }
+        let prefixes = peers.iter().map(|_| rand::random()).collect();
+        Kabar { store, peers, envelope, body, prefixes, counter: std::cell::Cell::new(0), _data: data, _dir: dir }
     }
 
-    fn record(&self, direction: Direction) -> MessageRecord {
+    /// A message id as envelopes make them: the chain's ratchet-key prefix
+    /// (one per contact here) and a counter.
+    fn next_id(&self, peer: usize) -> [u8; 16] {
+        let n = self.counter.get();
+        self.counter.set(n + 1);
+        let mut id = [0u8; 16];
+        id[..12].copy_from_slice(&self.prefixes[peer]);
+        id[12..].copy_from_slice(&n.to_be_bytes());
+        id
+    }
+
+    fn record(&self, direction: Direction, peer: usize) -> MessageRecord {
         let incoming = direction == Direction::Incoming;
         MessageRecord {
-            id: rand::random(),
+            id: self.next_id(peer),
             direction,
             sent_at_ms: NOW_MS,
             received_at_ms: incoming.then_some(NOW_MS),
@@ -146,7 +162,7 @@ impl Kabar {
         (0..n)
             .map(|i| {
                 let (contact, session) = &self.peers[i % self.peers.len()];
-                let message = self.record(Direction::Incoming);
+                let message = self.record(Direction::Incoming, i % self.peers.len());
                 IncomingMessage {
                     contact: *contact,
                     session: kabar_storage::SessionState::new(session.clone()),
@@ -166,7 +182,7 @@ impl Kabar {
                 OutgoingMessage {
                     contact: *contact,
                     session: kabar_storage::SessionState::new(session.clone()),
-                    message: self.record(Direction::Outgoing),
+                    message: self.record(Direction::Outgoing, i % self.peers.len()),
                     envelope: self.envelope.clone(),
                 }
             })
