@@ -342,11 +342,36 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
     progress.set_message("awaiting deliveries");
     progress.set_position(0);
     let deadline = Instant::now() + opts.timeout;
+    // Deliveries whose event we could not see (the sender was restarted and
+    // acknowledged before its new event stream was subscribed): confirmed
+    // from the sender's store instead; no latency for those.
+    let mut confirmed_from_store: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut polls = 0u32;
     loop {
         let done = delivered.lock().map(|m| sent.keys().filter(|id| m.contains_key(*id)).count()).unwrap_or(0);
-        progress.set_position(done as u64);
-        if done == sent.len() || Instant::now() > deadline {
+        let missing: Vec<String> = delivered
+            .lock()
+            .map(|m| {
+                sent.keys().filter(|id| !m.contains_key(*id) && !confirmed_from_store.contains(*id)).cloned().collect()
+            })
+            .unwrap_or_default();
+        progress.set_position((done + confirmed_from_store.len()) as u64);
+        if missing.is_empty() || Instant::now() > deadline {
             break;
+        }
+        polls += 1;
+        if polls % 20 == 0 {
+            for id in &missing {
+                let Some(s) = sent.get(id) else { continue };
+                let status = nodes[s.from]
+                    .client()
+                    .and_then(|mut c| c.call("message.status", json!({"profile": "personal", "message_id": id})));
+                if let Ok(v) = status
+                    && matches!(v["status"].as_str(), Some("delivered" | "read"))
+                {
+                    confirmed_from_store.insert(id.clone());
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -358,7 +383,7 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
     let mut latencies: Vec<f64> =
         sent.iter().filter_map(|(id, s)| map.get(id).map(|t| t.duration_since(s.at).as_secs_f64() * 1000.0)).collect();
     latencies.sort_by(|a, b| a.total_cmp(b));
-    let delivered_count = latencies.len();
+    let delivered_count = latencies.len() + confirmed_from_store.iter().filter(|id| !map.contains_key(*id)).count();
     let last_delivery = sent.keys().filter_map(|id| map.get(id)).max().copied();
     let throughput = match last_delivery {
         Some(t) if delivered_count > 0 => delivered_count as f64 / t.duration_since(traffic_start).as_secs_f64(),
