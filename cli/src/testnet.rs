@@ -360,7 +360,7 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
             break;
         }
         polls += 1;
-        if polls % 20 == 0 {
+        if polls.is_multiple_of(20) {
             for id in &missing {
                 let Some(s) = sent.get(id) else { continue };
                 let status = nodes[s.from]
