@@ -178,6 +178,11 @@ pub struct Engine {
     identity: IdentityKeyPair,
     config: EngineConfig,
     in_flight: HashSet<[u8; 16]>,
+    /// Contacts that may have outbox entries (a superset: a contact leaves
+    /// only when a scan of the outbox finds nothing for it). Lets the hot
+    /// paths (every connection, identify and tick) skip decrypting the
+    /// outbox when nothing waits.
+    pending: HashSet<ContactId>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -188,7 +193,8 @@ impl Engine {
     /// An engine over an opened profile store.
     pub fn new(store: ProfileStore, config: EngineConfig) -> Result<Self, EngineError> {
         let identity = store.identity()?;
-        Ok(Engine { store, identity, config, in_flight: HashSet::new() })
+        let pending = store.outbox()?.into_iter().map(|e| e.contact).collect();
+        Ok(Engine { store, identity, config, in_flight: HashSet::new(), pending })
     }
 
     /// The profile's store.
@@ -311,6 +317,7 @@ impl Engine {
         }
         state.take();
         self.store.commit_outgoing(&batch, now_ms)?;
+        self.pending.insert(*contact_id);
         Ok(batch.iter().map(|m| m.message.id).collect())
     }
 
@@ -338,11 +345,17 @@ impl Engine {
     /// a batch), regardless of their retry time.
     pub fn flush_peer(&mut self, peer: &PeerKey, now_ms: u64) -> Result<Vec<Action>, EngineError> {
         let contact_id = self.store.contact_id_for_key(peer);
-        let entries: Vec<_> = self
-            .store
-            .outbox()?
+        if !self.pending.contains(&contact_id) {
+            return Ok(Vec::new());
+        }
+        let queued: Vec<_> = self.store.outbox()?.into_iter().filter(|e| e.contact == contact_id).collect();
+        if queued.is_empty() {
+            self.pending.remove(&contact_id);
+            return Ok(Vec::new());
+        }
+        let entries: Vec<_> = queued
             .into_iter()
-            .filter(|e| e.contact == contact_id && !self.in_flight.contains(&e.message_id))
+            .filter(|e| !self.in_flight.contains(&e.message_id))
             .take(self.config.max_batch)
             .collect();
         if entries.is_empty() {
@@ -431,9 +444,14 @@ impl Engine {
 
     /// Time passed: retry what is due, fail what expired.
     pub fn on_tick(&mut self, now_ms: u64) -> Result<Vec<Action>, EngineError> {
+        if self.pending.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut actions = Vec::new();
         let mut due_peers = Vec::new();
+        let mut still_pending = HashSet::new();
         for entry in self.store.outbox()? {
+            still_pending.insert(entry.contact);
             if self.in_flight.contains(&entry.message_id) {
                 continue;
             }
@@ -444,6 +462,7 @@ impl Engine {
                 due_peers.push(entry.contact);
             }
         }
+        self.pending = still_pending;
         for contact in due_peers {
             if let Some(c) = self.store.contact(&contact)? {
                 actions.extend(self.flush_peer(&c.identity.signing, now_ms)?);
