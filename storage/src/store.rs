@@ -289,6 +289,20 @@ impl ProfileStore {
         Ok(())
     }
 
+    /// Every record of a table, opened and sorted by `key`.
+    fn list_sorted<T: DeserializeOwned, K: Ord>(
+        &self,
+        table: redb::TableDefinition<'static, &'static [u8], &'static [u8]>,
+        name: &'static str,
+        key: impl Fn(&T) -> K,
+    ) -> Result<Vec<T>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(table)?;
+        let mut items: Vec<T> = self.all_sealed(&table, name)?.into_iter().map(|(_, item)| item).collect();
+        items.sort_by_key(|item| key(item));
+        Ok(items)
+    }
+
     fn all_sealed<T: DeserializeOwned>(
         &self,
         table: &impl ReadableTable<&'static [u8], &'static [u8]>,
@@ -910,11 +924,7 @@ impl ProfileStore {
     /// The catalog, by name.
     pub fn catalog(&self) -> Result<Vec<CatalogItem>, StoreError> {
         self.require_business()?;
-        let tx = self.read()?;
-        let table = tx.open_table(CATALOG)?;
-        let mut items: Vec<CatalogItem> = self.all_sealed(&table, CATALOG_NAME)?.into_iter().map(|(_, i)| i).collect();
-        items.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(items)
+        self.list_sorted(CATALOG, CATALOG_NAME, |i: &CatalogItem| i.name.clone())
     }
 
     /// Removes a catalog item.
@@ -946,12 +956,7 @@ impl ProfileStore {
     /// All quick replies, by shortcut.
     pub fn quick_replies(&self) -> Result<Vec<QuickReply>, StoreError> {
         self.require_business()?;
-        let tx = self.read()?;
-        let table = tx.open_table(QUICK_REPLIES)?;
-        let mut replies: Vec<QuickReply> =
-            self.all_sealed(&table, QUICK_REPLIES_NAME)?.into_iter().map(|(_, r)| r).collect();
-        replies.sort_by(|a, b| a.shortcut.cmp(&b.shortcut));
-        Ok(replies)
+        self.list_sorted(QUICK_REPLIES, QUICK_REPLIES_NAME, |r: &QuickReply| r.shortcut.clone())
     }
 
     /// Removes a quick reply.
@@ -988,11 +993,7 @@ impl ProfileStore {
     /// All labels, by name.
     pub fn labels(&self) -> Result<Vec<Label>, StoreError> {
         self.require_business()?;
-        let tx = self.read()?;
-        let table = tx.open_table(LABELS)?;
-        let mut labels: Vec<Label> = self.all_sealed(&table, LABELS_NAME)?.into_iter().map(|(_, l)| l).collect();
-        labels.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(labels)
+        self.list_sorted(LABELS, LABELS_NAME, |l: &Label| l.name.clone())
     }
 
     /// Removes a label, and takes it off every conversation, in one transaction.
