@@ -10,6 +10,7 @@
 mod client;
 mod demo;
 mod output;
+mod reach;
 mod testnet;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -154,6 +155,13 @@ enum Command {
     /// A local test network of real nodes, with traffic and a report.
     #[command(subcommand)]
     Testnet(TestnetCommand),
+    /// Run a service node for others: a relay, AutoNAT and DHT server (no profiles, no passphrase, no messages).
+    ///
+    /// Example: kabar serve --data-dir /var/lib/kabar-serve --listen /ip4/0.0.0.0/tcp/4040
+    Serve(reach::ServeArgs),
+    /// The relays the profiles reserve a slot on when they are behind a NAT.
+    #[command(subcommand)]
+    Relay(reach::RelayCommand),
     /// Call any control-API method (docs/api.md).
     ///
     /// Example: kabar rpc message.send '{"to":"Bob","text":"Hello"}'
@@ -227,6 +235,9 @@ enum NodeCommand {
         /// Serve the DHT from the start (local test networks).
         #[arg(long)]
         dht_server: bool,
+        /// A relay (service node) to reserve on when behind a NAT, ending in /p2p/<PeerId> (repeatable; remembered).
+        #[arg(long, value_name = "MULTIADDR")]
+        relay: Vec<String>,
     },
     /// The running node's profiles, PeerIds and listen addresses.
     ///
@@ -593,7 +604,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Init { business, testnet_kdf } => init(&data_dir(&cli)?, business.as_deref(), *testnet_kdf, json),
-        Command::Node(NodeCommand::Run { listen, bootstrap, no_mdns, dht_server }) => {
+        Command::Node(NodeCommand::Run { listen, bootstrap, no_mdns, dht_server, relay }) => {
             let parse = |v: &[String]| -> Result<Vec<libp2p::Multiaddr>> {
                 v.iter().map(|a| a.parse().with_context(|| format!("{a:?} is not a multiaddr"))).collect()
             };
@@ -602,30 +613,15 @@ fn run(cli: Cli) -> Result<()> {
                 network.listen = parse(listen)?;
             }
             network.bootstrap = parse(bootstrap)?;
+            network.relays = parse(relay)?;
+            if let Some(bad) = network.relays.iter().find(|r| kabar_node::network::relay_peer(r).is_none()) {
+                bail!("relay {bad} must end in /p2p/<relay PeerId> (as `kabar serve` prints it)");
+            }
             node_run(&data_dir(&cli)?, network, json)
         }
         Command::Node(NodeCommand::Info) => {
             let v = Client::connect(&data_dir(&cli)?)?.call("node.info", json!({}))?;
-            show(json, &v, |v| {
-                let rows: Vec<Vec<String>> = v["profiles"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|p| {
-                        vec![
-                            s(&p["name"]),
-                            s(&p["kind"]),
-                            s(&p["peer_id"]),
-                            p["connected_peers"].to_string(),
-                            p["listen_addrs"]
-                                .as_array()
-                                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
-                                .unwrap_or_default(),
-                        ]
-                    })
-                    .collect();
-                output::table(&["PROFILE", "KIND", "PEER ID", "PEERS", "LISTENING ON"], &rows);
-            })
+            show(json, &v, reach::print_node_info)
         }
         Command::Node(NodeCommand::Stop) => {
             let v = Client::connect(&data_dir(&cli)?)?.call("node.stop", json!({}))?;
@@ -748,6 +744,15 @@ fn run(cli: Cli) -> Result<()> {
                 timeout: Duration::from_secs(*timeout),
             })
         }
+        Command::Serve(args) => {
+            // Its own directory: by default apart from the profiles' one.
+            let dir = match &cli.data_dir {
+                Some(d) => d.clone(),
+                None => data_dir(&cli)?.join("serve"),
+            };
+            reach::serve(args, &dir, json)
+        }
+        Command::Relay(r) => reach::relay(&data_dir(&cli)?, r, &cli.profile, json),
         Command::Rpc { method, params } => {
             let params: Value = serde_json::from_str(params).context("params must be a JSON object")?;
             let v = Client::connect(&data_dir(&cli)?)?.call(method, params)?;

@@ -7,7 +7,7 @@
 //! `seq` is the sender's per-conversation counter: the receiver shows
 //! messages in the sender's order even when they arrive out of order.
 //! Content types: `text`, `receipt` (read receipts), `catalog_request`,
-//! `catalog`, `order`. Unknown fields are ignored; unknown types are an error.
+//! `catalog`, `order`, `addresses` (address updates). Unknown fields are ignored; unknown types are an error.
 
 use serde::{Deserialize, Serialize};
 
@@ -87,6 +87,13 @@ pub enum Content {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         note: Option<String>,
     },
+    /// The sender's current addresses (multiaddrs, without `/p2p/`), sent
+    /// to every contact when they change: contacts keep reaching a profile
+    /// whose IP, port or relay changed, without a new card.
+    Addresses {
+        /// At most [`crate::card::MAX_ADDRESSES`].
+        addresses: Vec<String>,
+    },
 }
 
 impl Content {
@@ -97,7 +104,7 @@ impl Content {
 
     /// True for content the user sees in the conversation (not receipts).
     pub fn is_visible(&self) -> bool {
-        !matches!(self, Content::Receipt { .. })
+        !matches!(self, Content::Receipt { .. } | Content::Addresses { .. })
     }
 
     /// A one-line summary for inboxes and logs that never includes text.
@@ -109,6 +116,7 @@ impl Content {
             Content::CatalogRequest => "catalog_request",
             Content::Catalog { .. } => "catalog",
             Content::Order { .. } => "order",
+            Content::Addresses { .. } => "addresses",
         }
     }
 }
@@ -151,6 +159,11 @@ impl Content {
             && text.len() > MAX_TEXT_BYTES
         {
             return Err(ContentError::TooLong(text.len()));
+        }
+        if let Content::Addresses { addresses } = self
+            && crate::addresses::parse_list(addresses).is_none()
+        {
+            return Err(ContentError::Malformed("address update: too many or malformed addresses".into()));
         }
         Ok(())
     }

@@ -439,6 +439,19 @@ async fn on_profile(state: &ControlState, params: &Value, job: EngineJob) -> Res
     rx.await.map_err(|_| RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down"))?
 }
 
+/// The profile named by `params.profile`, or every profile if none is named.
+fn selected_profiles(state: &ControlState, params: &Value) -> Result<Vec<(String, ProfileHandle)>, RpcError> {
+    match opt_str(params, "profile")? {
+        None => Ok(state.profiles.clone()),
+        Some(name) => state
+            .profiles
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|p| vec![p.clone()])
+            .ok_or_else(|| RpcError::new(codes::NOT_FOUND, format!("no profile named {name:?}"))),
+    }
+}
+
 fn ok(value: Value) -> crate::network::JobResult {
     Ok((value, Vec::new()))
 }
@@ -483,18 +496,41 @@ async fn call(
             }
             return Ok(json!({"dialing": addr.to_string()}));
         }
+        "relay.add" | "relay.remove" => {
+            let address: libp2p::Multiaddr =
+                str_param(params, "address")?.parse().map_err(|e| RpcError::params(format!("bad multiaddr: {e}")))?;
+            if crate::network::relay_peer(&address).is_none() {
+                return Err(RpcError::new(codes::INVALID_VALUE, "a relay address must end in /p2p/<relay PeerId>"));
+            }
+            let change = if method == "relay.add" {
+                crate::network::RelayChange::Add(address)
+            } else {
+                crate::network::RelayChange::Remove(address)
+            };
+            let mut out = serde_json::Map::new();
+            for (name, handle) in selected_profiles(state, params)? {
+                let (tx, rx) = oneshot::channel();
+                let shutting = || RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down");
+                handle.commands.send(Command::Relay(change.clone(), tx)).await.map_err(|_| shutting())?;
+                let list = rx.await.map_err(|_| shutting())?.map_err(|e| RpcError::new(codes::INVALID_VALUE, e))?;
+                out.insert(name, json!(list));
+            }
+            return Ok(json!({"relays": out}));
+        }
+        "relay.list" => {
+            let mut out = serde_json::Map::new();
+            for (name, handle) in selected_profiles(state, params)? {
+                out.insert(name, json!(handle.status.borrow().relays));
+            }
+            return Ok(json!({"relays": out}));
+        }
         "card.get" => Box::new(move |engine, status| {
             let name = opt_str(&p, "name")?.map(str::to_string).unwrap_or_else(|| status.name.clone());
             let identity = engine.store().identity()?.public();
             let spk = engine.store().current_signed_prekey()?.public();
-            let addresses = status
-                .listen_addrs
-                .iter()
-                .filter_map(|a| a.parse().ok())
-                .filter(|a: &libp2p::Multiaddr| {
-                    !a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified()))
-                })
-                .collect();
+            // Public addresses, relay circuits, then listen addresses
+            // (crate::addresses::advertised).
+            let addresses = status.advertised.iter().filter_map(|a| a.parse().ok()).collect();
             let card = ContactCard { identity, signed_prekey: spk, display_name: name, addresses };
             ok(json!({"card": card.to_uri(), "peer_id": card.peer_id().to_string()}))
         }),

@@ -106,6 +106,14 @@ pub enum NodeEvent {
         /// Contact's display name.
         contact: String,
     },
+    /// A contact told us (inside the end-to-end session) or the DHT told us
+    /// (a record signed by the contact) where it is now.
+    ContactAddressesChanged {
+        /// Profile name.
+        profile: String,
+        /// Contact's display name.
+        contact: String,
+    },
     /// A stranger wrote to a personal profile.
     MessageRequest {
         /// Profile name.
@@ -676,6 +684,13 @@ impl Engine {
                         }
                     }
                 }
+                Some(Content::Addresses { addresses }) if self.set_contact_addresses(&contact_id, addresses)? => {
+                    actions.push(Action::Notify(NodeEvent::ContactAddressesChanged {
+                        profile: self.profile(),
+                        contact: name.clone(),
+                    }));
+                }
+                Some(Content::Addresses { .. }) => {}
                 Some(content) => {
                     visible_received = true;
                     catalog_requested |= matches!(content, Content::CatalogRequest);
@@ -830,6 +845,74 @@ impl Engine {
                 inside.then(|| (start_day + i64::from(start) * 60_000 - offset).max(0) as u64)
             }
         })
+    }
+
+    // ---- addresses ----------------------------------------------------------
+
+    /// Replaces a contact's known addresses (from its address update or its
+    /// signed DHT record). Returns whether anything changed.
+    fn set_contact_addresses(&self, contact: &ContactId, addresses: &[String]) -> Result<bool, EngineError> {
+        let Some(existing) = self.store.contact(contact)? else { return Ok(false) };
+        if existing.addresses == addresses || addresses.is_empty() {
+            return Ok(false);
+        }
+        let update =
+            Contact { display_name: String::new(), signed_prekey: None, addresses: addresses.to_vec(), ..existing };
+        self.store.upsert_contact(update)?;
+        Ok(true)
+    }
+
+    /// The DHT gave us `peer`'s signed address record: remember its
+    /// addresses (if it is a contact) and flush its outbox.
+    pub fn on_addresses_found(
+        &mut self,
+        peer: &PeerKey,
+        addresses: &[String],
+        now_ms: u64,
+    ) -> Result<Vec<Action>, EngineError> {
+        let contact = self.store.contact_id_for_key(peer);
+        let mut actions = Vec::new();
+        if self.set_contact_addresses(&contact, addresses)?
+            && let Some(c) = self.store.contact(&contact)?
+        {
+            actions.push(Action::Notify(NodeEvent::ContactAddressesChanged {
+                profile: self.profile(),
+                contact: c.display_name,
+            }));
+        }
+        actions.extend(self.flush_peer(peer, now_ms)?);
+        Ok(actions)
+    }
+
+    /// The profile's reachable addresses are now `addresses`. If they differ
+    /// from what contacts were last told, each contact (not blocked, not a
+    /// pending message request, with a session or a prekey) gets an
+    /// encrypted address update, queued like any message (durable, retried).
+    pub fn announce_addresses<R: CryptoRng + ?Sized>(
+        &mut self,
+        addresses: &[String],
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, EngineError> {
+        if addresses.is_empty() || self.store.announced_addresses()? == addresses {
+            return Ok(Vec::new());
+        }
+        let mut actions = Vec::new();
+        for (id, contact) in self.store.contacts()? {
+            if contact.blocked || contact.request {
+                continue;
+            }
+            let update = Content::Addresses { addresses: addresses.to_vec() };
+            match self.queue(&id, update, now_ms, rng) {
+                Ok(_) => actions.extend(self.flush_peer(&contact.identity.signing, now_ms)?),
+                Err(EngineError::NoPrekey(_) | EngineError::Blocked(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Remembered only once every update is queued: a crash in between
+        // announces again on the next start.
+        self.store.set_announced_addresses(addresses)?;
+        Ok(actions)
     }
 
     // ---- reading ------------------------------------------------------------

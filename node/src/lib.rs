@@ -11,16 +11,20 @@
 //! - [`wire`]: the `/kabar/envelope/1` request-response protocol and codec.
 //! - [`content`]: the JSON content inside envelopes (text, receipts,
 //!   catalog, orders).
+//! - [`addresses`]: what a profile advertises, and its signed address record on the DHT.
 //! - [`card`]: contact cards (`kabar:` URIs).
+//! - [`service`]: the service node (`kabar serve`): relay, AutoNAT, DHT server.
 //! - [`control`]: the JSON-RPC 2.0 control API over a Unix socket.
 //! - [`node`]: starting and stopping a node.
 
+pub mod addresses;
 pub mod card;
 pub mod content;
 pub mod control;
 pub mod engine;
 pub mod network;
 pub mod node;
+pub mod service;
 pub mod wire;
 
 pub use node::{Node, NodeConfig, NodeError};

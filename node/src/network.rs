@@ -9,14 +9,18 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, identify, kad, mdns, memory_connection_limits, noise,
-    ping, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, connection_limits, dcutr, identify, kad, mdns,
+    memory_connection_limits, noise, ping, relay, tcp, yamux,
 };
+
+use crate::addresses;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -33,6 +37,32 @@ pub const TICK: Duration = Duration::from_millis(500);
 pub const PEER_REQUESTS_PER_SECOND: f64 = 100.0;
 /// Kademlia protocol name: Kabar's own DHT, apart from the IPFS one.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kabar/kad/1");
+/// Identify protocol version string of Kabar nodes and service nodes.
+pub const IDENTIFY_PROTOCOL: &str = "/kabar/id/1";
+/// A profile announces new addresses (to contacts and the DHT) once they
+/// have been stable this long: a start or a network change produces a burst
+/// of address events.
+pub const ANNOUNCE_AFTER: Duration = Duration::from_secs(2);
+/// The profile's address record is published again this often (its DHT
+/// lifetime is [`RECORD_TTL`]).
+pub const REPUBLISH_EVERY: Duration = Duration::from_secs(20 * 60);
+/// Lifetime of an address record on the DHT.
+pub const RECORD_TTL: Duration = Duration::from_secs(60 * 60);
+/// A failed publish is tried again after this long.
+pub const REPUBLISH_RETRY: Duration = Duration::from_secs(15);
+/// At most one DHT lookup per peer in this period.
+pub const LOOKUP_EVERY: Duration = Duration::from_secs(20);
+/// At most this many DHT lookups in flight.
+pub const MAX_LOOKUPS: usize = 32;
+/// A relayed connection to a peer is closed this long after a direct
+/// connection to the same peer appears (hole punching finishes first).
+pub const CLOSE_RELAYED_AFTER: Duration = Duration::from_secs(2);
+/// Reserving on a relay is retried with a delay doubling from this…
+pub const RESERVE_RETRY_MIN: Duration = Duration::from_secs(1);
+/// …to this.
+pub const RESERVE_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Most hole-punch timings kept for `node info`.
+const MAX_TIMINGS: usize = 256;
 
 /// Network settings of a node (the same for every profile; each profile
 /// gets its own ports).
@@ -45,8 +75,12 @@ pub struct NetworkConfig {
     /// LAN discovery with mDNS (it skips loopback).
     pub mdns: bool,
     /// Run Kademlia in server mode from the start (local test networks,
-    /// where no external address is ever confirmed).
+    /// where no external address is ever confirmed). Otherwise a profile
+    /// serves the DHT once AutoNAT finds it publicly reachable.
     pub kad_server: bool,
+    /// Relays (multiaddrs ending in `/p2p/<relay>`) every profile adds to the
+    /// list remembered in its store.
+    pub relays: Vec<Multiaddr>,
 }
 
 impl Default for NetworkConfig {
@@ -59,6 +93,7 @@ impl Default for NetworkConfig {
             bootstrap: Vec::new(),
             mdns: true,
             kad_server: false,
+            relays: Vec::new(),
         }
     }
 }
@@ -74,6 +109,9 @@ mod behaviour {
     pub struct Behaviour {
         pub(super) limits: connection_limits::Behaviour,
         pub(super) memory: memory_connection_limits::Behaviour,
+        pub(super) relay_client: relay::client::Behaviour,
+        pub(super) dcutr: dcutr::Behaviour,
+        pub(super) autonat: autonat::Behaviour,
         pub(super) envelope: request_response::Behaviour<EnvelopeCodec>,
         pub(super) identify: identify::Behaviour,
         pub(super) ping: ping::Behaviour,
@@ -101,14 +139,18 @@ pub fn build_swarm(seed: &[u8; 32], config: &NetworkConfig) -> Result<Swarm<Beha
         .with_quic()
         .with_dns()
         .map_err(|e| NetworkError(e.to_string()))?
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| NetworkError(e.to_string()))?
+        .with_behaviour(|key, relay_client| {
             let peer_id = key.public().to_peer_id();
+            // Per peer: a relayed connection, the direct one hole punching
+            // makes (both sides may dial at once), and one spare.
             let limits = connection_limits::ConnectionLimits::default()
                 .with_max_pending_incoming(Some(64))
                 .with_max_pending_outgoing(Some(64))
                 .with_max_established_incoming(Some(512))
                 .with_max_established_outgoing(Some(512))
-                .with_max_established_per_peer(Some(2));
+                .with_max_established_per_peer(Some(4));
             let envelope = request_response::Behaviour::with_codec(
                 EnvelopeCodec,
                 [(PROTOCOL, ProtocolSupport::Full)],
@@ -116,22 +158,32 @@ pub fn build_swarm(seed: &[u8; 32], config: &NetworkConfig) -> Result<Swarm<Beha
                     .with_request_timeout(Duration::from_secs(30))
                     .with_max_concurrent_streams(32),
             );
-            let mut kad = kad::Behaviour::with_config(
+            let mut kad = kad_behaviour(peer_id, kad::store::MemoryStoreConfig::default());
+            kad.set_mode(Some(if kad_server { kad::Mode::Server } else { kad::Mode::Client }));
+            // AutoNAT asks our relays (added as servers at start) and, on the
+            // internet, connected peers at public IPs to dial us back.
+            let autonat = autonat::Behaviour::new(
                 peer_id,
-                kad::store::MemoryStore::new(peer_id),
-                kad::Config::new(KAD_PROTOCOL),
+                autonat::Config {
+                    boot_delay: Duration::from_secs(1),
+                    retry_interval: Duration::from_secs(20),
+                    refresh_interval: Duration::from_secs(5 * 60),
+                    throttle_server_period: Duration::from_secs(10),
+                    ..Default::default()
+                },
             );
-            if kad_server {
-                kad.set_mode(Some(kad::Mode::Server));
-            }
             let mdns =
                 if mdns_enabled { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?) } else { None };
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(limits),
                 memory: memory_connection_limits::Behaviour::with_max_percentage(0.9),
+                relay_client,
+                dcutr: dcutr::Behaviour::new(peer_id),
+                autonat,
                 envelope,
                 identify: identify::Behaviour::new(
-                    identify::Config::new("/kabar/id/1".into(), key.public()).with_agent_version("kabar/0.1".into()),
+                    identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                        .with_agent_version("kabar/0.1".into()),
                 ),
                 ping: ping::Behaviour::default(),
                 kad,
@@ -142,6 +194,32 @@ pub fn build_swarm(seed: &[u8; 32], config: &NetworkConfig) -> Result<Swarm<Beha
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
         .build();
     Ok(swarm)
+}
+
+/// Kademlia on `/kabar/kad/1` that stores only valid address records
+/// ([`addresses::accept_put`]); the caller inserts accepted PUTs itself.
+pub(crate) fn kad_behaviour(
+    peer_id: PeerId,
+    store: kad::store::MemoryStoreConfig,
+) -> kad::Behaviour<kad::store::MemoryStore> {
+    let mut config = kad::Config::new(KAD_PROTOCOL);
+    config.set_record_ttl(Some(RECORD_TTL));
+    config.set_publication_interval(None);
+    config.set_record_filtering(kad::StoreInserts::FilterBoth);
+    kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::with_config(peer_id, store), config)
+}
+
+/// Stores an inbound PUT if it is a valid, not older address record.
+pub(crate) fn on_inbound_put(kad: &mut kad::Behaviour<kad::store::MemoryStore>, record: Option<kad::Record>) {
+    use kad::store::RecordStore;
+    let Some(mut record) = record else { return };
+    let existing = kad.store_mut().get(&record.key).map(|r| r.into_owned());
+    if addresses::accept_put(&record, existing.as_ref()) {
+        // The sender's expiry is not trusted past our own TTL.
+        let latest = Instant::now() + RECORD_TTL;
+        record.expires = Some(record.expires.map_or(latest, |e| e.min(latest)));
+        let _ = kad.store_mut().put(record);
+    }
 }
 
 /// Unix milliseconds now.
@@ -155,12 +233,53 @@ pub type EngineJob = Box<dyn FnOnce(&mut Engine, &ProfileStatus) -> JobResult + 
 /// A job's result and the actions (transmissions) it produced.
 pub type JobResult = Result<(serde_json::Value, Vec<Action>), crate::control::RpcError>;
 
+/// A change to a profile's relays.
+#[derive(Debug, Clone)]
+pub enum RelayChange {
+    /// Add a relay (remembered in the store) and reserve on it if needed.
+    Add(Multiaddr),
+    /// Forget a relay and drop its reservation.
+    Remove(Multiaddr),
+}
+
 /// A command to a profile task.
 pub enum Command {
     /// Run a job on the engine.
     Job(EngineJob, oneshot::Sender<Result<serde_json::Value, crate::control::RpcError>>),
     /// Dial an address.
     Dial(Multiaddr),
+    /// Add or remove a relay; answers with the profile's relay list.
+    Relay(RelayChange, oneshot::Sender<Result<Vec<String>, String>>),
+}
+
+/// A relay of a profile, and whether it holds a slot for us now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RelayStatus {
+    /// The relay's multiaddr (with `/p2p/`).
+    pub address: String,
+    /// A reservation is active: peers can reach us through it.
+    pub reserved: bool,
+}
+
+/// A connected peer and how we are connected to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PeerStatus {
+    /// Its PeerId.
+    pub peer_id: String,
+    /// "direct" or "relayed" (a direct connection is listed if there is one).
+    pub connection: String,
+}
+
+/// Hole punching (DCUtR) outcomes of a profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HolePunchStatus {
+    /// Attempts that finished (either way).
+    pub attempts: u64,
+    /// Attempts that gave a direct connection.
+    pub succeeded: u64,
+    /// For the latest successes (at most 256): milliseconds from the
+    /// relayed connection to the direct one.
+    pub direct_after_ms: Vec<u64>,
 }
 
 /// Live facts about a profile's swarm.
@@ -176,11 +295,96 @@ pub struct ProfileStatus {
     pub listen_addrs: Vec<String>,
     /// Peers connected now.
     pub connected_peers: usize,
+    /// AutoNAT's verdict: "public", "private" or "unknown".
+    pub nat: String,
+    /// What its card, address updates and DHT record carry.
+    pub advertised: Vec<String>,
+    /// Its relays.
+    pub relays: Vec<RelayStatus>,
+    /// Connected peers other than its relays, direct or relayed.
+    pub peers: Vec<PeerStatus>,
+    /// Hole punching so far.
+    pub hole_punch: HolePunchStatus,
 }
 
 struct RateLimit {
     tokens: f64,
     last: Instant,
+}
+
+/// One configured relay of a profile.
+struct Relay {
+    address: Multiaddr,
+    peer: PeerId,
+    listener: Option<ListenerId>,
+    reserved: bool,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+/// Reachability state of a profile's loop: relays and reservations, the
+/// NAT verdict, how each peer is connected, what is advertised, and DHT
+/// publishing and lookups.
+struct Reach {
+    keypair: libp2p::identity::Keypair,
+    kad_server: bool,
+    relays: Vec<Relay>,
+    public: bool,
+    nat: &'static str,
+    /// Open connections: peer and whether relayed.
+    connections: HashMap<ConnectionId, (PeerId, bool)>,
+    /// When the first relayed connection to a peer opened (hole-punch timing).
+    relayed_since: HashMap<PeerId, Instant>,
+    /// Relayed connections to close (a direct one exists) and when.
+    close_relayed: HashMap<PeerId, Instant>,
+    advertised: Vec<Multiaddr>,
+    announce_at: Option<Instant>,
+    publish_at: Option<Instant>,
+    lookups: HashMap<kad::QueryId, PeerId>,
+    last_lookup: HashMap<PeerId, Instant>,
+    hole_punch: HolePunchStatus,
+}
+
+impl Reach {
+    fn relay_for_listener(&mut self, id: ListenerId) -> Option<&mut Relay> {
+        self.relays.iter_mut().find(|r| r.listener == Some(id))
+    }
+
+    fn is_relay(&self, peer: &PeerId) -> bool {
+        self.relays.iter().any(|r| &r.peer == peer)
+    }
+
+    fn status(&self, status: &mut ProfileStatus) {
+        status.nat = self.nat.to_string();
+        status.advertised = self.advertised.iter().map(|a| a.to_string()).collect();
+        status.relays =
+            self.relays.iter().map(|r| RelayStatus { address: r.address.to_string(), reserved: r.reserved }).collect();
+        let mut peers: HashMap<PeerId, bool> = HashMap::new();
+        for (peer, relayed) in self.connections.values() {
+            if !self.is_relay(peer) {
+                let direct = peers.entry(*peer).or_insert(false);
+                *direct |= !relayed;
+            }
+        }
+        let mut list: Vec<PeerStatus> = peers
+            .into_iter()
+            .map(|(p, direct)| PeerStatus {
+                peer_id: p.to_string(),
+                connection: if direct { "direct" } else { "relayed" }.to_string(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        status.peers = list;
+        status.hole_punch = self.hole_punch.clone();
+    }
+}
+
+/// The relay's PeerId from a relay multiaddr (it must end in `/p2p/<id>`).
+pub fn relay_peer(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    }
 }
 
 /// Runs one profile until `shutdown` flips or the command channel closes.
@@ -210,6 +414,47 @@ pub async fn run_profile(
         if let Err(e) = swarm.dial(addr.clone()) {
             tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
         }
+    }
+    let keypair = match engine.store().identity() {
+        Ok(identity) => {
+            let mut seed = identity.signing_seed();
+            libp2p::identity::Keypair::ed25519_from_bytes(&mut seed).ok()
+        }
+        Err(_) => None,
+    };
+    let Some(keypair) = keypair else {
+        tracing::error!(profile = %engine.store().name(), "cannot read the profile's identity");
+        return;
+    };
+    let mut reach = Reach {
+        keypair,
+        kad_server: config.kad_server,
+        relays: Vec::new(),
+        public: false,
+        nat: "unknown",
+        connections: HashMap::new(),
+        relayed_since: HashMap::new(),
+        close_relayed: HashMap::new(),
+        advertised: Vec::new(),
+        announce_at: None,
+        publish_at: None,
+        lookups: HashMap::new(),
+        last_lookup: HashMap::new(),
+        hole_punch: HolePunchStatus::default(),
+    };
+    // Relays remembered in the store, plus those given on the command line.
+    let mut relay_list = engine.store().relays().unwrap_or_default();
+    for r in &config.relays {
+        let r = r.to_string();
+        if !relay_list.contains(&r) {
+            relay_list.push(r);
+        }
+    }
+    if let Err(e) = engine.store().set_relays(&relay_list) {
+        tracing::warn!(error = %e, "cannot remember relays");
+    }
+    for r in relay_list.iter().filter_map(|r| r.parse::<Multiaddr>().ok()) {
+        add_relay(&mut swarm, &mut reach, r);
     }
     let mut status = status_tx.borrow().clone();
     let mut pending: HashMap<OutboundRequestId, (PeerKey, Vec<[u8; 16]>)> = HashMap::new();
@@ -253,13 +498,22 @@ pub async fn run_profile(
                     }
                     Vec::new()
                 }
+                Some(Command::Relay(change, reply)) => {
+                    let _ = reply.send(change_relays(&mut swarm, &mut reach, &engine, change));
+                    Vec::new()
+                }
             },
-            _ = tick.tick() => engine.on_tick(now_ms()).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "retry tick failed");
-                Vec::new()
-            }),
+            _ = tick.tick() => {
+                let mut actions = engine.on_tick(now_ms()).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "retry tick failed");
+                    Vec::new()
+                });
+                actions.extend(on_reach_tick(&mut swarm, &mut reach, &mut engine, &mut rng));
+                actions
+            }
             event = swarm.select_next_some() => {
-                handle_event(&mut swarm, &mut engine, &mut pending, &mut limits, &mut status, event, &mut rng)
+                let mut ctx = LoopState { pending: &mut pending, limits: &mut limits, status: &mut status, reach: &mut reach };
+                handle_event(&mut swarm, &mut engine, &mut ctx, event, &mut rng)
             }
         };
         for action in actions {
@@ -279,8 +533,15 @@ pub async fn run_profile(
             }
         }
         status.connected_peers = swarm.connected_peers().count();
+        reach.status(&mut status);
         status_tx.send_if_modified(|s| {
-            let changed = s.listen_addrs != status.listen_addrs || s.connected_peers != status.connected_peers;
+            let changed = s.listen_addrs != status.listen_addrs
+                || s.connected_peers != status.connected_peers
+                || s.nat != status.nat
+                || s.advertised != status.advertised
+                || s.relays != status.relays
+                || s.peers != status.peers
+                || s.hole_punch != status.hole_punch;
             if changed {
                 *s = status.clone();
             }
@@ -288,6 +549,152 @@ pub async fn run_profile(
         });
     }
     tracing::info!(profile = %engine.store().name(), "profile stopped");
+}
+
+/// Registers a relay: AutoNAT server, DHT entry point, dialled now, and a
+/// reservation unless we are public.
+fn add_relay(swarm: &mut Swarm<Behaviour>, reach: &mut Reach, address: Multiaddr) -> bool {
+    let Some(peer) = relay_peer(&address) else {
+        tracing::warn!(%address, "a relay address must end in /p2p/<relay PeerId>; ignored");
+        return false;
+    };
+    if reach.relays.iter().any(|r| r.address == address) {
+        return true;
+    }
+    let plain = addresses::without_peer(&address);
+    swarm.add_peer_address(peer, plain.clone());
+    swarm.behaviour_mut().kad.add_address(&peer, plain.clone());
+    swarm.behaviour_mut().autonat.add_server(peer, Some(plain));
+    if let Err(e) = swarm.dial(address.clone()) {
+        tracing::debug!(%address, error = %e, "cannot dial relay yet");
+    }
+    reach.relays.push(Relay {
+        address,
+        peer,
+        listener: None,
+        reserved: false,
+        retry_at: Instant::now(),
+        backoff: RESERVE_RETRY_MIN,
+    });
+    true
+}
+
+fn change_relays(
+    swarm: &mut Swarm<Behaviour>,
+    reach: &mut Reach,
+    engine: &Engine,
+    change: RelayChange,
+) -> Result<Vec<String>, String> {
+    match change {
+        RelayChange::Add(address) => {
+            if reach.relays.len() >= 16 && !reach.relays.iter().any(|r| r.address == address) {
+                return Err("at most 16 relays".into());
+            }
+            if !add_relay(swarm, reach, address) {
+                return Err("a relay address must end in /p2p/<relay PeerId>".into());
+            }
+        }
+        RelayChange::Remove(address) => {
+            let Some(index) = reach.relays.iter().position(|r| r.address == address) else {
+                return Err(format!("{address} is not one of this profile's relays"));
+            };
+            let relay = reach.relays.remove(index);
+            if let Some(listener) = relay.listener {
+                swarm.remove_listener(listener);
+            }
+            reach.announce_at = Some(Instant::now() + ANNOUNCE_AFTER);
+        }
+    }
+    let list: Vec<String> = reach.relays.iter().map(|r| r.address.to_string()).collect();
+    engine.store().set_relays(&list).map_err(|e| e.to_string())?;
+    Ok(list)
+}
+
+/// Timers of reachability: reserve on relays (with backoff), close relayed
+/// connections made redundant by direct ones, announce and publish addresses.
+fn on_reach_tick<R: rand_core::CryptoRng + ?Sized>(
+    swarm: &mut Swarm<Behaviour>,
+    reach: &mut Reach,
+    engine: &mut Engine,
+    rng: &mut R,
+) -> Vec<Action> {
+    let now = Instant::now();
+    if !reach.public {
+        for relay in reach.relays.iter_mut().filter(|r| r.listener.is_none() && r.retry_at <= now) {
+            match swarm.listen_on(relay.address.clone().with(Protocol::P2pCircuit)) {
+                Ok(id) => relay.listener = Some(id),
+                Err(e) => tracing::debug!(relay = %relay.address, error = %e, "cannot reserve"),
+            }
+            relay.retry_at = now + relay.backoff;
+            relay.backoff = (relay.backoff * 2).min(RESERVE_RETRY_MAX);
+        }
+    }
+    let due: Vec<PeerId> = reach.close_relayed.iter().filter(|(_, t)| **t <= now).map(|(p, _)| *p).collect();
+    for peer in due {
+        reach.close_relayed.remove(&peer);
+        let relayed: Vec<ConnectionId> =
+            reach.connections.iter().filter(|(_, (p, relayed))| *p == peer && *relayed).map(|(id, _)| *id).collect();
+        for id in relayed {
+            swarm.close_connection(id);
+        }
+    }
+    let mut actions = Vec::new();
+    if reach.announce_at.is_some_and(|t| t <= now) {
+        reach.announce_at = None;
+        let addrs: Vec<String> = reach.advertised.iter().map(|a| a.to_string()).collect();
+        match engine.announce_addresses(&addrs, now_ms(), rng) {
+            Ok(a) => actions = a,
+            Err(e) => tracing::warn!(error = %e, "announcing addresses failed"),
+        }
+        reach.publish_at = Some(now);
+    }
+    if reach.publish_at.is_some_and(|t| t <= now) {
+        reach.publish_at = Some(now + REPUBLISH_RETRY);
+        if let Some(record) = addresses::sign_record(&reach.keypair, reach.advertised.clone())
+            && !reach.advertised.is_empty()
+            && let Err(e) = swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One)
+        {
+            tracing::debug!(error = ?e, "cannot publish the address record");
+        }
+    }
+    actions
+}
+
+/// Recomputes what the profile advertises; schedules an announcement if it
+/// changed.
+fn refresh_advertised(swarm: &Swarm<Behaviour>, reach: &mut Reach, status: &ProfileStatus) {
+    let external: Vec<Multiaddr> = swarm.external_addresses().cloned().collect();
+    let public: Vec<Multiaddr> = external.iter().filter(|a| !addresses::is_relayed(a)).cloned().collect();
+    let mut circuits: Vec<Multiaddr> = external.iter().filter(|a| addresses::is_relayed(a)).cloned().collect();
+    let mut listen: Vec<Multiaddr> = Vec::new();
+    for a in status.listen_addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+        if addresses::is_relayed(&a) {
+            circuits.push(a);
+        } else {
+            listen.push(a);
+        }
+    }
+    let advertised = addresses::advertised(&public, &circuits, &listen);
+    if advertised != reach.advertised {
+        reach.advertised = advertised;
+        reach.announce_at = Some(Instant::now() + ANNOUNCE_AFTER);
+    }
+}
+
+/// Asks the DHT for `peer`'s address record (at most one lookup per peer
+/// per [`LOOKUP_EVERY`], at most [`MAX_LOOKUPS`] in flight).
+fn lookup(swarm: &mut Swarm<Behaviour>, reach: &mut Reach, peer: PeerId) {
+    let now = Instant::now();
+    if reach.lookups.len() >= MAX_LOOKUPS
+        || reach.lookups.values().any(|p| *p == peer)
+        || reach.last_lookup.get(&peer).is_some_and(|t| now.duration_since(*t) < LOOKUP_EVERY)
+    {
+        return;
+    }
+    reach.last_lookup.retain(|_, t| now.duration_since(*t) < LOOKUP_EVERY);
+    reach.last_lookup.insert(peer, now);
+    let id = swarm.behaviour_mut().kad.get_record(addresses::record_key(&peer));
+    reach.lookups.insert(id, peer);
 }
 
 /// The transport ("tcp" or "udp") and port of a listen address.
@@ -355,33 +762,153 @@ fn reachable(engine: &mut Engine, peer: &PeerId) -> Vec<Action> {
     }
 }
 
+/// The loop's state that events update.
+struct LoopState<'a> {
+    pending: &'a mut HashMap<OutboundRequestId, (PeerKey, Vec<[u8; 16]>)>,
+    limits: &'a mut HashMap<PeerId, RateLimit>,
+    status: &'a mut ProfileStatus,
+    reach: &'a mut Reach,
+}
+
 fn handle_event<R: rand_core::CryptoRng + ?Sized>(
     swarm: &mut Swarm<Behaviour>,
     engine: &mut Engine,
-    pending: &mut HashMap<OutboundRequestId, (PeerKey, Vec<[u8; 16]>)>,
-    limits: &mut HashMap<PeerId, RateLimit>,
-    status: &mut ProfileStatus,
+    ctx: &mut LoopState<'_>,
     event: SwarmEvent<BehaviourEvent>,
     rng: &mut R,
 ) -> Vec<Action> {
     match event {
         SwarmEvent::NewListenAddr { address, .. } => {
             tracing::info!(profile = %engine.store().name(), %address, "listening");
-            if let Some((transport, port)) = transport_port(&address)
+            if !addresses::is_relayed(&address)
+                && let Some((transport, port)) = transport_port(&address)
                 && let Err(e) = engine.store().set_listen_port(transport, port)
             {
                 tracing::warn!(error = %e, "cannot remember the listen port");
             }
-            status.listen_addrs.push(address.to_string());
+            ctx.status.listen_addrs.push(address.to_string());
+            refresh_advertised(swarm, ctx.reach, ctx.status);
             Vec::new()
         }
         SwarmEvent::ExpiredListenAddr { address, .. } => {
-            status.listen_addrs.retain(|a| a != &address.to_string());
+            ctx.status.listen_addrs.retain(|a| a != &address.to_string());
+            if !addresses::is_relayed(&address) {
+                // Our address went away (new network, new IP). Public
+                // addresses on the same IP are stale, and so may be every
+                // direct connection: a TCP connection bound to a vanished
+                // address never errors by itself. Peers reconnect on demand
+                // and unacknowledged messages are retried.
+                let ip = address.iter().find(|p| matches!(p, Protocol::Ip4(_) | Protocol::Ip6(_)));
+                let stale: Vec<Multiaddr> = swarm
+                    .external_addresses()
+                    .filter(|a| {
+                        !addresses::is_relayed(a)
+                            && a.iter().find(|p| matches!(p, Protocol::Ip4(_) | Protocol::Ip6(_))) == ip
+                    })
+                    .cloned()
+                    .collect();
+                for a in stale {
+                    swarm.remove_external_address(&a);
+                }
+                let direct: Vec<ConnectionId> =
+                    ctx.reach.connections.iter().filter(|(_, (_, relayed))| !relayed).map(|(id, _)| *id).collect();
+                for id in direct {
+                    swarm.close_connection(id);
+                }
+            }
+            refresh_advertised(swarm, ctx.reach, ctx.status);
             Vec::new()
         }
-        SwarmEvent::ConnectionEstablished { peer_id, .. } => reachable(engine, &peer_id),
-        SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-            limits.remove(&peer_id);
+        SwarmEvent::ListenerClosed { listener_id, addresses: gone, reason } => {
+            for a in gone {
+                ctx.status.listen_addrs.retain(|s| s != &a.to_string());
+            }
+            if let Some(relay) = ctx.reach.relay_for_listener(listener_id) {
+                tracing::info!(relay = %relay.address, ?reason, "relay reservation ended; reserving again");
+                relay.listener = None;
+                relay.reserved = false;
+            }
+            refresh_advertised(swarm, ctx.reach, ctx.status);
+            Vec::new()
+        }
+        SwarmEvent::ExternalAddrConfirmed { .. } | SwarmEvent::ExternalAddrExpired { .. } => {
+            refresh_advertised(swarm, ctx.reach, ctx.status);
+            Vec::new()
+        }
+        SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+            let relayed = endpoint.is_relayed();
+            ctx.reach.connections.insert(connection_id, (peer_id, relayed));
+            if relayed {
+                ctx.reach.relayed_since.entry(peer_id).or_insert_with(Instant::now);
+            } else if ctx.reach.connections.values().any(|(p, r)| *p == peer_id && *r) {
+                // Messages should take the direct path: the relayed
+                // connection goes once hole punching has finished.
+                ctx.reach.close_relayed.insert(peer_id, Instant::now() + CLOSE_RELAYED_AFTER);
+            }
+            reachable(engine, &peer_id)
+        }
+        SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
+            ctx.reach.connections.remove(&connection_id);
+            if !ctx.reach.connections.values().any(|(p, r)| *p == peer_id && *r) {
+                ctx.reach.relayed_since.remove(&peer_id);
+            }
+            if num_established == 0 {
+                ctx.limits.remove(&peer_id);
+                ctx.reach.close_relayed.remove(&peer_id);
+            }
+            Vec::new()
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+            relay_peer_id,
+            ..
+        })) => {
+            for relay in ctx.reach.relays.iter_mut().filter(|r| r.peer == relay_peer_id) {
+                relay.reserved = true;
+                relay.backoff = RESERVE_RETRY_MIN;
+            }
+            refresh_advertised(swarm, ctx.reach, ctx.status);
+            Vec::new()
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result })) => {
+            let hp = &mut ctx.reach.hole_punch;
+            hp.attempts += 1;
+            match result {
+                Ok(_) => {
+                    hp.succeeded += 1;
+                    if let Some(since) = ctx.reach.relayed_since.get(&remote_peer_id) {
+                        if hp.direct_after_ms.len() == MAX_TIMINGS {
+                            hp.direct_after_ms.remove(0);
+                        }
+                        hp.direct_after_ms.push(since.elapsed().as_millis() as u64);
+                    }
+                    tracing::info!(peer = %remote_peer_id, "hole punched: direct connection");
+                }
+                Err(e) => tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed; staying relayed"),
+            }
+            Vec::new()
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. })) => {
+            let (nat, public) = match new {
+                autonat::NatStatus::Public(_) => ("public", true),
+                autonat::NatStatus::Private => ("private", false),
+                autonat::NatStatus::Unknown => ("unknown", false),
+            };
+            tracing::info!(profile = %engine.store().name(), nat, "reachability changed");
+            ctx.reach.nat = nat;
+            ctx.reach.public = public;
+            if !ctx.reach.kad_server {
+                swarm.behaviour_mut().kad.set_mode(Some(if public { kad::Mode::Server } else { kad::Mode::Client }));
+            }
+            if public {
+                // Reachable directly: relay slots are not needed.
+                for relay in ctx.reach.relays.iter_mut() {
+                    if let Some(listener) = relay.listener.take() {
+                        swarm.remove_listener(listener);
+                    }
+                    relay.reserved = false;
+                }
+            }
+            refresh_advertised(swarm, ctx.reach, ctx.status);
             Vec::new()
         }
         SwarmEvent::Behaviour(BehaviourEvent::Envelope(event)) => match event {
@@ -395,7 +922,7 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
                             .send_response(channel, vec![Ack::Rejected(RejectReason::IdentityMismatch); request.len()]);
                         return Vec::new();
                     };
-                    if !allow(limits, peer, Instant::now()) {
+                    if !allow(ctx.limits, peer, Instant::now()) {
                         tracing::debug!(%peer, "request over the per-peer rate; dropped");
                         return Vec::new();
                     }
@@ -415,7 +942,7 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
                         }
                     }
                 }
-                request_response::Message::Response { request_id, response } => match pending.remove(&request_id) {
+                request_response::Message::Response { request_id, response } => match ctx.pending.remove(&request_id) {
                     Some((peer, ids)) => engine.on_acks(&peer, &ids, &response, now_ms()).unwrap_or_else(|e| {
                         tracing::warn!(error = %e, "recording acknowledgements failed");
                         Vec::new()
@@ -425,26 +952,27 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 tracing::debug!(%peer, %error, "request failed");
-                if let Some((_, ids)) = pending.remove(&request_id) {
+                if let Some((_, ids)) = ctx.pending.remove(&request_id) {
                     engine.on_transmit_failed(&ids);
                 }
                 if matches!(error, request_response::OutboundFailure::DialFailure) {
-                    // Ask the DHT where the peer is now.
-                    swarm.behaviour_mut().kad.get_closest_peers(peer);
+                    // The addresses we know failed: ask the DHT for the
+                    // peer's signed address record.
+                    lookup(swarm, ctx.reach, peer);
                 }
                 Vec::new()
             }
             _ => Vec::new(),
         },
         SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-            for addr in info.listen_addrs {
+            // Only addresses a peer can be dialled at go into the DHT's
+            // routing table (not its circuits: relayed peers are DHT clients).
+            for addr in info.listen_addrs.into_iter().filter(|a| !addresses::is_relayed(a)) {
                 swarm.behaviour_mut().kad.add_address(&peer_id, addr);
             }
             reachable(engine, &peer_id)
         }
-        SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })) => {
-            if swarm.is_connected(&peer) { Vec::new() } else { reachable(engine, &peer) }
-        }
+        SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => on_kad(swarm, engine, ctx.reach, event),
         SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
             let mut actions = Vec::new();
             for (peer, addr) in list {
@@ -454,6 +982,66 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
             }
             actions
         }
+        _ => Vec::new(),
+    }
+}
+
+fn on_kad(swarm: &mut Swarm<Behaviour>, engine: &mut Engine, reach: &mut Reach, event: kad::Event) -> Vec<Action> {
+    match event {
+        kad::Event::RoutingUpdated { peer, .. } => {
+            if reach.publish_at.is_none() && !reach.advertised.is_empty() {
+                // First DHT peer: publish our record now.
+                reach.publish_at = Some(Instant::now());
+            }
+            if swarm.is_connected(&peer) { Vec::new() } else { reachable(engine, &peer) }
+        }
+        kad::Event::InboundRequest { request: kad::InboundRequest::PutRecord { record, .. } } => {
+            on_inbound_put(&mut swarm.behaviour_mut().kad, record);
+            Vec::new()
+        }
+        kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
+            kad::QueryResult::PutRecord(Ok(_)) => {
+                reach.publish_at = Some(Instant::now() + REPUBLISH_EVERY);
+                Vec::new()
+            }
+            kad::QueryResult::PutRecord(Err(e)) => {
+                tracing::debug!(error = ?e, "publishing the address record failed; retrying");
+                Vec::new()
+            }
+            kad::QueryResult::GetRecord(result) => {
+                let Some(&wanted) = reach.lookups.get(&id) else { return Vec::new() };
+                if step.last {
+                    reach.lookups.remove(&id);
+                }
+                let kad::GetRecordOk::FoundRecord(found) = (match result {
+                    Ok(ok) => ok,
+                    Err(_) => return Vec::new(),
+                }) else {
+                    return Vec::new();
+                };
+                let Ok(record) = addresses::verify_record(&found.record) else {
+                    tracing::debug!(peer = %wanted, "ignoring an invalid address record");
+                    return Vec::new();
+                };
+                if record.peer != wanted {
+                    return Vec::new();
+                }
+                // Found: stop the query, remember and dial.
+                reach.lookups.remove(&id);
+                if let Some(mut q) = swarm.behaviour_mut().kad.query_mut(&id) {
+                    q.finish();
+                }
+                let Some(key) = signing_key_of(&wanted) else { return Vec::new() };
+                let addrs: Vec<String> = record.addresses.iter().map(|a| a.to_string()).collect();
+                tracing::info!(peer = %wanted, addresses = addrs.len(), "found on the DHT");
+                dial(swarm, &key, &addrs);
+                engine.on_addresses_found(&key, &addrs, now_ms()).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot record found addresses");
+                    Vec::new()
+                })
+            }
+            _ => Vec::new(),
+        },
         _ => Vec::new(),
     }
 }

@@ -74,8 +74,8 @@ impl Node {
                 name: entry.name.clone(),
                 kind: entry.kind.to_string(),
                 peer_id: swarm.local_peer_id().to_string(),
-                listen_addrs: Vec::new(),
-                connected_peers: 0,
+                nat: "unknown".into(),
+                ..Default::default()
             };
             let engine = Engine::new(store, config.engine)?;
             let (cmd_tx, cmd_rx) = mpsc::channel(64);

@@ -129,7 +129,7 @@ fn texts(p: &mut Party, c: &ContactId) -> Vec<(Direction, String)> {
             Content::Order { .. } => Some((m.direction, "<order>".into())),
             Content::Catalog { items } => Some((m.direction, format!("<catalog {}>", items.len()))),
             Content::CatalogRequest => Some((m.direction, "<catalog request>".into())),
-            Content::Receipt { .. } => None,
+            Content::Receipt { .. } | Content::Addresses { .. } => None,
         })
         .collect()
 }

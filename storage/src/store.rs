@@ -463,6 +463,49 @@ impl ProfileStore {
         })
     }
 
+    /// The relays this profile reserves a slot on (multiaddrs ending in
+    /// `/p2p/<relay>`), in the order they were added.
+    pub fn relays(&self) -> Result<Vec<String>, StoreError> {
+        self.meta_list("relays")
+    }
+
+    /// Replaces the list of relays (at most 16, each at most 512 bytes).
+    pub fn set_relays(&self, relays: &[String]) -> Result<(), StoreError> {
+        if relays.len() > 16 || relays.iter().any(|r| r.len() > 512) {
+            return Err(StoreError::Invalid("at most 16 relays of at most 512 bytes each".into()));
+        }
+        self.set_meta_list("relays", relays)
+    }
+
+    /// The addresses this profile last announced to its contacts.
+    pub fn announced_addresses(&self) -> Result<Vec<String>, StoreError> {
+        self.meta_list("announced_addresses")
+    }
+
+    /// Remembers the addresses announced to contacts.
+    pub fn set_announced_addresses(&self, addresses: &[String]) -> Result<(), StoreError> {
+        self.set_meta_list("announced_addresses", addresses)
+    }
+
+    /// A list kept sealed in [`META`] (addresses say where the user is).
+    fn meta_list(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        let tx = self.read()?;
+        let meta = tx.open_table(META)?;
+        let Some(value) = meta.get(key)? else { return Ok(Vec::new()) };
+        self.keys.open(META_NAME, key.as_bytes(), value.value())
+    }
+
+    fn set_meta_list(&self, key: &str, values: &[String]) -> Result<(), StoreError> {
+        if self.meta_list(key)? == values {
+            return Ok(());
+        }
+        let sealed = self.keys.seal(META_NAME, key.as_bytes(), &values)?;
+        self.write(|tx| {
+            tx.open_table(META)?.insert(key, sealed.as_slice())?;
+            Ok(())
+        })
+    }
+
     // ---- contacts ---------------------------------------------------------
 
     /// The opaque id of the contact with this identity.

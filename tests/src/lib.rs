@@ -26,6 +26,7 @@ const PASSPHRASE: &[u8] = b"integration tests";
 pub struct TestNode {
     _tmp: tempfile::TempDir,
     listen: Vec<libp2p::Multiaddr>,
+    bootstrap: Vec<libp2p::Multiaddr>,
     /// Its data directory.
     pub data_dir: PathBuf,
     node: Option<Node>,
@@ -49,6 +50,12 @@ impl TestNode {
     /// A node with these profiles listening on `listen` (e.g. QUIC:
     /// `/ip4/127.0.0.1/udp/0/quic-v1`).
     pub async fn start_on(profiles: &[(&str, ProfileKind)], listen: &str) -> TestNode {
+        Self::start_with(profiles, listen, &[]).await
+    }
+
+    /// A node that also dials `bootstrap` at start (DHT entry points, e.g.
+    /// a service node).
+    pub async fn start_with(profiles: &[(&str, ProfileKind)], listen: &str, bootstrap: &[String]) -> TestNode {
         // KABAR_TEST_LOG=debug shows the nodes' logs (tracing) on stderr.
         if let Ok(filter) = std::env::var("KABAR_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -63,7 +70,13 @@ impl TestNode {
             dir.create_profile(name, *kind, 1_700_000_000, &mut rand::rng()).unwrap();
         }
         drop(dir);
-        let mut node = TestNode { _tmp: tmp, listen: vec![listen.parse().unwrap()], data_dir, node: None };
+        let mut node = TestNode {
+            _tmp: tmp,
+            listen: vec![listen.parse().unwrap()],
+            bootstrap: bootstrap.iter().map(|a| a.parse().unwrap()).collect(),
+            data_dir,
+            node: None,
+        };
         node.boot().await;
         node
     }
@@ -74,9 +87,10 @@ impl TestNode {
             passphrase: PASSPHRASE.to_vec(),
             network: NetworkConfig {
                 listen: self.listen.clone(),
-                bootstrap: Vec::new(),
+                bootstrap: self.bootstrap.clone(),
                 mdns: false,
                 kad_server: true,
+                relays: Vec::new(),
             },
             engine: EngineConfig { retry_base_ms: 200, retry_max_ms: 2_000, ..EngineConfig::default() },
         }

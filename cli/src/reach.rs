@@ -1,0 +1,148 @@
+//! Reachability commands: `kabar serve` (a service node), `kabar relay …`,
+//! and the `node info` view of NAT status, relays and connections.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use kabar_node::service::{DEFAULT_PORT, ServiceConfig, ServiceNode};
+use serde_json::{Value, json};
+
+use crate::client::Client;
+use crate::{output, s, show};
+
+/// `kabar serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Listen address (repeatable) [default: /ip4/0.0.0.0/tcp/4040 and /ip4/0.0.0.0/udp/4040/quic-v1].
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<String>,
+    /// An address peers reach this machine at that it cannot see itself, e.g. a forwarded public IP (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    external: Vec<String>,
+    /// Answer AutoNAT probes from private addresses (a LAN or a test lab; never on the internet).
+    #[arg(long)]
+    autonat_private: bool,
+}
+
+/// `kabar relay …`: applies to every profile of the running node.
+#[derive(Debug, Subcommand)]
+pub(crate) enum RelayCommand {
+    /// Add a relay (remembered): profiles behind a NAT reserve a slot on it.
+    ///
+    /// Example: kabar relay add /ip4/203.0.113.7/tcp/4040/p2p/12D3KooW…
+    Add {
+        /// The relay's multiaddr, ending in /p2p/<PeerId>, as `kabar serve` prints it.
+        address: String,
+    },
+    /// Forget a relay and drop the reservations on it.
+    ///
+    /// Example: kabar relay remove /ip4/203.0.113.7/tcp/4040/p2p/12D3KooW…
+    Remove {
+        /// The relay's multiaddr.
+        address: String,
+    },
+    /// Each profile's relays and whether it holds a reservation on them.
+    ///
+    /// Example: kabar relay list
+    List,
+}
+
+/// `kabar serve` in `dir` (`--data-dir`; by default `serve/` inside the
+/// platform's kabar data directory, apart from any profiles).
+pub(crate) fn serve(args: &ServeArgs, dir: &Path, json: bool) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = ServiceConfig::new(dir.to_path_buf());
+    let parse = |v: &[String]| -> Result<Vec<libp2p::Multiaddr>> {
+        v.iter().map(|a| a.parse().with_context(|| format!("{a:?} is not a multiaddr"))).collect()
+    };
+    if !args.listen.is_empty() {
+        config.listen = parse(&args.listen)?;
+    }
+    config.external = parse(&args.external)?;
+    config.autonat_private = args.autonat_private;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let wanted = config.listen.len() + config.external.len();
+        let node = ServiceNode::start(config).await.with_context(|| {
+            format!("cannot start the service node (is port {DEFAULT_PORT} taken? choose one with --listen)")
+        })?;
+        let addresses = tokio::time::timeout(std::time::Duration::from_secs(10), node.wait_listening(wanted))
+            .await
+            .unwrap_or_default();
+        if json {
+            println!("{}", json!({"peer_id": node.peer_id().to_string(), "addresses": addresses, "data_dir": dir}));
+        } else {
+            println!("Kabar service node {}", node.peer_id());
+            println!("Relay, AutoNAT and DHT server. Give peers one of these addresses:");
+            for a in &addresses {
+                println!("  {a}");
+            }
+            println!("(kabar node run --relay ADDRESS, or kabar relay add ADDRESS). Ctrl-C stops it.");
+        }
+        std::io::stdout().flush().ok();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        node.shutdown().await;
+        Ok::<(), anyhow::Error>(())
+    })
+}
+
+pub(crate) fn relay(dir: &Path, command: &RelayCommand, _profile: &str, json: bool) -> Result<()> {
+    let mut client = Client::connect(dir)?;
+    let v = match command {
+        RelayCommand::Add { address } => client.call("relay.add", json!({"address": address}))?,
+        RelayCommand::Remove { address } => client.call("relay.remove", json!({"address": address}))?,
+        RelayCommand::List => client.call("relay.list", json!({}))?,
+    };
+    show(json, &v, |v| {
+        let mut rows = Vec::new();
+        for (profile, relays) in v["relays"].as_object().into_iter().flatten() {
+            for r in relays.as_array().into_iter().flatten() {
+                let (address, reserved) = match r {
+                    Value::String(a) => (a.clone(), String::new()),
+                    other => (s(&other["address"]), if other["reserved"] == true { "yes" } else { "no" }.to_string()),
+                };
+                rows.push(vec![profile.clone(), address, reserved]);
+            }
+        }
+        if rows.is_empty() {
+            println!("no relays; add one with `kabar relay add ADDRESS`");
+        } else {
+            output::table(&["PROFILE", "RELAY", "RESERVED"], &rows);
+        }
+    })
+}
+
+/// `kabar node info` for humans: one block per profile.
+pub(crate) fn print_node_info(v: &Value) {
+    for p in v["profiles"].as_array().into_iter().flatten() {
+        println!("{} ({}) {}", s(&p["name"]), s(&p["kind"]), s(&p["peer_id"]));
+        println!("  reachability  {}", s(&p["nat"]));
+        for a in p["advertised"].as_array().into_iter().flatten() {
+            println!("  reachable at  {}", s(a));
+        }
+        for r in p["relays"].as_array().into_iter().flatten() {
+            let state = if r["reserved"] == true { "reserved" } else { "not reserved" };
+            println!("  relay         {} ({state})", s(&r["address"]));
+        }
+        let peers = p["peers"].as_array().cloned().unwrap_or_default();
+        let direct = peers.iter().filter(|x| x["connection"] == "direct").count();
+        println!("  peers         {} connected ({direct} direct, {} relayed)", peers.len(), peers.len() - direct);
+        for x in &peers {
+            println!("    {} {}", s(&x["peer_id"]), s(&x["connection"]));
+        }
+        let hp = &p["hole_punch"];
+        println!("  hole punching {} of {} attempts succeeded", hp["succeeded"], hp["attempts"]);
+    }
+}

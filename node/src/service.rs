@@ -1,0 +1,378 @@
+//! The service node (`kabar serve`): what an always-on machine offers to
+//! Kabar profiles behind NATs. It is not a profile: it has its own identity
+//! (`service.key` in its data directory), needs no passphrase and holds no
+//! messages.
+//!
+//! - **Circuit relay v2 server**, with limits sized for messaging
+//!   ([`relay_config`]): a relayed connection carries envelope requests (up
+//!   to 4 MiB each) and the hole-punching exchange, so circuits last longer
+//!   and carry more than libp2p's defaults (2 minutes, 128 KiB).
+//! - **AutoNAT server**: dials peers back so they learn whether they are
+//!   publicly reachable.
+//! - **Kademlia in server mode** on `/kabar/kad/1`, storing only valid
+//!   address records ([`crate::addresses`]).
+//! - identify and ping.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, autonat, connection_limits, identify, kad, memory_connection_limits, noise, ping, relay,
+    tcp, yamux,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::addresses::MAX_RECORD_BYTES;
+use crate::network::{IDENTIFY_PROTOCOL, kad_behaviour, on_inbound_put};
+
+/// File holding the service identity (32-byte Ed25519 seed, mode 0600).
+pub const KEY_FILE: &str = "service.key";
+/// Default listen port of a service node (TCP and QUIC).
+pub const DEFAULT_PORT: u16 = 4040;
+
+/// What a service node needs to start.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Its data directory (holds only `service.key`).
+    pub data_dir: PathBuf,
+    /// Listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Addresses it is reachable at that it cannot see itself (a public IP
+    /// forwarded to it); its listen addresses count as reachable too.
+    pub external: Vec<Multiaddr>,
+    /// Answer AutoNAT probes from peers at private addresses (a LAN or a
+    /// test lab). Off by default: on the internet, a peer on the same LAN
+    /// would otherwise be told it is public.
+    pub autonat_private: bool,
+}
+
+impl ServiceConfig {
+    /// Defaults: all interfaces, TCP and QUIC on [`DEFAULT_PORT`].
+    pub fn new(data_dir: PathBuf) -> Self {
+        let listen = [format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}"), format!("/ip4/0.0.0.0/udp/{DEFAULT_PORT}/quic-v1")]
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        ServiceConfig { data_dir, listen, external: Vec::new(), autonat_private: false }
+    }
+}
+
+/// Why a service node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Reading or creating the data directory or key file.
+    #[error("service data directory {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The key file is not 32 bytes.
+    #[error("{0} is damaged (it should hold a 32-byte key); move it away to start with a new identity")]
+    BadKey(PathBuf),
+    /// libp2p refused the configuration or an address.
+    #[error("network: {0}")]
+    Network(String),
+}
+
+/// The relay limits of a service node.
+///
+/// Reservations: 1,024 in all, 4 per peer, each for an hour (clients renew).
+/// Circuits: 512 in all, 16 per peer, each up to 30 minutes and 64 MiB (a
+/// client opens a new one when one ends). Rate limits: 30 reservations per
+/// peer per 2 minutes and 120 per IP per minute; 120 new circuits per peer
+/// and 600 per IP per minute.
+pub fn relay_config() -> relay::Config {
+    let per = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+    relay::Config {
+        max_reservations: 1024,
+        max_reservations_per_peer: 4,
+        reservation_duration: Duration::from_secs(3600),
+        reservation_rate_limiters: Vec::new(),
+        max_circuits: 512,
+        max_circuits_per_peer: 16,
+        max_circuit_duration: Duration::from_secs(30 * 60),
+        max_circuit_bytes: 64 * 1024 * 1024,
+        circuit_src_rate_limiters: Vec::new(),
+    }
+    .reservation_rate_per_peer(per(30), Duration::from_secs(120))
+    .reservation_rate_per_ip(per(120), Duration::from_secs(60))
+    .circuit_src_per_peer(per(120), Duration::from_secs(60))
+    .circuit_src_per_ip(per(600), Duration::from_secs(60))
+}
+
+mod behaviour {
+    #![allow(missing_docs)] // the derive generates an undocumented event enum
+    use super::*;
+
+    /// The behaviours of a service node.
+    #[derive(NetworkBehaviour)]
+    pub struct ServiceBehaviour {
+        pub(super) limits: connection_limits::Behaviour,
+        pub(super) memory: memory_connection_limits::Behaviour,
+        pub(super) relay: relay::Behaviour,
+        pub(super) autonat: autonat::Behaviour,
+        pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
+        pub(super) identify: identify::Behaviour,
+        pub(super) ping: ping::Behaviour,
+    }
+}
+pub use behaviour::{ServiceBehaviour, ServiceBehaviourEvent};
+
+/// Counters of a running service node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceStatus {
+    /// Its addresses, each ending in `/p2p/<its PeerId>`.
+    pub addresses: Vec<String>,
+    /// Peers connected now.
+    pub connected_peers: usize,
+    /// Reservations accepted so far (renewals included).
+    pub reservations: u64,
+    /// Circuits opened so far.
+    pub circuits: u64,
+}
+
+/// A running service node.
+pub struct ServiceNode {
+    peer_id: PeerId,
+    status: watch::Receiver<ServiceStatus>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Reads the service identity, creating it on first start.
+pub fn load_or_create_key(dir: &Path) -> Result<libp2p::identity::Keypair, ServiceError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ServiceError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    let path = dir.join(KEY_FILE);
+    let mut seed: [u8; 32] = match std::fs::read(&path) {
+        Ok(bytes) => bytes.try_into().map_err(|_| ServiceError::BadKey(path.clone()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let keypair = libp2p::identity::Keypair::generate_ed25519();
+            let seed: [u8; 32] = keypair
+                .try_into_ed25519()
+                .map_err(|e| ServiceError::Network(e.to_string()))?
+                .secret()
+                .as_ref()
+                .try_into()
+                .map_err(|_| ServiceError::BadKey(path.clone()))?;
+            // Written to a temporary file and renamed: never half a key.
+            let tmp = dir.join(format!("{KEY_FILE}.tmp"));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io(&tmp))?;
+            f.write_all(&seed).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+            seed
+        }
+        Err(e) => return Err(ServiceError::Io { path, source: e }),
+    };
+    libp2p::identity::Keypair::ed25519_from_bytes(&mut seed).map_err(|e| ServiceError::Network(e.to_string()))
+}
+
+fn build(keypair: libp2p::identity::Keypair, config: &ServiceConfig) -> Result<Swarm<ServiceBehaviour>, ServiceError> {
+    let net = |e: &dyn std::fmt::Display| ServiceError::Network(e.to_string());
+    let autonat_private = config.autonat_private;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| net(&e))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| net(&e))?
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let limits = connection_limits::ConnectionLimits::default()
+                .with_max_pending_incoming(Some(256))
+                .with_max_pending_outgoing(Some(64))
+                .with_max_established_incoming(Some(2048))
+                .with_max_established_outgoing(Some(256))
+                .with_max_established_per_peer(Some(8));
+            let store = kad::store::MemoryStoreConfig {
+                max_records: 65_536,
+                max_value_bytes: MAX_RECORD_BYTES,
+                max_providers_per_key: 1,
+                max_provided_keys: 1,
+            };
+            let mut kad = kad_behaviour(peer_id, store);
+            kad.set_mode(Some(kad::Mode::Server));
+            Ok(ServiceBehaviour {
+                limits: connection_limits::Behaviour::new(limits),
+                memory: memory_connection_limits::Behaviour::with_max_percentage(0.9),
+                relay: relay::Behaviour::new(peer_id, relay_config()),
+                autonat: autonat::Behaviour::new(
+                    peer_id,
+                    autonat::Config {
+                        only_global_ips: !autonat_private,
+                        use_connected: false,
+                        throttle_clients_global_max: 120,
+                        throttle_clients_peer_max: 4,
+                        ..Default::default()
+                    },
+                ),
+                kad,
+                identify: identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                        .with_agent_version("kabar-serve/0.1".into()),
+                ),
+                ping: ping::Behaviour::default(),
+            })
+        })
+        .map_err(|e| net(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    Ok(swarm)
+}
+
+impl ServiceNode {
+    /// Loads or creates the identity, listens and starts serving.
+    pub async fn start(config: ServiceConfig) -> Result<ServiceNode, ServiceError> {
+        let keypair = load_or_create_key(&config.data_dir)?;
+        let mut swarm = build(keypair, &config)?;
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| ServiceError::Network(format!("cannot listen on {addr}: {e}")))?;
+        }
+        for addr in &config.external {
+            swarm.add_external_address(addr.clone());
+        }
+        let peer_id = *swarm.local_peer_id();
+        let (status_tx, status) = watch::channel(ServiceStatus::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(swarm, config.external.clone(), status_tx, stop_rx));
+        Ok(ServiceNode { peer_id, status, stop, task })
+    }
+
+    /// Its PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Its current counters and addresses.
+    pub fn status(&self) -> ServiceStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until it listens on at least `n` addresses; returns them (each
+    /// with `/p2p/`).
+    pub async fn wait_listening(&self, n: usize) -> Vec<String> {
+        let mut rx = self.status.clone();
+        let _ = rx.wait_for(|s| s.addresses.len() >= n).await;
+        rx.borrow().addresses.clone()
+    }
+
+    /// Stops gracefully.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Stops at once (as a crash would).
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+async fn run(
+    mut swarm: Swarm<ServiceBehaviour>,
+    external: Vec<Multiaddr>,
+    status_tx: watch::Sender<ServiceStatus>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let me = *swarm.local_peer_id();
+    let mut status = ServiceStatus {
+        addresses: external.iter().map(|a| a.clone().with(Protocol::P2p(me)).to_string()).collect(),
+        ..Default::default()
+    };
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    // An always-on machine: its listen addresses are where
+                    // peers reach it (relay reservations carry them).
+                    swarm.add_external_address(address.clone());
+                    let full = address.with(Protocol::P2p(me)).to_string();
+                    tracing::info!(address = %full, "listening");
+                    if !status.addresses.contains(&full) {
+                        status.addresses.push(full);
+                    }
+                }
+                SwarmEvent::ExpiredListenAddr { address, .. } => {
+                    swarm.remove_external_address(&address);
+                    let full = address.with(Protocol::P2p(me)).to_string();
+                    status.addresses.retain(|a| a != &full);
+                }
+                SwarmEvent::Behaviour(ServiceBehaviourEvent::Relay(event)) => match event {
+                    relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
+                        tracing::debug!(peer = %src_peer_id, "reservation accepted");
+                        status.reservations += 1;
+                    }
+                    relay::Event::CircuitReqAccepted { .. } => status.circuits += 1,
+                    other => tracing::debug!(event = ?other, "relay"),
+                },
+                SwarmEvent::Behaviour(ServiceBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                    for addr in info.listen_addrs.into_iter().filter(|a| !crate::addresses::is_relayed(a)) {
+                        swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+                SwarmEvent::Behaviour(ServiceBehaviourEvent::Kad(kad::Event::InboundRequest {
+                    request: kad::InboundRequest::PutRecord { record, .. },
+                })) => on_inbound_put(&mut swarm.behaviour_mut().kad, record),
+                _ => {}
+            }
+        }
+        status.connected_peers = swarm.connected_peers().count();
+        status_tx.send_if_modified(|s| {
+            let changed = *s != status;
+            if changed {
+                *s = status.clone();
+            }
+            changed
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_identity_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_key(dir.path()).unwrap().public().to_peer_id();
+        let b = load_or_create_key(dir.path()).unwrap().public().to_peer_id();
+        assert_eq!(a, b);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(dir.path().join(KEY_FILE), b"short").unwrap();
+        assert!(matches!(load_or_create_key(dir.path()), Err(ServiceError::BadKey(_))));
+    }
+
+    #[test]
+    fn relay_limits_are_above_libp2p_defaults() {
+        let ours = relay_config();
+        let default = relay::Config::default();
+        assert!(ours.max_circuit_duration > default.max_circuit_duration);
+        assert!(ours.max_circuit_bytes >= 16 * crate::wire::MAX_REQUEST_BYTES as u64);
+    }
+}
