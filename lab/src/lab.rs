@@ -221,7 +221,11 @@ fn public_ip_at(mut offset: u32) -> Option<(Ipv4Addr, u32)> {
     None
 }
 
-/// The router's nftables ruleset. Chain names must not be nft keywords (`fwd` is one); nft applies a file
+/// The router's nftables ruleset: masquerade out of the WAN, forward only
+/// what the home started, and drop (not reset) unsolicited packets to the
+/// router itself, as home routers do: a reset would kill the first half of a
+/// TCP simultaneous open (hole punching) before the other half arrives.
+/// Chain names must not be nft keywords (`fwd` is one); nft applies a file
 /// all or nothing.
 fn router_ruleset(nat: Nat) -> String {
     let masquerade = match nat {
@@ -238,6 +242,11 @@ fn router_ruleset(nat: Nat) -> String {
         type filter hook forward priority filter; policy drop;
         ct state established,related accept
         iifname \"{LAN_IF}\" oifname \"{WAN_IF}\" accept
+    }}
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        iifname \"{WAN_IF}\" ct state established,related accept
+        iifname \"{WAN_IF}\" drop
     }}
 }}
 "

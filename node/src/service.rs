@@ -256,7 +256,7 @@ impl ServiceNode {
         let peer_id = *swarm.local_peer_id();
         let (status_tx, status) = watch::channel(ServiceStatus::default());
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(swarm, config.external.clone(), status_tx, stop_rx));
+        let task = tokio::spawn(run(swarm, config.listen.clone(), config.external.clone(), status_tx, stop_rx));
         Ok(ServiceNode { peer_id, status, stop, task })
     }
 
@@ -291,13 +291,21 @@ impl ServiceNode {
     }
 }
 
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| {
+        matches!(p, Protocol::Ip4(ip) if ip.is_loopback()) || matches!(p, Protocol::Ip6(ip) if ip.is_loopback())
+    })
+}
+
 async fn run(
     mut swarm: Swarm<ServiceBehaviour>,
+    listen: Vec<Multiaddr>,
     external: Vec<Multiaddr>,
     status_tx: watch::Sender<ServiceStatus>,
     mut stop: watch::Receiver<bool>,
 ) {
     let me = *swarm.local_peer_id();
+    let listens_elsewhere = listen.iter().any(|a| !is_loopback(a));
     let mut status = ServiceStatus {
         addresses: external.iter().map(|a| a.clone().with(Protocol::P2p(me)).to_string()).collect(),
         ..Default::default()
@@ -308,8 +316,11 @@ async fn run(
             event = swarm.select_next_some() => match event {
                 SwarmEvent::NewListenAddr { address, .. } => {
                     // An always-on machine: its listen addresses are where
-                    // peers reach it (relay reservations carry them).
-                    swarm.add_external_address(address.clone());
+                    // peers reach it (relay reservations carry them), except
+                    // loopback when it also listens elsewhere.
+                    if !is_loopback(&address) || !listens_elsewhere {
+                        swarm.add_external_address(address.clone());
+                    }
                     let full = address.with(Protocol::P2p(me)).to_string();
                     tracing::info!(address = %full, "listening");
                     if !status.addresses.contains(&full) {
