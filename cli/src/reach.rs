@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -26,7 +27,8 @@ pub(crate) struct ServeArgs {
     autonat_private: bool,
 }
 
-/// `kabar relay …`: applies to every profile of the running node.
+/// `kabar relay …`: applies to every profile of the running node, or with
+/// `--only` to the `--profile` one.
 #[derive(Debug, Subcommand)]
 pub(crate) enum RelayCommand {
     /// Add a relay (remembered): profiles behind a NAT reserve a slot on it.
@@ -35,6 +37,9 @@ pub(crate) enum RelayCommand {
     Add {
         /// The relay's multiaddr, ending in /p2p/<PeerId>, as `kabar serve` prints it.
         address: String,
+        /// Only for the --profile profile (give each profile its own relay: a shared one can link them).
+        #[arg(long)]
+        only: bool,
     },
     /// Forget a relay and drop the reservations on it.
     ///
@@ -42,6 +47,9 @@ pub(crate) enum RelayCommand {
     Remove {
         /// The relay's multiaddr.
         address: String,
+        /// Only for the --profile profile.
+        #[arg(long)]
+        only: bool,
     },
     /// Each profile's relays and whether it holds a reservation on them.
     ///
@@ -70,19 +78,19 @@ pub(crate) fn serve(args: &ServeArgs, dir: &Path, json: bool) -> Result<()> {
     config.autonat_private = args.autonat_private;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let wanted = config.listen.len() + config.external.len();
         let node = ServiceNode::start(config).await.with_context(|| {
             format!("cannot start the service node (is port {DEFAULT_PORT} taken? choose one with --listen)")
         })?;
-        let addresses = tokio::time::timeout(std::time::Duration::from_secs(10), node.wait_listening(wanted))
-            .await
-            .unwrap_or_default();
+        let addresses = node.wait_addresses(Duration::from_millis(500), Duration::from_secs(10)).await;
         if json {
             println!("{}", json!({"peer_id": node.peer_id().to_string(), "addresses": addresses, "data_dir": dir}));
         } else {
             println!("Kabar service node {}", node.peer_id());
             println!("Relay, AutoNAT and DHT server. Give peers one of these addresses:");
-            for a in &addresses {
+            // Loopback is only for peers on this machine: shown last.
+            let (others, local): (Vec<&String>, Vec<&String>) =
+                addresses.iter().partition(|a| !a.starts_with("/ip4/127.") && !a.starts_with("/ip6/::1/"));
+            for a in others.iter().chain(&local) {
                 println!("  {a}");
             }
             println!("(kabar node run --relay ADDRESS, or kabar relay add ADDRESS). Ctrl-C stops it.");
@@ -98,11 +106,14 @@ pub(crate) fn serve(args: &ServeArgs, dir: &Path, json: bool) -> Result<()> {
     })
 }
 
-pub(crate) fn relay(dir: &Path, command: &RelayCommand, _profile: &str, json: bool) -> Result<()> {
+pub(crate) fn relay(dir: &Path, command: &RelayCommand, profile: &str, json: bool) -> Result<()> {
     let mut client = Client::connect(dir)?;
+    let params = |address: &str, only: bool| {
+        if only { json!({"address": address, "profile": profile}) } else { json!({"address": address}) }
+    };
     let v = match command {
-        RelayCommand::Add { address } => client.call("relay.add", json!({"address": address}))?,
-        RelayCommand::Remove { address } => client.call("relay.remove", json!({"address": address}))?,
+        RelayCommand::Add { address, only } => client.call("relay.add", params(address, *only))?,
+        RelayCommand::Remove { address, only } => client.call("relay.remove", params(address, *only))?,
         RelayCommand::List => client.call("relay.list", json!({}))?,
     };
     show(json, &v, |v| {

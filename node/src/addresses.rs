@@ -93,7 +93,7 @@ pub fn record_peer(key: &RecordKey) -> Option<PeerId> {
 
 /// Signs an address record for `addresses` with the profile's key.
 pub fn sign_record(keypair: &Keypair, addresses: Vec<Multiaddr>) -> Option<Record> {
-    let record = PeerRecord::new(keypair, addresses).ok()?;
+    let record = PeerRecord::new_interop(keypair, addresses).ok()?;
     let value = record.into_signed_envelope().into_protobuf_encoding();
     (value.len() <= MAX_RECORD_BYTES).then(|| Record::new(record_key(&keypair.public().to_peer_id()), value))
 }
@@ -134,7 +134,7 @@ pub fn verify_record(record: &Record) -> Result<AddressRecord, RecordError> {
         return Err(RecordError::TooLarge);
     }
     let envelope = SignedEnvelope::from_protobuf_encoding(&record.value).map_err(|_| RecordError::Signature)?;
-    let signed = PeerRecord::from_signed_envelope(envelope).map_err(|_| RecordError::Signature)?;
+    let signed = PeerRecord::from_signed_envelope_interop(envelope).map_err(|_| RecordError::Signature)?;
     if signed.peer_id() != peer {
         return Err(RecordError::WrongSigner);
     }

@@ -512,7 +512,7 @@ async fn call(
                 let (tx, rx) = oneshot::channel();
                 let shutting = || RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down");
                 handle.commands.send(Command::Relay(change.clone(), tx)).await.map_err(|_| shutting())?;
-                let list = rx.await.map_err(|_| shutting())?.map_err(|e| RpcError::new(codes::INVALID_VALUE, e))?;
+                let list = rx.await.map_err(|_| shutting())??;
                 out.insert(name, json!(list));
             }
             return Ok(json!({"relays": out}));

@@ -222,6 +222,18 @@ pub(crate) fn on_inbound_put(kad: &mut kad::Behaviour<kad::store::MemoryStore>, 
     }
 }
 
+/// Puts a peer in the DHT routing table if it serves the DHT (says so in
+/// identify), at its dialable addresses (not circuits: relayed peers are DHT
+/// clients).
+pub(crate) fn add_dht_server(kad: &mut kad::Behaviour<kad::store::MemoryStore>, peer: PeerId, info: identify::Info) {
+    if !info.protocols.contains(&KAD_PROTOCOL) {
+        return;
+    }
+    for addr in info.listen_addrs.into_iter().filter(|a| !addresses::is_relayed(a)) {
+        kad.add_address(&peer, addr);
+    }
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -249,7 +261,7 @@ pub enum Command {
     /// Dial an address.
     Dial(Multiaddr),
     /// Add or remove a relay; answers with the profile's relay list.
-    Relay(RelayChange, oneshot::Sender<Result<Vec<String>, String>>),
+    Relay(RelayChange, oneshot::Sender<Result<Vec<String>, crate::control::RpcError>>),
 }
 
 /// A relay of a profile, and whether it holds a slot for us now.
@@ -305,6 +317,9 @@ pub struct ProfileStatus {
     pub peers: Vec<PeerStatus>,
     /// Hole punching so far.
     pub hole_punch: HolePunchStatus,
+    /// Its signed address record has been stored on at least one DHT node
+    /// since the profile started.
+    pub address_record_published: bool,
 }
 
 struct RateLimit {
@@ -343,6 +358,7 @@ struct Reach {
     lookups: HashMap<kad::QueryId, PeerId>,
     last_lookup: HashMap<PeerId, Instant>,
     hole_punch: HolePunchStatus,
+    record_published: bool,
 }
 
 impl Reach {
@@ -376,6 +392,7 @@ impl Reach {
         list.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
         status.peers = list;
         status.hole_punch = self.hole_punch.clone();
+        status.address_record_published = self.record_published;
     }
 }
 
@@ -441,6 +458,7 @@ pub async fn run_profile(
         lookups: HashMap::new(),
         last_lookup: HashMap::new(),
         hole_punch: HolePunchStatus::default(),
+        record_published: false,
     };
     // Relays remembered in the store, plus those given on the command line.
     let mut relay_list = engine.store().relays().unwrap_or_default();
@@ -541,7 +559,8 @@ pub async fn run_profile(
                 || s.advertised != status.advertised
                 || s.relays != status.relays
                 || s.peers != status.peers
-                || s.hole_punch != status.hole_punch;
+                || s.hole_punch != status.hole_punch
+                || s.address_record_published != status.address_record_published;
             if changed {
                 *s = status.clone();
             }
@@ -584,19 +603,20 @@ fn change_relays(
     reach: &mut Reach,
     engine: &Engine,
     change: RelayChange,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, crate::control::RpcError> {
+    use crate::control::{RpcError, codes};
     match change {
         RelayChange::Add(address) => {
             if reach.relays.len() >= 16 && !reach.relays.iter().any(|r| r.address == address) {
-                return Err("at most 16 relays".into());
+                return Err(RpcError::new(codes::INVALID_VALUE, "at most 16 relays"));
             }
             if !add_relay(swarm, reach, address) {
-                return Err("a relay address must end in /p2p/<relay PeerId>".into());
+                return Err(RpcError::new(codes::INVALID_VALUE, "a relay address must end in /p2p/<relay PeerId>"));
             }
         }
         RelayChange::Remove(address) => {
             let Some(index) = reach.relays.iter().position(|r| r.address == address) else {
-                return Err(format!("{address} is not one of this profile's relays"));
+                return Err(RpcError::new(codes::NOT_FOUND, format!("{address} is not one of this profile's relays")));
             };
             let relay = reach.relays.remove(index);
             if let Some(listener) = relay.listener {
@@ -606,7 +626,7 @@ fn change_relays(
         }
     }
     let list: Vec<String> = reach.relays.iter().map(|r| r.address.to_string()).collect();
-    engine.store().set_relays(&list).map_err(|e| e.to_string())?;
+    engine.store().set_relays(&list)?;
     Ok(list)
 }
 
@@ -965,11 +985,7 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
             _ => Vec::new(),
         },
         SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-            // Only addresses a peer can be dialled at go into the DHT's
-            // routing table (not its circuits: relayed peers are DHT clients).
-            for addr in info.listen_addrs.into_iter().filter(|a| !addresses::is_relayed(a)) {
-                swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-            }
+            add_dht_server(&mut swarm.behaviour_mut().kad, peer_id, info);
             reachable(engine, &peer_id)
         }
         SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => on_kad(swarm, engine, ctx.reach, event),
@@ -1001,6 +1017,7 @@ fn on_kad(swarm: &mut Swarm<Behaviour>, engine: &mut Engine, reach: &mut Reach, 
         }
         kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
             kad::QueryResult::PutRecord(Ok(_)) => {
+                reach.record_published = true;
                 reach.publish_at = Some(Instant::now() + REPUBLISH_EVERY);
                 Vec::new()
             }

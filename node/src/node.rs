@@ -106,6 +106,12 @@ impl Node {
         self.state.profiles.iter().map(|(_, h)| h.status.borrow().clone()).collect()
     }
 
+    /// A profile's live status, to wait on changes (reservations, NAT
+    /// status, connections).
+    pub fn status_watch(&self, profile: &str) -> Option<watch::Receiver<ProfileStatus>> {
+        self.state.profiles.iter().find(|(n, _)| n == profile).map(|(_, h)| h.status.clone())
+    }
+
     /// Waits until every profile listens on at least one address.
     pub async fn wait_listening(&self) {
         for (_, handle) in &self.state.profiles {

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::addresses::MAX_RECORD_BYTES;
-use crate::network::{IDENTIFY_PROTOCOL, kad_behaviour, on_inbound_put};
+use crate::network::{IDENTIFY_PROTOCOL, add_dht_server, kad_behaviour, on_inbound_put};
 
 /// File holding the service identity (32-byte Ed25519 seed, mode 0600).
 pub const KEY_FILE: &str = "service.key";
@@ -278,6 +278,27 @@ impl ServiceNode {
         rx.borrow().addresses.clone()
     }
 
+    /// Waits until it listens somewhere and its addresses have not changed
+    /// for `quiet` (a listener on all interfaces reports one address per
+    /// interface, one by one), at most `max`; returns them.
+    pub async fn wait_addresses(&self, quiet: Duration, max: Duration) -> Vec<String> {
+        let mut rx = self.status.clone();
+        let deadline = tokio::time::Instant::now() + max;
+        let _ = tokio::time::timeout_at(deadline, rx.wait_for(|s| !s.addresses.is_empty())).await;
+        loop {
+            let before = rx.borrow_and_update().addresses.clone();
+            let settle = (tokio::time::Instant::now() + quiet).min(deadline);
+            match tokio::time::timeout_at(settle, rx.changed()).await {
+                Ok(Ok(())) if tokio::time::Instant::now() < deadline => {
+                    if rx.borrow().addresses == before {
+                        continue;
+                    }
+                }
+                _ => return before,
+            }
+        }
+    }
+
     /// Stops gracefully.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -341,9 +362,7 @@ async fn run(
                     other => tracing::debug!(event = ?other, "relay"),
                 },
                 SwarmEvent::Behaviour(ServiceBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                    for addr in info.listen_addrs.into_iter().filter(|a| !crate::addresses::is_relayed(a)) {
-                        swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    }
+                    add_dht_server(&mut swarm.behaviour_mut().kad, peer_id, info);
                 }
                 SwarmEvent::Behaviour(ServiceBehaviourEvent::Kad(kad::Event::InboundRequest {
                     request: kad::InboundRequest::PutRecord { record, .. },

@@ -27,6 +27,7 @@ pub struct TestNode {
     _tmp: tempfile::TempDir,
     listen: Vec<libp2p::Multiaddr>,
     bootstrap: Vec<libp2p::Multiaddr>,
+    kad_server: bool,
     /// Its data directory.
     pub data_dir: PathBuf,
     node: Option<Node>,
@@ -56,6 +57,21 @@ impl TestNode {
     /// A node that also dials `bootstrap` at start (DHT entry points, e.g.
     /// a service node).
     pub async fn start_with(profiles: &[(&str, ProfileKind)], listen: &str, bootstrap: &[String]) -> TestNode {
+        Self::start_full(profiles, listen, bootstrap, true).await
+    }
+
+    /// A node whose profiles are DHT clients (as private profiles are) that
+    /// dials `bootstrap` at start.
+    pub async fn start_dht_client(profiles: &[(&str, ProfileKind)], bootstrap: &[String]) -> TestNode {
+        Self::start_full(profiles, "/ip4/127.0.0.1/tcp/0", bootstrap, false).await
+    }
+
+    async fn start_full(
+        profiles: &[(&str, ProfileKind)],
+        listen: &str,
+        bootstrap: &[String],
+        kad_server: bool,
+    ) -> TestNode {
         // KABAR_TEST_LOG=debug shows the nodes' logs (tracing) on stderr.
         if let Ok(filter) = std::env::var("KABAR_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -74,6 +90,7 @@ impl TestNode {
             _tmp: tmp,
             listen: vec![listen.parse().unwrap()],
             bootstrap: bootstrap.iter().map(|a| a.parse().unwrap()).collect(),
+            kad_server,
             data_dir,
             node: None,
         };
@@ -89,7 +106,7 @@ impl TestNode {
                 listen: self.listen.clone(),
                 bootstrap: self.bootstrap.clone(),
                 mdns: false,
-                kad_server: true,
+                kad_server: self.kad_server,
                 relays: Vec::new(),
             },
             engine: EngineConfig { retry_base_ms: 200, retry_max_ms: 2_000, ..EngineConfig::default() },
@@ -173,6 +190,11 @@ impl TestNode {
     pub async fn profile_info(&self, profile: &str) -> Value {
         let info = self.call("node.info", json!({})).await;
         info["profiles"].as_array().unwrap().iter().find(|p| p["name"] == profile).cloned().unwrap()
+    }
+
+    /// A profile's live status (kabar_node::network::ProfileStatus).
+    pub fn status_watch(&self, profile: &str) -> tokio::sync::watch::Receiver<kabar_node::network::ProfileStatus> {
+        self.node.as_ref().and_then(|n| n.status_watch(profile)).expect("a running node with that profile")
     }
 
     /// Subscribes to events.

@@ -15,5 +15,6 @@ mod business;
 mod hostile;
 mod messaging;
 mod network;
+mod reachability;
 mod resilience;
 mod separation;
