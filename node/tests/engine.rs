@@ -488,3 +488,38 @@ fn a_batch_of_sends_commits_together_and_arrives_in_order() {
     pump(&mut a, &mut b, actions, T0 + 1);
     assert_eq!(status(&mut a, &id), MessageStatus::Delivered);
 }
+
+#[test]
+fn new_addresses_reach_every_contact_once_and_replace_what_they_hold() {
+    let mut alice = Party::new("alice", ProfileKind::Personal);
+    let mut bob = Party::new("bob", ProfileKind::Personal);
+    let mut blocked = Party::new("mallory", ProfileKind::Personal);
+    let bob_id = alice.knows(&mut bob, "Bob");
+    alice.knows(&mut blocked, "Mallory");
+    let m = alice.contact_of(&mut blocked);
+    alice.store().update_contact(&m, |c| c.blocked = true).unwrap();
+    bob.knows(&mut alice, "Alice");
+    let alice_at_bob = bob.contact_of(&mut alice);
+
+    let addrs = vec![
+        "/ip4/198.18.0.9/tcp/4001".to_string(),
+        "/ip4/198.18.0.1/tcp/4040/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit".to_string(),
+    ];
+    let actions = alice.e().announce_addresses(&addrs, T0, &mut rand::rng()).unwrap();
+    let sent = transmits(&actions);
+    assert_eq!(sent.len(), 1, "one update, to Bob only (not to the blocked contact)");
+    pump(&mut alice, &mut bob, actions, T0);
+    assert_eq!(bob.store().contact(&alice_at_bob).unwrap().unwrap().addresses, addrs);
+    assert!(texts(&mut bob, &alice_at_bob).is_empty(), "an address update is not a visible message");
+    assert!(texts(&mut alice, &bob_id).is_empty());
+
+    // The same addresses again (a restart): nothing is sent.
+    alice.restart();
+    assert!(transmits(&alice.e().announce_addresses(&addrs, T0 + 1, &mut rand::rng()).unwrap()).is_empty());
+
+    // Malformed or oversized updates from a contact are dropped, the stored
+    // addresses stay.
+    let too_many: Vec<String> = (0..9).map(|i| format!("/ip4/10.0.0.{i}/tcp/1")).collect();
+    assert!(Content::Addresses { addresses: too_many }.check().is_err());
+    assert!(Content::Addresses { addresses: vec!["nonsense".into()] }.check().is_err());
+}
