@@ -194,7 +194,14 @@ enum TestnetCommand {
     /// Start N node processes (each with a personal and a business profile)
     /// on loopback, introduce contacts, send traffic, print a report.
     ///
+    /// With --nat, each node runs in its own home behind its own NAT router
+    /// in a network lab of namespaces (needs root and nftables), with relays
+    /// (`kabar serve`) on public hosts; the report adds NAT types, direct and
+    /// relayed connections, and hole-punch outcomes.
+    ///
     /// Example: kabar testnet run --nodes 5 --messages 20
+    ///
+    /// Example: kabar testnet run --nat --nodes 10 --symmetric 0.3 --seed 7
     Run {
         /// Number of nodes.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=500))]
@@ -208,12 +215,24 @@ enum TestnetCommand {
         /// Leave the network running after the report; Ctrl-C stops it.
         #[arg(long)]
         keep: bool,
-        /// Probability per message of SIGKILLing and restarting a random node.
+        /// Probability per message of SIGKILLing and restarting a random node (with --nat, in its home).
         #[arg(long, default_value_t = 0.0)]
         kill_rate: f64,
-        /// Seconds to wait for connections and deliveries.
+        /// Seconds to wait for connections and deliveries (with --nat, also for relay slots and for hole punching to settle).
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Run each node behind its own NAT router in a network lab, with relays on public hosts (root, nftables).
+        #[arg(long)]
+        nat: bool,
+        /// With --nat: share of nodes behind a symmetric NAT; the others are endpoint-independent.
+        #[arg(long, value_name = "FRACTION", default_value_t = 0.3, requires = "nat")]
+        symmetric: f64,
+        /// With --nat: seed of the NAT types, contacts and traffic (default: random; the report shows it).
+        #[arg(long, requires = "nat")]
+        seed: Option<u64>,
+        /// With --nat: number of relays; node i uses relay i mod N.
+        #[arg(long, value_name = "N", default_value_t = 1, requires = "nat", value_parser = clap::value_parser!(u32).range(1..=50))]
+        relays: u32,
     },
 }
 
@@ -239,7 +258,7 @@ enum NodeCommand {
         #[arg(long, value_name = "MULTIADDR")]
         relay: Vec<String>,
     },
-    /// The running node's profiles, PeerIds and listen addresses.
+    /// The running node's profiles: PeerIds, reachability (AutoNAT), addresses, relays, connections, hole punching.
     ///
     /// Example: kabar node info
     Info,
@@ -733,23 +752,39 @@ fn run(cli: Cli) -> Result<()> {
         Command::Business(b) => business(&data_dir(&cli)?, b, &p, json),
         Command::Catalog { name, timeout } => catalog(&data_dir(&cli)?, &profile, name, *timeout, json),
         Command::Order { name, items, note } => order(&data_dir(&cli)?, &profile, name, items, note.as_deref(), json),
-        Command::Testnet(TestnetCommand::Run { nodes, messages, dir, keep, kill_rate, timeout }) => {
-            testnet::run(testnet::TestnetOptions {
-                nodes: *nodes as usize,
-                messages: *messages as usize,
-                dir: dir.clone(),
-                keep: *keep,
-                json,
-                kill_rate: *kill_rate,
-                timeout: Duration::from_secs(*timeout),
-            })
-        }
+        Command::Testnet(TestnetCommand::Run {
+            nodes,
+            messages,
+            dir,
+            keep,
+            kill_rate,
+            timeout,
+            nat,
+            symmetric,
+            seed,
+            relays,
+        }) => testnet::run(testnet::TestnetOptions {
+            nodes: *nodes as usize,
+            messages: *messages as usize,
+            dir: dir.clone(),
+            keep: *keep,
+            json,
+            kill_rate: *kill_rate,
+            timeout: Duration::from_secs(*timeout),
+            nat: nat.then(|| testnet::NatOptions { symmetric: *symmetric, seed: *seed, relays: *relays as usize }),
+        }),
         Command::Serve(args) => {
             // Its own directory: by default apart from the profiles' one.
             let dir = match &cli.data_dir {
                 Some(d) => d.clone(),
                 None => data_dir(&cli)?.join("serve"),
             };
+            if dir.join(kabar_storage::header::HEADER_FILE).exists() {
+                bail!(
+                    "{} holds profiles (set by --data-dir or KABAR_DATA_DIR); give `kabar serve` a directory of its own with --data-dir",
+                    dir.display()
+                );
+            }
             reach::serve(args, &dir, json)
         }
         Command::Relay(r) => reach::relay(&data_dir(&cli)?, r, &cli.profile, json),
