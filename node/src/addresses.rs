@@ -41,6 +41,19 @@ fn is_unspecified(addr: &Multiaddr) -> bool {
     })
 }
 
+/// The relay of a circuit address (the `/p2p/` before `/p2p-circuit`).
+pub fn circuit_relay(addr: &Multiaddr) -> Option<PeerId> {
+    let mut relay = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(peer) => relay = Some(peer),
+            Protocol::P2pCircuit => return relay,
+            _ => {}
+        }
+    }
+    None
+}
+
 /// `addr` without a trailing `/p2p/<peer>` (cards and records name the peer
 /// once, apart from the addresses).
 pub fn without_peer(addr: &Multiaddr) -> Multiaddr {
@@ -56,10 +69,22 @@ pub fn without_peer(addr: &Multiaddr) -> Multiaddr {
 /// over-long ones dropped, at most [`MAX_ADDRESSES`].
 pub fn advertised(public: &[Multiaddr], circuits: &[Multiaddr], listen: &[Multiaddr]) -> Vec<Multiaddr> {
     let mut out: Vec<Multiaddr> = Vec::new();
+    let mut relays: Vec<PeerId> = Vec::new();
     for addr in public.iter().chain(circuits).chain(listen) {
         let addr = without_peer(addr);
         if is_unspecified(&addr) || addr.to_vec().len() > MAX_ADDRESS_BYTES || out.contains(&addr) {
             continue;
+        }
+        // One circuit per relay: a peer dials every address of a card at
+        // once, and a relay connection carries at most 10 circuit requests
+        // in flight (libp2p's relay client), so two circuits through one
+        // relay per contact would halve how many contacts can be reached
+        // at once.
+        if let Some(relay) = circuit_relay(&addr) {
+            if relays.contains(&relay) {
+                continue;
+            }
+            relays.push(relay);
         }
         out.push(addr);
         if out.len() == MAX_ADDRESSES {
@@ -176,6 +201,13 @@ mod tests {
         assert_eq!(out[0], public[0]);
         assert!(is_relayed(&out[1]) && !matches!(out[1].iter().last(), Some(Protocol::P2p(_))));
         assert_eq!(out[2], addr("/ip4/10.1.0.2/tcp/4001"));
+        // A second circuit through the same relay (another transport) is left out.
+        let relay = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+        let two = [
+            addr(&format!("/ip4/198.18.0.1/tcp/4040/p2p/{relay}/p2p-circuit")),
+            addr(&format!("/ip4/198.18.0.1/udp/4040/quic-v1/p2p/{relay}/p2p-circuit")),
+        ];
+        assert_eq!(advertised(&[], &two, &[]), vec![two[0].clone()]);
         let many: Vec<Multiaddr> = (1..20).map(|p| addr(&format!("/ip4/10.0.0.1/tcp/{p}"))).collect();
         assert_eq!(advertised(&[], &[], &many).len(), MAX_ADDRESSES);
     }
