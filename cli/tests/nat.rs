@@ -38,7 +38,17 @@ fn behind_two_endpoint_independent_nats_the_connection_goes_direct() {
     alice.wait_reserved();
     bob.wait_reserved();
     wait_until("AutoNAT: alice is behind a NAT", || (alice.profile()["nat"] == "private").then_some(()));
-    introduce(&alice, "Alice", &bob, "Bob");
+    // The steps of docs/cli.md "Two people behind different NATs", with the
+    // commands a user types.
+    let info = alice.cli(&["node", "info"]);
+    assert!(info.contains("(reserved)") && info.contains("/p2p-circuit"), "{info}");
+    assert!(alice.cli(&["relay", "list"]).contains("yes"));
+    let (a_card, b_card) = (alice.cli(&["card"]), bob.cli(&["card"]));
+    alice.cli(&["contact", "add", b_card.trim(), "--name", "Bob"]);
+    bob.cli(&["contact", "add", a_card.trim(), "--name", "Alice"]);
+    let sent = alice.cli(&["send", "Bob", "Hello from behind my NAT", "--wait"]);
+    assert!(sent.contains("delivered"), "{sent}");
+    assert_eq!(bob.received("Alice"), ["Hello from behind my NAT"]);
 
     exchange(&alice, &bob, "Bob", "Alice", "a2b", 10);
     let bob_id = bob.peer_id();

@@ -145,6 +145,15 @@ impl Node {
         Rpc::connect(&self.dir)
     }
 
+    /// Runs a `kabar` command on this node's data directory (from outside
+    /// the namespace, as a user in another terminal would) and returns its
+    /// standard output; it must succeed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(kabar()).arg("--data-dir").arg(&self.dir).args(args).output().unwrap();
+        assert!(out.status.success(), "kabar {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     pub fn rpc(&self, method: &str, params: Value) -> Value {
         let out = Command::new(kabar())
             .args(["--json", "--data-dir"])
