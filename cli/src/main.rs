@@ -1237,7 +1237,9 @@ fn init(dir: &Path, business: Option<&str>, testnet_kdf: bool, json: bool) -> Re
     })
 }
 
-fn node_run(dir: &Path, network: NetworkConfig, json: bool) -> Result<()> {
+/// Logs of a long-running process (`node run`, `serve`) to stderr:
+/// RUST_LOG, else warnings only.
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -1245,6 +1247,10 @@ fn node_run(dir: &Path, network: NetworkConfig, json: bool) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn node_run(dir: &Path, network: NetworkConfig, json: bool) -> Result<()> {
+    init_logging();
     match DataDir::list_profiles(dir) {
         Err(StoreError::NoDataDir(_)) => {
             bail!("no Kabar data directory at {}; create one with `kabar init`", dir.display())

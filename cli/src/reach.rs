@@ -60,13 +60,7 @@ pub(crate) enum RelayCommand {
 /// `kabar serve` in `dir` (`--data-dir`; by default `serve/` inside the
 /// platform's kabar data directory, apart from any profiles).
 pub(crate) fn serve(args: &ServeArgs, dir: &Path, json: bool) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    crate::init_logging();
     let mut config = ServiceConfig::new(dir.to_path_buf());
     let parse = |v: &[String]| -> Result<Vec<libp2p::Multiaddr>> {
         v.iter().map(|a| a.parse().with_context(|| format!("{a:?} is not a multiaddr"))).collect()
