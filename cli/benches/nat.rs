@@ -10,7 +10,8 @@
 //!    hole punching) against relayed (symmetric NAT), beside two nodes on
 //!    loopback (inside one lab host): latency of one message at a time
 //!    (`message.send` to the `delivered` event, p50/p99) and throughput
-//!    (`message.send_batch` of 64, 16 batches in flight).
+//!    (`message.send_batch` calls of 64, back to back, until the last is
+//!    delivered).
 //!
 //! `cargo bench -p kabar --bench nat -- [--attempts N] [--messages M]`
 #![allow(
@@ -25,10 +26,12 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::collections::HashSet;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use kabar_lab::{Lab, Nat};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 
 fn arg(name: &str, default: usize) -> usize {
@@ -87,20 +90,56 @@ fn hole_punch(lab: &mut Lab, relay: &Relay, nat_b: Nat, k: usize, root: &std::pa
     result
 }
 
+/// Delivered message ids, filled by a thread that reads a subscription
+/// (a reader that falls behind would lose events: the node's event channel
+/// is bounded).
+#[derive(Clone, Default)]
+struct Delivered(Arc<(Mutex<HashSet<String>>, Condvar)>);
+
+impl Delivered {
+    fn follow(node: &Node) -> Delivered {
+        let delivered = Delivered::default();
+        let mut events = node.connect();
+        events.call("subscribe", json!({}));
+        let d = delivered.clone();
+        std::thread::spawn(move || {
+            while let Some(e) = events.try_next_event() {
+                if e["event"] == "status_changed" && matches!(e["status"].as_str(), Some("delivered" | "read")) {
+                    let (set, cv) = &*d.0;
+                    set.lock().unwrap().insert(e["message_id"].as_str().unwrap_or("").to_string());
+                    cv.notify_all();
+                }
+            }
+        });
+        delivered
+    }
+
+    fn wait(&self, ids: &[String]) {
+        let (set, cv) = &*self.0;
+        let mut guard = set.lock().unwrap();
+        let deadline = Instant::now() + WAIT;
+        while !ids.iter().all(|id| guard.contains(id)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "messages not delivered in time");
+            guard = cv.wait_timeout(guard, left).unwrap().0;
+        }
+    }
+}
+
 /// Latency of `n` messages sent one at a time (send → delivered event),
 /// sorted, in ms; then throughput of `total` messages in batches of 64.
 fn messaging(from: &Node, to_name: &str, n: usize, total: usize) -> (Vec<f64>, f64) {
-    let mut events = from.connect();
-    events.call("subscribe", json!({}));
+    let delivered = Delivered::follow(from);
     let mut calls = from.connect();
     let mut latencies = Vec::with_capacity(n);
     for i in 0..n {
         let t = Instant::now();
-        let id = calls.call("message.send", json!({"to": to_name, "text": format!("latency {i} {}", "x".repeat(1000))}))["message_id"]
+        let id = calls.call("message.send", json!({"to": to_name, "text": format!("latency {i} {}", "x".repeat(1000))}))
+            ["message_id"]
             .as_str()
             .unwrap()
             .to_string();
-        wait_delivered(&mut events, &[id]);
+        delivered.wait(&[id]);
         latencies.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     latencies.sort_by(f64::total_cmp);
@@ -113,19 +152,9 @@ fn messaging(from: &Node, to_name: &str, n: usize, total: usize) -> (Vec<f64>, f
         let v = calls.call("message.send_batch", json!({"to": to_name, "texts": batch}));
         ids.extend(v["message_ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_string()));
     }
-    wait_delivered(&mut events, &ids);
+    delivered.wait(&ids);
     let rate = ids.len() as f64 / t.elapsed().as_secs_f64();
     (latencies, rate)
-}
-
-fn wait_delivered(events: &mut Rpc, ids: &[String]) {
-    let mut left: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-    while !left.is_empty() {
-        let e: Value = events.next_event();
-        if e["event"] == "status_changed" && matches!(e["status"].as_str(), Some("delivered" | "read")) {
-            left.remove(e["message_id"].as_str().unwrap_or(""));
-        }
-    }
 }
 
 fn main() {

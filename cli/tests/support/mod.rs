@@ -323,6 +323,25 @@ impl Rpc {
         }
     }
 
+    /// The next event, or None once the node closed the socket (or after
+    /// [`WAIT`] without one).
+    pub fn try_next_event(&mut self) -> Option<Value> {
+        use std::io::BufRead;
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let v: Value = serde_json::from_str(&line).ok()?;
+            if v["method"] == "event" {
+                return Some(v["params"].clone());
+            }
+        }
+    }
+
     /// The next event (waits at most [`WAIT`]).
     pub fn next_event(&mut self) -> Value {
         if let Some(e) = self.events.pop_front() {
