@@ -133,7 +133,7 @@ pub(crate) fn relay(dir: &Path, command: &RelayCommand, profile: &str, json: boo
 pub(crate) fn print_node_info(v: &Value) {
     for p in v["profiles"].as_array().into_iter().flatten() {
         println!("{} ({}) {}", s(&p["name"]), s(&p["kind"]), s(&p["peer_id"]));
-        println!("  reachability  {}", s(&p["nat"]));
+        println!("  reachability  {} (DHT {})", s(&p["nat"]), s(&p["dht"]));
         for a in p["advertised"].as_array().into_iter().flatten() {
             println!("  reachable at  {}", s(a));
         }

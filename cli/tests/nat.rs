@@ -38,6 +38,7 @@ fn behind_two_endpoint_independent_nats_the_connection_goes_direct() {
     alice.wait_reserved();
     bob.wait_reserved();
     wait_until("AutoNAT: alice is behind a NAT", || (alice.profile()["nat"] == "private").then_some(()));
+    assert_eq!(alice.profile()["dht"], "client", "a private profile does not serve the DHT");
     // The steps of docs/cli.md "Two people behind different NATs", with the
     // commands a user types.
     let info = alice.cli(&["node", "info"]);
@@ -112,6 +113,11 @@ fn a_contact_follows_an_address_change_and_a_stale_card_is_resolved_by_the_dht()
     bob.wait_reserved();
     // Alice is public: AutoNAT says so and she needs no relay slot.
     wait_until("alice public", || (alice.profile()["nat"] == "public").then_some(()));
+    assert_eq!(alice.profile()["dht"], "server", "a public profile serves the DHT");
+    assert!(
+        alice.profile()["relays"].as_array().unwrap().iter().all(|r| r["reserved"] == false),
+        "no relay slot needed"
+    );
     let old_ip = a_host.ip().to_string();
     introduce(&alice, "Alice", &bob, "Bob");
     exchange(&bob, &alice, "Alice", "Bob", "before", 5);

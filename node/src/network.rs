@@ -309,6 +309,9 @@ pub struct ProfileStatus {
     pub connected_peers: usize,
     /// AutoNAT's verdict: "public", "private" or "unknown".
     pub nat: String,
+    /// Its Kademlia mode: "server" (answers DHT queries: public, or forced
+    /// with `--dht-server`) or "client".
+    pub dht: String,
     /// What its card, address updates and DHT record carry.
     pub advertised: Vec<String>,
     /// Its relays.
@@ -372,6 +375,7 @@ impl Reach {
 
     fn status(&self, status: &mut ProfileStatus) {
         status.nat = self.nat.to_string();
+        status.dht = if self.kad_server || self.public { "server" } else { "client" }.to_string();
         status.advertised = self.advertised.iter().map(|a| a.to_string()).collect();
         status.relays =
             self.relays.iter().map(|r| RelayStatus { address: r.address.to_string(), reserved: r.reserved }).collect();
@@ -556,6 +560,7 @@ pub async fn run_profile(
             let changed = s.listen_addrs != status.listen_addrs
                 || s.connected_peers != status.connected_peers
                 || s.nat != status.nat
+                || s.dht != status.dht
                 || s.advertised != status.advertised
                 || s.relays != status.relays
                 || s.peers != status.peers
