@@ -1,0 +1,545 @@
+//! `kabar testnet run`: a test network of real node processes, its traffic,
+//! and the report (delivery, latency, throughput, memory; with `--nat` also
+//! reachability: NAT types, direct and relayed connections, hole punching).
+//!
+//! Every node is a child process (`kabar node run`) with its own data
+//! directory holding a personal and a business profile. By default the nodes
+//! listen on loopback and node 0 is the bootstrap peer. With `--nat` they run
+//! in a network lab (kabar-lab): each node in its own home behind its own NAT
+//! router, symmetric or endpoint-independent, and `kabar serve` relays on
+//! public hosts, which are also the bootstrap peers. The parent introduces
+//! contact cards through each node's control socket (a Unix socket, reachable
+//! from outside the lab's namespaces), sends traffic through it, and measures
+//! delivery from the nodes' event streams.
+//!
+//! # Layout
+//! - here: `TestnetOptions`, `NatOptions` (what `main` parsed) and `run`:
+//!   the phases (start, reserve relay slots, introduce, connect, traffic, let
+//!   hole punching settle, count) and the report.
+//! - `network`: where the nodes run (`Network`: loopback, or a `NatLab`) and
+//!   how a node process starts there; `NodeProc`: one node process,
+//!   restartable; `RelayProc`: a `kabar serve` in the lab.
+//! - `tally`: pure tallies over what was measured (`percentile`,
+//!   `first_message_latencies`, `count_connections`,
+//!   `hole_punching_settled`, `hole_punch_summary`) and the reachability
+//!   part of the report.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use kabar_crypto::ProfileKind;
+use kabar_lab::{Host, Lab, LabProcess, Nat};
+use kabar_storage::{DataDir, KdfParams};
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{RngExt, SeedableRng};
+use serde_json::{Value, json};
+
+use crate::client::Client;
+
+mod network;
+mod tally;
+
+use network::*;
+use tally::*;
+
+const PASSPHRASE: &str = "kabar testnet (not a secret)";
+/// Contacts each personal profile has among the other personal profiles.
+const FRIENDS: usize = 3;
+/// Customers each business has among the other nodes' personal profiles.
+const CUSTOMERS: usize = 2;
+/// Longest wait for the first line (the start report) of a process in the lab.
+const LAB_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// TCP and UDP port of the relays (`kabar serve`) in the lab.
+const RELAY_PORT: u16 = 4040;
+
+/// Options of `kabar testnet run`.
+pub(crate) struct TestnetOptions {
+    pub(crate) nodes: usize,
+    pub(crate) messages: usize,
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) keep: bool,
+    pub(crate) json: bool,
+    pub(crate) kill_rate: f64,
+    pub(crate) timeout: Duration,
+    /// Run in a network lab behind NATs (`--nat`).
+    pub(crate) nat: Option<NatOptions>,
+}
+
+/// Options of `kabar testnet run --nat`.
+pub(crate) struct NatOptions {
+    /// Probability that a node is behind a symmetric NAT (else endpoint-independent).
+    pub(crate) symmetric: f64,
+    /// Seed of the run's choices (NAT types, contacts, traffic); random when `None`.
+    pub(crate) seed: Option<u64>,
+    /// Number of relays (public hosts running `kabar serve`).
+    pub(crate) relays: usize,
+}
+
+/// Where the nodes run, and what a node process needs to join the network.
+/// Runs the test network and prints the report.
+pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
+    if opts.nodes < 2 {
+        bail!("a test network needs at least 2 nodes");
+    }
+    if !(0.0..=1.0).contains(&opts.kill_rate) {
+        bail!("--kill-rate is a probability per message, between 0 and 1");
+    }
+    if let Some(nat) = &opts.nat {
+        if !(0.0..=1.0).contains(&nat.symmetric) {
+            bail!("--symmetric is a share of the nodes, between 0 and 1");
+        }
+        if nat.relays == 0 {
+            bail!("--nat needs at least one relay");
+        }
+        Lab::available().map_err(|e| anyhow!("`--nat` needs root and nftables: {e}"))?;
+    }
+    let tmp;
+    let root = match &opts.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::Builder::new().prefix("kabar-testnet-").tempdir()?;
+            if opts.keep { tmp.keep() } else { tmp.path().to_path_buf() }
+        }
+    };
+    let progress = if opts.json { ProgressBar::hidden() } else { ProgressBar::new(opts.nodes as u64) };
+    progress.set_style(
+        ProgressStyle::with_template("{msg:<24} [{bar:40}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+
+    // 1. The lab (with --nat), data directories and node processes. With
+    // --nat the seeded RNG draws the NAT types, then the contacts and the
+    // traffic, so a seed repeats a run's plan; keys always come from the OS.
+    let started = Instant::now();
+    let mut key_rng = rand::rng();
+    let (interrupt, mut rng, mut net) = match &opts.nat {
+        None => (Interrupt::default(), StdRng::from_rng(&mut rand::rng()), Network::Loopback { bootstrap: None }),
+        Some(nat) => {
+            progress.set_message("building the lab");
+            let interrupt = Interrupt::install()?;
+            let seed = nat.seed.unwrap_or_else(|| rand::rng().random());
+            let mut rng = StdRng::seed_from_u64(seed);
+            let lab = NatLab::build(nat, seed, opts.nodes, &root, &mut rng)?;
+            (interrupt, rng, Network::Lab(Box::new(lab)))
+        }
+    };
+    progress.set_message("starting nodes");
+    let mut nodes: Vec<NodeProc> = Vec::with_capacity(opts.nodes);
+    let mut failed_to_start = Vec::new();
+    for i in 0..opts.nodes {
+        interrupt.check()?;
+        let dir = root.join(format!("node-{i:02}"));
+        if !dir.join(kabar_storage::header::HEADER_FILE).exists() {
+            let mut data = DataDir::create(&dir, PASSPHRASE.as_bytes(), KdfParams::TESTNET)?;
+            data.create_profile("personal", ProfileKind::Personal, 1_700_000_000, &mut key_rng)?;
+            data.create_profile("shop", ProfileKind::Business, 1_700_000_000, &mut key_rng)?;
+        }
+        match NodeProc::start(i, &dir, &mut net) {
+            Ok(n) => {
+                net.started(&n);
+                nodes.push(n);
+            }
+            Err(e) => {
+                failed_to_start.push(format!("node {i}: {e:#}"));
+                if i == 0 && matches!(net, Network::Loopback { .. }) {
+                    bail!("the bootstrap node failed to start: {e:#}");
+                }
+            }
+        }
+        progress.inc(1);
+    }
+    let n = nodes.len();
+    if n < 2 {
+        bail!("fewer than 2 nodes started: {}", failed_to_start.join("; "));
+    }
+
+    // 1b. With --nat: every profile holds a relay slot, so cards carry
+    // circuit addresses.
+    let mut reserved_after = Duration::ZERO;
+    if let Network::Lab(_) = net {
+        progress.set_message("reserving relay slots");
+        progress.set_position(0);
+        progress.set_length(n as u64);
+        wait_reserved(&nodes, opts.timeout, &interrupt, &progress)?;
+        reserved_after = started.elapsed();
+    }
+
+    // 2. Contact cards: each personal profile knows FRIENDS others; each
+    // business has CUSTOMERS customers.
+    progress.set_message("introducing contacts");
+    progress.set_position(0);
+    progress.set_length(n as u64);
+    let mut cards: HashMap<(usize, &str), String> = HashMap::new();
+    for node in &nodes {
+        let mut c = node.client()?;
+        for profile in ["personal", "shop"] {
+            let card =
+                c.call("card.get", json!({"profile": profile, "name": format!("{profile}-{:02}", node.index)}))?;
+            cards.insert((node.index, profile), card["card"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    let mut friends: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut customers_of: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for i in 0..n {
+        for k in 1..=FRIENDS.min(n - 1) {
+            let j = (i + k) % n;
+            if !friends[i].contains(&j) {
+                friends[i].push(j);
+                friends[j].push(i);
+            }
+        }
+        let mut others: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+        others.shuffle(&mut rng);
+        customers_of[i] = others.into_iter().take(CUSTOMERS.min(n - 1)).collect();
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        interrupt.check()?;
+        let mut c = node.client()?;
+        for &j in &friends[i] {
+            c.call("contact.add", json!({"profile": "personal", "card": cards[&(nodes[j].index, "personal")], "name": format!("friend-{:02}", nodes[j].index)}))?;
+        }
+        for (b, shop_customers) in customers_of.iter().enumerate() {
+            if shop_customers.contains(&i) {
+                c.call("contact.add", json!({"profile": "personal", "card": cards[&(nodes[b].index, "shop")], "name": format!("shop-{:02}", nodes[b].index)}))?;
+            }
+        }
+        progress.inc(1);
+    }
+
+    // 3. Wait until every node is connected (to the bootstrap node at least;
+    // with --nat, to its relay).
+    progress.set_message("connecting");
+    let connect_deadline = Instant::now() + opts.timeout;
+    loop {
+        interrupt.check()?;
+        let mut all = true;
+        for node in &nodes {
+            let info = node.client()?.call("node.info", json!({}))?;
+            if info["profiles"][0]["connected_peers"].as_u64().unwrap_or(0) == 0 {
+                all = false;
+            }
+        }
+        if all {
+            break;
+        }
+        if Instant::now() > connect_deadline {
+            bail!("the network did not connect within {:?}", opts.timeout);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let connected_after = started.elapsed();
+
+    // 4. Event readers: delivery times per message id.
+    let delivered: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let spawn_reader = |node: &NodeProc, delivered: Arc<Mutex<HashMap<String, Instant>>>| -> Result<()> {
+        let mut client = node.client()?;
+        client.subscribe()?;
+        std::thread::spawn(move || {
+            loop {
+                match client.next_event(Instant::now() + Duration::from_secs(3600)) {
+                    Ok(Some(e)) => {
+                        if e["event"] == "status_changed"
+                            && matches!(e["status"].as_str(), Some("delivered" | "read"))
+                            && let Some(id) = e["message_id"].as_str()
+                            && let Ok(mut map) = delivered.lock()
+                        {
+                            map.entry(id.to_string()).or_insert_with(Instant::now);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(())
+    };
+    for node in &nodes {
+        spawn_reader(node, delivered.clone())?;
+    }
+
+    // 5. Traffic: M messages per node to random contacts.
+    let total = n * opts.messages;
+    progress.set_message("sending");
+    progress.set_position(0);
+    progress.set_length(total as u64);
+    let mut sent: HashMap<String, Sent> = HashMap::new();
+    let mut kills = 0u32;
+    let traffic_start = Instant::now();
+    let mut order: Vec<usize> = (0..total).map(|k| k % n).collect();
+    order.shuffle(&mut rng);
+    let mut clients: Vec<Option<Client>> = nodes.iter().map(|nd| nd.client().ok()).collect();
+    for (k, &i) in order.iter().enumerate() {
+        interrupt.check()?;
+        if opts.kill_rate > 0.0 && rng.random::<f64>() < opts.kill_rate {
+            let victim = rng.random_range(1..n);
+            nodes[victim].kill();
+            kills += 1;
+            nodes[victim].spawn(&mut net)?;
+            nodes[victim].restarts += 1;
+            spawn_reader(&nodes[victim], delivered.clone())?;
+            clients[victim] = nodes[victim].client().ok();
+        }
+        let shops: Vec<usize> =
+            customers_of.iter().enumerate().filter(|(_, c)| c.contains(&i)).map(|(b, _)| b).collect();
+        let to_shop = !shops.is_empty() && rng.random_bool(0.3);
+        let (to_node, to_profile, name) = if to_shop {
+            let b = *shops.choose(&mut rng).ok_or_else(|| anyhow!("no shop"))?;
+            (b, "shop", format!("shop-{:02}", nodes[b].index))
+        } else {
+            let j = *friends[i].choose(&mut rng).ok_or_else(|| anyhow!("no friends"))?;
+            (j, "personal", format!("friend-{:02}", nodes[j].index))
+        };
+        let tag = format!("tn-{k}-{}", rng.random::<u32>());
+        let text = format!("{tag} {}", "x".repeat(64));
+        let at = Instant::now();
+        let Some(client) = clients[i].as_mut() else { continue };
+        match client.call("message.send", json!({"profile": "personal", "to": name, "text": text})) {
+            Ok(v) => {
+                let id = v["message_id"].as_str().unwrap_or_default().to_string();
+                sent.insert(id, Sent { from: i, to_node, to_profile, tag, at });
+            }
+            Err(e) => {
+                progress.println(format!("node {i}: send failed: {e:#}"));
+                clients[i] = nodes[i].client().ok();
+            }
+        }
+        progress.inc(1);
+    }
+    let send_phase = traffic_start.elapsed();
+
+    // 6. Wait for deliveries.
+    progress.set_message("awaiting deliveries");
+    progress.set_position(0);
+    let deadline = Instant::now() + opts.timeout;
+    // Deliveries whose event we could not see (the sender was restarted and
+    // acknowledged before its new event stream was subscribed): confirmed
+    // from the sender's store instead; no latency for those.
+    let mut confirmed_from_store: HashSet<String> = HashSet::new();
+    let mut polls = 0u32;
+    loop {
+        interrupt.check()?;
+        let done = delivered.lock().map(|m| sent.keys().filter(|id| m.contains_key(*id)).count()).unwrap_or(0);
+        let missing: Vec<String> = delivered
+            .lock()
+            .map(|m| {
+                sent.keys().filter(|id| !m.contains_key(*id) && !confirmed_from_store.contains(*id)).cloned().collect()
+            })
+            .unwrap_or_default();
+        progress.set_position((done + confirmed_from_store.len()) as u64);
+        if missing.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        polls += 1;
+        if polls.is_multiple_of(20) {
+            for id in &missing {
+                let Some(s) = sent.get(id) else { continue };
+                let status = nodes[s.from]
+                    .client()
+                    .and_then(|mut c| c.call("message.status", json!({"profile": "personal", "message_id": id})));
+                if let Ok(v) = status
+                    && matches!(v["status"].as_str(), Some("delivered" | "read"))
+                {
+                    confirmed_from_store.insert(id.clone());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let traffic_elapsed = traffic_start.elapsed();
+
+    // 6b. With --nat: how the profiles are connected at the end of traffic,
+    // once hole punching has settled.
+    let mut reach_profiles: Vec<ProfileReach> = Vec::new();
+    let mut settled = None;
+    if let Network::Lab(lab) = &net {
+        progress.set_message("hole punching settles");
+        let settle_start = Instant::now();
+        let deadline = settle_start + opts.timeout;
+        loop {
+            interrupt.check()?;
+            reach_profiles = reach_snapshot(&nodes)?;
+            let done = hole_punching_settled(&reach_profiles, &lab.nats);
+            if done || Instant::now() > deadline {
+                settled = Some((done, settle_start.elapsed()));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    progress.finish_and_clear();
+
+    // 7. Count: latency, and exactly-once on the receivers.
+    let map = delivered.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    let mut latencies: Vec<f64> =
+        sent.iter().filter_map(|(id, s)| map.get(id).map(|t| t.duration_since(s.at).as_secs_f64() * 1000.0)).collect();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let delivered_count = latencies.len() + confirmed_from_store.iter().filter(|id| !map.contains_key(*id)).count();
+    let last_delivery = sent.keys().filter_map(|id| map.get(id)).max().copied();
+    let throughput = match last_delivery {
+        Some(t) if delivered_count > 0 => delivered_count as f64 / t.duration_since(traffic_start).as_secs_f64(),
+        _ => 0.0,
+    };
+    let mut lost = 0usize;
+    let mut duplicated = 0usize;
+    let mut by_receiver: HashMap<(usize, &str), Vec<&Sent>> = HashMap::new();
+    for s in sent.values() {
+        by_receiver.entry((s.to_node, s.to_profile)).or_default().push(s);
+    }
+    for ((node, profile), msgs) in &by_receiver {
+        let mut c = nodes[*node].client()?;
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        let mut senders: Vec<usize> = msgs.iter().map(|s| s.from).collect();
+        senders.sort_unstable();
+        senders.dedup();
+        for from in senders {
+            let with = cards_name(&mut c, profile, &nodes[from])?;
+            let h = c.call("message.history", json!({"profile": profile, "with": with, "limit": 10000}))?;
+            for m in h["messages"].as_array().into_iter().flatten() {
+                if let Some(text) = m["content"]["text"].as_str()
+                    && let Some(tag) = text.split(' ').next()
+                {
+                    *counts.entry(tag.to_string()).or_insert(0) += 1;
+                }
+            }
+        }
+        for s in msgs {
+            match counts.get(&s.tag).copied().unwrap_or(0) {
+                0 => lost += 1,
+                1 => {}
+                _ => duplicated += 1,
+            }
+        }
+    }
+    for node in &mut nodes {
+        node.sample_rss();
+    }
+    let died: Vec<usize> = nodes.iter_mut().filter_map(|nd| (!nd.alive()).then_some(nd.index)).collect();
+    let rss: Vec<u64> = nodes.iter().map(|nd| nd.peak_rss_kib).collect();
+    let mut rss_sorted = rss.clone();
+    rss_sorted.sort_unstable();
+
+    let mut report = json!({
+        "nodes": n,
+        "failed_to_start": failed_to_start,
+        "died": died,
+        "messages_sent": sent.len(),
+        "messages_delivered": delivered_count,
+        "delivery_ratio": if sent.is_empty() { 1.0 } else { delivered_count as f64 / sent.len() as f64 },
+        "lost": lost,
+        "duplicated": duplicated,
+        "kills": kills,
+        "time_to_connect_ms": connected_after.as_millis() as u64,
+        "send_phase_ms": send_phase.as_millis() as u64,
+        "traffic_ms": traffic_elapsed.as_millis() as u64,
+        "latency_ms": {"p50": percentile(&latencies, 50.0), "p95": percentile(&latencies, 95.0), "p99": percentile(&latencies, 99.0)},
+        "throughput_msgs_per_s": throughput,
+        "peak_rss_kib": {"min": rss_sorted.first(), "median": rss_sorted.get(rss_sorted.len() / 2), "max": rss_sorted.last(), "per_node": rss},
+        "dir": (opts.keep || opts.dir.is_some()).then_some(&root),
+    });
+    let reach = match &net {
+        Network::Lab(lab) => {
+            // By node index, as the lab knows the nodes.
+            let first: Vec<_> = first_message_latencies(&sent, &map)
+                .into_iter()
+                .map(|((a, b), ms)| ((nodes[a].index, nodes[b].index), ms))
+                .collect();
+            let settled = settled.unwrap_or_default();
+            Some(reachability_report(lab, &reach_profiles, reserved_after, settled, &first))
+        }
+        Network::Loopback { .. } => None,
+    };
+    if let (Some(Value::Object(fields)), Some(out)) = (&reach, report.as_object_mut()) {
+        out.extend(fields.clone());
+    }
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("Kabar test network: {n} nodes ({} failed to start, {} died)", failed_to_start.len(), died.len());
+        for f in &failed_to_start {
+            println!("  failed: {f}");
+        }
+        println!("  connected after       {:.2} s", connected_after.as_secs_f64());
+        println!("  messages sent         {}", sent.len());
+        println!(
+            "  messages delivered    {delivered_count} ({:.2} %)",
+            100.0 * report["delivery_ratio"].as_f64().unwrap_or(0.0)
+        );
+        if opts.kill_rate > 0.0 {
+            println!("  kills / restarts      {kills}");
+        }
+        println!("  lost / duplicated     {lost} / {duplicated}");
+        println!(
+            "  latency (send → delivered)  p50 {:.2} ms   p95 {:.2} ms   p99 {:.2} ms",
+            percentile(&latencies, 50.0),
+            percentile(&latencies, 95.0),
+            percentile(&latencies, 99.0)
+        );
+        println!("  throughput            {throughput:.0} messages/s");
+        println!(
+            "  peak RSS per node     min {} KiB, median {} KiB, max {} KiB",
+            rss_sorted.first().unwrap_or(&0),
+            rss_sorted.get(rss_sorted.len() / 2).unwrap_or(&0),
+            rss_sorted.last().unwrap_or(&0)
+        );
+        if let Some(r) = &reach {
+            print_reachability(r);
+        }
+        if opts.keep || opts.dir.is_some() {
+            println!("  data                  {}", root.display());
+        }
+    }
+    if opts.keep {
+        println!("\nThe network stays up. Talk to a node, e.g.:");
+        for node in nodes.iter().take(3) {
+            println!("  KABAR_PASSPHRASE='{PASSPHRASE}' kabar --data-dir {} inbox", node.dir.display());
+        }
+        if let Network::Lab(lab) = &net {
+            for relay in &lab.relays {
+                println!("Relay {} runs in namespace {}: {}", relay.host.name(), relay.host.namespace(), relay.address);
+            }
+            if let Some(node) = nodes.first() {
+                let ns = lab.homes[node.index].namespace();
+                println!("Node {:02} runs in namespace {ns}, e.g. ip netns exec {ns} ip addr", node.index);
+            }
+        }
+        println!(
+            "Ctrl-C stops every node{}.",
+            if matches!(net, Network::Lab(_)) { " and removes the lab" } else { "" }
+        );
+        std::io::stdout().flush()?;
+        interrupt.clone().wait()?;
+    }
+    drop(nodes);
+    drop(net);
+    if lost > 0 || duplicated > 0 || delivered_count < sent.len() {
+        bail!("{lost} lost, {duplicated} duplicated, {} of {} delivered", delivered_count, sent.len());
+    }
+    Ok(())
+}
+
+/// The name node `reader` filed `sender` under (friend-NN, or the
+/// customer's automatic name in a shop).
+fn cards_name(client: &mut Client, profile: &str, sender: &NodeProc) -> Result<String> {
+    let info = Client::connect(&sender.dir)?.call("node.info", json!({}))?;
+    let peer = info["profiles"][0]["peer_id"].as_str().unwrap_or_default().to_string();
+    let contacts = client.call("contact.list", json!({"profile": profile}))?;
+    contacts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["peer_id"] == json!(peer))
+        .and_then(|c| c["name"].as_str().map(str::to_string))
+        .ok_or_else(|| anyhow!("node {} has no contact for node {}", profile, sender.index))
+}

@@ -1,0 +1,328 @@
+//! Where the test network's nodes run (loopback, or a network lab behind
+//! NATs with relays) and the node and relay processes.
+
+use super::*;
+
+pub(super) enum Network {
+    /// On loopback; every node bootstraps from the first one that started.
+    Loopback { bootstrap: Option<String> },
+    /// In a network lab, each node in its own home behind a NAT.
+    Lab(Box<NatLab>),
+}
+
+impl Network {
+    /// The command that runs node `index` (`kabar node run` on `dir`, with
+    /// the network flags of where it runs).
+    pub(super) fn node_command(&self, index: usize, dir: &Path) -> Result<Command> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = match self {
+            Network::Loopback { .. } => Command::new(exe),
+            Network::Lab(lab) => lab.homes[index].command(exe),
+        };
+        cmd.arg("--data-dir").arg(dir).args(["--json", "node", "run"]);
+        match self {
+            Network::Loopback { bootstrap } => {
+                cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--dht-server"]);
+                if let Some(b) = bootstrap {
+                    cmd.args(["--bootstrap", b]);
+                }
+            }
+            Network::Lab(lab) => {
+                let relay = lab.relay_for(index);
+                cmd.args(["--listen", "/ip4/0.0.0.0/tcp/0", "--listen", "/ip4/0.0.0.0/udp/0/quic-v1", "--no-mdns"])
+                    .args(["--relay", relay, "--bootstrap", relay]);
+            }
+        }
+        Ok(cmd)
+    }
+
+    /// `RUST_LOG` of the processes unless set: in the lab, `info` keeps the
+    /// relay reservations and hole-punch outcomes in the logs.
+    pub(super) fn default_log(&self) -> &'static str {
+        match self {
+            Network::Loopback { .. } => "warn",
+            Network::Lab(_) => "info",
+        }
+    }
+
+    /// Starts `cmd` (from [`Network::node_command`]) and returns the
+    /// process with its first line of output.
+    pub(super) fn spawn(&mut self, cmd: &mut Command) -> Result<(NodeChild, String)> {
+        match self {
+            Network::Loopback { .. } => {
+                let mut child = cmd.spawn().context("starting a node process")?;
+                let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"));
+                let child = NodeChild::Local(child);
+                let mut line = String::new();
+                BufReader::new(stdout?).read_line(&mut line)?;
+                Ok((child, line))
+            }
+            Network::Lab(lab) => {
+                let mut process = lab.lab.spawn(cmd).context("starting a node process in the lab")?;
+                let line = process.stdout_lines()?.next_within(LAB_START_TIMEOUT)?;
+                Ok((NodeChild::Lab(process), line))
+            }
+        }
+    }
+
+    /// Notes a node that started: on loopback, the first one is everyone's
+    /// bootstrap peer.
+    pub(super) fn started(&mut self, node: &NodeProc) {
+        if let Network::Loopback { bootstrap } = self
+            && bootstrap.is_none()
+        {
+            *bootstrap = Some(node.personal_addr.clone());
+        }
+    }
+}
+
+/// The lab of `--nat`: relays on public hosts, and one home per node, each
+/// behind its own NAT router.
+pub(super) struct NatLab {
+    pub(super) seed: u64,
+    /// Per node index: the NAT in front of it, and its home host.
+    pub(super) nats: Vec<Nat>,
+    pub(super) homes: Vec<Host>,
+    pub(super) relays: Vec<RelayProc>,
+    /// Declared last, so it drops last: its Drop kills every process it
+    /// started and deletes its namespaces.
+    pub(super) lab: Lab,
+}
+
+impl NatLab {
+    /// Builds the lab for `nodes` nodes and starts the relays. Node i is
+    /// behind a symmetric NAT with probability `opts.symmetric`, drawn from
+    /// `rng` in node order.
+    pub(super) fn build(opts: &NatOptions, seed: u64, nodes: usize, root: &Path, rng: &mut StdRng) -> Result<NatLab> {
+        let mut lab = Lab::new().context("building the network lab")?;
+        let nats: Vec<Nat> = (0..nodes)
+            .map(|_| if rng.random_bool(opts.symmetric) { Nat::Symmetric } else { Nat::EndpointIndependent })
+            .collect();
+        let relay_hosts =
+            (0..opts.relays).map(|r| lab.public_host(&format!("relay-{r:02}"))).collect::<Result<Vec<_>, _>>()?;
+        let homes = nats
+            .iter()
+            .enumerate()
+            .map(|(i, nat)| lab.home(&format!("node-{i:02}"), *nat))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut relays = Vec::with_capacity(relay_hosts.len());
+        for (r, host) in relay_hosts.into_iter().enumerate() {
+            relays.push(RelayProc::start(&mut lab, host, &root.join(format!("relay-{r:02}")))?);
+        }
+        Ok(NatLab { seed, nats, homes, relays, lab })
+    }
+
+    /// The relay of node `index` (round robin over the relays).
+    pub(super) fn relay_for(&self, index: usize) -> &str {
+        &self.relays[index % self.relays.len()].address
+    }
+}
+
+/// A `kabar serve` process on a public host of the lab.
+pub(super) struct RelayProc {
+    pub(super) host: Host,
+    /// `/ip4/<ip>/tcp/4040/p2p/<PeerId>`.
+    pub(super) address: String,
+    /// Killed on drop.
+    pub(super) _process: LabProcess,
+}
+
+impl RelayProc {
+    pub(super) fn start(lab: &mut Lab, host: Host, dir: &Path) -> Result<RelayProc> {
+        let log_path = dir.with_extension("log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let exe = std::env::current_exe()?;
+        let mut cmd = host.command(exe);
+        cmd.args(["--json", "--data-dir"])
+            .arg(dir)
+            .arg("serve")
+            .args(["--listen", &format!("/ip4/0.0.0.0/tcp/{RELAY_PORT}")])
+            .args(["--listen", &format!("/ip4/0.0.0.0/udp/{RELAY_PORT}/quic-v1")])
+            .arg("--autonat-private")
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let mut process = lab.spawn(&mut cmd).context("starting a relay in the lab")?;
+        let line = process
+            .stdout_lines()?
+            .next_within(LAB_START_TIMEOUT)
+            .with_context(|| format!("the relay did not start; see {}", log_path.display()))?;
+        let started: Value = serde_json::from_str(&line).context("the relay's start report")?;
+        let peer = started["peer_id"].as_str().ok_or_else(|| anyhow!("the relay reported no peer id: {line}"))?;
+        let address = format!("/ip4/{}/tcp/{RELAY_PORT}/p2p/{peer}", host.ip());
+        Ok(RelayProc { host, address, _process: process })
+    }
+}
+
+/// A node's running process: our child, or one the lab started in a
+/// namespace. Dropping it kills it.
+pub(super) enum NodeChild {
+    Local(Child),
+    Lab(LabProcess),
+}
+
+impl NodeChild {
+    pub(super) fn id(&self) -> u32 {
+        match self {
+            NodeChild::Local(c) => c.id(),
+            NodeChild::Lab(p) => p.id(),
+        }
+    }
+
+    pub(super) fn running(&mut self) -> bool {
+        match self {
+            NodeChild::Local(c) => matches!(c.try_wait(), Ok(None)),
+            NodeChild::Lab(p) => matches!(p.try_wait(), Ok(None)),
+        }
+    }
+}
+
+impl Drop for NodeChild {
+    fn drop(&mut self) {
+        // A LabProcess kills itself on drop.
+        if let NodeChild::Local(c) = self {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub(super) struct NodeProc {
+    pub(super) index: usize,
+    pub(super) dir: PathBuf,
+    pub(super) child: Option<NodeChild>,
+    pub(super) personal_addr: String,
+    pub(super) pid: u32,
+    pub(super) peak_rss_kib: u64,
+    pub(super) restarts: u32,
+}
+
+impl NodeProc {
+    pub(super) fn start(index: usize, dir: &Path, net: &mut Network) -> Result<NodeProc> {
+        let mut node = NodeProc {
+            index,
+            dir: dir.to_path_buf(),
+            child: None,
+            personal_addr: String::new(),
+            pid: 0,
+            peak_rss_kib: 0,
+            restarts: 0,
+        };
+        node.spawn(net)?;
+        Ok(node)
+    }
+
+    pub(super) fn spawn(&mut self, net: &mut Network) -> Result<()> {
+        let log_path = self.dir.join("node.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut cmd = net.node_command(self.index, &self.dir)?;
+        cmd.env("KABAR_PASSPHRASE", PASSPHRASE)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| net.default_log().into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let did_not_start = || format!("node {} did not start; see {}", self.index, log_path.display());
+        let (child, line) = net.spawn(&mut cmd).with_context(did_not_start)?;
+        let started: Value = serde_json::from_str(&line).with_context(did_not_start)?;
+        self.personal_addr = started["profiles"][0]["listen_addrs"][0].as_str().unwrap_or_default().to_string();
+        self.pid = child.id();
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub(super) fn sample_rss(&mut self) {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid)) {
+            for line in status.lines() {
+                if let Some(v) = line.strip_prefix("VmHWM:") {
+                    let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                    self.peak_rss_kib = self.peak_rss_kib.max(kib);
+                }
+            }
+        }
+    }
+
+    pub(super) fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(NodeChild::running)
+    }
+
+    pub(super) fn kill(&mut self) {
+        self.sample_rss();
+        self.child = None;
+    }
+
+    pub(super) fn client(&self) -> Result<Client> {
+        Client::connect(&self.dir)
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Ctrl-C as a flag the run's loops check: they then return an error, so
+/// the nodes and the lab drop (the lab's Drop kills every process in it and
+/// deletes its namespaces). A second Ctrl-C exits at once.
+#[derive(Clone, Default)]
+pub(super) struct Interrupt(Option<Arc<AtomicBool>>);
+
+impl Interrupt {
+    /// Catches Ctrl-C from now on.
+    pub(super) fn install() -> Result<Interrupt> {
+        let flag = Arc::new(AtomicBool::new(false));
+        let set = flag.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let mut sigint = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                while sigint.recv().await.is_some() {
+                    if set.swap(true, Ordering::SeqCst) {
+                        std::process::exit(130);
+                    }
+                }
+            });
+        });
+        ready_rx.recv().context("the Ctrl-C handler did not start")?.context("catching Ctrl-C")?;
+        Ok(Interrupt(Some(flag)))
+    }
+
+    pub(super) fn is_set(&self) -> bool {
+        self.0.as_ref().is_some_and(|f| f.load(Ordering::SeqCst))
+    }
+
+    /// An error once Ctrl-C was pressed.
+    pub(super) fn check(&self) -> Result<()> {
+        if self.is_set() {
+            bail!("interrupted");
+        }
+        Ok(())
+    }
+
+    /// Blocks until Ctrl-C (catching it from now on if not yet).
+    pub(super) fn wait(self) -> Result<()> {
+        let this = if self.0.is_some() { self } else { Interrupt::install()? };
+        while !this.is_set() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
+/// One message of the traffic.
+pub(super) struct Sent {
+    pub(super) from: usize,
+    pub(super) to_node: usize,
+    pub(super) to_profile: &'static str,
+    pub(super) tag: String,
+    pub(super) at: Instant,
+}
