@@ -161,8 +161,20 @@ impl Node {
             .args(["rpc", method, &params.to_string()])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{method} {params}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{method} {params}: {}\nlast lines of the node's log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail(40)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The last `n` lines of the node's log (its stderr), for failure messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     pub fn profile(&self) -> Value {
