@@ -37,6 +37,60 @@ pub struct Contact {
     pub request: bool,
 }
 
+/// Most mailboxes a profile registers, and most kept per contact.
+pub const MAX_MAILBOXES: usize = 4;
+
+/// Where a contact accepts envelopes while it is offline: a mailbox on a
+/// service node, and the deposit capability it gave us.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactMailbox {
+    /// The service node (multiaddr ending in `/p2p/<PeerId>`).
+    pub address: String,
+    /// The mailbox id (the mailbox's Ed25519 public key).
+    pub mailbox: [u8; 32],
+    /// Our deposit tag.
+    pub tag: [u8; 16],
+    /// The mailbox key's signature over the mailbox id and tag (64 bytes).
+    pub signature: Vec<u8>,
+}
+
+/// Mailbox state kept per contact: where they take deposits, and what we
+/// last told them about ours.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactMailboxes {
+    /// Their mailboxes (at most 4).
+    pub theirs: Vec<ContactMailbox>,
+    /// A hash of the set of our mailboxes we last told them about (zero: never).
+    pub told: [u8; 16],
+}
+
+/// A mailbox this profile registered on a service node.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnMailbox {
+    /// The service node (multiaddr ending in `/p2p/<PeerId>`).
+    pub address: String,
+    /// The mailbox key's Ed25519 seed (secret).
+    pub key: [u8; 32],
+    /// When it was registered, Unix milliseconds.
+    pub added_at_ms: u64,
+}
+
+impl std::fmt::Debug for OwnMailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnMailbox")
+            .field("address", &self.address)
+            .field("key", &"<redacted>")
+            .field("added_at_ms", &self.added_at_ms)
+            .finish()
+    }
+}
+
+impl Drop for OwnMailbox {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
 /// A recorded change of a contact's identity key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityChange {
@@ -93,7 +147,12 @@ pub enum Direction {
 }
 
 /// Delivery status of a message. (JSON: lower-case names.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// Statuses only move forward, in this order: queued → sent → stored →
+/// delivered → read; failed replaces queued, sent or stored only. (The
+/// declaration order is the on-disk encoding and must not change: `Stored`
+/// came later and is last; [`MessageStatus::rank`] gives the real order.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MessageStatus {
     /// Persisted with its envelope in the outbox; not yet handed to the network.
@@ -106,6 +165,36 @@ pub enum MessageStatus {
     Read,
     /// Given up after the documented expiry.
     Failed,
+    /// Held by the recipient's mailbox (the recipient was unreachable); it
+    /// stays in the outbox until the recipient's own acknowledgement.
+    Stored,
+}
+
+impl MessageStatus {
+    /// Position in the forward order queued → sent → stored → delivered →
+    /// read → failed.
+    pub fn rank(self) -> u8 {
+        match self {
+            MessageStatus::Queued => 0,
+            MessageStatus::Sent => 1,
+            MessageStatus::Stored => 2,
+            MessageStatus::Delivered => 3,
+            MessageStatus::Read => 4,
+            MessageStatus::Failed => 5,
+        }
+    }
+}
+
+impl PartialOrd for MessageStatus {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for MessageStatus {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.rank().cmp(&other.rank())
+    }
 }
 
 /// One message of a conversation.

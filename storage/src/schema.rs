@@ -13,7 +13,9 @@ use redb::TableDefinition;
 /// - 2: adds `message_index` (message id → position), so statuses and
 ///   acknowledgements find a message without scanning. Migration 1 → 2
 ///   rebuilds it from `messages`.
-pub const SCHEMA_VERSION: u32 = 2;
+/// - 3: adds `deposited` and `contact_mailboxes` (offline mailboxes).
+///   Migration 2 → 3 creates them empty.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Key of the schema version (u32 BE, clear) in [`META`].
 pub(crate) const META_SCHEMA: &str = "schema_version";
@@ -56,6 +58,11 @@ tables! {
     /// Ids of messages received, with the time (Unix ms): duplicates are
     /// acknowledged again and never stored twice.
     RECEIVED / RECEIVED_NAME = "received": <&'static [u8], u64>;
+    /// Outbox entries a recipient's mailbox holds: message id → when it was
+    /// deposited (Unix ms, clear: opaque ids). Schema 3.
+    DEPOSITED / DEPOSITED_NAME = "deposited": <&'static [u8], u64>;
+    /// Per-contact mailbox state by contact id (sealed). Schema 3.
+    CONTACT_MAILBOXES / CONTACT_MAILBOXES_NAME = "contact_mailboxes": <&'static [u8], &'static [u8]>;
     /// Per-conversation state by conversation id (sealed).
     CONVERSATIONS / CONVERSATIONS_NAME = "conversations": <&'static [u8], &'static [u8]>;
     /// Business profile, hours and automations (sealed), by fixed key.

@@ -211,6 +211,11 @@ impl ProfileStore {
     /// transaction.
     fn migrate(&self, from: u32) -> Result<(), StoreError> {
         self.write(|tx| {
+            if from < 3 {
+                // 2 → 3: the mailbox tables, empty.
+                tx.open_table(DEPOSITED)?;
+                tx.open_table(CONTACT_MAILBOXES)?;
+            }
             if from < 2 {
                 // 1 → 2: build the message index from the messages.
                 let messages = tx.open_table(MESSAGES)?;
@@ -743,10 +748,12 @@ impl ProfileStore {
         let Some(mut record): Option<MessageRecord> = self.get_sealed(&table, MESSAGES_NAME, &key)? else {
             return Ok(false);
         };
-        // Statuses only move forward (queued → sent → delivered → read);
-        // failed replaces queued or sent only.
+        // Statuses only move forward (queued → sent → stored → delivered →
+        // read); failed replaces queued, sent or stored only.
         let forward = match status {
-            MessageStatus::Failed => matches!(record.status, MessageStatus::Queued | MessageStatus::Sent),
+            MessageStatus::Failed => {
+                matches!(record.status, MessageStatus::Queued | MessageStatus::Sent | MessageStatus::Stored)
+            }
             s => record.status != MessageStatus::Failed && s > record.status,
         };
         if forward {
@@ -838,6 +845,7 @@ impl ProfileStore {
         self.write(|tx| {
             for id in message_ids {
                 tx.open_table(OUTBOX)?.remove(id.as_slice())?;
+                tx.open_table(DEPOSITED)?.remove(id.as_slice())?;
                 self.advance_status(tx, id, MessageStatus::Delivered)?;
             }
             Ok(())
@@ -848,8 +856,87 @@ impl ProfileStore {
     pub fn fail_message(&self, message_id: &[u8; 16]) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.open_table(OUTBOX)?.remove(message_id.as_slice())?;
+            tx.open_table(DEPOSITED)?.remove(message_id.as_slice())?;
             self.advance_status(tx, message_id, MessageStatus::Failed)?;
             Ok(())
+        })
+    }
+
+    /// A recipient's mailbox took these outbox entries: they are marked
+    /// deposited (not deposited again) and their status becomes `Stored`,
+    /// durably. They stay in the outbox until the recipient acknowledges them.
+    pub fn mark_deposited(&self, message_ids: &[[u8; 16]], now_ms: u64) -> Result<(), StoreError> {
+        self.write(|tx| {
+            for id in message_ids {
+                if tx.open_table(OUTBOX)?.get(id.as_slice())?.is_none() {
+                    continue;
+                }
+                tx.open_table(DEPOSITED)?.insert(id.as_slice(), now_ms)?;
+                self.advance_status(tx, id, MessageStatus::Stored)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Ids of the outbox entries a mailbox holds.
+    pub fn deposited(&self) -> Result<Vec<[u8; 16]>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(DEPOSITED)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (key, _) = row?;
+            out.push(
+                <[u8; 16]>::try_from(key.value()).map_err(|_| StoreError::MalformedRecord { table: DEPOSITED_NAME })?,
+            );
+        }
+        Ok(out)
+    }
+
+    // ---- mailboxes ------------------------------------------------------------
+
+    /// The mailboxes this profile registered, in the order they were added.
+    pub fn mailboxes(&self) -> Result<Vec<OwnMailbox>, StoreError> {
+        let tx = self.read()?;
+        let meta = tx.open_table(META)?;
+        let Some(value) = meta.get("mailboxes")? else { return Ok(Vec::new()) };
+        self.keys.open(META_NAME, b"mailboxes", value.value())
+    }
+
+    /// Replaces the list of this profile's mailboxes (at most 4).
+    pub fn set_mailboxes(&self, mailboxes: &[OwnMailbox]) -> Result<(), StoreError> {
+        if mailboxes.len() > MAX_MAILBOXES || mailboxes.iter().any(|m| m.address.len() > 512) {
+            return Err(StoreError::Invalid(format!("at most {MAX_MAILBOXES} mailboxes of at most 512 bytes each")));
+        }
+        let sealed = self.keys.seal(META_NAME, b"mailboxes", &mailboxes)?;
+        self.write(|tx| {
+            tx.open_table(META)?.insert("mailboxes", sealed.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// A contact's mailbox state (empty if none).
+    pub fn contact_mailboxes(&self, contact: &ContactId) -> Result<ContactMailboxes, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(CONTACT_MAILBOXES)?;
+        Ok(self.get_sealed(&table, CONTACT_MAILBOXES_NAME, &contact.0)?.unwrap_or_default())
+    }
+
+    /// Changes a contact's mailbox state.
+    pub fn update_contact_mailboxes(
+        &self,
+        contact: &ContactId,
+        f: impl FnOnce(&mut ContactMailboxes),
+    ) -> Result<ContactMailboxes, StoreError> {
+        self.write(|tx| {
+            let mut table = tx.open_table(CONTACT_MAILBOXES)?;
+            let mut state: ContactMailboxes =
+                self.get_sealed(&table, CONTACT_MAILBOXES_NAME, &contact.0)?.unwrap_or_default();
+            f(&mut state);
+            if state.theirs.len() > MAX_MAILBOXES || state.theirs.iter().any(|m| m.address.len() > 512) {
+                return Err(StoreError::Invalid(format!("at most {MAX_MAILBOXES} mailboxes per contact")));
+            }
+            self.put_sealed(&mut table, CONTACT_MAILBOXES_NAME, &contact.0, &state)?;
+            Ok(state)
         })
     }
 
@@ -1069,6 +1156,8 @@ fn create_all_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(MESSAGE_INDEX)?;
     tx.open_table(OUTBOX)?;
     tx.open_table(RECEIVED)?;
+    tx.open_table(DEPOSITED)?;
+    tx.open_table(CONTACT_MAILBOXES)?;
     tx.open_table(CONVERSATIONS)?;
     tx.open_table(BUSINESS)?;
     tx.open_table(CATALOG)?;

@@ -317,6 +317,73 @@ fn sending_commits_session_message_and_outbox_together() {
 }
 
 #[test]
+fn a_deposited_message_is_stored_until_acknowledged_and_survives_reopening() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    let (alice, alice_key) = new_contact(&store, "Alice");
+    let mut session = session_with(&store, &alice_key);
+    let batch: Vec<_> = (0..3).map(|i| outgoing(alice, &mut session, &format!("m{i}"))).collect();
+    store.commit_outgoing(&batch, 100).unwrap();
+    let ids: Vec<[u8; 16]> = batch.iter().map(|m| m.message.id).collect();
+    store.record_attempts(&ids, 200).unwrap();
+    store.mark_deposited(&ids[..2], 300).unwrap();
+    assert_eq!(store.message(&ids[0]).unwrap().unwrap().2.status, MessageStatus::Stored);
+    assert_eq!(store.message(&ids[2]).unwrap().unwrap().2.status, MessageStatus::Sent);
+    // Still in the outbox: only the recipient's acknowledgement removes it.
+    assert_eq!(store.outbox().unwrap().len(), 3);
+    let mut deposited = store.deposited().unwrap();
+    deposited.sort();
+    let mut expected = ids[..2].to_vec();
+    expected.sort();
+    assert_eq!(deposited, expected);
+    // Order: stored is after sent and before delivered.
+    assert!(!store.set_message_status(&ids[0], MessageStatus::Sent).unwrap());
+    store.acknowledge(&ids[..1]).unwrap();
+    assert_eq!(store.message(&ids[0]).unwrap().unwrap().2.status, MessageStatus::Delivered);
+    store.fail_message(&ids[1]).unwrap();
+    assert_eq!(store.message(&ids[1]).unwrap().unwrap().2.status, MessageStatus::Failed);
+    assert!(store.deposited().unwrap().is_empty());
+    // A message no longer in the outbox is not marked.
+    store.mark_deposited(&ids[..1], 400).unwrap();
+    assert!(store.deposited().unwrap().is_empty());
+    assert_eq!(store.message(&ids[0]).unwrap().unwrap().2.status, MessageStatus::Delivered);
+}
+
+#[test]
+fn mailboxes_are_sealed_and_kept() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    let (alice, _) = new_contact(&store, "Alice");
+    let own = OwnMailbox { address: "/ip4/198.18.0.1/tcp/4040/p2p/x".into(), key: [0x5a; 32], added_at_ms: 7 };
+    store.set_mailboxes(std::slice::from_ref(&own)).unwrap();
+    assert_eq!(store.mailboxes().unwrap(), [own.clone()]);
+    assert!(!format!("{own:?}").contains("90, 90"), "Debug must not show the key");
+    assert!(store.set_mailboxes(&vec![own.clone(); MAX_MAILBOXES + 1]).is_err());
+    assert_eq!(store.contact_mailboxes(&alice).unwrap(), ContactMailboxes::default());
+    let theirs = ContactMailbox {
+        address: "/ip4/198.18.0.2/tcp/4040/p2p/y".into(),
+        mailbox: [1; 32],
+        tag: [2; 16],
+        signature: vec![3; 64],
+    };
+    store
+        .update_contact_mailboxes(&alice, |m| {
+            m.theirs = vec![theirs.clone()];
+            m.told = [9; 16];
+        })
+        .unwrap();
+    let path = store.path().to_path_buf();
+    drop(store);
+    let store = dir.open_profile("personal").unwrap();
+    assert_eq!(store.mailboxes().unwrap(), [own]);
+    let state = store.contact_mailboxes(&alice).unwrap();
+    assert_eq!(state.theirs, [theirs]);
+    assert_eq!(state.told, [9; 16]);
+    // The key is sealed: not in the file in clear.
+    assert!(!contains(&std::fs::read(path).unwrap(), &[0x5a; 32]));
+}
+
+#[test]
 fn a_duplicate_is_reported_and_never_stored_twice() {
     let (_tmp, mut dir) = new_dir();
     let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
