@@ -13,6 +13,8 @@
 //!   catalog, orders).
 //! - [`addresses`]: what a profile advertises, and its signed address record on the DHT.
 //! - [`card`]: contact cards (`kabar:` URIs).
+//! - [`mailbox`]: offline mailboxes (`/kabar/mailbox/1`) a service node
+//!   hosts: sealed envelopes kept for an owner who is offline.
 //! - [`service`]: the service node (`kabar serve`): relay, AutoNAT, DHT server.
 //! - [`control`]: the JSON-RPC 2.0 control API over a Unix socket.
 //! - [`node`]: starting and stopping a node.
@@ -21,9 +23,12 @@ pub mod addresses;
 pub mod card;
 pub mod content;
 pub mod control;
+pub mod courier;
 pub mod engine;
+pub mod mailbox;
 pub mod network;
 pub mod node;
+pub mod offline;
 pub mod service;
 pub mod wire;
 
