@@ -9,6 +9,7 @@
 
 mod client;
 mod demo;
+mod mailbox;
 mod output;
 mod reach;
 mod testnet;
@@ -162,6 +163,9 @@ enum Command {
     /// The relays the profiles reserve a slot on when they are behind a NAT.
     #[command(subcommand)]
     Relay(reach::RelayCommand),
+    /// The --profile profile's mailboxes: where contacts deposit messages while it is offline.
+    #[command(subcommand)]
+    Mailbox(mailbox::MailboxCommand),
     /// Call any control-API method (docs/api.md).
     ///
     /// Example: kabar rpc message.send '{"to":"Bob","text":"Hello"}'
@@ -788,6 +792,7 @@ fn run(cli: Cli) -> Result<()> {
             reach::serve(args, &dir, json)
         }
         Command::Relay(r) => reach::relay(&data_dir(&cli)?, r, &cli.profile, json),
+        Command::Mailbox(m) => mailbox::mailbox(&data_dir(&cli)?, m, &cli.profile, json),
         Command::Rpc { method, params } => {
             let params: Value = serde_json::from_str(params).context("params must be a JSON object")?;
             let v = Client::connect(&data_dir(&cli)?)?.call(method, params)?;

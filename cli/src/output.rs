@@ -79,11 +79,13 @@ pub(crate) fn money(item: &Value) -> String {
     format!("{}.{:02} {}", minor / 100, minor % 100, item["currency"].as_str().unwrap_or(""))
 }
 
-/// Delivery marks: ✓ sent, ✓✓ delivered, ✓✓ read (shown as "read").
+/// Delivery marks: ✓ sent, ✓ stored (in the recipient's mailbox), ✓✓
+/// delivered, ✓✓ read (shown as "read").
 pub(crate) fn status(s: &str) -> &'static str {
     match s {
         "queued" => "…",
         "sent" => "✓",
+        "stored" => "✓ stored",
         "delivered" => "✓✓",
         "read" => "✓✓ read",
         "failed" => "✗ failed",

@@ -12,11 +12,17 @@
 //! signature           64
 //! name length u8 (≤ 64) ‖ display name, UTF-8
 //! address count u8 (≤ 8) ‖ count × (u16 BE length ‖ multiaddr, binary form)
+//! -- version 2 only:
+//! mailbox count u8 (1..=4) ‖ count × (u16 BE length ‖ host multiaddr with /p2p/, binary form
+//!                                     ‖ mailbox id 32 ‖ card tag 16 ‖ capability signature 64)
 //! ```
+//!
+//! A card without mailboxes is written as version 1; readers take both.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use kabar_crypto::{IdentityPublic, PrekeyBundle, SignedPrekeyPublic};
+use kabar_storage::{ContactMailbox, MAX_MAILBOXES};
 use libp2p::{Multiaddr, PeerId};
 
 /// URI scheme prefix.
@@ -39,6 +45,9 @@ pub struct ContactCard {
     pub display_name: String,
     /// Where it listens.
     pub addresses: Vec<Multiaddr>,
+    /// Where it takes envelopes while offline, with the card's deposit
+    /// capability (see [`crate::offline`]).
+    pub mailboxes: Vec<ContactMailbox>,
 }
 
 /// Why a card did not parse.
@@ -70,7 +79,14 @@ impl ContactCard {
     /// Encodes as a `kabar:` URI. Names are cut to [`MAX_NAME`] bytes (at a
     /// character boundary) and addresses to [`MAX_ADDRESSES`].
     pub fn to_uri(&self) -> String {
-        let mut out = vec![1u8];
+        let mailboxes: Vec<(Vec<u8>, &ContactMailbox)> = self
+            .mailboxes
+            .iter()
+            .filter_map(|m| Some((m.address.parse::<Multiaddr>().ok()?.to_vec(), m)))
+            .filter(|(a, m)| a.len() <= MAX_ADDRESS_LEN && m.signature.len() == 64)
+            .take(MAX_MAILBOXES)
+            .collect();
+        let mut out = vec![if mailboxes.is_empty() { 1u8 } else { 2 }];
         out.extend_from_slice(&self.identity.to_bytes());
         out.extend_from_slice(&self.signed_prekey.id.to_be_bytes());
         out.extend_from_slice(&self.signed_prekey.created_at.to_be_bytes());
@@ -98,6 +114,16 @@ impl ContactCard {
             out.extend_from_slice(&(a.len() as u16).to_be_bytes());
             out.extend_from_slice(&a);
         }
+        if !mailboxes.is_empty() {
+            out.push(mailboxes.len() as u8);
+            for (a, m) in mailboxes {
+                out.extend_from_slice(&(a.len() as u16).to_be_bytes());
+                out.extend_from_slice(&a);
+                out.extend_from_slice(&m.mailbox);
+                out.extend_from_slice(&m.tag);
+                out.extend_from_slice(&m.signature);
+            }
+        }
         format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(out))
     }
 
@@ -110,7 +136,8 @@ impl ContactCard {
         let b64 = uri.strip_prefix(PREFIX).ok_or(CardError::NotACard)?;
         let bytes = URL_SAFE_NO_PAD.decode(b64).map_err(|_| CardError::NotACard)?;
         let mut r = Reader(&bytes);
-        if r.take(1)?[0] != 1 {
+        let version = r.take(1)?[0];
+        if version != 1 && version != 2 {
             return Err(CardError::Malformed("unknown card version"));
         }
         let identity = IdentityPublic::from_bytes(r.take(129)?).map_err(|_| CardError::Malformed("identity"))?;
@@ -136,6 +163,32 @@ impl ContactCard {
             }
             addresses.push(Multiaddr::try_from(r.take(len)?.to_vec()).map_err(|_| CardError::Malformed("address"))?);
         }
+        let mut mailboxes = Vec::new();
+        if version == 2 {
+            let count = r.take(1)?[0] as usize;
+            if count == 0 || count > MAX_MAILBOXES {
+                return Err(CardError::Malformed("mailbox count"));
+            }
+            for _ in 0..count {
+                let len = u16::from_be_bytes(r.array()?) as usize;
+                if len > MAX_ADDRESS_LEN {
+                    return Err(CardError::Malformed("mailbox address too long"));
+                }
+                let address =
+                    Multiaddr::try_from(r.take(len)?.to_vec()).map_err(|_| CardError::Malformed("address"))?;
+                let mailbox = ContactMailbox {
+                    address: address.to_string(),
+                    mailbox: r.array()?,
+                    tag: r.array()?,
+                    signature: r.take(64)?.to_vec(),
+                };
+                let offer = crate::offline::MailboxOffer::from_stored(&mailbox);
+                if offer.to_stored().is_none() {
+                    return Err(CardError::BadSignature);
+                }
+                mailboxes.push(mailbox);
+            }
+        }
         if !r.0.is_empty() {
             return Err(CardError::Malformed("trailing bytes"));
         }
@@ -144,6 +197,7 @@ impl ContactCard {
             signed_prekey: SignedPrekeyPublic { id, created_at, public, signature },
             display_name,
             addresses,
+            mailboxes,
         };
         card.bundle().verify().map_err(|_| CardError::BadSignature)?;
         Ok(card)
@@ -201,7 +255,26 @@ mod tests {
                 "/ip4/127.0.0.1/tcp/4001".parse().unwrap(),
                 "/ip4/10.0.0.2/udp/4001/quic-v1".parse().unwrap(),
             ],
+            mailboxes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn mailboxes_round_trip_as_version_2_and_a_forged_capability_is_refused() {
+        let mut c = card();
+        let own = kabar_storage::OwnMailbox {
+            address: "/ip4/198.18.0.1/tcp/4040/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into(),
+            key: [4; 32],
+            added_at_ms: 0,
+        };
+        c.mailboxes = vec![crate::offline::offer(&own, crate::offline::card_tag(&own.key))];
+        let uri = c.to_uri();
+        assert_eq!(URL_SAFE_NO_PAD.decode(&uri[PREFIX.len()..]).unwrap()[0], 2);
+        assert_eq!(ContactCard::from_uri(&uri).unwrap(), c);
+        c.mailboxes[0].tag[0] ^= 1;
+        assert_eq!(ContactCard::from_uri(&c.to_uri()), Err(CardError::BadSignature));
+        // Without mailboxes, a card stays version 1.
+        assert_eq!(URL_SAFE_NO_PAD.decode(&card().to_uri()[PREFIX.len()..]).unwrap()[0], 1);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! `seq` is the sender's per-conversation counter: the receiver shows
 //! messages in the sender's order even when they arrive out of order.
 //! Content types: `text`, `receipt` (read receipts), `catalog_request`,
-//! `catalog`, `order`, `addresses` (address updates). Unknown fields are ignored; unknown types are an error.
+//! `catalog`, `order`, `addresses` (address updates), `mailboxes` (mailbox
+//! updates). Unknown fields are ignored; unknown types are an error.
 
 use serde::{Deserialize, Serialize};
 
@@ -67,10 +68,16 @@ pub enum Content {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         automatic: Option<String>,
     },
-    /// Read receipts for messages we received (their message ids, hex).
+    /// Receipts for messages we received (their message ids, hex): read,
+    /// or delivered (taken from our mailbox: the sender's own copy waits for
+    /// this, as the mailbox host acknowledged it, not we).
     Receipt {
         /// Ids read.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         read: Vec<String>,
+        /// Ids stored after we fetched them from our mailbox.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        delivered: Vec<String>,
     },
     /// A customer asks for the catalog.
     CatalogRequest,
@@ -86,6 +93,13 @@ pub enum Content {
         /// Optional note.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         note: Option<String>,
+    },
+    /// The sender's mailboxes, each with the recipient's own deposit
+    /// capability (sent when they change, and before the first message to a
+    /// contact that has not heard of them). An empty list: none any more.
+    Mailboxes {
+        /// At most [`kabar_storage::MAX_MAILBOXES`].
+        mailboxes: Vec<crate::offline::MailboxOffer>,
     },
     /// The sender's current addresses (multiaddrs, without `/p2p/`), sent
     /// to every contact when they change: contacts keep reaching a profile
@@ -104,7 +118,7 @@ impl Content {
 
     /// True for content the user sees in the conversation (not receipts).
     pub fn is_visible(&self) -> bool {
-        !matches!(self, Content::Receipt { .. } | Content::Addresses { .. })
+        !matches!(self, Content::Receipt { .. } | Content::Addresses { .. } | Content::Mailboxes { .. })
     }
 
     /// A one-line summary for inboxes and logs that never includes text.
@@ -117,6 +131,7 @@ impl Content {
             Content::Catalog { .. } => "catalog",
             Content::Order { .. } => "order",
             Content::Addresses { .. } => "addresses",
+            Content::Mailboxes { .. } => "mailboxes",
         }
     }
 }
@@ -164,6 +179,16 @@ impl Content {
             && crate::addresses::parse_list(addresses).is_none()
         {
             return Err(ContentError::Malformed("address update: too many or malformed addresses".into()));
+        }
+        if let Content::Receipt { read, delivered } = self
+            && read.len() + delivered.len() > crate::wire::MAX_BATCH * 4
+        {
+            return Err(ContentError::Malformed("receipt: too many ids".into()));
+        }
+        if let Content::Mailboxes { mailboxes } = self
+            && mailboxes.len() > kabar_storage::MAX_MAILBOXES
+        {
+            return Err(ContentError::Malformed("mailbox update: too many mailboxes".into()));
         }
         Ok(())
     }

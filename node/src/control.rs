@@ -67,6 +67,8 @@ pub mod codes {
     pub const STORAGE: i64 = -32006;
     /// The node is shutting down.
     pub const SHUTTING_DOWN: i64 = -32007;
+    /// A remote service (a mailbox host) could not be reached or refused.
+    pub const UNAVAILABLE: i64 = -32008;
 }
 
 impl RpcError {
@@ -439,6 +441,17 @@ async fn on_profile(state: &ControlState, params: &Value, job: EngineJob) -> Res
     rx.await.map_err(|_| RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down"))?
 }
 
+/// The profile named by `params.profile`; without one, the only profile.
+/// (Mailboxes are per profile: registering one for every profile at once
+/// would tie the profiles together at the host by time and address.)
+fn one_profile(state: &ControlState, params: &Value) -> Result<(String, ProfileHandle), RpcError> {
+    let mut selected = selected_profiles(state, params)?;
+    if selected.len() != 1 {
+        return Err(RpcError::params("name the profile (\"profile\"): this node runs several"));
+    }
+    Ok(selected.remove(0))
+}
+
 /// The profile named by `params.profile`, or every profile if none is named.
 fn selected_profiles(state: &ControlState, params: &Value) -> Result<Vec<(String, ProfileHandle)>, RpcError> {
     match opt_str(params, "profile")? {
@@ -517,6 +530,32 @@ async fn call(
             }
             return Ok(json!({"relays": out}));
         }
+        "mailbox.add" | "mailbox.remove" => {
+            let address = str_param(params, "address")?;
+            let change = if method == "mailbox.add" {
+                let address: libp2p::Multiaddr =
+                    address.parse().map_err(|e| RpcError::params(format!("bad multiaddr: {e}")))?;
+                if crate::network::relay_peer(&address).is_none() {
+                    return Err(RpcError::new(codes::INVALID_VALUE, "a mailbox address must end in /p2p/<PeerId>"));
+                }
+                crate::network::MailboxChange::Add(address)
+            } else {
+                crate::network::MailboxChange::Remove(address.to_string())
+            };
+            let (name, handle) = one_profile(state, params)?;
+            let (tx, rx) = oneshot::channel();
+            let shutting = || RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down");
+            handle.commands.send(Command::Mailbox(change, tx)).await.map_err(|_| shutting())?;
+            let list = rx.await.map_err(|_| shutting())??;
+            return Ok(json!({"profile": name, "mailboxes": list}));
+        }
+        "mailbox.list" => {
+            let mut out = serde_json::Map::new();
+            for (name, handle) in selected_profiles(state, params)? {
+                out.insert(name, json!(handle.status.borrow().mailboxes));
+            }
+            return Ok(json!({"mailboxes": out}));
+        }
         "relay.list" => {
             let mut out = serde_json::Map::new();
             for (name, handle) in selected_profiles(state, params)? {
@@ -531,7 +570,8 @@ async fn call(
             // Public addresses, relay circuits, then listen addresses
             // (crate::addresses::advertised).
             let addresses = status.advertised.iter().filter_map(|a| a.parse().ok()).collect();
-            let card = ContactCard { identity, signed_prekey: spk, display_name: name, addresses };
+            let mailboxes = engine.card_mailboxes()?;
+            let card = ContactCard { identity, signed_prekey: spk, display_name: name, addresses, mailboxes };
             ok(json!({"card": card.to_uri(), "peer_id": card.peer_id().to_string()}))
         }),
         "contact.add" => Box::new(move |engine, _| {
@@ -563,6 +603,9 @@ async fn call(
                 request: false,
             };
             let (id, change) = store.upsert_contact(contact)?;
+            if !card.mailboxes.is_empty() {
+                store.update_contact_mailboxes(&id, |m| m.theirs = card.mailboxes.clone())?;
+            }
             let stored = store.contact(&id)?.ok_or_else(|| RpcError::new(codes::INTERNAL, "contact vanished"))?;
             let mut v = contact_json(&stored);
             v["identity_change_warning"] = json!(change.is_some());
@@ -592,11 +635,9 @@ async fn call(
             let block = method != "contact.unblock";
             Box::new(move |engine, _| {
                 let (id, _) = contact_by(engine, str_param(&p, "name")?)?;
-                let c = engine.store().update_contact(&id, |c| {
-                    c.blocked = block;
-                    c.request = false;
-                })?;
-                ok(contact_json(&c))
+                // Also revokes (or restores) its deposit tag in our mailboxes.
+                let (c, actions) = engine.set_blocked(&id, block)?;
+                Ok((contact_json(&c), actions))
             })
         }
         "request.list" => Box::new(move |engine, _| {

@@ -20,13 +20,15 @@ use std::collections::{HashMap, HashSet};
 
 use kabar_crypto::{CryptoError, Envelope, IdentityKeyPair, ProfileKind, Session};
 use kabar_storage::{
-    AwaySchedule, Contact, ContactId, Direction, IncomingMessage, MessageRecord, MessageStatus, OutgoingMessage,
-    ProfileStore, ReceiveOutcome, SessionState, StoreError,
+    AwaySchedule, Contact, ContactId, ContactMailbox, Direction, IncomingMessage, MessageRecord, MessageStatus,
+    OutgoingMessage, OwnMailbox, ProfileStore, ReceiveOutcome, SessionState, StoreError,
 };
 use rand_core::CryptoRng;
 use serde::Serialize;
 
 use crate::content::{CatalogEntry, Content, Message};
+use crate::mailbox::{DepositOutcome, Item, MailboxError, Status};
+use crate::offline::{self, MailboxOffer};
 use crate::wire::{Ack, RejectReason};
 
 /// A peer, by its Ed25519 identity key (its PeerId is derived from it).
@@ -36,6 +38,14 @@ pub type PeerKey = [u8; 32];
 pub const GREETING_SILENCE_MS: u64 = 14 * 24 * 3_600_000;
 /// Label applied to a business's new customers.
 pub const NEW_CUSTOMER_LABEL: &str = "New customer";
+/// Direct retries of a message a mailbox holds come at most this often.
+pub const STORED_RETRY_MS: u64 = 5 * 60_000;
+/// After a refused or failed deposit, the next try for that contact waits this long.
+pub const DEPOSIT_RETRY_MS: u64 = 30_000;
+/// Most envelopes per deposit request.
+pub const MAX_DEPOSIT_BATCH: usize = 64;
+/// Most envelope bytes per deposit request.
+pub const MAX_DEPOSIT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Tunables of the engine.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +80,28 @@ pub enum Action {
         message_ids: Vec<[u8; 16]>,
         /// Encoded envelopes.
         envelopes: Vec<Vec<u8>>,
+    },
+    /// The recipient could not be reached: deposit these envelopes in its
+    /// mailbox, over a connection with a fresh identity, then report back
+    /// with [`Engine::on_deposit_result`].
+    Deposit {
+        /// Recipient.
+        peer: PeerKey,
+        /// Its mailbox and our capability there.
+        mailbox: ContactMailbox,
+        /// The message ids, in the order of `envelopes`.
+        message_ids: Vec<[u8; 16]>,
+        /// Encoded envelopes.
+        envelopes: Vec<Vec<u8>>,
+    },
+    /// Revoke (or restore) a deposit tag in one of our mailboxes.
+    Revoke {
+        /// Our mailbox (its key signs the request).
+        mailbox: OwnMailbox,
+        /// The tag.
+        tag: [u8; 16],
+        /// True to revoke, false to restore.
+        revoked: bool,
     },
     /// Tell subscribers.
     Notify(NodeEvent),
@@ -113,6 +145,28 @@ pub enum NodeEvent {
         profile: String,
         /// Contact's display name.
         contact: String,
+    },
+    /// A contact's mailbox refused our deposit (its quota is full, our
+    /// capability was revoked…): the messages stay in the outbox.
+    DepositRefused {
+        /// Profile name.
+        profile: String,
+        /// Contact's display name.
+        contact: String,
+        /// Why (the mailbox's status: `quota_full`, `revoked`…).
+        reason: String,
+        /// Messages of that deposit still waiting in the outbox.
+        waiting: usize,
+    },
+    /// A contact told us (inside the end-to-end session) where it takes
+    /// deposits while offline.
+    ContactMailboxesChanged {
+        /// Profile name.
+        profile: String,
+        /// Contact's display name.
+        contact: String,
+        /// How many mailboxes it has now.
+        mailboxes: usize,
     },
     /// A stranger wrote to a personal profile.
     MessageRequest {
@@ -191,6 +245,12 @@ pub struct Engine {
     /// paths (every connection, identify and tick) skip decrypting the
     /// outbox when nothing waits.
     pending: HashSet<ContactId>,
+    /// Outbox entries a mailbox holds (mirrors the store's `deposited`).
+    deposited: HashSet<[u8; 16]>,
+    /// Outbox entries on their way to a mailbox.
+    depositing: HashSet<[u8; 16]>,
+    /// Per contact: no deposit before this time, and the mailbox to try.
+    deposit_backoff: HashMap<ContactId, (u64, usize)>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -202,7 +262,17 @@ impl Engine {
     pub fn new(store: ProfileStore, config: EngineConfig) -> Result<Self, EngineError> {
         let identity = store.identity()?;
         let pending = store.outbox()?.into_iter().map(|e| e.contact).collect();
-        Ok(Engine { store, identity, config, in_flight: HashSet::new(), pending })
+        let deposited = store.deposited()?.into_iter().collect();
+        Ok(Engine {
+            store,
+            identity,
+            config,
+            in_flight: HashSet::new(),
+            pending,
+            deposited,
+            depositing: HashSet::new(),
+            deposit_backoff: HashMap::new(),
+        })
     }
 
     /// The profile's store.
@@ -251,11 +321,9 @@ impl Engine {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<([u8; 16], Vec<Action>), EngineError> {
-        let content = self.expand(content)?;
-        content.check()?;
-        let id = self.queue(contact, content, now_ms, rng)?;
-        let peer = self.contact_or_err(contact)?.identity.signing;
-        Ok((id, self.flush_peer(&peer, now_ms)?))
+        let (ids, actions) = self.send_many(contact, vec![content], now_ms, rng)?;
+        let id = ids.first().copied().ok_or_else(|| StoreError::NotFound("queued message".into()))?;
+        Ok((id, actions))
     }
 
     /// Encrypts and commits one message without transmitting it.
@@ -338,13 +406,23 @@ impl Engine {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<(Vec<[u8; 16]>, Vec<Action>), EngineError> {
-        let mut expanded = Vec::with_capacity(contents.len());
+        let mut expanded = Vec::with_capacity(contents.len() + 1);
+        // A contact that has not heard of our current mailboxes hears of
+        // them first, in the same commit.
+        let update = self.mailbox_update_for(contact)?;
+        if let Some((content, _)) = &update {
+            expanded.push(content.clone());
+        }
         for content in contents {
             let content = self.expand(content)?;
             content.check()?;
             expanded.push(content);
         }
-        let ids = self.queue_many(contact, expanded, now_ms, rng)?;
+        let mut ids = self.queue_many(contact, expanded, now_ms, rng)?;
+        if let Some((_, hash)) = update {
+            ids.remove(0);
+            self.store.update_contact_mailboxes(contact, |m| m.told = hash)?;
+        }
         let peer = self.contact_or_err(contact)?.identity.signing;
         Ok((ids, self.flush_peer(&peer, now_ms)?))
     }
@@ -372,7 +450,12 @@ impl Engine {
         let contact = self.contact_or_err(&contact_id)?;
         let ids: Vec<[u8; 16]> = entries.iter().map(|e| e.message_id).collect();
         let attempts = entries.iter().map(|e| e.attempts).max().unwrap_or(0);
-        self.store.record_attempts(&ids, now_ms + self.backoff(attempts, &ids[0]))?;
+        let mut delay = self.backoff(attempts, &ids[0]);
+        if ids.iter().all(|id| self.deposited.contains(id)) {
+            // A mailbox holds them all: direct retries slow down, never stop.
+            delay = delay.max(STORED_RETRY_MS);
+        }
+        self.store.record_attempts(&ids, now_ms + delay)?;
         self.in_flight.extend(ids.iter().copied());
         let mut actions: Vec<Action> = ids
             .iter()
@@ -427,6 +510,9 @@ impl Engine {
             }
         }
         self.store.acknowledge(&delivered)?;
+        for id in &delivered {
+            self.deposited.remove(id);
+        }
         actions.extend(delivered.iter().map(|id| self.status_event(id, MessageStatus::Delivered)));
         actions.extend(self.flush_peer(peer, now_ms)?);
         Ok(actions)
@@ -436,12 +522,125 @@ impl Engine {
         Action::Notify(NodeEvent::StatusChanged { profile: self.profile(), message_id: hex(id), status })
     }
 
-    /// A transmission failed (dial failure, timeout, connection closed): the
-    /// messages stay in the outbox and are retried after their backoff.
-    pub fn on_transmit_failed(&mut self, message_ids: &[[u8; 16]]) {
+    /// A transmission failed (dial failure on every known address, timeout,
+    /// connection closed): the messages stay in the outbox and are retried
+    /// after their backoff. The recipient counts as unreachable: the ones no
+    /// mailbox holds yet go to its mailbox, if it has one
+    /// ([`Action::Deposit`]).
+    pub fn on_transmit_failed(
+        &mut self,
+        peer: &PeerKey,
+        message_ids: &[[u8; 16]],
+        now_ms: u64,
+    ) -> Result<Vec<Action>, EngineError> {
         for id in message_ids {
             self.in_flight.remove(id);
         }
+        self.deposit(peer, message_ids, now_ms)
+    }
+
+    /// Deposit actions for those of `message_ids` that no mailbox holds yet.
+    fn deposit(&mut self, peer: &PeerKey, message_ids: &[[u8; 16]], now_ms: u64) -> Result<Vec<Action>, EngineError> {
+        let contact_id = self.store.contact_id_for_key(peer);
+        let (not_before, index) = self.deposit_backoff.get(&contact_id).copied().unwrap_or((0, 0));
+        if now_ms < not_before {
+            return Ok(Vec::new());
+        }
+        let theirs = self.store.contact_mailboxes(&contact_id)?.theirs;
+        let Some(mailbox) = theirs.get(index % theirs.len().max(1)).cloned() else { return Ok(Vec::new()) };
+        let wanted: HashSet<[u8; 16]> = message_ids
+            .iter()
+            .filter(|id| !self.deposited.contains(*id) && !self.depositing.contains(*id))
+            .copied()
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut actions = Vec::new();
+        let (mut ids, mut envelopes, mut bytes) = (Vec::new(), Vec::new(), 0);
+        for entry in self.store.outbox()?.into_iter().filter(|e| wanted.contains(&e.message_id)) {
+            if ids.len() == MAX_DEPOSIT_BATCH || bytes + entry.envelope.len() > MAX_DEPOSIT_BYTES {
+                actions.push(Action::Deposit {
+                    peer: *peer,
+                    mailbox: mailbox.clone(),
+                    message_ids: std::mem::take(&mut ids),
+                    envelopes: std::mem::take(&mut envelopes),
+                });
+                bytes = 0;
+            }
+            self.depositing.insert(entry.message_id);
+            bytes += entry.envelope.len();
+            ids.push(entry.message_id);
+            envelopes.push(entry.envelope);
+        }
+        if !ids.is_empty() {
+            actions.push(Action::Deposit { peer: *peer, mailbox, message_ids: ids, envelopes });
+        }
+        Ok(actions)
+    }
+
+    /// A deposit finished. What the mailbox stored is marked `stored` (and
+    /// stays in the outbox until the recipient acknowledges it; receipts and
+    /// other content the user never sees are done once stored). A refusal is
+    /// reported ([`NodeEvent::DepositRefused`]) and the rest waits; a failure
+    /// to reach the mailbox tries the contact's next mailbox later.
+    pub fn on_deposit_result(
+        &mut self,
+        peer: &PeerKey,
+        message_ids: &[[u8; 16]],
+        result: Result<DepositOutcome, MailboxError>,
+        now_ms: u64,
+    ) -> Result<Vec<Action>, EngineError> {
+        for id in message_ids {
+            self.depositing.remove(id);
+        }
+        let contact_id = self.store.contact_id_for_key(peer);
+        let (accepted, refused) = match result {
+            Ok(outcome) => {
+                (outcome.accepted.min(message_ids.len()), (outcome.status != Status::Ok).then_some(outcome.status))
+            }
+            Err(MailboxError::Refused(status)) => (0, Some(status)),
+            Err(e) => {
+                tracing::debug!(profile = %self.store.name(), error = %e, "deposit failed");
+                let entry = self.deposit_backoff.entry(contact_id).or_insert((0, 0));
+                *entry = (now_ms + DEPOSIT_RETRY_MS, entry.1 + 1);
+                return Ok(Vec::new());
+            }
+        };
+        let stored = &message_ids[..accepted];
+        let mut actions = Vec::new();
+        let (mut visible, mut done) = (Vec::new(), Vec::new());
+        for id in stored {
+            let shown = match self.store.message(id)? {
+                Some((_, _, record)) => Message::decode(&record.body).is_ok_and(|m| m.content.is_visible()),
+                None => false,
+            };
+            if shown { visible.push(*id) } else { done.push(*id) }
+        }
+        self.store.mark_deposited(&visible, now_ms)?;
+        // Direct retries of what a mailbox holds slow down.
+        self.store.record_attempts(&visible, now_ms + STORED_RETRY_MS)?;
+        self.deposited.extend(visible.iter().copied());
+        self.store.acknowledge(&done)?;
+        actions.extend(visible.iter().map(|id| self.status_event(id, MessageStatus::Stored)));
+        if let Some(status) = refused {
+            let entry = self.deposit_backoff.entry(contact_id).or_insert((0, 0));
+            entry.0 = now_ms + DEPOSIT_RETRY_MS;
+            let contact = self.store.contact(&contact_id)?.map(|c| c.display_name).unwrap_or_default();
+            tracing::info!(profile = %self.store.name(), reason = %status, "a mailbox refused a deposit");
+            actions.push(Action::Notify(NodeEvent::DepositRefused {
+                profile: self.profile(),
+                contact,
+                reason: serde_json::to_value(status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                waiting: message_ids.len() - accepted,
+            }));
+        } else {
+            self.deposit_backoff.remove(&contact_id);
+        }
+        Ok(actions)
     }
 
     /// The peer became reachable (connected, identified, discovered): flush
@@ -673,7 +872,12 @@ impl Engine {
                 continue;
             }
             match parsed.as_ref().map(|m| &m.content) {
-                Some(Content::Receipt { read }) => {
+                Some(Content::Receipt { read, delivered }) => {
+                    for id in self.ours_to(&contact_id, delivered)? {
+                        self.store.acknowledge(&[id])?;
+                        self.deposited.remove(&id);
+                        actions.push(self.status_event(&id, MessageStatus::Delivered));
+                    }
                     for id in read
                         .iter()
                         .filter_map(|h| kabar_crypto::hex::decode(h))
@@ -683,6 +887,17 @@ impl Engine {
                             actions.push(self.status_event(&id, MessageStatus::Read));
                         }
                     }
+                }
+                Some(Content::Mailboxes { mailboxes }) => {
+                    let theirs = offline::accept_offers(mailboxes);
+                    let count = theirs.len();
+                    self.store.update_contact_mailboxes(&contact_id, |m| m.theirs = theirs)?;
+                    self.deposit_backoff.remove(&contact_id);
+                    actions.push(Action::Notify(NodeEvent::ContactMailboxesChanged {
+                        profile: self.profile(),
+                        contact: name.clone(),
+                        mailboxes: count,
+                    }));
                 }
                 Some(Content::Addresses { addresses }) if self.set_contact_addresses(&contact_id, addresses)? => {
                     actions.push(Action::Notify(NodeEvent::ContactAddressesChanged {
@@ -711,6 +926,210 @@ impl Engine {
             actions.extend(self.automations(&contact_id, &conversation_before, catalog_requested, now_ms, rng)?);
         }
         Ok((acks, actions))
+    }
+
+    /// Those of `ids` (hex) that are our messages to `contact` still waiting
+    /// for its acknowledgement.
+    fn ours_to(&self, contact: &ContactId, ids: &[String]) -> Result<Vec<[u8; 16]>, EngineError> {
+        let mut out = Vec::new();
+        for id in ids.iter().filter_map(|h| kabar_crypto::hex::decode(h)).filter_map(|b| <[u8; 16]>::try_from(b).ok()) {
+            if let Some((to, _, record)) = self.store.message(&id)?
+                && to == *contact
+                && record.direction == Direction::Outgoing
+                && record.status < MessageStatus::Delivered
+            {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A page of envelopes fetched from our mailbox at `address`. Each is
+    /// attributed by its tag (a contact's tag; the card tag with a prekey
+    /// message names its sender), received as if it came directly, and
+    /// committed. Returns the host's sequence numbers that may be deleted
+    /// now (everything committed, duplicate, unknown or refused for good —
+    /// a sender keeps its copy until it hears from us, so nothing is lost),
+    /// and the actions, among them a `delivered` receipt to each sender.
+    pub fn on_mailbox_items<R: CryptoRng + ?Sized>(
+        &mut self,
+        address: &str,
+        items: &[Item],
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<(Vec<u64>, Vec<Action>), EngineError> {
+        let Some(own) = self.store.mailboxes()?.into_iter().find(|m| m.address == address) else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let card = offline::card_tag(&own.key);
+        let mut by_tag: HashMap<[u8; 16], PeerKey> = HashMap::new();
+        for (_, c) in self.store.contacts()? {
+            by_tag.insert(offline::tag(&own.key, &c.identity.signing), c.identity.signing);
+        }
+        let mut deletable = Vec::new();
+        // Senders in order of first appearance, with their items.
+        let mut groups: Vec<(PeerKey, Vec<&Item>)> = Vec::new();
+        for item in items {
+            let sender = match by_tag.get(&item.tag) {
+                Some(peer) => Some(*peer),
+                None if item.tag == card => {
+                    Envelope::decode(&item.envelope).ok().and_then(|e| e.prekey.map(|h| h.identity.signing))
+                }
+                None => None,
+            };
+            match sender {
+                Some(peer) => match groups.iter_mut().find(|(p, _)| *p == peer) {
+                    Some((_, list)) => list.push(item),
+                    None => groups.push((peer, vec![item])),
+                },
+                // Unknown or stale tag, or not attributable: the sender
+                // still holds it and retries directly.
+                None => deletable.push(item.seq),
+            }
+        }
+        let mut actions = Vec::new();
+        for (peer, list) in groups {
+            let envelopes: Vec<Vec<u8>> = list.iter().map(|i| i.envelope.clone()).collect();
+            let (acks, more) = self.on_request(&peer, &envelopes, now_ms, rng)?;
+            actions.extend(more);
+            let contact_id = self.store.contact_id_for_key(&peer);
+            let mut delivered = Vec::new();
+            for (item, ack) in list.iter().zip(&acks) {
+                if *ack == Ack::Rejected(RejectReason::Storage) {
+                    continue; // not committed: fetched again next time
+                }
+                deletable.push(item.seq);
+                if *ack != Ack::Accepted {
+                    continue;
+                }
+                let Ok(envelope) = Envelope::decode(&item.envelope) else { continue };
+                let id = envelope.message_id().0;
+                if self.store.message(&id)?.is_some_and(|(_, _, m)| m.direction == Direction::Incoming) {
+                    delivered.push(hex(&id));
+                }
+            }
+            if delivered.is_empty() {
+                continue;
+            }
+            let receipt = Content::Receipt { read: Vec::new(), delivered };
+            match self.queue(&contact_id, receipt, now_ms, rng) {
+                Ok(_) => actions.extend(self.flush_peer(&peer, now_ms)?),
+                Err(EngineError::Blocked(_) | EngineError::NoPrekey(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((deletable, actions))
+    }
+
+    // ---- our mailboxes --------------------------------------------------------
+
+    /// The mailbox update `contact` has not had yet, with the marker to
+    /// record once it is queued (`None` if it is up to date, blocked, or we
+    /// have never had mailboxes).
+    fn mailbox_update_for(&self, contact_id: &ContactId) -> Result<Option<(Content, [u8; 16])>, EngineError> {
+        let own = self.store.mailboxes()?;
+        let hash = offline::set_hash(&own);
+        let contact = self.contact_or_err(contact_id)?;
+        if contact.blocked || self.store.contact_mailboxes(contact_id)?.told == hash {
+            return Ok(None);
+        }
+        let mailboxes = own
+            .iter()
+            .map(|m| MailboxOffer::from_stored(&offline::offer(m, offline::tag(&m.key, &contact.identity.signing))))
+            .collect();
+        Ok(Some((Content::Mailboxes { mailboxes }, hash)))
+    }
+
+    /// Tells every contact (not blocked, not a pending message request)
+    /// that has not heard of our current mailboxes about them, each with its
+    /// own capability, inside the end-to-end session.
+    pub fn announce_mailboxes<R: CryptoRng + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, EngineError> {
+        let mut actions = Vec::new();
+        for (id, contact) in self.store.contacts()? {
+            if contact.request {
+                continue;
+            }
+            let Some((update, hash)) = self.mailbox_update_for(&id)? else { continue };
+            match self.queue(&id, update, now_ms, rng) {
+                Ok(_) => {
+                    self.store.update_contact_mailboxes(&id, |m| m.told = hash)?;
+                    actions.extend(self.flush_peer(&contact.identity.signing, now_ms)?);
+                }
+                Err(EngineError::NoPrekey(_) | EngineError::Blocked(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(actions)
+    }
+
+    /// The tags of blocked contacts in the mailbox with key seed `seed`
+    /// (revoked when the mailbox is registered).
+    pub fn blocked_tags(&self, seed: &[u8; 32]) -> Result<Vec<[u8; 16]>, EngineError> {
+        Ok(self
+            .store
+            .contacts()?
+            .into_iter()
+            .filter(|(_, c)| c.blocked)
+            .map(|(_, c)| offline::tag(seed, &c.identity.signing))
+            .collect())
+    }
+
+    /// A mailbox was registered: remember it and tell contacts.
+    pub fn add_mailbox<R: CryptoRng + ?Sized>(
+        &mut self,
+        mailbox: OwnMailbox,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, EngineError> {
+        let mut list = self.store.mailboxes()?;
+        list.retain(|m| m.address != mailbox.address);
+        list.push(mailbox);
+        self.store.set_mailboxes(&list)?;
+        self.announce_mailboxes(now_ms, rng)
+    }
+
+    /// Forgets our mailbox at `address` and tells contacts; returns it (to
+    /// unregister from the host) if there was one.
+    pub fn remove_mailbox<R: CryptoRng + ?Sized>(
+        &mut self,
+        address: &str,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<(Option<OwnMailbox>, Vec<Action>), EngineError> {
+        let mut list = self.store.mailboxes()?;
+        let Some(index) = list.iter().position(|m| m.address == address) else { return Ok((None, Vec::new())) };
+        let removed = list.remove(index);
+        self.store.set_mailboxes(&list)?;
+        Ok((Some(removed), self.announce_mailboxes(now_ms, rng)?))
+    }
+
+    /// What a contact card says about our mailboxes (the card tag in each).
+    pub fn card_mailboxes(&self) -> Result<Vec<ContactMailbox>, EngineError> {
+        Ok(self.store.mailboxes()?.iter().map(|m| offline::offer(m, offline::card_tag(&m.key))).collect())
+    }
+
+    /// Blocks or unblocks a contact (a block also settles a message
+    /// request): its deposit tag in each of our mailboxes is revoked or
+    /// restored.
+    pub fn set_blocked(&mut self, contact: &ContactId, blocked: bool) -> Result<(Contact, Vec<Action>), EngineError> {
+        let c = self.store.update_contact(contact, |c| {
+            c.blocked = blocked;
+            c.request = false;
+        })?;
+        let actions = self
+            .store
+            .mailboxes()?
+            .into_iter()
+            .map(|m| {
+                let tag = offline::tag(&m.key, &c.identity.signing);
+                Action::Revoke { mailbox: m, tag, revoked: blocked }
+            })
+            .collect();
+        Ok((c, actions))
     }
 
     /// A contact record for someone who wrote first.
@@ -943,7 +1362,7 @@ impl Engine {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let receipt = Content::Receipt { read: ids.iter().map(|id| hex(id)).collect() };
+        let receipt = Content::Receipt { read: ids.iter().map(|id| hex(id)).collect(), delivered: Vec::new() };
         match self.send(contact, receipt, now_ms, rng) {
             Ok((_, actions)) => Ok(actions),
             // No way to send a receipt (blocked, no prekey): reading still counts.

@@ -23,10 +23,12 @@ pub mod addresses;
 pub mod card;
 pub mod content;
 pub mod control;
+pub mod courier;
 pub mod engine;
 pub mod mailbox;
 pub mod network;
 pub mod node;
+pub mod offline;
 pub mod service;
 pub mod wire;
 

@@ -25,6 +25,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::card::{peer_id_of, signing_key_of};
+use crate::courier::{Courier, CourierEvent};
 use crate::engine::{Action, Engine, NodeEvent, PeerKey};
 use crate::wire::{Ack, EnvelopeCodec, PROTOCOL, RejectReason};
 
@@ -262,6 +263,17 @@ pub enum Command {
     Dial(Multiaddr),
     /// Add or remove a relay; answers with the profile's relay list.
     Relay(RelayChange, oneshot::Sender<Result<Vec<String>, crate::control::RpcError>>),
+    /// Add or remove one of the profile's mailboxes; answers with its list.
+    Mailbox(MailboxChange, crate::courier::MailboxReply),
+}
+
+/// A change to a profile's mailboxes.
+#[derive(Debug, Clone)]
+pub enum MailboxChange {
+    /// Register a mailbox on this service node (multiaddr with `/p2p/`).
+    Add(Multiaddr),
+    /// Forget the mailbox on this service node and delete it there.
+    Remove(String),
 }
 
 /// A relay of a profile, and whether it holds a slot for us now.
@@ -323,6 +335,8 @@ pub struct ProfileStatus {
     /// Its signed address record has been stored on at least one DHT node
     /// since the profile started.
     pub address_record_published: bool,
+    /// Its mailboxes, and how fetching them went.
+    pub mailboxes: Vec<crate::courier::MailboxState>,
 }
 
 struct RateLimit {
@@ -478,6 +492,8 @@ pub async fn run_profile(
     for r in relay_list.iter().filter_map(|r| r.parse::<Multiaddr>().ok()) {
         add_relay(&mut swarm, &mut reach, r);
     }
+    let (mut courier, mut courier_events) = Courier::new();
+    courier.set_mailboxes(&engine.store().mailboxes().unwrap_or_default());
     let mut status = status_tx.borrow().clone();
     let mut pending: HashMap<OutboundRequestId, (PeerKey, Vec<[u8; 16]>)> = HashMap::new();
     let mut limits: HashMap<PeerId, RateLimit> = HashMap::new();
@@ -524,17 +540,28 @@ pub async fn run_profile(
                     let _ = reply.send(change_relays(&mut swarm, &mut reach, &engine, change));
                     Vec::new()
                 }
+                Some(Command::Mailbox(change, reply)) => change_mailboxes(&mut engine, &mut courier, change, reply, &mut rng),
             },
+            Some(event) = courier_events.recv() => on_courier_event(&mut engine, &mut courier, event, &mut rng),
             _ = tick.tick() => {
                 let mut actions = engine.on_tick(now_ms()).unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "retry tick failed");
                     Vec::new()
                 });
                 actions.extend(on_reach_tick(&mut swarm, &mut reach, &mut engine, &mut rng));
+                if courier.fetch_due() {
+                    courier.fetch_all(&engine.store().mailboxes().unwrap_or_default());
+                }
                 actions
             }
             event = swarm.select_next_some() => {
-                let mut ctx = LoopState { pending: &mut pending, limits: &mut limits, status: &mut status, reach: &mut reach };
+                let mut ctx = LoopState {
+                    pending: &mut pending,
+                    limits: &mut limits,
+                    status: &mut status,
+                    reach: &mut reach,
+                    courier: &mut courier,
+                };
                 handle_event(&mut swarm, &mut engine, &mut ctx, event, &mut rng)
             }
         };
@@ -552,10 +579,17 @@ pub async fn run_profile(
                     let id = swarm.behaviour_mut().envelope.send_request(&peer_id, envelopes);
                     pending.insert(id, (peer, message_ids));
                 }
+                Action::Deposit { peer, mailbox, message_ids, envelopes } => {
+                    courier.deposit(peer, mailbox, message_ids, envelopes);
+                }
+                Action::Revoke { mailbox, tag, revoked } => courier.revoke(mailbox, tag, revoked),
             }
         }
         status.connected_peers = swarm.connected_peers().count();
         reach.status(&mut status);
+        if status.mailboxes != courier.states() {
+            status.mailboxes = courier.states().to_vec();
+        }
         status_tx.send_if_modified(|s| {
             let changed = s.listen_addrs != status.listen_addrs
                 || s.connected_peers != status.connected_peers
@@ -565,7 +599,8 @@ pub async fn run_profile(
                 || s.relays != status.relays
                 || s.peers != status.peers
                 || s.hole_punch != status.hole_punch
-                || s.address_record_published != status.address_record_published;
+                || s.address_record_published != status.address_record_published
+                || s.mailboxes != status.mailboxes;
             if changed {
                 *s = status.clone();
             }
@@ -573,6 +608,124 @@ pub async fn run_profile(
         });
     }
     tracing::info!(profile = %engine.store().name(), "profile stopped");
+}
+
+/// Handles what the courier's tasks report.
+fn on_courier_event<R: rand_core::CryptoRng + ?Sized>(
+    engine: &mut Engine,
+    courier: &mut Courier,
+    event: CourierEvent,
+    rng: &mut R,
+) -> Vec<Action> {
+    let logged = |what: &'static str| {
+        move |e: crate::engine::EngineError| {
+            tracing::warn!(error = %e, "{what}");
+            Vec::new()
+        }
+    };
+    match event {
+        CourierEvent::Deposited { peer, message_ids, result } => {
+            courier.deposit_done();
+            engine
+                .on_deposit_result(&peer, &message_ids, result, now_ms())
+                .unwrap_or_else(logged("recording a deposit failed"))
+        }
+        CourierEvent::Page { address, items, reply } => {
+            match engine.on_mailbox_items(&address, &items, now_ms(), rng) {
+                Ok((deletable, actions)) => {
+                    // Committed: the host may delete these now.
+                    let _ = reply.send(deletable);
+                    actions
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "storing fetched envelopes failed; they stay in the mailbox");
+                    let _ = reply.send(Vec::new());
+                    Vec::new()
+                }
+            }
+        }
+        CourierEvent::Fetched { address, result } => {
+            if let Err(e) = &result {
+                tracing::info!(error = %e, "fetching a mailbox failed");
+            }
+            courier.fetched(&address, &result);
+            Vec::new()
+        }
+        CourierEvent::Registered { mailbox, result, reply } => {
+            if let Err(e) = result {
+                let _ =
+                    reply.send(Err(crate::control::RpcError::new(crate::control::codes::UNAVAILABLE, e.to_string())));
+                return Vec::new();
+            }
+            let address = mailbox.address.clone();
+            match engine.add_mailbox(mailbox, now_ms(), rng) {
+                Ok(actions) => {
+                    let own = engine.store().mailboxes().unwrap_or_default();
+                    courier.set_mailboxes(&own);
+                    courier.fetch_all(&own.into_iter().filter(|m| m.address == address).collect::<Vec<_>>());
+                    let _ = reply.send(Ok(courier.states().iter().map(|s| s.address.clone()).collect()));
+                    actions
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                    Vec::new()
+                }
+            }
+        }
+    }
+}
+
+/// Adds (registers on the host, in a task) or removes a mailbox.
+fn change_mailboxes<R: rand_core::CryptoRng + ?Sized>(
+    engine: &mut Engine,
+    courier: &mut Courier,
+    change: MailboxChange,
+    reply: crate::courier::MailboxReply,
+    rng: &mut R,
+) -> Vec<Action> {
+    use crate::control::{RpcError, codes};
+    match change {
+        MailboxChange::Add(address) => {
+            let own = engine.store().mailboxes().unwrap_or_default();
+            let text = address.to_string();
+            if own.iter().any(|m| m.address == text) {
+                let _ = reply.send(Ok(own.iter().map(|m| m.address.clone()).collect()));
+                return Vec::new();
+            }
+            if own.len() >= kabar_storage::MAX_MAILBOXES {
+                let max = kabar_storage::MAX_MAILBOXES;
+                let _ = reply.send(Err(RpcError::new(codes::INVALID_VALUE, format!("at most {max} mailboxes"))));
+                return Vec::new();
+            }
+            let key = crate::mailbox::OwnerKey::generate(rng);
+            let revoke = match engine.blocked_tags(&key.to_bytes()) {
+                Ok(tags) => tags,
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                    return Vec::new();
+                }
+            };
+            let mailbox = kabar_storage::OwnMailbox { address: text, key: key.to_bytes(), added_at_ms: now_ms() };
+            courier.register(mailbox, revoke, reply);
+            Vec::new()
+        }
+        MailboxChange::Remove(address) => match engine.remove_mailbox(&address, now_ms(), rng) {
+            Ok((removed, actions)) => {
+                if let Some(m) = removed {
+                    courier.unregister(m);
+                    courier.set_mailboxes(&engine.store().mailboxes().unwrap_or_default());
+                    let _ = reply.send(Ok(courier.states().iter().map(|s| s.address.clone()).collect()));
+                } else {
+                    let _ = reply.send(Err(RpcError::new(codes::NOT_FOUND, format!("no mailbox at {address}"))));
+                }
+                actions
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+                Vec::new()
+            }
+        },
+    }
 }
 
 /// Registers a relay: AutoNAT server, DHT entry point, dialled now, and a
@@ -793,6 +946,7 @@ struct LoopState<'a> {
     limits: &'a mut HashMap<PeerId, RateLimit>,
     status: &'a mut ProfileStatus,
     reach: &'a mut Reach,
+    courier: &'a mut Courier,
 }
 
 fn handle_event<R: rand_core::CryptoRng + ?Sized>(
@@ -869,6 +1023,11 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
                 // Messages should take the direct path: the relayed
                 // connection goes once hole punching has finished.
                 ctx.reach.close_relayed.insert(peer_id, Instant::now() + CLOSE_RELAYED_AFTER);
+            }
+            if let Some(address) = ctx.courier.hosted_by(&peer_id).cloned() {
+                // Back in touch with one of our mailbox hosts: fetch.
+                let own = engine.store().mailboxes().unwrap_or_default();
+                ctx.courier.fetch_all(&own.into_iter().filter(|m| m.address == address).collect::<Vec<_>>());
             }
             reachable(engine, &peer_id)
         }
@@ -977,15 +1136,20 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 tracing::debug!(%peer, %error, "request failed");
-                if let Some((_, ids)) = ctx.pending.remove(&request_id) {
-                    engine.on_transmit_failed(&ids);
-                }
                 if matches!(error, request_response::OutboundFailure::DialFailure) {
                     // The addresses we know failed: ask the DHT for the
                     // peer's signed address record.
                     lookup(swarm, ctx.reach, peer);
                 }
-                Vec::new()
+                match ctx.pending.remove(&request_id) {
+                    // Unreachable: what no mailbox holds yet goes to the
+                    // peer's mailbox.
+                    Some((key, ids)) => engine.on_transmit_failed(&key, &ids, now_ms()).unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "recording a failed transmission failed");
+                        Vec::new()
+                    }),
+                    None => Vec::new(),
+                }
             }
             _ => Vec::new(),
         },

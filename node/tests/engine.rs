@@ -129,7 +129,7 @@ fn texts(p: &mut Party, c: &ContactId) -> Vec<(Direction, String)> {
             Content::Order { .. } => Some((m.direction, "<order>".into())),
             Content::Catalog { items } => Some((m.direction, format!("<catalog {}>", items.len()))),
             Content::CatalogRequest => Some((m.direction, "<catalog request>".into())),
-            Content::Receipt { .. } | Content::Addresses { .. } => None,
+            Content::Receipt { .. } | Content::Addresses { .. } | Content::Mailboxes { .. } => None,
         })
         .collect()
 }
@@ -173,7 +173,7 @@ fn lost_requests_are_retried_with_backoff_and_survive_a_restart() {
     let (id, actions) = a.e().send(&a_bob, Content::text("are you there?"), T0, &mut rand::rng()).unwrap();
     let (_, ids, _) = transmits(&actions).remove(0);
     // The request is lost.
-    a.e().on_transmit_failed(&ids);
+    a.e().on_transmit_failed(&[0; 32], &ids, T0).unwrap();
     // Not due yet: nothing is retried immediately.
     assert!(transmits(&a.e().on_tick(T0 + 100).unwrap()).is_empty());
     // Alice's node restarts; the outbox is still there.
@@ -186,11 +186,11 @@ fn lost_requests_are_retried_with_backoff_and_survive_a_restart() {
     // The next backoff is longer than the first.
     let (_, actions) = a.e().send(&a_bob, Content::text("again"), T0 + 6_000, &mut rand::rng()).unwrap();
     let (_, ids, _) = transmits(&actions).remove(0);
-    a.e().on_transmit_failed(&ids);
+    a.e().on_transmit_failed(&[0; 32], &ids, T0).unwrap();
     let entry = a.store().outbox().unwrap().remove(0);
     assert!(entry.next_attempt_at_ms >= T0 + 6_000 + 800 && entry.next_attempt_at_ms <= T0 + 6_000 + 1_200);
     let actions = a.e().on_tick(entry.next_attempt_at_ms).unwrap();
-    a.e().on_transmit_failed(&transmits(&actions)[0].1);
+    a.e().on_transmit_failed(&[0; 32], &transmits(&actions)[0].1, T0).unwrap();
     let entry2 = a.store().outbox().unwrap().remove(0);
     assert!(entry2.next_attempt_at_ms - entry.next_attempt_at_ms >= 1_600, "backoff doubles");
     // Reachability flushes at once, whatever the backoff says.
@@ -207,7 +207,7 @@ fn duplicates_are_acknowledged_and_stored_once_and_order_is_the_senders() {
     for i in 0..5 {
         let (id, actions) = a.e().send(&a_bob, Content::text(format!("m{i}")), T0 + i, &mut rand::rng()).unwrap();
         let (_, ids, envs) = transmits(&actions).remove(0);
-        a.e().on_transmit_failed(&ids);
+        a.e().on_transmit_failed(&[0; 32], &ids, T0).unwrap();
         // The retransmission carries the earlier ones too; keep this one.
         let at = ids.iter().position(|x| *x == id).unwrap();
         all.push(envs[at].clone());
@@ -387,12 +387,12 @@ fn a_message_fails_only_after_the_expiry() {
     let mut b = Party::new("bob", ProfileKind::Personal);
     let a_bob = a.knows(&mut b, "Bob");
     let (id, actions) = a.e().send(&a_bob, Content::text("into the void"), T0, &mut rand::rng()).unwrap();
-    a.e().on_transmit_failed(&transmits(&actions)[0].1);
+    a.e().on_transmit_failed(&[0; 32], &transmits(&actions)[0].1, T0).unwrap();
     let expiry = EngineConfig::default().expiry_ms;
     // Retried (never failed) right up to the expiry.
     let actions = a.e().on_tick(T0 + expiry).unwrap();
     assert_eq!(status(&mut a, &id), MessageStatus::Sent);
-    a.e().on_transmit_failed(&transmits(&actions)[0].1);
+    a.e().on_transmit_failed(&[0; 32], &transmits(&actions)[0].1, T0).unwrap();
     let actions = a.e().on_tick(T0 + expiry + 1).unwrap();
     assert!(transmits(&actions).is_empty());
     assert_eq!(status(&mut a, &id), MessageStatus::Failed);
@@ -412,11 +412,11 @@ fn both_sides_starting_a_session_at_once_lose_nothing() {
     for i in 0..3 {
         let (_, act) = a.e().send(&a_bob, Content::text(format!("a{i}")), T0, &mut rand::rng()).unwrap();
         let (_, ids, envs) = transmits(&act).remove(0);
-        a.e().on_transmit_failed(&ids);
+        a.e().on_transmit_failed(&[0; 32], &ids, T0).unwrap();
         from_a.push(envs.last().unwrap().clone());
         let (_, act) = b.e().send(&b_alice, Content::text(format!("b{i}")), T0, &mut rand::rng()).unwrap();
         let (_, ids, envs) = transmits(&act).remove(0);
-        b.e().on_transmit_failed(&ids);
+        b.e().on_transmit_failed(&[0; 32], &ids, T0).unwrap();
         from_b.push(envs.last().unwrap().clone());
     }
     // Interleaved delivery: a0 to Bob, b0 to Alice, then the rest.
@@ -522,4 +522,170 @@ fn new_addresses_reach_every_contact_once_and_replace_what_they_hold() {
     let too_many: Vec<String> = (0..9).map(|i| format!("/ip4/10.0.0.{i}/tcp/1")).collect();
     assert!(Content::Addresses { addresses: too_many }.check().is_err());
     assert!(Content::Addresses { addresses: vec!["nonsense".into()] }.check().is_err());
+}
+
+/// A mailbox host reduced to what the engine sees: deposits under a tag,
+/// pages in order, deletes.
+#[derive(Default)]
+struct FakeMailbox {
+    next: u64,
+    items: Vec<kabar_node::mailbox::Item>,
+}
+
+impl FakeMailbox {
+    fn deposit(&mut self, tag: [u8; 16], envelopes: &[Vec<u8>]) {
+        for e in envelopes {
+            self.next += 1;
+            let item = kabar_node::mailbox::Item { seq: self.next, tag, deposited_at_ms: T0, envelope: e.clone() };
+            self.items.push(item);
+        }
+    }
+
+    fn delete(&mut self, seqs: &[u64]) {
+        self.items.retain(|i| !seqs.contains(&i.seq));
+    }
+}
+
+const HOST: &str = "/ip4/198.18.0.1/tcp/4040/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+
+/// Registers a mailbox for `p` and returns the mailbox updates it queued.
+fn add_mailbox(p: &mut Party, address: &str) -> Vec<Action> {
+    let key = kabar_node::mailbox::OwnerKey::generate(&mut rand::rng());
+    let own = OwnMailbox { address: address.into(), key: key.to_bytes(), added_at_ms: T0 };
+    p.e().add_mailbox(own, T0, &mut rand::rng()).unwrap()
+}
+
+/// Plays every transmission in `actions` as failed (the peer is offline)
+/// and every resulting deposit into `mailbox`; returns the other actions.
+fn offline_deliver(from: &mut Party, mailbox: &mut FakeMailbox, actions: Vec<Action>, now: u64) -> Vec<Action> {
+    let mut rest = Vec::new();
+    let mut queue = actions;
+    for _ in 0..20 {
+        let mut next = Vec::new();
+        for a in queue {
+            match a {
+                Action::Transmit { peer, message_ids, .. } => {
+                    next.extend(from.e().on_transmit_failed(&peer, &message_ids, now).unwrap());
+                }
+                Action::Deposit { peer, mailbox: m, message_ids, envelopes } => {
+                    assert_eq!(m.address, HOST);
+                    mailbox.deposit(m.tag, &envelopes);
+                    let ok = kabar_node::mailbox::DepositOutcome {
+                        accepted: envelopes.len(),
+                        status: kabar_node::mailbox::Status::Ok,
+                    };
+                    next.extend(from.e().on_deposit_result(&peer, &message_ids, Ok(ok), now).unwrap());
+                }
+                other => rest.push(other),
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        queue = next;
+    }
+    rest
+}
+
+#[test]
+fn never_online_together_messages_go_through_mailboxes_with_delivery_receipts() {
+    let mut alice = Party::new("alice", ProfileKind::Personal);
+    let mut bob = Party::new("bob", ProfileKind::Personal);
+    let bob_id = alice.knows(&mut bob, "Bob");
+    let alice_id = bob.knows(&mut alice, "Alice");
+    // Both register a mailbox while online; contacts hear of it inside the session.
+    let a = add_mailbox(&mut bob, HOST);
+    assert_eq!(transmits(&a).len(), 1, "one mailbox update, to Alice");
+    pump(&mut bob, &mut alice, a, T0);
+    assert_eq!(alice.store().contact_mailboxes(&bob_id).unwrap().theirs.len(), 1);
+    let a = add_mailbox(&mut alice, HOST);
+    pump(&mut alice, &mut bob, a, T0);
+    assert_eq!(bob.store().contact_mailboxes(&alice_id).unwrap().theirs.len(), 1);
+    assert!(texts(&mut bob, &alice_id).is_empty(), "mailbox updates are not visible messages");
+
+    // Bob is offline: Alice's 50 messages go to Bob's mailbox.
+    let (mut bob_box, mut alice_box) = (FakeMailbox::default(), FakeMailbox::default());
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let (id, actions) = alice.e().send(&bob_id, Content::text(format!("m{i}")), T0 + 1, &mut rand::rng()).unwrap();
+        ids.push(id);
+        let left = offline_deliver(&mut alice, &mut bob_box, actions, T0 + 1);
+        assert!(transmits(&left).is_empty());
+    }
+    assert_eq!(bob_box.items.len(), 50);
+    for id in &ids {
+        assert_eq!(status(&mut alice, id), MessageStatus::Stored);
+    }
+    assert_eq!(alice.store().outbox().unwrap().len(), 50, "stored is not delivered: the outbox keeps them");
+    // Retries slow down: nothing is due a minute later.
+    assert!(transmits(&alice.e().on_tick(T0 + 60_000).unwrap()).is_empty());
+    alice.restart(); // Alice goes offline too.
+
+    // Bob comes back and fetches, in pages, twice (a page seen again after a
+    // lost delete): every message once, in order.
+    let page: Vec<_> = bob_box.items[..30].to_vec();
+    let (deletable, actions) = bob.e().on_mailbox_items(HOST, &page, T0 + 2, &mut rand::rng()).unwrap();
+    assert_eq!(deletable.len(), 30);
+    let receipts = offline_deliver(&mut bob, &mut alice_box, actions, T0 + 2);
+    assert!(transmits(&receipts).is_empty());
+    let (again, actions) = bob.e().on_mailbox_items(HOST, &page, T0 + 3, &mut rand::rng()).unwrap();
+    assert_eq!(again.len(), 30, "duplicates are deleted too");
+    assert!(transmits(&actions).is_empty(), "no second receipt for duplicates");
+    bob_box.delete(&deletable);
+    let rest: Vec<_> = bob_box.items.clone();
+    let (deletable, actions) = bob.e().on_mailbox_items(HOST, &rest, T0 + 4, &mut rand::rng()).unwrap();
+    bob_box.delete(&deletable);
+    assert!(bob_box.items.is_empty());
+    offline_deliver(&mut bob, &mut alice_box, actions, T0 + 4);
+    let expected: Vec<_> = (0..50).map(|i| (Direction::Incoming, format!("m{i}"))).collect();
+    assert_eq!(texts(&mut bob, &alice_id), expected);
+    // Receipts are done once in Alice's mailbox: Bob's outbox is empty.
+    assert!(bob.store().outbox().unwrap().is_empty());
+
+    // Alice comes back: the receipts in her mailbox mark everything delivered.
+    assert_eq!(alice_box.items.len(), 2);
+    let items = alice_box.items.clone();
+    let (deletable, _) = alice.e().on_mailbox_items(HOST, &items, T0 + 5, &mut rand::rng()).unwrap();
+    assert_eq!(deletable.len(), 2);
+    for id in &ids {
+        assert_eq!(status(&mut alice, id), MessageStatus::Delivered);
+    }
+    assert!(alice.store().outbox().unwrap().is_empty());
+}
+
+#[test]
+fn a_full_mailbox_keeps_the_rest_waiting_and_blocking_revokes_the_tag() {
+    let mut alice = Party::new("alice", ProfileKind::Personal);
+    let mut bob = Party::new("bob", ProfileKind::Personal);
+    let bob_id = alice.knows(&mut bob, "Bob");
+    let alice_id = bob.knows(&mut alice, "Alice");
+    let a = add_mailbox(&mut bob, HOST);
+    pump(&mut bob, &mut alice, a, T0);
+    let (ids, actions) = alice
+        .e()
+        .send_many(&bob_id, (0..5).map(|i| Content::text(format!("m{i}"))).collect(), T0, &mut rand::rng())
+        .unwrap();
+    let (peer, sent, _) = transmits(&actions).remove(0);
+    let deposits = alice.e().on_transmit_failed(&peer, &sent, T0).unwrap();
+    let Some(Action::Deposit { message_ids, .. }) = deposits.first() else { panic!("no deposit: {deposits:?}") };
+    // The host took 2 of 5, then said its quota is full.
+    let partial = kabar_node::mailbox::DepositOutcome { accepted: 2, status: kabar_node::mailbox::Status::QuotaFull };
+    let events = alice.e().on_deposit_result(&peer, message_ids, Ok(partial), T0).unwrap();
+    assert!(events.iter().any(|a| matches!(
+        a,
+        Action::Notify(kabar_node::engine::NodeEvent::DepositRefused { reason, waiting: 3, .. }) if reason == "quota_full"
+    )));
+    assert_eq!(status(&mut alice, &ids[1]), MessageStatus::Stored);
+    assert_eq!(status(&mut alice, &ids[2]), MessageStatus::Sent);
+    assert_eq!(alice.store().outbox().unwrap().len(), 5);
+    // No new deposit before the pause; after it, only the three that wait.
+    assert!(alice.e().on_transmit_failed(&peer, &sent, T0 + 1).unwrap().is_empty());
+    let later = alice.e().on_transmit_failed(&peer, &sent, T0 + 60_000).unwrap();
+    let Some(Action::Deposit { message_ids, .. }) = later.first() else { panic!("no deposit: {later:?}") };
+    assert_eq!(message_ids, &ids[2..].to_vec());
+
+    // Bob blocks Alice: her tag in his mailbox is revoked.
+    let (_, actions) = bob.e().set_blocked(&alice_id, true).unwrap();
+    let [Action::Revoke { tag, revoked: true, .. }] = actions.as_slice() else { panic!("{actions:?}") };
+    assert_eq!(*tag, alice.store().contact_mailboxes(&bob_id).unwrap().theirs[0].tag);
 }

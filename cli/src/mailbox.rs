@@ -1,0 +1,68 @@
+//! `kabar mailbox …`: the mailboxes a profile registers on service nodes
+//! (`kabar serve --mailbox`), where contacts deposit envelopes while it is
+//! offline.
+
+use std::path::Path;
+
+use anyhow::Result;
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::client::Client;
+use crate::{output, s, show};
+
+/// `kabar mailbox …` (for the `--profile` profile).
+#[derive(Debug, Subcommand)]
+pub(crate) enum MailboxCommand {
+    /// Register a mailbox on a service node and tell contacts to deposit there while this profile is offline.
+    ///
+    /// Example: kabar --profile shop mailbox add /ip4/203.0.113.7/tcp/4040/p2p/12D3KooW…
+    Add {
+        /// The service node's multiaddr, ending in /p2p/<PeerId>, as `kabar serve --mailbox` prints it.
+        address: String,
+    },
+    /// Delete a mailbox on its host and tell contacts to stop depositing there.
+    ///
+    /// Example: kabar --profile shop mailbox remove /ip4/203.0.113.7/tcp/4040/p2p/12D3KooW…
+    Remove {
+        /// The mailbox's address, as `kabar mailbox list` shows it.
+        address: String,
+    },
+    /// Each profile's mailboxes and how fetching them went.
+    ///
+    /// Example: kabar mailbox list
+    List,
+}
+
+pub(crate) fn mailbox(dir: &Path, command: &MailboxCommand, profile: &str, json: bool) -> Result<()> {
+    let mut client = Client::connect(dir)?;
+    let v = match command {
+        MailboxCommand::Add { address } => {
+            client.call("mailbox.add", json!({"address": address, "profile": profile}))?;
+            client.call("mailbox.list", json!({"profile": profile}))?
+        }
+        MailboxCommand::Remove { address } => {
+            client.call("mailbox.remove", json!({"address": address, "profile": profile}))?;
+            client.call("mailbox.list", json!({"profile": profile}))?
+        }
+        MailboxCommand::List => client.call("mailbox.list", json!({}))?,
+    };
+    show(json, &v, |v| {
+        let mut rows = Vec::new();
+        for (profile, list) in v["mailboxes"].as_object().into_iter().flatten() {
+            for m in list.as_array().into_iter().flatten() {
+                let last = match (m["last_fetch_ms"].as_u64(), m["last_error"].as_str()) {
+                    (Some(0) | None, _) => "not yet".to_string(),
+                    (Some(_), Some(error)) => format!("failed: {error}"),
+                    (Some(at), None) => format!("ok {}", output::time(at)),
+                };
+                rows.push(vec![profile.clone(), s(&m["address"]), m["fetched"].to_string(), last]);
+            }
+        }
+        if rows.is_empty() {
+            println!("no mailboxes; add one with `kabar mailbox add ADDRESS` (a `kabar serve --mailbox` node)");
+        } else {
+            output::table(&["PROFILE", "MAILBOX", "FETCHED", "LAST FETCH"], &rows);
+        }
+    })
+}
