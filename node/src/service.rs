@@ -12,22 +12,36 @@
 //! - **Kademlia in server mode** on `/kabar/kad/1`, storing only valid
 //!   address records ([`crate::addresses`]).
 //! - identify and ping.
+//! - **Offline mailboxes** (`/kabar/mailbox/1`, when
+//!   [`ServiceConfig::mailbox`] is set): a [`MailboxHost`] in
+//!   `mailboxes.redb`, run on a thread of its own behind a bounded queue so
+//!   disk work never blocks the event loop; requests are rate-limited per
+//!   remote IP (kept in memory only).
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, Swarm, autonat, connection_limits, identify, kad, memory_connection_limits, noise, ping, relay,
     tcp, yamux,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::addresses::MAX_RECORD_BYTES;
+use crate::mailbox::rate::{Class, RateLimiter};
+use crate::mailbox::wire::{Request as MailboxRequest, Response as MailboxResponse};
+use crate::mailbox::{HostError, MailboxCodec, MailboxHost, MailboxLimits, Status as MailboxStatusCode};
 use crate::network::{IDENTIFY_PROTOCOL, add_dht_server, kad_behaviour, on_inbound_put};
 
 /// File holding the service identity (32-byte Ed25519 seed, mode 0600).
@@ -49,6 +63,8 @@ pub struct ServiceConfig {
     /// test lab). Off by default: on the internet, a peer on the same LAN
     /// would otherwise be told it is public.
     pub autonat_private: bool,
+    /// Host offline mailboxes with these limits (None: no mailbox protocol).
+    pub mailbox: Option<MailboxLimits>,
 }
 
 impl ServiceConfig {
@@ -58,7 +74,7 @@ impl ServiceConfig {
             .iter()
             .filter_map(|a| a.parse().ok())
             .collect();
-        ServiceConfig { data_dir, listen, external: Vec::new(), autonat_private: false }
+        ServiceConfig { data_dir, listen, external: Vec::new(), autonat_private: false, mailbox: None }
     }
 }
 
@@ -79,6 +95,9 @@ pub enum ServiceError {
     /// libp2p refused the configuration or an address.
     #[error("network: {0}")]
     Network(String),
+    /// The mailbox store could not be opened.
+    #[error(transparent)]
+    Mailbox(#[from] HostError),
 }
 
 /// The relay limits of a service node.
@@ -121,6 +140,7 @@ mod behaviour {
         pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
         pub(super) identify: identify::Behaviour,
         pub(super) ping: ping::Behaviour,
+        pub(super) mailbox: Toggle<request_response::Behaviour<MailboxCodec>>,
     }
 }
 pub use behaviour::{ServiceBehaviour, ServiceBehaviourEvent};
@@ -136,6 +156,12 @@ pub struct ServiceStatus {
     pub reservations: u64,
     /// Circuits opened so far.
     pub circuits: u64,
+    /// Whether it hosts mailboxes.
+    pub mailbox: bool,
+    /// Mailboxes it holds (as of its last mailbox write or sweep).
+    pub mailboxes: u64,
+    /// Mailbox requests answered so far.
+    pub mailbox_requests: u64,
 }
 
 /// A running service node.
@@ -189,6 +215,7 @@ pub fn load_or_create_key(dir: &Path) -> Result<libp2p::identity::Keypair, Servi
 fn build(keypair: libp2p::identity::Keypair, config: &ServiceConfig) -> Result<Swarm<ServiceBehaviour>, ServiceError> {
     let net = |e: &dyn std::fmt::Display| ServiceError::Network(e.to_string());
     let autonat_private = config.autonat_private;
+    let mailbox_on = config.mailbox.is_some();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
@@ -232,6 +259,15 @@ fn build(keypair: libp2p::identity::Keypair, config: &ServiceConfig) -> Result<S
                         .with_agent_version("kabar-serve/0.1".into()),
                 ),
                 ping: ping::Behaviour::default(),
+                mailbox: Toggle::from(mailbox_on.then(|| {
+                    request_response::Behaviour::with_codec(
+                        MailboxCodec::default(),
+                        [(crate::mailbox::PROTOCOL, ProtocolSupport::Inbound)],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(30))
+                            .with_max_concurrent_streams(16),
+                    )
+                })),
             })
         })
         .map_err(|e| net(&e))?
@@ -244,6 +280,16 @@ impl ServiceNode {
     /// Loads or creates the identity, listens and starts serving.
     pub async fn start(config: ServiceConfig) -> Result<ServiceNode, ServiceError> {
         let keypair = load_or_create_key(&config.data_dir)?;
+        let mailbox = match config.mailbox {
+            Some(limits) => {
+                let dir = config.data_dir.clone();
+                let host = tokio::task::spawn_blocking(move || MailboxHost::open(&dir, limits))
+                    .await
+                    .map_err(|e| ServiceError::Network(e.to_string()))??;
+                Some(host)
+            }
+            None => None,
+        };
         let mut swarm = build(keypair, &config)?;
         for addr in &config.listen {
             swarm
@@ -256,7 +302,9 @@ impl ServiceNode {
         let peer_id = *swarm.local_peer_id();
         let (status_tx, status) = watch::channel(ServiceStatus::default());
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(swarm, config.listen.clone(), config.external.clone(), status_tx, stop_rx));
+        let mailbox = mailbox.map(|host| MailboxWorker::start(host, peer_id)).transpose()?;
+        let task =
+            tokio::spawn(run(swarm, config.listen.clone(), config.external.clone(), mailbox, status_tx, stop_rx));
         Ok(ServiceNode { peer_id, status, stop, task })
     }
 
@@ -312,6 +360,178 @@ impl ServiceNode {
     }
 }
 
+/// Mailbox jobs waiting for the mailbox thread; when full, a request is
+/// answered RATE_LIMITED at once.
+const MAILBOX_QUEUE: usize = 256;
+/// How often the mailbox thread sweeps expired envelopes and idle mailboxes.
+const SWEEP_EVERY: Duration = Duration::from_secs(10 * 60);
+/// Expired envelopes (and mailbox records looked at) per sweep round.
+const SWEEP_BUDGET: usize = 1024;
+/// Sweep rounds per sweep: at most this many commits delay requests.
+const SWEEP_ROUNDS: usize = 16;
+/// Connections whose IP is remembered for rate limiting (beyond the
+/// connection limits, so never reached in practice).
+const MAX_TRACKED_CONNECTIONS: usize = 4096;
+/// Rate-limit buckets kept.
+const MAX_RATE_BUCKETS: usize = 8192;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+enum MailboxJob {
+    Request { id: u64, request: Box<MailboxRequest>, client: PeerId },
+    Sweep,
+}
+
+/// The mailbox side of the event loop: the queue to the mailbox thread, the
+/// response channels waiting for it, and the per-IP rate limits.
+struct MailboxWorker {
+    jobs: mpsc::Sender<MailboxJob>,
+    replies: mpsc::Receiver<(u64, MailboxResponse)>,
+    thread: std::thread::JoinHandle<()>,
+    mailboxes: Arc<AtomicU64>,
+    /// At most MAILBOX_QUEUE × 2 + 1: inserted only when a job is queued.
+    pending: HashMap<u64, ResponseChannel<MailboxResponse>>,
+    connections: HashMap<ConnectionId, IpAddr>,
+    limiter: RateLimiter,
+    next_id: u64,
+    answered: u64,
+}
+
+impl MailboxWorker {
+    /// Starts the mailbox thread; it owns `host` and ends when the queue closes.
+    fn start(mut host: MailboxHost, me: PeerId) -> Result<MailboxWorker, ServiceError> {
+        let (jobs, mut job_rx) = mpsc::channel::<MailboxJob>(MAILBOX_QUEUE);
+        let (reply_tx, replies) = mpsc::channel(MAILBOX_QUEUE);
+        let mailboxes = Arc::new(AtomicU64::new(host.mailbox_count().unwrap_or(0)));
+        let count = mailboxes.clone();
+        let thread = std::thread::Builder::new()
+            .name("kabar-mailbox".into())
+            .spawn(move || {
+                while let Some(job) = job_rx.blocking_recv() {
+                    match job {
+                        MailboxJob::Request { id, request, client } => {
+                            let response = host.handle(&request, &me, &client, now_ms());
+                            if matches!(*request, MailboxRequest::Register { .. } | MailboxRequest::Unregister { .. })
+                                && let Ok(n) = host.mailbox_count()
+                            {
+                                count.store(n, Ordering::Relaxed);
+                            }
+                            if reply_tx.blocking_send((id, response)).is_err() {
+                                break;
+                            }
+                        }
+                        MailboxJob::Sweep => {
+                            for _ in 0..SWEEP_ROUNDS {
+                                match host.sweep(now_ms(), SWEEP_BUDGET) {
+                                    Ok(out) => {
+                                        tracing::debug!(items = out.items, mailboxes = out.mailboxes, "mailbox sweep");
+                                        if !out.more {
+                                            break;
+                                        }
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "mailbox sweep");
+                                        break;
+                                    }
+                                }
+                            }
+                            if let Ok(n) = host.mailbox_count() {
+                                count.store(n, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| ServiceError::Mailbox(HostError::Storage(format!("cannot start the mailbox thread: {e}"))))?;
+        Ok(MailboxWorker {
+            jobs,
+            replies,
+            thread,
+            mailboxes,
+            pending: HashMap::new(),
+            connections: HashMap::new(),
+            limiter: RateLimiter::new(MAX_RATE_BUCKETS),
+            next_id: 0,
+            answered: 0,
+        })
+    }
+
+    fn connected(&mut self, id: ConnectionId, remote: &Multiaddr) {
+        let ip = remote.iter().find_map(|p| match p {
+            Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+            // An IPv6 host usually holds a whole /64.
+            Protocol::Ip6(ip) => {
+                let mut segments = ip.segments();
+                segments[4..].fill(0);
+                Some(IpAddr::V6(segments.into()))
+            }
+            _ => None,
+        });
+        if let Some(ip) = ip
+            && self.connections.len() < MAX_TRACKED_CONNECTIONS
+        {
+            self.connections.insert(id, ip);
+        }
+    }
+
+    /// Queues a request for the mailbox thread, or answers at once.
+    fn on_request(
+        &mut self,
+        behaviour: &mut request_response::Behaviour<MailboxCodec>,
+        connection: ConnectionId,
+        client: PeerId,
+        request: MailboxRequest,
+        channel: ResponseChannel<MailboxResponse>,
+    ) {
+        let op = request.op();
+        // Connections of unknown IP share one bucket.
+        let ip = self.connections.get(&connection).copied().unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let refuse = |behaviour: &mut request_response::Behaviour<MailboxCodec>, channel, status| {
+            let _ = behaviour.send_response(channel, MailboxResponse::refusal(op, status));
+        };
+        if !self.limiter.allow(ip, Class::of(op), Instant::now()) {
+            return refuse(behaviour, channel, MailboxStatusCode::RateLimited);
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        match self.jobs.try_send(MailboxJob::Request { id, request: Box::new(request), client }) {
+            Ok(()) => {
+                self.pending.insert(id, channel);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => refuse(behaviour, channel, MailboxStatusCode::RateLimited),
+            Err(mpsc::error::TrySendError::Closed(_)) => refuse(behaviour, channel, MailboxStatusCode::Storage),
+        }
+    }
+
+    fn on_reply(&mut self, behaviour: &mut request_response::Behaviour<MailboxCodec>, id: u64, res: MailboxResponse) {
+        self.answered += 1;
+        if let Some(channel) = self.pending.remove(&id) {
+            // The client may have gone: nothing to do then.
+            let _ = behaviour.send_response(channel, res);
+        }
+    }
+
+    /// Closes the queue and waits for the thread (so the file is closed).
+    async fn stop(self) {
+        let MailboxWorker { jobs, replies, thread, .. } = self;
+        drop(jobs);
+        drop(replies);
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+}
+
+async fn next_reply(mailbox: &mut Option<MailboxWorker>) -> Option<(u64, MailboxResponse)> {
+    match mailbox {
+        Some(m) => m.replies.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn is_loopback(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| {
         matches!(p, Protocol::Ip4(ip) if ip.is_loopback()) || matches!(p, Protocol::Ip6(ip) if ip.is_loopback())
@@ -322,6 +542,7 @@ async fn run(
     mut swarm: Swarm<ServiceBehaviour>,
     listen: Vec<Multiaddr>,
     external: Vec<Multiaddr>,
+    mut mailbox: Option<MailboxWorker>,
     status_tx: watch::Sender<ServiceStatus>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -329,12 +550,50 @@ async fn run(
     let listens_elsewhere = listen.iter().any(|a| !is_loopback(a));
     let mut status = ServiceStatus {
         addresses: external.iter().map(|a| a.clone().with(Protocol::P2p(me)).to_string()).collect(),
+        mailbox: mailbox.is_some(),
         ..Default::default()
     };
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => break,
+            reply = next_reply(&mut mailbox) => match (reply, mailbox.as_mut(), swarm.behaviour_mut().mailbox.as_mut()) {
+                (Some((id, res)), Some(m), Some(behaviour)) => m.on_reply(behaviour, id, res),
+                _ => {
+                    tracing::error!("the mailbox thread ended; mailboxes are off");
+                    mailbox = None;
+                }
+            },
+            _ = sweep.tick(), if mailbox.is_some() => {
+                if let Some(m) = &mailbox {
+                    // A sweep waits for the next tick if the queue is full.
+                    let _ = m.jobs.try_send(MailboxJob::Sweep);
+                }
+            }
             event = swarm.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { connection_id, endpoint, .. } => {
+                    if let Some(m) = &mut mailbox {
+                        m.connected(connection_id, endpoint.get_remote_address());
+                    }
+                }
+                SwarmEvent::ConnectionClosed { connection_id, .. } => {
+                    if let Some(m) = &mut mailbox {
+                        m.connections.remove(&connection_id);
+                    }
+                }
+                SwarmEvent::Behaviour(ServiceBehaviourEvent::Mailbox(request_response::Event::Message {
+                    peer,
+                    connection_id,
+                    message: request_response::Message::Request { request, channel, .. },
+                })) => {
+                    if let (Some(m), Some(behaviour)) = (mailbox.as_mut(), swarm.behaviour_mut().mailbox.as_mut()) {
+                        m.on_request(behaviour, connection_id, peer, request, channel);
+                    }
+                }
+                SwarmEvent::Behaviour(ServiceBehaviourEvent::Mailbox(request_response::Event::InboundFailure {
+                    error, ..
+                })) => tracing::debug!(%error, "mailbox request failed"),
                 SwarmEvent::NewListenAddr { address, .. } => {
                     // An always-on machine: its listen addresses are where
                     // peers reach it (relay reservations carry them), except
@@ -371,6 +630,10 @@ async fn run(
             }
         }
         status.connected_peers = swarm.connected_peers().count();
+        if let Some(m) = &mailbox {
+            status.mailboxes = m.mailboxes.load(Ordering::Relaxed);
+            status.mailbox_requests = m.answered;
+        }
         status_tx.send_if_modified(|s| {
             let changed = *s != status;
             if changed {
@@ -378,6 +641,9 @@ async fn run(
             }
             changed
         });
+    }
+    if let Some(m) = mailbox {
+        m.stop().await;
     }
 }
 
