@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use kabar_node::mailbox::MailboxLimits;
 use kabar_node::service::{DEFAULT_PORT, ServiceConfig, ServiceNode};
 use serde_json::{Value, json};
 
@@ -25,6 +26,21 @@ pub(crate) struct ServeArgs {
     /// Answer AutoNAT probes from private addresses (a LAN or a test lab; never on the internet).
     #[arg(long)]
     autonat_private: bool,
+    /// Host offline mailboxes (`/kabar/mailbox/1`): sealed envelopes kept for their owners, in mailboxes.redb.
+    #[arg(long)]
+    mailbox: bool,
+    /// Most envelopes per mailbox.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    mailbox_quota_messages: u32,
+    /// Most envelope bytes per mailbox.
+    #[arg(long, value_name = "N", default_value_t = 64 * 1024 * 1024)]
+    mailbox_quota_bytes: u64,
+    /// Days an envelope is kept before it is deleted unfetched.
+    #[arg(long, value_name = "N", default_value_t = 14)]
+    mailbox_ttl_days: u64,
+    /// Most mailboxes this host accepts.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    mailbox_max: u32,
 }
 
 /// `kabar relay …`: applies to every profile of the running node, or with
@@ -70,6 +86,15 @@ pub(crate) fn serve(args: &ServeArgs, dir: &Path, json: bool) -> Result<()> {
     }
     config.external = parse(&args.external)?;
     config.autonat_private = args.autonat_private;
+    if args.mailbox {
+        config.mailbox = Some(MailboxLimits {
+            max_mailboxes: args.mailbox_max,
+            max_count: args.mailbox_quota_messages,
+            max_bytes: args.mailbox_quota_bytes,
+            ttl_ms: args.mailbox_ttl_days.saturating_mul(24 * 3600 * 1000),
+            ..MailboxLimits::default()
+        });
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let node = ServiceNode::start(config).await.with_context(|| {
@@ -77,7 +102,7 @@ pub(crate) fn serve(args: &ServeArgs, dir: &Path, json: bool) -> Result<()> {
         })?;
         let addresses = node.wait_addresses(Duration::from_millis(500), Duration::from_secs(10)).await;
         if json {
-            println!("{}", json!({"peer_id": node.peer_id().to_string(), "addresses": addresses, "data_dir": dir}));
+            println!("{}", json!({"peer_id": node.peer_id().to_string(), "addresses": addresses, "data_dir": dir, "mailbox": args.mailbox}));
         } else {
             println!("Kabar service node {}", node.peer_id());
             println!("Relay, AutoNAT and DHT server. Give peers one of these addresses:");
@@ -88,6 +113,14 @@ pub(crate) fn serve(args: &ServeArgs, dir: &Path, json: bool) -> Result<()> {
                 println!("  {a}");
             }
             println!("(kabar node run --relay ADDRESS, or kabar relay add ADDRESS). Ctrl-C stops it.");
+            if args.mailbox {
+                println!(
+                    "Mailboxes: on (at most {} mailboxes of {} envelopes and {} bytes each; envelopes kept {} days).",
+                    args.mailbox_max, args.mailbox_quota_messages, args.mailbox_quota_bytes, args.mailbox_ttl_days
+                );
+            } else {
+                println!("Mailboxes: off (--mailbox to host them).");
+            }
         }
         std::io::stdout().flush().ok();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
