@@ -170,6 +170,8 @@ pub struct ServiceNode {
     status: watch::Receiver<ServiceStatus>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Resolves once the mailbox thread has ended and closed its database.
+    mailbox_closed: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// Reads the service identity, creating it on first start.
@@ -302,10 +304,12 @@ impl ServiceNode {
         let peer_id = *swarm.local_peer_id();
         let (status_tx, status) = watch::channel(ServiceStatus::default());
         let (stop, stop_rx) = watch::channel(false);
-        let mailbox = mailbox.map(|host| MailboxWorker::start(host, peer_id)).transpose()?;
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+        let mailbox_closed = mailbox.is_some().then_some(closed_rx);
+        let mailbox = mailbox.map(|host| MailboxWorker::start(host, peer_id, closed_tx)).transpose()?;
         let task =
             tokio::spawn(run(swarm, config.listen.clone(), config.external.clone(), mailbox, status_tx, stop_rx));
-        Ok(ServiceNode { peer_id, status, stop, task })
+        Ok(ServiceNode { peer_id, status, stop, task, mailbox_closed })
     }
 
     /// Its PeerId.
@@ -357,6 +361,11 @@ impl ServiceNode {
     pub async fn kill(self) {
         self.task.abort();
         let _ = self.task.await;
+        // Its mailbox thread ends with the queue (after the job in hand):
+        // wait, so the database can be opened again at once.
+        if let Some(closed) = self.mailbox_closed {
+            let _ = closed.await;
+        }
     }
 }
 
@@ -404,7 +413,11 @@ struct MailboxWorker {
 
 impl MailboxWorker {
     /// Starts the mailbox thread; it owns `host` and ends when the queue closes.
-    fn start(mut host: MailboxHost, me: PeerId) -> Result<MailboxWorker, ServiceError> {
+    fn start(
+        mut host: MailboxHost,
+        me: PeerId,
+        closed: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<MailboxWorker, ServiceError> {
         let (jobs, mut job_rx) = mpsc::channel::<MailboxJob>(MAILBOX_QUEUE);
         let (reply_tx, replies) = mpsc::channel(MAILBOX_QUEUE);
         let mailboxes = Arc::new(AtomicU64::new(host.mailbox_count().unwrap_or(0)));
@@ -446,6 +459,9 @@ impl MailboxWorker {
                         }
                     }
                 }
+                // The database is closed before anyone hears the thread ended.
+                drop(host);
+                let _ = closed.send(());
             })
             .map_err(|e| ServiceError::Mailbox(HostError::Storage(format!("cannot start the mailbox thread: {e}"))))?;
         Ok(MailboxWorker {

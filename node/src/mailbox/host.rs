@@ -261,6 +261,9 @@ impl MailboxHost {
     /// both PeerIds), capabilities, then applies it.
     pub fn handle(&mut self, req: &Request, host: &PeerId, client: &PeerId, now_ms: u64) -> Response {
         let op = req.op();
+        if ed25519_dalek::VerifyingKey::from_bytes(req.mailbox()).is_err() {
+            return Response::refusal(op, Status::Malformed);
+        }
         let status = match req.auth() {
             Some(auth) => self.check_owner(req, auth, host, client, now_ms),
             None => Status::Ok,
@@ -804,6 +807,17 @@ mod tests {
         assert!(matches!(f.host.handle(&req, &f.host_id, &f.client, T0), Response::Fetched { .. }));
         assert_eq!(f.host.handle(&req, &f.host_id, &PeerId::random(), T0), Response::Done(Status::BadSignature));
         assert_eq!(f.host.handle(&req, &PeerId::random(), &f.client, T0), Response::Done(Status::BadSignature));
+        // A mailbox id that is not a point on the curve.
+        let bad = (2..100u8)
+            .map(|y| {
+                let mut id = [0u8; 32];
+                id[0] = y;
+                id
+            })
+            .find(|id| ed25519_dalek::VerifyingKey::from_bytes(id).is_err())
+            .unwrap();
+        let malformed = Request::Status { mailbox: bad, auth: auth(T0) };
+        assert_eq!(f.host.handle(&malformed, &f.host_id, &f.client, T0), Response::Done(Status::Malformed));
         // Out of the time window.
         let late = T0 + MAX_CLOCK_SKEW_MS + 1;
         assert_eq!(f.host.handle(&req, &f.host_id, &f.client, late), Response::Done(Status::Stale));
