@@ -22,6 +22,9 @@ use crate::mailbox::{DepositOutcome, Item, MailboxClient, MailboxError, OwnerKey
 /// How often a profile fetches its mailboxes (besides on start, when a
 /// mailbox is added, and when it reconnects to a mailbox host).
 pub const FETCH_EVERY: Duration = Duration::from_secs(30);
+/// After a failed fetch round, the next comes this soon, doubling up to
+/// [`FETCH_EVERY`].
+pub const FETCH_RETRY_MIN: Duration = Duration::from_secs(2);
 /// Dialling a mailbox host may take this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Most deposits under way at once; more wait for the next failure or tick.
@@ -94,6 +97,8 @@ pub struct Courier {
     next_fetch: Instant,
     hosts: HashMap<PeerId, String>,
     states: Vec<MailboxState>,
+    deposited: u64,
+    fetch_retry: Duration,
 }
 
 fn spawn_reporting(tx: mpsc::Sender<CourierEvent>, work: impl Future<Output = CourierEvent> + Send + 'static) {
@@ -114,6 +119,8 @@ impl Courier {
             next_fetch: Instant::now(),
             hosts: HashMap::new(),
             states: Vec::new(),
+            deposited: 0,
+            fetch_retry: FETCH_RETRY_MIN,
         };
         (courier, rx)
     }
@@ -154,29 +161,35 @@ impl Courier {
         message_ids: Vec<[u8; 16]>,
         envelopes: Vec<Vec<u8>>,
     ) {
-        let Some(cap) = crate::offline::capability(&mailbox) else { return };
+        let cap = crate::offline::capability(&mailbox);
         let address = mailbox.address.parse::<Multiaddr>();
-        if self.deposits >= MAX_DEPOSITS_IN_FLIGHT {
-            let result = Err(MailboxError::Dial("too many deposits under way".into()));
-            let tx = self.tx.clone();
-            spawn_reporting(tx, async move { CourierEvent::Deposited { peer, message_ids, result } });
-            return;
-        }
+        let busy = self.deposits >= MAX_DEPOSITS_IN_FLIGHT;
         self.deposits += 1;
         spawn_reporting(self.tx.clone(), async move {
             let result = async {
+                if busy {
+                    return Err(MailboxError::Dial("too many deposits under way".into()));
+                }
+                let cap = cap.ok_or_else(|| MailboxError::Protocol("a malformed capability".into()))?;
                 let address = address.map_err(|e| MailboxError::Dial(e.to_string()))?;
                 let mut client = MailboxClient::connect(&address, CONNECT_TIMEOUT).await?;
                 client.deposit(&cap, &envelopes).await
             }
             .await;
+            tracing::debug!(envelopes = envelopes.len(), ?result, "deposit done");
             CourierEvent::Deposited { peer, message_ids, result }
         });
     }
 
-    /// A deposit reported back.
-    pub fn deposit_done(&mut self) {
+    /// A deposit reported back; `stored` envelopes were taken.
+    pub fn deposit_done(&mut self, stored: usize) {
         self.deposits = self.deposits.saturating_sub(1);
+        self.deposited += stored as u64;
+    }
+
+    /// Envelopes this profile deposited in contacts' mailboxes since it started.
+    pub fn deposited(&self) -> u64 {
+        self.deposited
     }
 
     /// Registers a new mailbox: creates it on the host and revokes the tags
@@ -264,9 +277,16 @@ impl Courier {
         });
     }
 
-    /// A fetch round ended.
+    /// A fetch round ended. A failed one is tried again soon (the host may
+    /// be restarting), backing off.
     pub fn fetched(&mut self, address: &str, result: &Result<usize, MailboxError>) {
         self.fetching.remove(address);
+        if result.is_err() {
+            self.next_fetch = self.next_fetch.min(Instant::now() + self.fetch_retry);
+            self.fetch_retry = (self.fetch_retry * 2).min(FETCH_EVERY);
+        } else {
+            self.fetch_retry = FETCH_RETRY_MIN;
+        }
         if let Some(state) = self.states.iter_mut().find(|s| s.address == address) {
             state.last_fetch_ms = crate::network::now_ms();
             match result {

@@ -40,7 +40,8 @@ pub const GREETING_SILENCE_MS: u64 = 14 * 24 * 3_600_000;
 pub const NEW_CUSTOMER_LABEL: &str = "New customer";
 /// Direct retries of a message a mailbox holds come at most this often.
 pub const STORED_RETRY_MS: u64 = 5 * 60_000;
-/// After a refused or failed deposit, the next try for that contact waits this long.
+/// After a refused or failed deposit, the next try for that contact waits
+/// this long (or the longest retry delay, if shorter).
 pub const DEPOSIT_RETRY_MS: u64 = 30_000;
 /// Most envelopes per deposit request.
 pub const MAX_DEPOSIT_BATCH: usize = 64;
@@ -247,8 +248,9 @@ pub struct Engine {
     pending: HashSet<ContactId>,
     /// Outbox entries a mailbox holds (mirrors the store's `deposited`).
     deposited: HashSet<[u8; 16]>,
-    /// Outbox entries on their way to a mailbox.
-    depositing: HashSet<[u8; 16]>,
+    /// Contacts with a deposit under way (one at a time per contact: the
+    /// next batch goes when it ends).
+    depositing: HashSet<ContactId>,
     /// Per contact: no deposit before this time, and the mailbox to try.
     deposit_backoff: HashMap<ContactId, (u64, usize)>,
 }
@@ -536,47 +538,42 @@ impl Engine {
         for id in message_ids {
             self.in_flight.remove(id);
         }
-        self.deposit(peer, message_ids, now_ms)
+        self.deposit(peer, now_ms)
     }
 
-    /// Deposit actions for those of `message_ids` that no mailbox holds yet.
-    fn deposit(&mut self, peer: &PeerKey, message_ids: &[[u8; 16]], now_ms: u64) -> Result<Vec<Action>, EngineError> {
+    /// The next deposit for `peer`, if it has a mailbox, none is under way,
+    /// and the contact is not in a pause after a refusal: the outbox entries
+    /// already tried directly that no mailbox holds and that are not being
+    /// transmitted, up to a batch.
+    fn deposit(&mut self, peer: &PeerKey, now_ms: u64) -> Result<Vec<Action>, EngineError> {
         let contact_id = self.store.contact_id_for_key(peer);
         let (not_before, index) = self.deposit_backoff.get(&contact_id).copied().unwrap_or((0, 0));
-        if now_ms < not_before {
+        if now_ms < not_before || self.depositing.contains(&contact_id) {
             return Ok(Vec::new());
         }
         let theirs = self.store.contact_mailboxes(&contact_id)?.theirs;
         let Some(mailbox) = theirs.get(index % theirs.len().max(1)).cloned() else { return Ok(Vec::new()) };
-        let wanted: HashSet<[u8; 16]> = message_ids
-            .iter()
-            .filter(|id| !self.deposited.contains(*id) && !self.depositing.contains(*id))
-            .copied()
-            .collect();
-        if wanted.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut actions = Vec::new();
         let (mut ids, mut envelopes, mut bytes) = (Vec::new(), Vec::new(), 0);
-        for entry in self.store.outbox()?.into_iter().filter(|e| wanted.contains(&e.message_id)) {
-            if ids.len() == MAX_DEPOSIT_BATCH || bytes + entry.envelope.len() > MAX_DEPOSIT_BYTES {
-                actions.push(Action::Deposit {
-                    peer: *peer,
-                    mailbox: mailbox.clone(),
-                    message_ids: std::mem::take(&mut ids),
-                    envelopes: std::mem::take(&mut envelopes),
-                });
-                bytes = 0;
+        for entry in self.store.outbox()? {
+            let eligible = entry.contact == contact_id
+                && entry.attempts > 0
+                && !self.deposited.contains(&entry.message_id)
+                && !self.in_flight.contains(&entry.message_id);
+            if !eligible {
+                continue;
             }
-            self.depositing.insert(entry.message_id);
+            if ids.len() == MAX_DEPOSIT_BATCH || bytes + entry.envelope.len() > MAX_DEPOSIT_BYTES {
+                break;
+            }
             bytes += entry.envelope.len();
             ids.push(entry.message_id);
             envelopes.push(entry.envelope);
         }
-        if !ids.is_empty() {
-            actions.push(Action::Deposit { peer: *peer, mailbox, message_ids: ids, envelopes });
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(actions)
+        self.depositing.insert(contact_id);
+        Ok(vec![Action::Deposit { peer: *peer, mailbox, message_ids: ids, envelopes }])
     }
 
     /// A deposit finished. What the mailbox stored is marked `stored` (and
@@ -591,10 +588,8 @@ impl Engine {
         result: Result<DepositOutcome, MailboxError>,
         now_ms: u64,
     ) -> Result<Vec<Action>, EngineError> {
-        for id in message_ids {
-            self.depositing.remove(id);
-        }
         let contact_id = self.store.contact_id_for_key(peer);
+        self.depositing.remove(&contact_id);
         let (accepted, refused) = match result {
             Ok(outcome) => {
                 (outcome.accepted.min(message_ids.len()), (outcome.status != Status::Ok).then_some(outcome.status))
@@ -602,8 +597,9 @@ impl Engine {
             Err(MailboxError::Refused(status)) => (0, Some(status)),
             Err(e) => {
                 tracing::debug!(profile = %self.store.name(), error = %e, "deposit failed");
+                let pause = self.deposit_pause();
                 let entry = self.deposit_backoff.entry(contact_id).or_insert((0, 0));
-                *entry = (now_ms + DEPOSIT_RETRY_MS, entry.1 + 1);
+                *entry = (now_ms + pause, entry.1 + 1);
                 return Ok(Vec::new());
             }
         };
@@ -624,8 +620,9 @@ impl Engine {
         self.store.acknowledge(&done)?;
         actions.extend(visible.iter().map(|id| self.status_event(id, MessageStatus::Stored)));
         if let Some(status) = refused {
+            let pause = self.deposit_pause();
             let entry = self.deposit_backoff.entry(contact_id).or_insert((0, 0));
-            entry.0 = now_ms + DEPOSIT_RETRY_MS;
+            entry.0 = now_ms + pause;
             let contact = self.store.contact(&contact_id)?.map(|c| c.display_name).unwrap_or_default();
             tracing::info!(profile = %self.store.name(), reason = %status, "a mailbox refused a deposit");
             actions.push(Action::Notify(NodeEvent::DepositRefused {
@@ -639,8 +636,15 @@ impl Engine {
             }));
         } else {
             self.deposit_backoff.remove(&contact_id);
+            // The next batch, if more waits.
+            actions.extend(self.deposit(peer, now_ms)?);
         }
         Ok(actions)
+    }
+
+    /// The pause after a refused or failed deposit.
+    fn deposit_pause(&self) -> u64 {
+        DEPOSIT_RETRY_MS.min(self.config.retry_max_ms)
     }
 
     /// The peer became reachable (connected, identified, discovered): flush

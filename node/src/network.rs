@@ -337,6 +337,8 @@ pub struct ProfileStatus {
     pub address_record_published: bool,
     /// Its mailboxes, and how fetching them went.
     pub mailboxes: Vec<crate::courier::MailboxState>,
+    /// Envelopes it deposited in contacts' mailboxes since it started.
+    pub deposited: u64,
 }
 
 struct RateLimit {
@@ -580,6 +582,7 @@ pub async fn run_profile(
                     pending.insert(id, (peer, message_ids));
                 }
                 Action::Deposit { peer, mailbox, message_ids, envelopes } => {
+                    tracing::debug!(envelopes = envelopes.len(), "deposit");
                     courier.deposit(peer, mailbox, message_ids, envelopes);
                 }
                 Action::Revoke { mailbox, tag, revoked } => courier.revoke(mailbox, tag, revoked),
@@ -590,6 +593,7 @@ pub async fn run_profile(
         if status.mailboxes != courier.states() {
             status.mailboxes = courier.states().to_vec();
         }
+        status.deposited = courier.deposited();
         status_tx.send_if_modified(|s| {
             let changed = s.listen_addrs != status.listen_addrs
                 || s.connected_peers != status.connected_peers
@@ -600,7 +604,8 @@ pub async fn run_profile(
                 || s.peers != status.peers
                 || s.hole_punch != status.hole_punch
                 || s.address_record_published != status.address_record_published
-                || s.mailboxes != status.mailboxes;
+                || s.mailboxes != status.mailboxes
+                || s.deposited != status.deposited;
             if changed {
                 *s = status.clone();
             }
@@ -625,7 +630,7 @@ fn on_courier_event<R: rand_core::CryptoRng + ?Sized>(
     };
     match event {
         CourierEvent::Deposited { peer, message_ids, result } => {
-            courier.deposit_done();
+            courier.deposit_done(result.as_ref().map_or(0, |o| o.accepted));
             engine
                 .on_deposit_result(&peer, &message_ids, result, now_ms())
                 .unwrap_or_else(logged("recording a deposit failed"))

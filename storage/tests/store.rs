@@ -356,7 +356,7 @@ fn mailboxes_are_sealed_and_kept() {
     let (alice, _) = new_contact(&store, "Alice");
     let own = OwnMailbox { address: "/ip4/198.18.0.1/tcp/4040/p2p/x".into(), key: [0x5a; 32], added_at_ms: 7 };
     store.set_mailboxes(std::slice::from_ref(&own)).unwrap();
-    assert_eq!(store.mailboxes().unwrap(), [own.clone()]);
+    assert_eq!(store.mailboxes().unwrap(), std::slice::from_ref(&own));
     assert!(!format!("{own:?}").contains("90, 90"), "Debug must not show the key");
     assert!(store.set_mailboxes(&vec![own.clone(); MAX_MAILBOXES + 1]).is_err());
     assert_eq!(store.contact_mailboxes(&alice).unwrap(), ContactMailboxes::default());

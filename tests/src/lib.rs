@@ -245,6 +245,22 @@ impl Events {
         .await;
     }
 
+    /// Waits until every message of `ids` has reached `status` (in any order).
+    pub async fn wait_statuses(&mut self, ids: &[String], status: &str) {
+        let mut waiting: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        while !waiting.is_empty() {
+            let what = format!("{} more {status}", waiting.len());
+            let e = self
+                .wait_for(&what, |e| {
+                    e["event"] == "status_changed"
+                        && e["status"] == status
+                        && e["message_id"].as_str().is_some_and(|id| waiting.contains(id))
+                })
+                .await;
+            waiting.remove(e["message_id"].as_str().unwrap_or(""));
+        }
+    }
+
     /// Waits until `n` messages have arrived on `profile`.
     pub async fn wait_received(&mut self, profile: &str, n: usize) {
         for i in 0..n {

@@ -13,6 +13,7 @@
 mod api;
 mod business;
 mod hostile;
+mod mailbox;
 mod messaging;
 mod network;
 mod reachability;
