@@ -549,6 +549,18 @@ async fn call(
             let list = rx.await.map_err(|_| shutting())??;
             return Ok(json!({"profile": name, "mailboxes": list}));
         }
+        "mailbox.fetch" => {
+            let (name, handle) = one_profile(state, params)?;
+            let (tx, rx) = oneshot::channel();
+            let (answer, fetched) = oneshot::channel();
+            let shutting = || RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down");
+            let change = crate::network::MailboxChange::Fetch(answer);
+            handle.commands.send(Command::Mailbox(change, tx)).await.map_err(|_| shutting())?;
+            rx.await.map_err(|_| shutting())??;
+            let mut result = fetched.await.map_err(|_| shutting())?;
+            result["profile"] = json!(name);
+            return Ok(result);
+        }
         "mailbox.list" => {
             let mut out = serde_json::Map::new();
             for (name, handle) in selected_profiles(state, params)? {

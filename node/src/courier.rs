@@ -36,6 +36,20 @@ pub const MAX_PAGES: usize = 100;
 
 /// The answer to a mailbox change: the profile's mailboxes, or why not.
 pub type MailboxReply = oneshot::Sender<Result<Vec<String>, crate::control::RpcError>>;
+/// The answer to "fetch now": `{"fetched": n, "errors": [..]}`.
+pub type FetchReply = oneshot::Sender<serde_json::Value>;
+
+/// Someone waiting for fresh fetch rounds of every mailbox.
+struct FetchWaiter {
+    /// Mailboxes whose fresh round has not ended yet.
+    remaining: HashSet<String>,
+    /// Mailboxes whose round was already under way when asked: that round
+    /// does not count (it may have started before what they wait for).
+    stale: HashSet<String>,
+    fetched: usize,
+    errors: Vec<String>,
+    reply: FetchReply,
+}
 
 /// What the courier's tasks report to the profile's loop.
 pub enum CourierEvent {
@@ -99,6 +113,7 @@ pub struct Courier {
     states: Vec<MailboxState>,
     deposited: u64,
     fetch_retry: Duration,
+    waiters: Vec<FetchWaiter>,
 }
 
 fn spawn_reporting(tx: mpsc::Sender<CourierEvent>, work: impl Future<Output = CourierEvent> + Send + 'static) {
@@ -121,6 +136,7 @@ impl Courier {
             states: Vec::new(),
             deposited: 0,
             fetch_retry: FETCH_RETRY_MIN,
+            waiters: Vec::new(),
         };
         (courier, rx)
     }
@@ -145,6 +161,12 @@ impl Courier {
             );
         }
         self.states = states;
+        // Waiters stop waiting for mailboxes that are gone.
+        for w in &mut self.waiters {
+            w.remaining.retain(|a| own.iter().any(|m| &m.address == a));
+            w.stale.retain(|a| own.iter().any(|m| &m.address == a));
+        }
+        self.answer_done();
     }
 
     /// Our mailboxes, for the profile's status.
@@ -254,6 +276,20 @@ impl Courier {
         }
     }
 
+    /// Fetches every mailbox now and answers `reply` once a round that
+    /// started after this call has ended for each (at most 16 waiting).
+    pub fn fetch_now(&mut self, own: &[OwnMailbox], reply: FetchReply) {
+        if own.is_empty() || self.waiters.len() >= 16 {
+            let error = if own.is_empty() { "no mailboxes" } else { "too many fetches waiting" };
+            let _ = reply.send(serde_json::json!({"fetched": 0, "errors": [error]}));
+            return;
+        }
+        let remaining: HashSet<String> = own.iter().map(|m| m.address.clone()).collect();
+        let stale = remaining.iter().filter(|a| self.fetching.contains(*a)).cloned().collect();
+        self.waiters.push(FetchWaiter { remaining, stale, fetched: 0, errors: Vec::new(), reply });
+        self.fetch_all(own);
+    }
+
     /// True when the periodic fetch is due.
     pub fn fetch_due(&self) -> bool {
         Instant::now() >= self.next_fetch
@@ -278,9 +314,22 @@ impl Courier {
     }
 
     /// A fetch round ended. A failed one is tried again soon (the host may
-    /// be restarting), backing off.
-    pub fn fetched(&mut self, address: &str, result: &Result<usize, MailboxError>) {
+    /// be restarting), backing off. Returns true if a waiter needs a fresh
+    /// round of this mailbox (start it with [`Courier::fetch_all`]).
+    pub fn fetched(&mut self, address: &str, result: &Result<usize, MailboxError>) -> bool {
         self.fetching.remove(address);
+        let mut again = false;
+        for w in &mut self.waiters {
+            if w.stale.remove(address) {
+                again = true;
+            } else if w.remaining.remove(address) {
+                match result {
+                    Ok(n) => w.fetched += n,
+                    Err(e) => w.errors.push(format!("{address}: {e}")),
+                }
+            }
+        }
+        self.answer_done();
         if result.is_err() {
             self.next_fetch = self.next_fetch.min(Instant::now() + self.fetch_retry);
             self.fetch_retry = (self.fetch_retry * 2).min(FETCH_EVERY);
@@ -296,6 +345,17 @@ impl Courier {
                 }
                 Err(e) => state.last_error = Some(e.to_string()),
             }
+        }
+        again
+    }
+
+    /// Answers the waiters that wait for nothing any more.
+    fn answer_done(&mut self) {
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.waiters).into_iter().partition(|w| w.remaining.is_empty());
+        self.waiters = waiting;
+        for w in done {
+            let _ = w.reply.send(serde_json::json!({"fetched": w.fetched, "errors": w.errors}));
         }
     }
 }

@@ -268,12 +268,14 @@ pub enum Command {
 }
 
 /// A change to a profile's mailboxes.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum MailboxChange {
     /// Register a mailbox on this service node (multiaddr with `/p2p/`).
     Add(Multiaddr),
     /// Forget the mailbox on this service node and delete it there.
     Remove(String),
+    /// Fetch every mailbox now; answers when fresh rounds have ended.
+    Fetch(crate::courier::FetchReply),
 }
 
 /// A relay of a profile, and whether it holds a slot for us now.
@@ -653,7 +655,11 @@ fn on_courier_event<R: rand_core::CryptoRng + ?Sized>(
             if let Err(e) = &result {
                 tracing::info!(error = %e, "fetching a mailbox failed");
             }
-            courier.fetched(&address, &result);
+            if courier.fetched(&address, &result) {
+                // Someone waits for a round that starts after their call.
+                let own = engine.store().mailboxes().unwrap_or_default();
+                courier.fetch_all(&own.into_iter().filter(|m| m.address == address).collect::<Vec<_>>());
+            }
             Vec::new()
         }
         CourierEvent::Registered { mailbox, result, reply } => {
@@ -712,6 +718,11 @@ fn change_mailboxes<R: rand_core::CryptoRng + ?Sized>(
             };
             let mailbox = kabar_storage::OwnMailbox { address: text, key: key.to_bytes(), added_at_ms: now_ms() };
             courier.register(mailbox, revoke, reply);
+            Vec::new()
+        }
+        MailboxChange::Fetch(answer) => {
+            let _ = reply.send(Ok(Vec::new()));
+            courier.fetch_now(&engine.store().mailboxes().unwrap_or_default(), answer);
             Vec::new()
         }
         MailboxChange::Remove(address) => match engine.remove_mailbox(&address, now_ms(), rng) {
