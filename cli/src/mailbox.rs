@@ -32,6 +32,10 @@ pub(crate) enum MailboxCommand {
     ///
     /// Example: kabar mailbox list
     List,
+    /// Fetch the --profile profile's mailboxes now (the node also fetches on start, every 30 s and on reconnecting).
+    ///
+    /// Example: kabar --profile shop mailbox fetch
+    Fetch,
 }
 
 pub(crate) fn mailbox(dir: &Path, command: &MailboxCommand, profile: &str, json: bool) -> Result<()> {
@@ -46,6 +50,15 @@ pub(crate) fn mailbox(dir: &Path, command: &MailboxCommand, profile: &str, json:
             client.call("mailbox.list", json!({"profile": profile}))?
         }
         MailboxCommand::List => client.call("mailbox.list", json!({}))?,
+        MailboxCommand::Fetch => {
+            let v = client.call("mailbox.fetch", json!({"profile": profile}))?;
+            return show(json, &v, |v| {
+                println!("{} envelope(s) fetched", v["fetched"]);
+                for e in v["errors"].as_array().into_iter().flatten() {
+                    println!("failed: {}", s(e));
+                }
+            });
+        }
     };
     show(json, &v, |v| {
         let mut rows = Vec::new();

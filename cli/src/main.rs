@@ -91,7 +91,7 @@ enum Command {
         name: String,
         /// The text.
         text: String,
-        /// Wait until delivered (exit code 4 if not within --timeout).
+        /// Wait until delivered, or stored in the recipient's mailbox (exit code 4 if neither within --timeout).
         #[arg(long)]
         wait: bool,
         /// Seconds to wait with --wait.
@@ -156,7 +156,7 @@ enum Command {
     /// A local test network of real nodes, with traffic and a report.
     #[command(subcommand)]
     Testnet(TestnetCommand),
-    /// Run a service node for others: a relay, AutoNAT and DHT server (no profiles, no passphrase, no messages).
+    /// Run a service node for others: a relay, AutoNAT and DHT server, with --mailbox also mailboxes (no profiles, no passphrase).
     ///
     /// Example: kabar serve --data-dir /var/lib/kabar-serve --listen /ip4/0.0.0.0/tcp/4040
     Serve(reach::ServeArgs),

@@ -257,3 +257,99 @@ fn chat_sends_typed_lines_shows_arrivals_and_leaves_on_end_of_input() {
     let history = ok_json(&bob, &["history", "Ann"]);
     assert!(history["messages"].as_array().unwrap().iter().any(|m| m["content"]["text"] == "typed in the chat"));
 }
+
+/// `kabar serve --mailbox` on loopback; its log (RUST_LOG=info) goes to
+/// `log`. Returns the process and its address.
+fn mailbox_host(dir: &Path, log: &Path) -> (RunningNode, String) {
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--json", "serve", "--mailbox", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let started: Value = serde_json::from_str(&line).expect("serve prints a JSON line when it is up");
+    assert_eq!(started["mailbox"], true);
+    let address = started["addresses"][0].as_str().unwrap().to_string();
+    (RunningNode { child }, address)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// docs/cli.md, "A shop's mailbox": a customer writes while the shop is
+/// closed, the shop answers while the customer is away; neither is ever
+/// online at the same time as the other, and the mailbox host keeps no
+/// message text and no sender PeerId, on disk or in its log.
+#[test]
+fn a_shop_and_a_customer_who_are_never_online_together_talk_through_mailboxes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host_dir = tmp.path().join("host");
+    let host_log = tmp.path().join("host.log");
+    let (host, address) = mailbox_host(&host_dir, &host_log);
+    let ann = init(tmp.path(), "ann", None);
+    let shop = init(tmp.path(), "shop", Some("shop"));
+    let ann_node = RunningNode::start(&ann);
+    let shop_node = RunningNode::start(&shop);
+
+    ok(&shop, &["--profile", "shop", "mailbox", "add", &address]);
+    ok(&ann, &["mailbox", "add", &address]);
+    let listed = ok_json(&shop, &["mailbox", "list"]);
+    assert_eq!(listed["mailboxes"]["shop"][0]["address"], address.as_str());
+    let ann_card = ok_json(&ann, &["card", "--name", "Ann"]);
+    let shop_card = ok_json(&shop, &["--profile", "shop", "card", "--name", "Marigold"]);
+    ok(&ann, &["contact", "add", shop_card["card"].as_str().unwrap(), "--name", "Bakery"]);
+    ok(&shop, &["--profile", "shop", "contact", "add", ann_card["card"].as_str().unwrap(), "--name", "Ann"]);
+
+    // The shop closes; Ann writes: the message waits in the shop's mailbox.
+    shop_node.terminate();
+    let question = "Two sourdough loaves for Saturday, please";
+    let sent = ok_json(&ann, &["send", "Bakery", question, "--wait"]);
+    assert_eq!(sent["status"], "stored");
+    ann_node.terminate();
+
+    // The shop opens while Ann is away: it fetches her message and leaves
+    // its answer and a delivery receipt in her mailbox.
+    let shop_node = RunningNode::start(&shop);
+    // (It fetches on start by itself; `mailbox fetch` returns once a round
+    // begun after the call has ended, so the message is stored by then.)
+    let fetched = ok_json(&shop, &["--profile", "shop", "mailbox", "fetch"]);
+    assert_eq!(fetched["errors"], serde_json::json!([]), "{fetched}");
+    assert!(ok(&shop, &["--profile", "shop", "history", "Ann"]).contains(question));
+    let answer = "Reserved: 2 sourdough, pick up from 9";
+    let sent = ok_json(&shop, &["--profile", "shop", "send", "Ann", answer, "--wait"]);
+    assert_eq!(sent["status"], "stored");
+    shop_node.terminate();
+
+    // Ann comes back: the answer is there, and her question shows delivered.
+    let _ann_node = RunningNode::start(&ann);
+    ok(&ann, &["mailbox", "fetch"]);
+    let history = ok_json(&ann, &["history", "Bakery"]);
+    let messages = history["messages"].as_array().unwrap();
+    let texts: Vec<&str> = messages.iter().map(|m| m["content"]["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, [question, answer]);
+    assert_eq!(messages[0]["status"], "delivered", "{history}");
+
+    // What the host kept: no text, no sender PeerId (text or binary).
+    drop(host);
+    let ann_peer: libp2p::PeerId = ann_card["peer_id"].as_str().unwrap().parse().unwrap();
+    let shop_peer: libp2p::PeerId = shop_card["peer_id"].as_str().unwrap().parse().unwrap();
+    let mut files = vec![host_log.clone()];
+    files.extend(std::fs::read_dir(&host_dir).unwrap().map(|e| e.unwrap().path()));
+    assert!(files.iter().any(|f| f.ends_with("mailboxes.redb")));
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        for needle in [question.as_bytes(), answer.as_bytes(), b"Saturday", b"Marigold"] {
+            assert!(!contains(&bytes, needle), "{} holds {:?}", file.display(), String::from_utf8_lossy(needle));
+        }
+        for peer in [ann_peer, shop_peer] {
+            assert!(!contains(&bytes, peer.to_string().as_bytes()), "{} names {peer}", file.display());
+            assert!(!contains(&bytes, &peer.to_bytes()), "{} holds {peer} in binary", file.display());
+        }
+    }
+}
