@@ -689,3 +689,38 @@ fn a_full_mailbox_keeps_the_rest_waiting_and_blocking_revokes_the_tag() {
     let [Action::Revoke { tag, revoked: true, .. }] = actions.as_slice() else { panic!("{actions:?}") };
     assert_eq!(*tag, alice.store().contact_mailboxes(&bob_id).unwrap().theirs[0].tag);
 }
+
+#[test]
+fn garbage_from_a_mailbox_is_deleted_and_changes_nothing() {
+    let mut bob = Party::new("bob", ProfileKind::Personal);
+    let mut alice = Party::new("alice", ProfileKind::Personal);
+    let alice_id = bob.knows(&mut alice, "Alice");
+    let key = kabar_node::mailbox::OwnerKey::generate(&mut rand::rng());
+    let own = OwnMailbox { address: HOST.into(), key: key.to_bytes(), added_at_ms: T0 };
+    bob.e().add_mailbox(own, T0, &mut rand::rng()).unwrap();
+    let alice_key = alice.key();
+    let alice_tag = kabar_node::offline::tag(&key.to_bytes(), &alice_key);
+    let card_tag = kabar_node::offline::card_tag(&key.to_bytes());
+    let item = |seq: u64, tag: [u8; 16], envelope: Vec<u8>| kabar_node::mailbox::Item {
+        seq,
+        tag,
+        deposited_at_ms: T0,
+        envelope,
+    };
+    let items = vec![
+        item(1, alice_tag, vec![]),
+        item(2, alice_tag, vec![0xff; 300]),
+        item(3, card_tag, vec![1; 64]),
+        item(4, [7; 16], vec![2; 64]),
+    ];
+    let (deletable, actions) = bob.e().on_mailbox_items(HOST, &items, T0, &mut rand::rng()).unwrap();
+    let mut sorted = deletable.clone();
+    sorted.sort();
+    assert_eq!(sorted, [1, 2, 3, 4], "everything unusable is deleted");
+    assert!(transmits(&actions).is_empty(), "no receipts for garbage");
+    assert!(texts(&mut bob, &alice_id).is_empty());
+    assert_eq!(bob.store().contacts().unwrap().len(), 1, "no contact made up from garbage");
+    // A page for a mailbox the profile does not have is ignored.
+    let (none, _) = bob.e().on_mailbox_items("/ip4/1.2.3.4/tcp/1/p2p/x", &items, T0, &mut rand::rng()).unwrap();
+    assert!(none.is_empty());
+}
