@@ -430,8 +430,14 @@ impl Engine {
     }
 
     /// Transmits the outbox entries for `peer` that are not in flight (up to
-    /// a batch), regardless of their retry time.
+    /// a batch), regardless of their retry time — except those a mailbox
+    /// holds, which wait for their (slow) retry time unless the peer is
+    /// known to be reachable ([`Engine::on_peer_reachable`]).
     pub fn flush_peer(&mut self, peer: &PeerKey, now_ms: u64) -> Result<Vec<Action>, EngineError> {
+        self.flush(peer, now_ms, false)
+    }
+
+    fn flush(&mut self, peer: &PeerKey, now_ms: u64, reachable: bool) -> Result<Vec<Action>, EngineError> {
         let contact_id = self.store.contact_id_for_key(peer);
         if !self.pending.contains(&contact_id) {
             return Ok(Vec::new());
@@ -444,6 +450,7 @@ impl Engine {
         let entries: Vec<_> = queued
             .into_iter()
             .filter(|e| !self.in_flight.contains(&e.message_id))
+            .filter(|e| reachable || e.next_attempt_at_ms <= now_ms || !self.deposited.contains(&e.message_id))
             .take(self.config.max_batch)
             .collect();
         if entries.is_empty() {
@@ -650,7 +657,7 @@ impl Engine {
     /// The peer became reachable (connected, identified, discovered): flush
     /// its outbox now.
     pub fn on_peer_reachable(&mut self, peer: &PeerKey, now_ms: u64) -> Result<Vec<Action>, EngineError> {
-        self.flush_peer(peer, now_ms)
+        self.flush(peer, now_ms, true)
     }
 
     /// Time passed: retry what is due, fail what expired.
@@ -1303,7 +1310,7 @@ impl Engine {
                 contact: c.display_name,
             }));
         }
-        actions.extend(self.flush_peer(peer, now_ms)?);
+        actions.extend(self.flush(peer, now_ms, true)?);
         Ok(actions)
     }
 
