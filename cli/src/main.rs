@@ -203,9 +203,18 @@ enum TestnetCommand {
     /// (`kabar serve`) on public hosts; the report adds NAT types, direct and
     /// relayed connections, and hole-punch outcomes.
     ///
+    /// With --offline-rate R (loopback only, not with --nat), `kabar serve
+    /// --mailbox` processes host every profile's mailbox, and the traffic runs
+    /// in rounds with about R×N nodes stopped in each (node 0 stays up); every
+    /// node is back before the final count. The report adds messages that
+    /// went through a mailbox, latency direct and via a mailbox, and the time
+    /// spent offline.
+    ///
     /// Example: kabar testnet run --nodes 5 --messages 20
     ///
     /// Example: kabar testnet run --nat --nodes 10 --symmetric 0.3 --seed 7
+    ///
+    /// Example: kabar testnet run --nodes 10 --offline-rate 0.3 --seed 42
     Run {
         /// Number of nodes.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=500))]
@@ -231,12 +240,21 @@ enum TestnetCommand {
         /// With --nat: share of nodes behind a symmetric NAT; the others are endpoint-independent.
         #[arg(long, value_name = "FRACTION", default_value_t = 0.3, requires = "nat")]
         symmetric: f64,
-        /// With --nat: seed of the NAT types, contacts and traffic (default: random; the report shows it).
-        #[arg(long, requires = "nat")]
+        /// Seed of the contacts, traffic, offline rounds and (with --nat) NAT types (default: random; the report shows it).
+        #[arg(long)]
         seed: Option<u64>,
         /// With --nat: number of relays; node i uses relay i mod N.
         #[arg(long, value_name = "N", default_value_t = 1, requires = "nat", value_parser = clap::value_parser!(u32).range(1..=50))]
         relays: u32,
+        /// Share of the nodes offline at any moment of the traffic, their messages going to mailboxes (not with --nat).
+        #[arg(long, value_name = "FRACTION", default_value_t = 0.0, conflicts_with = "nat")]
+        offline_rate: f64,
+        /// With --offline-rate: number of mailbox hosts (`kabar serve --mailbox`); node i uses host i mod N.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+        mailboxes: u32,
+        /// With --offline-rate: seconds each round of the traffic (one set of nodes offline) lasts at least.
+        #[arg(long, value_name = "SECONDS", default_value_t = 3.0)]
+        offline_for: f64,
     },
 }
 
@@ -767,6 +785,9 @@ fn run(cli: Cli) -> Result<()> {
             symmetric,
             seed,
             relays,
+            offline_rate,
+            mailboxes,
+            offline_for,
         }) => testnet::run(testnet::TestnetOptions {
             nodes: *nodes as usize,
             messages: *messages as usize,
@@ -775,7 +796,13 @@ fn run(cli: Cli) -> Result<()> {
             json,
             kill_rate: *kill_rate,
             timeout: Duration::from_secs(*timeout),
-            nat: nat.then(|| testnet::NatOptions { symmetric: *symmetric, seed: *seed, relays: *relays as usize }),
+            seed: *seed,
+            nat: nat.then(|| testnet::NatOptions { symmetric: *symmetric, relays: *relays as usize }),
+            offline: (*offline_rate != 0.0).then(|| testnet::OfflineOptions {
+                rate: *offline_rate,
+                mailboxes: *mailboxes as usize,
+                stretch: Duration::try_from_secs_f64(*offline_for).unwrap_or(Duration::ZERO),
+            }),
         }),
         Command::Serve(args) => {
             // Its own directory: by default apart from the profiles' one.

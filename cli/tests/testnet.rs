@@ -1,5 +1,6 @@
 //! A small run of `kabar testnet` in the suite, so the command cannot rot:
 //! 3 real node processes, a few messages each, and with kills and restarts;
+//! 4 nodes of which half are offline at any time, with mailboxes;
 //! and 4 nodes behind NATs in the network lab (kabar-lab), which needs root
 //! and nftables: without them that test says why and passes, unless
 //! KABAR_LAB_REQUIRED is set, where it fails (as in tests/nat.rs).
@@ -35,6 +36,31 @@ fn kills_and_restarts_lose_and_duplicate_nothing() {
     let r = testnet(&["--nodes", "3", "--messages", "10", "--kill-rate", "0.1", "--timeout", "90"]);
     assert_eq!(r["messages_delivered"], r["messages_sent"]);
     assert_eq!((r["lost"].as_u64(), r["duplicated"].as_u64()), (Some(0), Some(0)));
+}
+
+#[test]
+fn with_half_the_nodes_offline_mailboxes_deliver_everything() {
+    let r = testnet(&["--nodes", "4", "--offline-rate", "0.5", "--seed", "7", "--timeout", "45"]);
+    assert_eq!(r["seed"], 7);
+    assert_eq!(r["messages_sent"], 80);
+    assert_eq!(r["messages_delivered"], 80, "{r}");
+    assert_eq!(r["delivery_ratio"], 1.0);
+    assert_eq!((r["lost"].as_u64(), r["duplicated"].as_u64()), (Some(0), Some(0)));
+    assert!(r["history_errors"].as_array().unwrap().is_empty(), "{r}");
+
+    let off = &r["offline"];
+    assert_eq!(off["down_at_once"], 2);
+    assert_eq!(off["mailbox_hosts"].as_array().unwrap().len(), 1);
+    assert!(off["stretches"].as_u64().unwrap() >= 4, "{off}");
+    assert!(off["nodes_down"].as_u64().unwrap() >= 2, "{off}");
+    assert!(off["seconds_down"].as_f64().unwrap() > 0.0, "{off}");
+    assert!(off["through_mailbox"].as_u64().unwrap() >= 1, "some messages went through a mailbox: {off}");
+    let last = &off["sent_before_going_offline"];
+    assert!(last["sent"].as_u64().unwrap() >= 1, "{off}");
+    assert_eq!(last["delivered"], last["sent"], "messages sent right before going offline arrive: {off}");
+    let via = &off["latency_ms"]["mailbox"];
+    assert!(via["count"].as_u64().unwrap() >= 1 && via["max"].as_f64().unwrap() >= via["p50"].as_f64().unwrap());
+    assert!(r["died"].as_array().unwrap().is_empty());
 }
 
 #[test]

@@ -12,6 +12,14 @@
 //! from outside the lab's namespaces), sends traffic through it, and measures
 //! delivery from the nodes' event streams.
 //!
+//! With `--offline-rate R` (loopback only) `kabar serve --mailbox` processes
+//! host every profile's mailbox, and during the traffic about R×N nodes are
+//! offline at any moment, in rounds (see `offline`): messages to an offline
+//! node go to its mailbox, and the report splits delivery and latency into
+//! direct and through a mailbox. Delivery is counted from the senders'
+//! histories at the end (events a node emitted while it was being restarted
+//! are not seen).
+//!
 //! # Layout
 //! - here: `TestnetOptions`, `NatOptions` (what `main` parsed) and `run`:
 //!   the phases (start, reserve relay slots, introduce, connect, traffic, let
@@ -19,6 +27,8 @@
 //! - `network`: where the nodes run (`Network`: loopback, or a `NatLab`) and
 //!   how a node process starts there; `NodeProc`: one node process,
 //!   restartable; `RelayProc`: a `kabar serve` in the lab.
+//! - `offline`: the traffic plan with offline rounds (pure: `plan`,
+//!   `down_at_once`) and the offline part of the report.
 //! - `tally`: pure tallies over what was measured (`percentile`,
 //!   `first_message_latencies`, `count_connections`,
 //!   `hole_punching_settled`, `hole_punch_summary`) and the reachability
@@ -45,9 +55,11 @@ use serde_json::{Value, json};
 use crate::client::Client;
 
 mod network;
+mod offline;
 mod tally;
 
 use network::*;
+use offline::*;
 use tally::*;
 
 const PASSPHRASE: &str = "kabar testnet (not a secret)";
@@ -59,6 +71,10 @@ const CUSTOMERS: usize = 2;
 const LAB_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// TCP and UDP port of the relays (`kabar serve`) in the lab.
 const RELAY_PORT: u16 = 4040;
+/// Rounds of the traffic with `--offline-rate`, each with its own nodes down.
+const OFFLINE_ROUNDS: usize = 4;
+/// How long a node taken offline may take to stop before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Options of `kabar testnet run`.
 pub(crate) struct TestnetOptions {
@@ -69,21 +85,33 @@ pub(crate) struct TestnetOptions {
     pub(crate) json: bool,
     pub(crate) kill_rate: f64,
     pub(crate) timeout: Duration,
+    /// Seed of the run's choices (contacts, traffic, offline rounds, NAT
+    /// types); random when `None`.
+    pub(crate) seed: Option<u64>,
     /// Run in a network lab behind NATs (`--nat`).
     pub(crate) nat: Option<NatOptions>,
+    /// Take nodes offline during the traffic (`--offline-rate` above 0).
+    pub(crate) offline: Option<OfflineOptions>,
+}
+
+/// Options of `kabar testnet run --offline-rate`.
+pub(crate) struct OfflineOptions {
+    /// Share of the nodes offline at any moment of the traffic.
+    pub(crate) rate: f64,
+    /// Number of mailbox hosts (`kabar serve --mailbox`); node i uses host i mod N.
+    pub(crate) mailboxes: usize,
+    /// How long each round of the traffic (one set of nodes offline) lasts at least.
+    pub(crate) stretch: Duration,
 }
 
 /// Options of `kabar testnet run --nat`.
 pub(crate) struct NatOptions {
     /// Probability that a node is behind a symmetric NAT (else endpoint-independent).
     pub(crate) symmetric: f64,
-    /// Seed of the run's choices (NAT types, contacts, traffic); random when `None`.
-    pub(crate) seed: Option<u64>,
     /// Number of relays (public hosts running `kabar serve`).
     pub(crate) relays: usize,
 }
 
-/// Where the nodes run, and what a node process needs to join the network.
 /// Runs the test network and prints the report.
 pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
     if opts.nodes < 2 {
@@ -100,6 +128,17 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
             bail!("--nat needs at least one relay");
         }
         Lab::available().map_err(|e| anyhow!("`--nat` needs root and nftables: {e}"))?;
+    }
+    if let Some(off) = &opts.offline {
+        if !(0.0..=1.0).contains(&off.rate) {
+            bail!("--offline-rate is a share of the nodes, between 0 and 1");
+        }
+        if off.mailboxes == 0 {
+            bail!("--offline-rate needs at least one mailbox host");
+        }
+        if opts.nat.is_some() {
+            bail!("--offline-rate runs on loopback only; it cannot be combined with --nat yet");
+        }
     }
     let tmp;
     let root = match &opts.dir {
@@ -119,20 +158,21 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
             .progress_chars("=> "),
     );
 
-    // 1. The lab (with --nat), data directories and node processes. With
-    // --nat the seeded RNG draws the NAT types, then the contacts and the
-    // traffic, so a seed repeats a run's plan; keys always come from the OS.
+    // 1. The lab (with --nat), data directories and node processes. The
+    // seeded RNG draws the NAT types (with --nat), then the contacts, the
+    // offline rounds and the traffic, so a seed repeats a run's plan; keys
+    // always come from the OS.
     let started = Instant::now();
     let mut key_rng = rand::rng();
-    let (interrupt, mut rng, mut net) = match &opts.nat {
-        None => (Interrupt::default(), StdRng::from_rng(&mut rand::rng()), Network::Loopback { bootstrap: None }),
+    let seed = opts.seed.unwrap_or_else(|| rand::rng().random());
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (interrupt, mut net) = match &opts.nat {
+        None => (Interrupt::default(), Network::Loopback { bootstrap: None }),
         Some(nat) => {
             progress.set_message("building the lab");
             let interrupt = Interrupt::install()?;
-            let seed = nat.seed.unwrap_or_else(|| rand::rng().random());
-            let mut rng = StdRng::seed_from_u64(seed);
             let lab = NatLab::build(nat, seed, opts.nodes, &root, &mut rng)?;
-            (interrupt, rng, Network::Lab(Box::new(lab)))
+            (interrupt, Network::Lab(Box::new(lab)))
         }
     };
     progress.set_message("starting nodes");
@@ -174,6 +214,28 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         progress.set_length(n as u64);
         wait_reserved(&nodes, opts.timeout, &interrupt, &progress)?;
         reserved_after = started.elapsed();
+    }
+
+    // 1c. With --offline-rate: mailbox hosts, and every profile registers a
+    // mailbox (node i on host i mod N) before its card is taken, so cards
+    // carry it.
+    let mut mailbox_hosts: Vec<MailboxHost> = Vec::new();
+    if let Some(off) = &opts.offline {
+        progress.set_message("registering mailboxes");
+        progress.set_position(0);
+        progress.set_length(n as u64);
+        for h in 0..off.mailboxes {
+            mailbox_hosts.push(MailboxHost::start(&root.join(format!("mailbox-{h:02}")))?);
+        }
+        for node in &nodes {
+            let mut c = node.client()?;
+            let address = &mailbox_hosts[node.index % mailbox_hosts.len()].address;
+            for profile in ["personal", "shop"] {
+                c.call("mailbox.add", json!({"address": address, "profile": profile}))
+                    .with_context(|| format!("node {}: registering a mailbox on {address}", node.index))?;
+            }
+            progress.inc(1);
+        }
     }
 
     // 2. Contact cards: each personal profile knows FRIENDS others; each
@@ -241,9 +303,11 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
     }
     let connected_after = started.elapsed();
 
-    // 4. Event readers: delivery times per message id.
-    let delivered: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let spawn_reader = |node: &NodeProc, delivered: Arc<Mutex<HashMap<String, Instant>>>| -> Result<()> {
+    // 4. Event readers: when each message was stored in a mailbox and
+    // delivered, per message id (the first time only). A restarted node gets
+    // a new reader.
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let spawn_reader = |node: &NodeProc, seen: Arc<Mutex<Seen>>| -> Result<()> {
         let mut client = node.client()?;
         client.subscribe()?;
         std::thread::spawn(move || {
@@ -251,10 +315,14 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
                 match client.next_event(Instant::now() + Duration::from_secs(3600)) {
                     Ok(Some(e)) => {
                         if e["event"] == "status_changed"
-                            && matches!(e["status"].as_str(), Some("delivered" | "read"))
                             && let Some(id) = e["message_id"].as_str()
-                            && let Ok(mut map) = delivered.lock()
+                            && let Ok(mut seen) = seen.lock()
                         {
+                            let map = match e["status"].as_str() {
+                                Some("delivered" | "read") => &mut seen.delivered,
+                                Some("stored") => &mut seen.stored,
+                                _ => continue,
+                            };
                             map.entry(id.to_string()).or_insert_with(Instant::now);
                         }
                     }
@@ -266,30 +334,79 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         Ok(())
     };
     for node in &nodes {
-        spawn_reader(node, delivered.clone())?;
+        spawn_reader(node, seen.clone())?;
     }
 
-    // 5. Traffic: M messages per node to random contacts.
+    // 5. Traffic: M messages per node to random contacts; with
+    // --offline-rate in rounds, with some nodes offline in each.
     let total = n * opts.messages;
     progress.set_message("sending");
     progress.set_position(0);
     progress.set_length(total as u64);
     let mut sent: HashMap<String, Sent> = HashMap::new();
     let mut kills = 0u32;
-    let traffic_start = Instant::now();
     let mut order: Vec<usize> = (0..total).map(|k| k % n).collect();
     order.shuffle(&mut rng);
+    let down_at_once = opts.offline.as_ref().map_or(0, |o| down_at_once(n, o.rate));
+    let steps = plan(n, &order, down_at_once, OFFLINE_ROUNDS, &mut rng);
+    let mut down_since: Vec<Option<Instant>> = vec![None; n];
+    let mut stretches: Vec<Stretch> = Vec::new();
+    let traffic_start = Instant::now();
+    let mut round_start = traffic_start;
     let mut clients: Vec<Option<Client>> = nodes.iter().map(|nd| nd.client().ok()).collect();
-    for (k, &i) in order.iter().enumerate() {
+    let mut k = 0usize;
+    // The last message sent (sender, id), and those whose sender went
+    // offline right after.
+    let mut last_sent: Option<(usize, String)> = None;
+    let mut last_words: HashSet<String> = HashSet::new();
+    for step in steps {
         interrupt.check()?;
+        let i = match step {
+            Step::Send(i) => i,
+            Step::Down(v) => {
+                progress.set_message(format!("sending (node {:02} down)", nodes[v].index));
+                if let Some((from, id)) = last_sent.take()
+                    && from == v
+                {
+                    last_words.insert(id);
+                }
+                clients[v] = None;
+                nodes[v].stop(STOP_GRACE);
+                down_since[v] = Some(Instant::now());
+                continue;
+            }
+            Step::Up(v) => {
+                nodes[v].spawn(&mut net)?;
+                nodes[v].restarts += 1;
+                spawn_reader(&nodes[v], seen.clone())?;
+                clients[v] = nodes[v].client().ok();
+                if let Some(since) = down_since[v].take() {
+                    let at = |t: Instant| t.saturating_duration_since(traffic_start).as_secs_f64();
+                    stretches.push(Stretch { node: nodes[v].index, from_s: at(since), to_s: at(Instant::now()) });
+                }
+                continue;
+            }
+            Step::Pace => {
+                // The round lasts its stretch: the nodes down stay down.
+                let until = round_start + opts.offline.as_ref().map_or(Duration::ZERO, |o| o.stretch);
+                while Instant::now() < until {
+                    interrupt.check()?;
+                    std::thread::sleep(until.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)));
+                }
+                round_start = Instant::now();
+                continue;
+            }
+        };
         if opts.kill_rate > 0.0 && rng.random::<f64>() < opts.kill_rate {
             let victim = rng.random_range(1..n);
-            nodes[victim].kill();
-            kills += 1;
-            nodes[victim].spawn(&mut net)?;
-            nodes[victim].restarts += 1;
-            spawn_reader(&nodes[victim], delivered.clone())?;
-            clients[victim] = nodes[victim].client().ok();
+            if down_since[victim].is_none() {
+                nodes[victim].kill();
+                kills += 1;
+                nodes[victim].spawn(&mut net)?;
+                nodes[victim].restarts += 1;
+                spawn_reader(&nodes[victim], seen.clone())?;
+                clients[victim] = nodes[victim].client().ok();
+            }
         }
         let shops: Vec<usize> =
             customers_of.iter().enumerate().filter(|(_, c)| c.contains(&i)).map(|(b, _)| b).collect();
@@ -302,13 +419,15 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
             (j, "personal", format!("friend-{:02}", nodes[j].index))
         };
         let tag = format!("tn-{k}-{}", rng.random::<u32>());
+        k += 1;
         let text = format!("{tag} {}", "x".repeat(64));
         let at = Instant::now();
         let Some(client) = clients[i].as_mut() else { continue };
         match client.call("message.send", json!({"profile": "personal", "to": name, "text": text})) {
             Ok(v) => {
                 let id = v["message_id"].as_str().unwrap_or_default().to_string();
-                sent.insert(id, Sent { from: i, to_node, to_profile, tag, at });
+                last_sent = Some((i, id.clone()));
+                sent.insert(id, Sent { from: i, to_node, to_profile, to_name: name, tag, at });
             }
             Err(e) => {
                 progress.println(format!("node {i}: send failed: {e:#}"));
@@ -330,14 +449,17 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
     let mut polls = 0u32;
     loop {
         interrupt.check()?;
-        let done = delivered.lock().map(|m| sent.keys().filter(|id| m.contains_key(*id)).count()).unwrap_or(0);
-        let missing: Vec<String> = delivered
+        let done = seen.lock().map(|m| sent.keys().filter(|id| m.delivered.contains_key(*id)).count()).unwrap_or(0);
+        let missing: Vec<String> = seen
             .lock()
             .map(|m| {
-                sent.keys().filter(|id| !m.contains_key(*id) && !confirmed_from_store.contains(*id)).cloned().collect()
+                sent.keys()
+                    .filter(|id| !m.delivered.contains_key(*id) && !confirmed_from_store.contains(*id))
+                    .cloned()
+                    .collect()
             })
             .unwrap_or_default();
-        progress.set_position((done + confirmed_from_store.len()) as u64);
+        progress.set_position((done + confirmed_from_store.len()).min(sent.len()) as u64);
         if missing.is_empty() || Instant::now() > deadline {
             break;
         }
@@ -380,12 +502,34 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
     }
     progress.finish_and_clear();
 
-    // 7. Count: latency, and exactly-once on the receivers.
-    let map = delivered.lock().map_err(|_| anyhow!("poisoned"))?.clone();
-    let mut latencies: Vec<f64> =
-        sent.iter().filter_map(|(id, s)| map.get(id).map(|t| t.duration_since(s.at).as_secs_f64() * 1000.0)).collect();
+    // 7. Count: delivery from the senders' histories (the events a node
+    // emitted while its reader was not subscribed are lost; a sender whose
+    // history cannot be read counts from the events and status polls),
+    // latency, and exactly-once on the receivers.
+    let Seen { stored, delivered: map } = seen.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    let history = sender_history(&nodes, &sent);
+    let confirmed = |id: &String| match history.get(&sent[id].from) {
+        Some(Ok(statuses)) => matches!(statuses.get(id).map(String::as_str), Some("delivered" | "read")),
+        _ => map.contains_key(id) || confirmed_from_store.contains(id),
+    };
+    let history_errors: Vec<String> = history
+        .iter()
+        .filter_map(|(i, h)| h.as_ref().err().map(|e| format!("node {}: {e:#}", nodes[*i].index)))
+        .collect();
+    let ms_since = |t: &Instant, s: &Sent| t.saturating_duration_since(s.at).as_secs_f64() * 1000.0;
+    let mut latencies: Vec<f64> = sent.iter().filter_map(|(id, s)| map.get(id).map(|t| ms_since(t, s))).collect();
     latencies.sort_by(|a, b| a.total_cmp(b));
-    let delivered_count = latencies.len() + confirmed_from_store.iter().filter(|id| !map.contains_key(*id)).count();
+    let delivered_count = sent.keys().filter(|id| confirmed(id)).count();
+    let times: Vec<MessageTimes> = sent
+        .iter()
+        .map(|(id, s)| MessageTimes {
+            // Through a mailbox: stored before delivered.
+            stored: stored.get(id).is_some_and(|st| map.get(id).is_none_or(|d| st <= d)),
+            delivered_ms: map.get(id).map(|t| ms_since(t, s)),
+            confirmed: confirmed(id),
+            last_words: last_words.contains(id),
+        })
+        .collect();
     let last_delivery = sent.keys().filter_map(|id| map.get(id)).max().copied();
     let throughput = match last_delivery {
         Some(t) if delivered_count > 0 => delivered_count as f64 / t.duration_since(traffic_start).as_secs_f64(),
@@ -443,11 +587,22 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         "time_to_connect_ms": connected_after.as_millis() as u64,
         "send_phase_ms": send_phase.as_millis() as u64,
         "traffic_ms": traffic_elapsed.as_millis() as u64,
-        "latency_ms": {"p50": percentile(&latencies, 50.0), "p95": percentile(&latencies, 95.0), "p99": percentile(&latencies, 99.0)},
+        "latency_ms": {"p50": percentile(&latencies, 50.0), "p95": percentile(&latencies, 95.0), "p99": percentile(&latencies, 99.0), "max": latencies.last()},
         "throughput_msgs_per_s": throughput,
         "peak_rss_kib": {"min": rss_sorted.first(), "median": rss_sorted.get(rss_sorted.len() / 2), "max": rss_sorted.last(), "per_node": rss},
         "dir": (opts.keep || opts.dir.is_some()).then_some(&root),
+        "seed": seed,
+        "history_errors": history_errors,
     });
+    if let (Some(off), Some(out)) = (&opts.offline, report.as_object_mut()) {
+        let mut r = offline_report(&times, &stretches);
+        r["rate"] = json!(off.rate);
+        r["down_at_once"] = json!(down_at_once);
+        r["rounds"] = json!(OFFLINE_ROUNDS);
+        r["stretch_s"] = json!(off.stretch.as_secs_f64());
+        r["mailbox_hosts"] = json!(mailbox_hosts.iter().map(|h| h.address.as_str()).collect::<Vec<_>>());
+        out.insert("offline".into(), r);
+    }
     let reach = match &net {
         Network::Lab(lab) => {
             // By node index, as the lab knows the nodes.
@@ -480,6 +635,9 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
             println!("  kills / restarts      {kills}");
         }
         println!("  lost / duplicated     {lost} / {duplicated}");
+        for e in &history_errors {
+            println!("  history unreadable    {e} (counted from events)");
+        }
         println!(
             "  latency (send → delivered)  p50 {:.2} ms   p95 {:.2} ms   p99 {:.2} ms",
             percentile(&latencies, 50.0),
@@ -487,6 +645,9 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
             percentile(&latencies, 99.0)
         );
         println!("  throughput            {throughput:.0} messages/s");
+        if let Some(off) = report.get("offline") {
+            print_offline(off);
+        }
         println!(
             "  peak RSS per node     min {} KiB, median {} KiB, max {} KiB",
             rss_sorted.first().unwrap_or(&0),
@@ -522,11 +683,73 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         interrupt.clone().wait()?;
     }
     drop(nodes);
+    drop(mailbox_hosts);
     drop(net);
     if lost > 0 || duplicated > 0 || delivered_count < sent.len() {
         bail!("{lost} lost, {duplicated} duplicated, {} of {} delivered", delivered_count, sent.len());
     }
     Ok(())
+}
+
+/// Per sender (position in `nodes`): the status of each message it sent,
+/// by id, from its `message.history` with each contact it wrote to.
+fn sender_history(nodes: &[NodeProc], sent: &HashMap<String, Sent>) -> HashMap<usize, Result<HashMap<String, String>>> {
+    let mut pairs: BTreeMap<usize, HashSet<&str>> = BTreeMap::new();
+    for s in sent.values() {
+        pairs.entry(s.from).or_default().insert(&s.to_name);
+    }
+    pairs
+        .into_iter()
+        .map(|(from, names)| {
+            let statuses = (|| {
+                let mut c = nodes[from].client()?;
+                let mut out = HashMap::new();
+                for name in names {
+                    let h = c.call("message.history", json!({"profile": "personal", "with": name, "limit": 10000}))?;
+                    for m in h["messages"].as_array().into_iter().flatten().filter(|m| m["direction"] == "out") {
+                        if let (Some(id), Some(status)) = (m["id"].as_str(), m["status"].as_str()) {
+                            out.insert(id.to_string(), status.to_string());
+                        }
+                    }
+                }
+                Ok(out)
+            })();
+            (from, statuses)
+        })
+        .collect()
+}
+
+/// The text form of the report's `offline` part.
+fn print_offline(off: &Value) {
+    let ms = |v: &Value| v.as_f64().map_or_else(|| "n/a".to_string(), |v| format!("{v:.0} ms"));
+    let latency = |v: &Value| {
+        format!("p50 {}   p95 {}   max {}   ({} measured)", ms(&v["p50"]), ms(&v["p95"]), ms(&v["max"]), v["count"])
+    };
+    println!("  offline");
+    println!(
+        "    schedule            {} nodes down at a time (rate {}), {} rounds of at least {} s",
+        off["down_at_once"], off["rate"], off["rounds"], off["stretch_s"]
+    );
+    println!(
+        "    down                {} stretches on {} nodes, {:.1} s in total",
+        off["stretches"],
+        off["nodes_down"],
+        off["seconds_down"].as_f64().unwrap_or(0.0)
+    );
+    println!("    through a mailbox   {} messages", off["through_mailbox"]);
+    println!("    latency direct      {}", latency(&off["latency_ms"]["direct"]));
+    println!("    latency via mailbox {}", latency(&off["latency_ms"]["mailbox"]));
+    let last = &off["sent_before_going_offline"];
+    println!(
+        "    sent, then offline  {} of {} delivered; latency {}",
+        last["delivered"],
+        last["sent"],
+        latency(&off["latency_ms"]["sender_went_offline"])
+    );
+    let unseen = off["confirmed_without_event"].as_u64().unwrap_or(0);
+    if unseen > 0 {
+        println!("    {unseen} delivered while their sender's events were not watched (no latency)");
+    }
 }
 
 /// The name node `reader` filed `sender` under (friend-NN, or the

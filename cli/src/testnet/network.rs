@@ -1,5 +1,5 @@
 //! Where the test network's nodes run (loopback, or a network lab behind
-//! NATs with relays) and the node and relay processes.
+//! NATs with relays) and the node, relay and mailbox host processes.
 
 use super::*;
 
@@ -155,6 +155,48 @@ impl RelayProc {
     }
 }
 
+/// A `kabar serve --mailbox` on loopback (`--offline-rate`): hosts the
+/// profiles' mailboxes. Killed on drop.
+pub(super) struct MailboxHost {
+    /// `/ip4/127.0.0.1/tcp/<port>/p2p/<PeerId>`.
+    pub(super) address: String,
+    pub(super) _process: NodeChild,
+}
+
+impl MailboxHost {
+    /// Starts a mailbox host with its data in `dir` and waits for its
+    /// address (the first line of its `--json` output).
+    pub(super) fn start(dir: &Path) -> Result<MailboxHost> {
+        let log_path = dir.with_extension("log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["--json", "--data-dir"])
+            .arg(dir)
+            .args(["serve", "--mailbox", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("starting a mailbox host")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"));
+        let process = NodeChild::Local(child);
+        let mut line = String::new();
+        BufReader::new(stdout?).read_line(&mut line)?;
+        let did_not_start = || format!("the mailbox host did not start; see {}", log_path.display());
+        let started: Value = serde_json::from_str(&line).with_context(did_not_start)?;
+        let address = started["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
+            .ok_or_else(|| anyhow!("the mailbox host reported no loopback address: {line}"))?
+            .to_string();
+        Ok(MailboxHost { address, _process: process })
+    }
+}
+
 /// A node's running process: our child, or one the lab started in a
 /// namespace. Dropping it kills it.
 pub(super) enum NodeChild {
@@ -251,6 +293,19 @@ impl NodeProc {
         self.child = None;
     }
 
+    /// Stops the node as a user would (`node.stop`), waits up to `grace`
+    /// for the process to end, then kills it.
+    pub(super) fn stop(&mut self, grace: Duration) {
+        self.sample_rss();
+        if self.client().and_then(|mut c| c.call("node.stop", json!({}))).is_ok() {
+            let deadline = Instant::now() + grace;
+            while self.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.kill();
+    }
+
     pub(super) fn client(&self) -> Result<Client> {
         Client::connect(&self.dir)
     }
@@ -318,11 +373,21 @@ impl Interrupt {
     }
 }
 
+/// What the event readers saw: when each message (by id) was first
+/// reported stored in a mailbox, and delivered (or read).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Seen {
+    pub(super) stored: HashMap<String, Instant>,
+    pub(super) delivered: HashMap<String, Instant>,
+}
+
 /// One message of the traffic.
 pub(super) struct Sent {
     pub(super) from: usize,
     pub(super) to_node: usize,
     pub(super) to_profile: &'static str,
+    /// The sender's name for the recipient (friend-NN or shop-NN).
+    pub(super) to_name: String,
     pub(super) tag: String,
     pub(super) at: Instant,
 }

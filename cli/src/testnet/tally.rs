@@ -405,6 +405,7 @@ mod tests {
             from,
             to_node,
             to_profile: "personal",
+            to_name: String::new(),
             tag: String::new(),
             at: t0 + Duration::from_millis(ms),
         };
