@@ -191,7 +191,9 @@ fn split_u16(body: &[u8]) -> io::Result<(usize, &[u8])> {
     Ok((u16::from_be_bytes([body[0], body[1]]) as usize, &body[2..]))
 }
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+/// Reads one `u32 BE length ‖ body` frame of at most `max` bytes (shared
+/// with the mailbox protocol).
+pub(crate) async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -203,7 +205,8 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::
     Ok(body)
 }
 
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, body: &[u8]) -> io::Result<()> {
+/// Writes one frame and closes the writing side of the stream.
+pub(crate) async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, body: &[u8]) -> io::Result<()> {
     io.write_all(&(body.len() as u32).to_be_bytes()).await?;
     io.write_all(body).await?;
     io.close().await

@@ -25,7 +25,9 @@
 
 use std::io;
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncRead, AsyncWrite};
+
+use crate::wire::{read_frame, write_frame};
 use kabar_crypto::envelope::MAX_ENVELOPE_LEN;
 use libp2p::StreamProtocol;
 
@@ -567,24 +569,6 @@ pub fn decode_response(op: Op, body: &[u8]) -> io::Result<Response> {
         }),
     };
     r.finish(res)
-}
-
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(invalid("frame over the size limit"));
-    }
-    let mut body = vec![0u8; len];
-    io.read_exact(&mut body).await?;
-    Ok(body)
-}
-
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, body: &[u8]) -> io::Result<()> {
-    io.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    io.write_all(body).await?;
-    io.close().await
 }
 
 /// The libp2p codec of [`super::PROTOCOL`].
