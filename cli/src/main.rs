@@ -249,7 +249,7 @@ enum TestnetCommand {
         /// Share of the nodes offline at any moment of the traffic, their messages going to mailboxes (not with --nat).
         #[arg(long, value_name = "FRACTION", default_value_t = 0.0, conflicts_with = "nat")]
         offline_rate: f64,
-        /// With --offline-rate: number of mailbox hosts (`kabar serve --mailbox`); node i uses host i mod N.
+        /// With --offline-rate: number of mailbox hosts (`kabar serve --mailbox`); node i uses host i mod N. A host takes 10 registrations a minute per IP after a burst of 10, and on loopback all profiles share one IP: above 5 nodes per host, registering waits.
         #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
         mailboxes: u32,
         /// With --offline-rate: seconds each round of the traffic (one set of nodes offline) lasts at least.
