@@ -930,7 +930,8 @@ fn send(dir: &Path, profile: &str, name: &str, text: &str, wait: bool, timeout: 
         loop {
             let st = status_client.call("message.status", json!({"profile": profile, "message_id": id}))?;
             let status = s(&st["status"]);
-            if status == "delivered" || status == "read" {
+            // Stored: held by the recipient's mailbox while it is offline.
+            if status == "delivered" || status == "read" || status == "stored" {
                 out["status"] = json!(status);
                 break;
             }
