@@ -212,12 +212,18 @@ impl std::fmt::Debug for MailboxHost {
     }
 }
 
+/// The host's redb page cache.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 impl MailboxHost {
     /// Opens (or creates) the store `mailboxes.redb` in `dir`.
     pub fn open(dir: &Path, limits: MailboxLimits) -> Result<MailboxHost, HostError> {
         let path = dir.join(FILE);
         let corrupted = |reason: String| HostError::Corrupted { path: path.clone(), reason };
-        let db = Database::create(&path).map_err(|e| match e {
+        // redb's default page cache is 1 GiB and keeps what was written: a
+        // host holding a lot would sit near that. Reads here are sequential
+        // pages of one mailbox; a small cache costs little.
+        let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(&path).map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen => HostError::InUse(path.clone()),
             DatabaseError::Storage(redb::StorageError::Io(io)) if io.kind() != std::io::ErrorKind::InvalidData => {
                 HostError::Storage(format!("opening {}: {io}", path.display()))

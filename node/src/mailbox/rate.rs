@@ -13,9 +13,11 @@ use super::wire::Op;
 pub enum Class {
     /// DEPOSIT: 100 a second, bursts of 500.
     Deposit,
-    /// FETCH, DELETE, REVOKE, UNREGISTER, STATUS: 20 a second, bursts of 100.
+    /// FETCH, DELETE, REVOKE, UNREGISTER, STATUS: 100 a second, bursts of
+    /// 400 (a profile's fetch round is up to 100 pages, a FETCH and a DELETE
+    /// each).
     Owner,
-    /// REGISTER: 10 a minute.
+    /// REGISTER: 10 a minute, bursts of 30.
     Register,
 }
 
@@ -33,8 +35,8 @@ impl Class {
     fn rate(self) -> (f64, f64) {
         match self {
             Class::Deposit => (100.0, 500.0),
-            Class::Owner => (20.0, 100.0),
-            Class::Register => (10.0 / 60.0, 10.0),
+            Class::Owner => (100.0, 400.0),
+            Class::Register => (10.0 / 60.0, 30.0),
         }
     }
 }
@@ -109,7 +111,7 @@ mod tests {
         let mut r = RateLimiter::new(10);
         let ip: IpAddr = [198, 18, 0, 1].into();
         let t0 = Instant::now();
-        for _ in 0..10 {
+        for _ in 0..30 {
             assert!(r.allow(ip, Class::Register, t0));
         }
         assert!(!r.allow(ip, Class::Register, t0));
