@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use clap::Subcommand;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::client::Client;
 use crate::{output, s, show};
@@ -38,6 +38,15 @@ pub(crate) enum MailboxCommand {
     Fetch,
 }
 
+/// How the last fetch of a mailbox (as `mailbox.list` shows it) went.
+pub(crate) fn last_fetch(m: &Value) -> String {
+    match (m["last_fetch_ms"].as_u64(), m["last_error"].as_str()) {
+        (Some(0) | None, _) => "not fetched yet".to_string(),
+        (Some(_), Some(error)) => format!("failed: {error}"),
+        (Some(at), None) => format!("ok {}", output::time(at)),
+    }
+}
+
 pub(crate) fn mailbox(dir: &Path, command: &MailboxCommand, profile: &str, json: bool) -> Result<()> {
     let mut client = Client::connect(dir)?;
     let v = match command {
@@ -64,12 +73,7 @@ pub(crate) fn mailbox(dir: &Path, command: &MailboxCommand, profile: &str, json:
         let mut rows = Vec::new();
         for (profile, list) in v["mailboxes"].as_object().into_iter().flatten() {
             for m in list.as_array().into_iter().flatten() {
-                let last = match (m["last_fetch_ms"].as_u64(), m["last_error"].as_str()) {
-                    (Some(0) | None, _) => "not yet".to_string(),
-                    (Some(_), Some(error)) => format!("failed: {error}"),
-                    (Some(at), None) => format!("ok {}", output::time(at)),
-                };
-                rows.push(vec![profile.clone(), s(&m["address"]), m["fetched"].to_string(), last]);
+                rows.push(vec![profile.clone(), s(&m["address"]), m["fetched"].to_string(), last_fetch(m)]);
             }
         }
         if rows.is_empty() {

@@ -182,5 +182,12 @@ pub(crate) fn print_node_info(v: &Value) {
         }
         let hp = &p["hole_punch"];
         println!("  hole punching {} of {} attempts succeeded", hp["succeeded"], hp["attempts"]);
+        for m in p["mailboxes"].as_array().into_iter().flatten() {
+            let last = crate::mailbox::last_fetch(m);
+            println!("  mailbox       {} ({} fetched; last fetch {last})", s(&m["address"]), m["fetched"]);
+        }
+        if p["deposited"].as_u64().unwrap_or(0) > 0 {
+            println!("  deposited     {} envelope(s) in contacts' mailboxes", p["deposited"]);
+        }
     }
 }

@@ -301,6 +301,7 @@ fn a_shop_and_a_customer_who_are_never_online_together_talk_through_mailboxes() 
     ok(&ann, &["mailbox", "add", &address]);
     let listed = ok_json(&shop, &["mailbox", "list"]);
     assert_eq!(listed["mailboxes"]["shop"][0]["address"], address.as_str());
+    assert!(ok(&shop, &["node", "info"]).contains(&format!("mailbox       {address}")));
     let ann_card = ok_json(&ann, &["card", "--name", "Ann"]);
     let shop_card = ok_json(&shop, &["--profile", "shop", "card", "--name", "Marigold"]);
     ok(&ann, &["contact", "add", shop_card["card"].as_str().unwrap(), "--name", "Bakery"]);
