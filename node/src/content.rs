@@ -68,8 +68,8 @@ pub enum Content {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         automatic: Option<String>,
     },
-    /// Receipts for messages we received (their message ids, hex): read,
-    /// or delivered (taken from our mailbox: the sender's own copy waits for
+    /// Receipts for messages we received (their message ids, hex; at most
+    /// [`kabar_storage::MAX_RECEIPT_IDS`] in all): read, or delivered (taken from our mailbox: the sender's own copy waits for
     /// this, as the mailbox host acknowledged it, not we).
     Receipt {
         /// Ids read.
@@ -181,7 +181,7 @@ impl Content {
             return Err(ContentError::Malformed("address update: too many or malformed addresses".into()));
         }
         if let Content::Receipt { read, delivered } = self
-            && read.len() + delivered.len() > crate::wire::MAX_BATCH * 4
+            && read.len() + delivered.len() > kabar_storage::MAX_RECEIPT_IDS
         {
             return Err(ContentError::Malformed("receipt: too many ids".into()));
         }

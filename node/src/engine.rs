@@ -884,19 +884,17 @@ impl Engine {
             }
             match parsed.as_ref().map(|m| &m.content) {
                 Some(Content::Receipt { read, delivered }) => {
-                    for id in self.ours_to(&contact_id, delivered)? {
-                        self.store.acknowledge(&[id])?;
+                    // Only our own messages to this contact, in one
+                    // transaction (none if nothing applies).
+                    let ids = |list: &[String]| -> Vec<[u8; 16]> {
+                        list.iter()
+                            .filter_map(|h| kabar_crypto::hex::decode(h))
+                            .filter_map(|b| <[u8; 16]>::try_from(b).ok())
+                            .collect()
+                    };
+                    for (id, status) in self.store.apply_receipt(&contact_id, &ids(read), &ids(delivered))? {
                         self.deposited.remove(&id);
-                        actions.push(self.status_event(&id, MessageStatus::Delivered));
-                    }
-                    for id in read
-                        .iter()
-                        .filter_map(|h| kabar_crypto::hex::decode(h))
-                        .filter_map(|b| <[u8; 16]>::try_from(b).ok())
-                    {
-                        if self.store.set_message_status(&id, MessageStatus::Read)? {
-                            actions.push(self.status_event(&id, MessageStatus::Read));
-                        }
+                        actions.push(self.status_event(&id, status));
                     }
                 }
                 Some(Content::Mailboxes { mailboxes }) => {
@@ -937,22 +935,6 @@ impl Engine {
             actions.extend(self.automations(&contact_id, &conversation_before, catalog_requested, now_ms, rng)?);
         }
         Ok((acks, actions))
-    }
-
-    /// Those of `ids` (hex) that are our messages to `contact` still waiting
-    /// for its acknowledgement.
-    fn ours_to(&self, contact: &ContactId, ids: &[String]) -> Result<Vec<[u8; 16]>, EngineError> {
-        let mut out = Vec::new();
-        for id in ids.iter().filter_map(|h| kabar_crypto::hex::decode(h)).filter_map(|b| <[u8; 16]>::try_from(b).ok()) {
-            if let Some((to, _, record)) = self.store.message(&id)?
-                && to == *contact
-                && record.direction == Direction::Outgoing
-                && record.status < MessageStatus::Delivered
-            {
-                out.push(id);
-            }
-        }
-        Ok(out)
     }
 
     /// A page of envelopes fetched from our mailbox at `address`. Each is
@@ -1373,8 +1355,12 @@ impl Engine {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let receipt = Content::Receipt { read: ids.iter().map(|id| hex(id)).collect(), delivered: Vec::new() };
-        match self.send(contact, receipt, now_ms, rng) {
+        // One receipt per MAX_RECEIPT_IDS ids.
+        let receipts = ids
+            .chunks(kabar_storage::MAX_RECEIPT_IDS)
+            .map(|chunk| Content::Receipt { read: chunk.iter().map(|id| hex(id)).collect(), delivered: Vec::new() })
+            .collect();
+        match self.send_many(contact, receipts, now_ms, rng) {
             Ok((_, actions)) => Ok(actions),
             // No way to send a receipt (blocked, no prekey): reading still counts.
             Err(EngineError::Blocked(_) | EngineError::NoPrekey(_)) => Ok(Vec::new()),

@@ -732,3 +732,46 @@ fn garbage_from_a_mailbox_is_deleted_and_changes_nothing() {
     let (none, _) = bob.e().on_mailbox_items("/ip4/1.2.3.4/tcp/1/p2p/x", &items, T0, &mut rand::rng()).unwrap();
     assert!(none.is_empty());
 }
+
+#[test]
+fn a_receipt_applies_only_to_our_own_messages_to_that_contact() {
+    let mut alice = Party::new("alice", ProfileKind::Personal);
+    let mut bob = Party::new("bob", ProfileKind::Personal);
+    let mut mallory = Party::new("mallory", ProfileKind::Personal);
+    let bob_id = alice.knows(&mut bob, "Bob");
+    bob.knows(&mut alice, "Alice");
+    alice.knows(&mut mallory, "Mallory");
+    let alice_at_mallory = mallory.knows(&mut alice, "Alice");
+    let (to_bob, actions) = alice.e().send(&bob_id, Content::text("for Bob"), T0, &mut rand::rng()).unwrap();
+    pump(&mut alice, &mut bob, actions, T0);
+    assert_eq!(status(&mut alice, &to_bob), MessageStatus::Delivered);
+    // Bob's answer: an incoming message of Alice's.
+    let alice_at_bob = bob.contact_of(&mut alice);
+    let (from_bob, actions) = bob.e().send(&alice_at_bob, Content::text("hi"), T0, &mut rand::rng()).unwrap();
+    pump(&mut bob, &mut alice, actions, T0);
+
+    // Mallory, a contact with a session, names Alice's message to Bob and
+    // Bob's message to Alice as read and delivered.
+    let hex = |id: &[u8; 16]| kabar_crypto::hex::encode(id);
+    let forged = Content::Receipt { read: vec![hex(&to_bob), hex(&from_bob)], delivered: vec![hex(&to_bob)] };
+    let (_, actions) = mallory.e().send(&alice_at_mallory, forged, T0, &mut rand::rng()).unwrap();
+    let events = transmits(&actions)
+        .into_iter()
+        .flat_map(|(_, _, envs)| alice.e().on_request(&mallory.key(), &envs, T0, &mut rand::rng()).unwrap().1)
+        .collect::<Vec<_>>();
+    assert!(!events.iter().any(|a| matches!(a, Action::Notify(kabar_node::engine::NodeEvent::StatusChanged { .. }))));
+    assert_eq!(status(&mut alice, &to_bob), MessageStatus::Delivered, "not Mallory's to mark");
+    assert_eq!(status(&mut alice, &from_bob), MessageStatus::Delivered, "an incoming message is not ours to mark");
+
+    // Bob himself cannot mark Alice's incoming message read either, but can
+    // mark hers to him.
+    let receipt = Content::Receipt { read: vec![hex(&to_bob), hex(&from_bob)], delivered: vec![] };
+    let (_, actions) = bob.e().send(&alice_at_bob, receipt, T0, &mut rand::rng()).unwrap();
+    pump(&mut bob, &mut alice, actions, T0);
+    assert_eq!(status(&mut alice, &to_bob), MessageStatus::Read);
+    assert_eq!(status(&mut alice, &from_bob), MessageStatus::Delivered);
+
+    // A receipt over the bound is malformed content: dropped before any work.
+    let many: Vec<String> = (0..=MAX_RECEIPT_IDS).map(|i| hex(&[i as u8; 16])).collect();
+    assert!(Content::Receipt { read: many, delivered: vec![] }.check().is_err());
+}

@@ -37,6 +37,9 @@ pub struct Contact {
     pub request: bool,
 }
 
+/// Most message ids one receipt may name.
+pub const MAX_RECEIPT_IDS: usize = 256;
+
 /// Most mailboxes a profile registers, and most kept per contact.
 pub const MAX_MAILBOXES: usize = 4;
 

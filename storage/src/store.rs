@@ -763,6 +763,59 @@ impl ProfileStore {
         Ok(forward)
     }
 
+    /// Applies a receipt from `contact`: `delivered` ids become `Delivered`
+    /// and `read` ids `Read`, each leaving the outbox (a message read was
+    /// delivered). Only ids of this profile's own messages **to that
+    /// contact** count; others are ignored (a contact cannot touch other
+    /// conversations or its own incoming messages). At most
+    /// [`MAX_RECEIPT_IDS`] ids; checked with reads first, then one durable
+    /// transaction, and none when nothing applies. Returns what changed.
+    pub fn apply_receipt(
+        &self,
+        contact: &ContactId,
+        read: &[[u8; 16]],
+        delivered: &[[u8; 16]],
+    ) -> Result<Vec<([u8; 16], MessageStatus)>, StoreError> {
+        if read.len() + delivered.len() > MAX_RECEIPT_IDS {
+            return Err(StoreError::Invalid(format!("a receipt names at most {MAX_RECEIPT_IDS} messages")));
+        }
+        let wanted = delivered
+            .iter()
+            .map(|id| (id, MessageStatus::Delivered))
+            .chain(read.iter().map(|id| (id, MessageStatus::Read)));
+        let mut changes: Vec<([u8; 16], MessageStatus)> = Vec::new();
+        {
+            let tx = self.read()?;
+            let messages = tx.open_table(MESSAGES)?;
+            for (id, status) in wanted {
+                let Some(key) = self.message_position(&tx, id)? else { continue };
+                if key.get(..16) != Some(contact.0.as_slice()) {
+                    continue;
+                }
+                let Some(record): Option<MessageRecord> = self.get_sealed(&messages, MESSAGES_NAME, &key)? else {
+                    continue;
+                };
+                let forward = record.status != MessageStatus::Failed && status > record.status;
+                if record.direction == Direction::Outgoing && forward {
+                    changes.retain(|(c, _)| c != id);
+                    changes.push((*id, status));
+                }
+            }
+        }
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        self.write(|tx| {
+            for (id, status) in &changes {
+                tx.open_table(OUTBOX)?.remove(id.as_slice())?;
+                tx.open_table(DEPOSITED)?.remove(id.as_slice())?;
+                self.advance_status(tx, id, *status)?;
+            }
+            Ok(())
+        })?;
+        Ok(changes)
+    }
+
     /// Moves a message's status forward (never back). Returns whether it changed.
     pub fn set_message_status(&self, message_id: &[u8; 16], status: MessageStatus) -> Result<bool, StoreError> {
         self.write(|tx| self.advance_status(tx, message_id, status))
