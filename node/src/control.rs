@@ -504,10 +504,12 @@ async fn call(
         "node.dial" => {
             let addr: libp2p::Multiaddr =
                 str_param(params, "address")?.parse().map_err(|e| RpcError::params(format!("bad multiaddr: {e}")))?;
-            for (_, h) in &state.profiles {
-                let _ = h.commands.send(Command::Dial(addr.clone())).await;
-            }
-            return Ok(json!({"dialing": addr.to_string()}));
+            // From one profile only: dialling from all at once would show
+            // the peer that they run on one node.
+            let (name, handle) = one_profile(state, params)?;
+            let shutting = || RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down");
+            handle.commands.send(Command::Dial(addr.clone())).await.map_err(|_| shutting())?;
+            return Ok(json!({"dialing": addr.to_string(), "profile": name}));
         }
         "relay.add" | "relay.remove" => {
             let address: libp2p::Multiaddr =

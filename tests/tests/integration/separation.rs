@@ -36,3 +36,27 @@ async fn identify_and_cards_of_one_profile_never_mention_the_other() {
     assert_ne!(personal_card.identity.dh, shop_card.identity.dh);
     assert!(shop_card.addresses.iter().all(|a| !personal_card.addresses.contains(a)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_dial_dials_from_the_named_profile_only() {
+    let node = TestNode::start(&[("personal", Personal), ("shop", Business)]).await;
+    let target = TestNode::start(&[("personal", Personal)]).await;
+    let (target_peer, target_addr) = peer_and_addr(&target, "personal").await;
+    let address = format!("{target_addr}/p2p/{target_peer}");
+
+    // Without a profile, a node with two refuses: it would dial from both.
+    let refused = node.try_call("node.dial", serde_json::json!({"address": address})).await.unwrap_err();
+    assert_eq!(refused.code, -32602, "{refused:?}");
+
+    let dialing = node.call("node.dial", serde_json::json!({"address": address, "profile": "shop"})).await;
+    assert_eq!(dialing["profile"], "shop");
+    let mut shop = node.status_watch("shop");
+    let target_id = target_peer.to_string();
+    let connected = |s: &kabar_node::network::ProfileStatus| s.peers.iter().any(|p| p.peer_id == target_id);
+    tokio::time::timeout(TIMEOUT, shop.wait_for(connected)).await.unwrap().unwrap();
+    // The target saw the shop only.
+    let seen = target.profile_info("personal").await["peers"].to_string();
+    let personal_peer = node.profile_info("personal").await["peer_id"].as_str().unwrap().to_string();
+    assert!(!seen.contains(&personal_peer), "the personal profile dialled too: {seen}");
+    assert!(!connected(&node.status_watch("personal").borrow()));
+}
