@@ -1107,21 +1107,27 @@ impl Engine {
 
     /// Blocks or unblocks a contact (a block also settles a message
     /// request): its deposit tag in each of our mailboxes is revoked or
-    /// restored.
+    /// restored, and a block drops everything still queued to it (those
+    /// messages fail), automatic replies included.
     pub fn set_blocked(&mut self, contact: &ContactId, blocked: bool) -> Result<(Contact, Vec<Action>), EngineError> {
         let c = self.store.update_contact(contact, |c| {
             c.blocked = blocked;
             c.request = false;
         })?;
-        let actions = self
-            .store
-            .mailboxes()?
-            .into_iter()
-            .map(|m| {
-                let tag = offline::tag(&m.key, &c.identity.signing);
-                Action::Revoke { mailbox: m, tag, revoked: blocked }
-            })
-            .collect();
+        let mut actions = Vec::new();
+        if blocked {
+            for id in self.store.drop_outbox_for(contact)? {
+                self.deposited.remove(&id);
+                self.in_flight.remove(&id);
+                actions.push(self.status_event(&id, MessageStatus::Failed));
+            }
+            self.pending.remove(contact);
+            self.deposit_backoff.remove(contact);
+        }
+        actions.extend(self.store.mailboxes()?.into_iter().map(|m| {
+            let tag = offline::tag(&m.key, &c.identity.signing);
+            Action::Revoke { mailbox: m, tag, revoked: blocked }
+        }));
         Ok((c, actions))
     }
 

@@ -775,3 +775,38 @@ fn a_receipt_applies_only_to_our_own_messages_to_that_contact() {
     let many: Vec<String> = (0..=MAX_RECEIPT_IDS).map(|i| hex(&[i as u8; 16])).collect();
     assert!(Content::Receipt { read: many, delivered: vec![] }.check().is_err());
 }
+
+#[test]
+fn blocking_drops_what_is_queued_to_the_contact_and_refuses_what_it_sends() {
+    let mut shop = Party::new("shop", ProfileKind::Business);
+    let mut stranger = Party::new("stranger", ProfileKind::Personal);
+    let to_shop = stranger.knows(&mut shop, "Bakery");
+    let greeting = Automations { greeting: Some("Welcome!".into()), ..Automations::default() };
+    shop.store().set_automations(&greeting).unwrap();
+    // The stranger writes once; the greeting to it waits in the shop's outbox
+    // (the stranger never answers).
+    let (_, actions) = stranger.e().send(&to_shop, Content::text("hi"), T0, &mut rand::rng()).unwrap();
+    let (_, _, envs) = transmits(&actions).remove(0);
+    let stranger_key = stranger.key();
+    let (acks, replies) = shop.e().on_request(&stranger_key, &envs, T0, &mut rand::rng()).unwrap();
+    assert_eq!(acks, [Ack::Accepted]);
+    let (_, greeting_ids, _) = transmits(&replies).remove(0);
+    shop.e().on_transmit_failed(&stranger_key, &greeting_ids, T0).unwrap();
+    assert_eq!(shop.store().outbox().unwrap().len(), 1);
+
+    let them = shop.contact_of(&mut stranger);
+    let (_, actions) = shop.e().set_blocked(&them, true).unwrap();
+    assert!(shop.store().outbox().unwrap().is_empty(), "nothing stays queued to a blocked contact");
+    assert_eq!(status(&mut shop, &greeting_ids[0]), MessageStatus::Failed);
+    assert!(actions.iter().any(|a| matches!(a, Action::Notify(kabar_node::engine::NodeEvent::StatusChanged { .. }))));
+    assert!(transmits(&shop.e().on_tick(T0 + 3_600_000).unwrap()).is_empty(), "and nothing is retried");
+
+    // What it sends next, in the same session, is refused and not stored.
+    let before = texts(&mut shop, &them).len();
+    let (_, actions) = stranger.e().send(&to_shop, Content::text("again"), T0 + 1, &mut rand::rng()).unwrap();
+    let (_, _, envs) = transmits(&actions).remove(0);
+    let (acks, follow) = shop.e().on_request(&stranger_key, &envs, T0 + 1, &mut rand::rng()).unwrap();
+    assert_eq!(acks, [Ack::Rejected(RejectReason::Blocked)]);
+    assert!(follow.is_empty());
+    assert_eq!(texts(&mut shop, &them).len(), before);
+}

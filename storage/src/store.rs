@@ -905,6 +905,25 @@ impl ProfileStore {
         })
     }
 
+    /// Drops every outbox entry for `contact` in one transaction (the
+    /// contact was blocked): their messages become `Failed`. Returns their ids.
+    pub fn drop_outbox_for(&self, contact: &ContactId) -> Result<Vec<[u8; 16]>, StoreError> {
+        let ids: Vec<[u8; 16]> =
+            self.outbox()?.into_iter().filter(|e| e.contact == *contact).map(|e| e.message_id).collect();
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        self.write(|tx| {
+            for id in &ids {
+                tx.open_table(OUTBOX)?.remove(id.as_slice())?;
+                tx.open_table(DEPOSITED)?.remove(id.as_slice())?;
+                self.advance_status(tx, id, MessageStatus::Failed)?;
+            }
+            Ok(())
+        })?;
+        Ok(ids)
+    }
+
     /// Gives up on a message: its outbox entry goes and its status becomes `Failed`.
     pub fn fail_message(&self, message_id: &[u8; 16]) -> Result<(), StoreError> {
         self.write(|tx| {
