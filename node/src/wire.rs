@@ -200,10 +200,18 @@ pub(crate) async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usi
     if len > max {
         return Err(invalid("frame over the size limit"));
     }
-    let mut body = vec![0u8; len];
-    io.read_exact(&mut body).await?;
+    // Grow with what arrives: a peer that declares 4 MiB and sends 10 bytes
+    // costs 10 bytes, not 4 MiB.
+    let mut body = Vec::with_capacity(len.min(FRAME_CHUNK));
+    (&mut *io).take(len as u64).read_to_end(&mut body).await?;
+    if body.len() != len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "frame shorter than its length"));
+    }
     Ok(body)
 }
+
+/// What a frame reader reserves before bytes arrive.
+const FRAME_CHUNK: usize = 16 * 1024;
 
 /// Writes one frame and closes the writing side of the stream.
 pub(crate) async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, body: &[u8]) -> io::Result<()> {
