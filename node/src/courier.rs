@@ -290,6 +290,14 @@ impl Courier {
         self.fetch_all(own);
     }
 
+    /// Fetches our mailbox at `address` (one of `own`) now, unless it is
+    /// being fetched; the periodic schedule of the others is left alone.
+    pub fn fetch_mailbox(&mut self, own: &[OwnMailbox], address: &str) {
+        if let Some(m) = own.iter().find(|m| m.address == address) {
+            self.fetch(m);
+        }
+    }
+
     /// True when the periodic fetch is due.
     pub fn fetch_due(&self) -> bool {
         Instant::now() >= self.next_fetch

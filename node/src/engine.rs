@@ -253,6 +253,8 @@ pub struct Engine {
     depositing: HashSet<ContactId>,
     /// Per contact: no deposit before this time, and the mailbox to try.
     deposit_backoff: HashMap<ContactId, (u64, usize)>,
+    /// Our own mailboxes (mirrors the store; read on every send).
+    own_mailboxes: Vec<OwnMailbox>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -265,6 +267,7 @@ impl Engine {
         let identity = store.identity()?;
         let pending = store.outbox()?.into_iter().map(|e| e.contact).collect();
         let deposited = store.deposited()?.into_iter().collect();
+        let own_mailboxes = store.mailboxes()?;
         Ok(Engine {
             store,
             identity,
@@ -274,12 +277,18 @@ impl Engine {
             deposited,
             depositing: HashSet::new(),
             deposit_backoff: HashMap::new(),
+            own_mailboxes,
         })
     }
 
     /// The profile's store.
     pub fn store(&self) -> &ProfileStore {
         &self.store
+    }
+
+    /// The profile's own mailboxes.
+    pub fn mailboxes(&self) -> &[OwnMailbox] {
+        &self.own_mailboxes
     }
 
     /// The profile's Ed25519 key (its PeerId).
@@ -951,7 +960,7 @@ impl Engine {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<(Vec<u64>, Vec<Action>), EngineError> {
-        let Some(own) = self.store.mailboxes()?.into_iter().find(|m| m.address == address) else {
+        let Some(own) = self.own_mailboxes.iter().find(|m| m.address == address).cloned() else {
             return Ok((Vec::new(), Vec::new()));
         };
         let card = offline::card_tag(&own.key);
@@ -1020,8 +1029,8 @@ impl Engine {
     /// record once it is queued (`None` if it is up to date, blocked, or we
     /// have never had mailboxes).
     fn mailbox_update_for(&self, contact_id: &ContactId) -> Result<Option<(Content, [u8; 16])>, EngineError> {
-        let own = self.store.mailboxes()?;
-        let hash = offline::set_hash(&own);
+        let own = &self.own_mailboxes;
+        let hash = offline::set_hash(own);
         let contact = self.contact_or_err(contact_id)?;
         if contact.blocked || self.store.contact_mailboxes(contact_id)?.told == hash {
             return Ok(None);
@@ -1078,10 +1087,11 @@ impl Engine {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Vec<Action>, EngineError> {
-        let mut list = self.store.mailboxes()?;
+        let mut list = self.own_mailboxes.clone();
         list.retain(|m| m.address != mailbox.address);
         list.push(mailbox);
         self.store.set_mailboxes(&list)?;
+        self.own_mailboxes = list;
         self.announce_mailboxes(now_ms, rng)
     }
 
@@ -1093,16 +1103,17 @@ impl Engine {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<(Option<OwnMailbox>, Vec<Action>), EngineError> {
-        let mut list = self.store.mailboxes()?;
+        let mut list = self.own_mailboxes.clone();
         let Some(index) = list.iter().position(|m| m.address == address) else { return Ok((None, Vec::new())) };
         let removed = list.remove(index);
         self.store.set_mailboxes(&list)?;
+        self.own_mailboxes = list;
         Ok((Some(removed), self.announce_mailboxes(now_ms, rng)?))
     }
 
     /// What a contact card says about our mailboxes (the card tag in each).
     pub fn card_mailboxes(&self) -> Result<Vec<ContactMailbox>, EngineError> {
-        Ok(self.store.mailboxes()?.iter().map(|m| offline::offer(m, offline::card_tag(&m.key))).collect())
+        Ok(self.own_mailboxes.iter().map(|m| offline::offer(m, offline::card_tag(&m.key))).collect())
     }
 
     /// Blocks or unblocks a contact (a block also settles a message
@@ -1124,7 +1135,7 @@ impl Engine {
             self.pending.remove(contact);
             self.deposit_backoff.remove(contact);
         }
-        actions.extend(self.store.mailboxes()?.into_iter().map(|m| {
+        actions.extend(self.own_mailboxes.iter().cloned().map(|m| {
             let tag = offline::tag(&m.key, &c.identity.signing);
             Action::Revoke { mailbox: m, tag, revoked: blocked }
         }));

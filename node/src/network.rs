@@ -497,7 +497,7 @@ pub async fn run_profile(
         add_relay(&mut swarm, &mut reach, r);
     }
     let (mut courier, mut courier_events) = Courier::new();
-    courier.set_mailboxes(&engine.store().mailboxes().unwrap_or_default());
+    courier.set_mailboxes(engine.mailboxes());
     let mut status = status_tx.borrow().clone();
     let mut pending: HashMap<OutboundRequestId, (PeerKey, Vec<[u8; 16]>)> = HashMap::new();
     let mut limits: HashMap<PeerId, RateLimit> = HashMap::new();
@@ -554,7 +554,7 @@ pub async fn run_profile(
                 });
                 actions.extend(on_reach_tick(&mut swarm, &mut reach, &mut engine, &mut rng));
                 if courier.fetch_due() {
-                    courier.fetch_all(&engine.store().mailboxes().unwrap_or_default());
+                    courier.fetch_all(engine.mailboxes());
                 }
                 actions
             }
@@ -657,8 +657,7 @@ fn on_courier_event<R: rand_core::CryptoRng + ?Sized>(
             }
             if courier.fetched(&address, &result) {
                 // Someone waits for a round that starts after their call.
-                let own = engine.store().mailboxes().unwrap_or_default();
-                courier.fetch_all(&own.into_iter().filter(|m| m.address == address).collect::<Vec<_>>());
+                courier.fetch_mailbox(engine.mailboxes(), &address);
             }
             Vec::new()
         }
@@ -671,9 +670,8 @@ fn on_courier_event<R: rand_core::CryptoRng + ?Sized>(
             let address = mailbox.address.clone();
             match engine.add_mailbox(mailbox, now_ms(), rng) {
                 Ok(actions) => {
-                    let own = engine.store().mailboxes().unwrap_or_default();
-                    courier.set_mailboxes(&own);
-                    courier.fetch_all(&own.into_iter().filter(|m| m.address == address).collect::<Vec<_>>());
+                    courier.set_mailboxes(engine.mailboxes());
+                    courier.fetch_mailbox(engine.mailboxes(), &address);
                     let _ = reply.send(Ok(courier.states().iter().map(|s| s.address.clone()).collect()));
                     actions
                 }
@@ -697,7 +695,7 @@ fn change_mailboxes<R: rand_core::CryptoRng + ?Sized>(
     use crate::control::{RpcError, codes};
     match change {
         MailboxChange::Add(address) => {
-            let own = engine.store().mailboxes().unwrap_or_default();
+            let own = engine.mailboxes();
             let text = address.to_string();
             if own.iter().any(|m| m.address == text) {
                 let _ = reply.send(Ok(own.iter().map(|m| m.address.clone()).collect()));
@@ -722,14 +720,14 @@ fn change_mailboxes<R: rand_core::CryptoRng + ?Sized>(
         }
         MailboxChange::Fetch(answer) => {
             let _ = reply.send(Ok(Vec::new()));
-            courier.fetch_now(&engine.store().mailboxes().unwrap_or_default(), answer);
+            courier.fetch_now(engine.mailboxes(), answer);
             Vec::new()
         }
         MailboxChange::Remove(address) => match engine.remove_mailbox(&address, now_ms(), rng) {
             Ok((removed, actions)) => {
                 if let Some(m) = removed {
                     courier.unregister(m);
-                    courier.set_mailboxes(&engine.store().mailboxes().unwrap_or_default());
+                    courier.set_mailboxes(engine.mailboxes());
                     let _ = reply.send(Ok(courier.states().iter().map(|s| s.address.clone()).collect()));
                 } else {
                     let _ = reply.send(Err(RpcError::new(codes::NOT_FOUND, format!("no mailbox at {address}"))));
@@ -1042,8 +1040,7 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
             }
             if let Some(address) = ctx.courier.hosted_by(&peer_id).cloned() {
                 // Back in touch with one of our mailbox hosts: fetch.
-                let own = engine.store().mailboxes().unwrap_or_default();
-                ctx.courier.fetch_all(&own.into_iter().filter(|m| m.address == address).collect::<Vec<_>>());
+                ctx.courier.fetch_mailbox(engine.mailboxes(), &address);
             }
             reachable(engine, &peer_id)
         }
