@@ -1059,7 +1059,10 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
             relay_peer_id,
             ..
         })) => {
-            for relay in ctx.reach.relays.iter_mut().filter(|r| r.peer == relay_peer_id) {
+            // A reservation requested before AutoNAT found the profile public
+            // may be accepted after its listener was removed: it is not ours
+            // to report (the relay client drops it with the listener).
+            for relay in ctx.reach.relays.iter_mut().filter(|r| r.peer == relay_peer_id && r.listener.is_some()) {
                 relay.reserved = true;
                 relay.backoff = RESERVE_RETRY_MIN;
             }
