@@ -165,7 +165,7 @@ impl Kabar {
                 let message = self.record(Direction::Incoming, i % self.peers.len());
                 IncomingMessage {
                     contact: *contact,
-                    session: kabar_storage::SessionState::new(session.clone()),
+                    session: Some(kabar_storage::SessionState::new(session.clone())),
                     received_id: message.id,
                     message: Some(message),
                     consumed_one_time_prekey: None,

@@ -9,8 +9,10 @@
 //!   kinds, Argon2id parameters and salt, wrapped data keys) and passphrase
 //!   handling: [`DataDir`].
 //! - [`store`]: [`ProfileStore`], one profile's database: identity and
-//!   prekeys, contacts, sessions, messages, outbox, received ids,
-//!   conversations and business data; the atomic send and receive commits.
+//!   prekeys, contacts (with a keyed name index), sessions, messages,
+//!   outbox, received ids, conversations, pending strangers (bounded by
+//!   [`StrangerLimits`]) and business data; the atomic send and receive
+//!   commits, and forgetting a contact.
 //! - [`model`]: the record types and their validation rules.
 //! - [`schema`]: every table, and the schema version with its migrations.
 //! - `seal`: record encryption (XChaCha20-Poly1305, table and key as

@@ -43,6 +43,19 @@ pub const MAX_RECEIPT_IDS: usize = 256;
 /// Most mailboxes a profile registers, and most kept per contact.
 pub const MAX_MAILBOXES: usize = 4;
 
+/// Bounds on pending strangers (message requests and new business customers
+/// nobody answered yet): past either, the oldest are forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StrangerLimits {
+    /// Most strangers pending at once.
+    pub max_count: usize,
+    /// Most bytes of messages stored from all pending strangers together.
+    pub max_bytes: u64,
+}
+
+/// 1,000 pending strangers and 16 MiB of their messages.
+pub const DEFAULT_STRANGER_LIMITS: StrangerLimits = StrangerLimits { max_count: 1_000, max_bytes: 16 * 1024 * 1024 };
+
 /// Where a contact accepts envelopes while it is offline: a mailbox on a
 /// service node, and the deposit capability it gave us.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

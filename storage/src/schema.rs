@@ -15,7 +15,13 @@ use redb::TableDefinition;
 ///   rebuilds it from `messages`.
 /// - 3: adds `deposited` and `contact_mailboxes` (offline mailboxes).
 ///   Migration 2 → 3 creates them empty.
-pub const SCHEMA_VERSION: u32 = 3;
+/// - 4: adds `contact_names` (keyed name index, so a lookup by name opens
+///   only the contacts of that name) and `strangers` (pending message
+///   requests, bounded). Migration 3 → 4 indexes every contact's name and
+///   makes every contact still marked `request` a pending stranger, oldest
+///   `added_at_ms` first, with a byte count of 0 (the bytes it sent before
+///   were not counted).
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Key of the schema version (u32 BE, clear) in [`META`].
 pub(crate) const META_SCHEMA: &str = "schema_version";
@@ -25,6 +31,12 @@ pub(crate) const META_PROFILE: &str = "profile";
 pub(crate) const META_CURRENT_SPK: &str = "current_signed_prekey";
 /// Key of the next one-time prekey id (u32 BE, clear) in [`META`].
 pub(crate) const META_NEXT_OPK: &str = "next_one_time_prekey";
+/// Key of the next stranger admission number (u64 BE, clear) in [`META`]:
+/// strictly increasing, never reused. Schema 4.
+pub(crate) const META_NEXT_STRANGER: &str = "next_stranger";
+/// Key of the number of strangers evicted so far (u64 BE, clear) in
+/// [`META`]. Schema 4.
+pub(crate) const META_STRANGERS_EVICTED: &str = "strangers_evicted";
 
 macro_rules! tables {
     ($($(#[$doc:meta])* $name:ident / $label:ident = $str:literal : <$k:ty, $v:ty>;)*) => {$(
@@ -47,6 +59,15 @@ tables! {
     ONE_TIME_PREKEYS / ONE_TIME_PREKEYS_NAME = "one_time_prekeys": <u32, &'static [u8]>;
     /// Contacts by contact id (sealed).
     CONTACTS / CONTACTS_NAME = "contacts": <&'static [u8], &'static [u8]>;
+    /// Name index: keyed hash of a contact's display name ‖ contact id → ().
+    /// One row per contact, kept in the transaction that names, renames or
+    /// forgets it; several contacts may share a name (one prefix). Schema 4.
+    CONTACT_NAMES / CONTACT_NAMES_NAME = "contact_names": <&'static [u8], ()>;
+    /// Pending strangers (message requests not acted on): admission number
+    /// (u64 BE) ‖ contact id → bytes of messages stored from it (clear:
+    /// opaque ids and counts, no time, no name). At most one row per
+    /// contact; oldest first. Schema 4.
+    STRANGERS / STRANGERS_NAME = "strangers": <&'static [u8], u64>;
     /// Ratchet session snapshots by contact id (sealed).
     SESSIONS / SESSIONS_NAME = "sessions": <&'static [u8], &'static [u8]>;
     /// Messages by conversation id ‖ sequence number (u64 BE) (sealed).

@@ -10,6 +10,14 @@
 //!   id is reported, never stored twice.
 //!
 //! Both take batches, so many messages share one fsync.
+//!
+//! And the rules that keep derived tables exact:
+//! - the name index (`contact_names`) changes in the transaction that
+//!   names, renames or forgets a contact;
+//! - [`ProfileStore::forget_contact`] removes a contact and everything about
+//!   it (but its received ids) in one transaction;
+//! - [`ProfileStore::admit_stranger`] keeps pending strangers within
+//!   [`StrangerLimits`], forgetting the oldest in the same transaction.
 
 use std::path::{Path, PathBuf};
 
@@ -47,8 +55,11 @@ pub struct OutgoingMessage {
 pub struct IncomingMessage {
     /// Sender.
     pub contact: ContactId,
-    /// The session state after decrypting this message.
-    pub session: SessionState,
+    /// The session state after decrypting this message, or `None` when a
+    /// later item of the same batch carries it (a receiver decrypts a whole
+    /// request on one working copy and hands over its state once). The
+    /// last state given for a contact is the one written.
+    pub session: Option<SessionState>,
     /// The message record; `None` for content that is not shown in the
     /// conversation (read receipts), whose session step and id still commit.
     pub message: Option<MessageRecord>,
@@ -135,6 +146,57 @@ fn u32_value(bytes: &[u8]) -> Option<u32> {
     <[u8; 4]>::try_from(bytes).ok().map(u32::from_be_bytes)
 }
 
+fn u64_value(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
+}
+
+/// Key of a pending stranger in [`STRANGERS`]: admission number ‖ contact id.
+fn stranger_key(admitted: u64, contact: &ContactId) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&admitted.to_be_bytes());
+    key[8..].copy_from_slice(&contact.0);
+    key
+}
+
+/// One pending stranger: admission number, contact, bytes stored from it.
+struct StrangerRow {
+    admitted: u64,
+    contact: ContactId,
+    bytes: u64,
+}
+
+/// Every row of [`STRANGERS`], oldest first (clear keys, nothing to open).
+fn stranger_rows(table: &impl ReadableTable<&'static [u8], u64>) -> Result<Vec<StrangerRow>, StoreError> {
+    let mut rows = Vec::new();
+    for row in table.iter()? {
+        let (key, bytes) = row?;
+        let key = key.value();
+        let (Some(admitted), Some(contact)) =
+            (key.get(..8).and_then(u64_value), key.get(8..).and_then(|c| <[u8; 16]>::try_from(c).ok()))
+        else {
+            return Err(StoreError::MalformedRecord { table: STRANGERS_NAME });
+        };
+        rows.push(StrangerRow { admitted, contact: ContactId(contact), bytes: bytes.value() });
+    }
+    Ok(rows)
+}
+
+/// Removes a contact's row from [`STRANGERS`]; returns whether it had one.
+fn remove_stranger(tx: &WriteTransaction, contact: &ContactId) -> Result<bool, StoreError> {
+    let mut table = tx.open_table(STRANGERS)?;
+    let Some(row) = stranger_rows(&table)?.into_iter().find(|r| r.contact == *contact) else { return Ok(false) };
+    table.remove(stranger_key(row.admitted, contact).as_slice())?;
+    Ok(true)
+}
+
+/// Adds `by` to a u64 BE counter in [`META`].
+fn add_to_counter(tx: &WriteTransaction, key: &str, by: u64) -> Result<u64, StoreError> {
+    let mut meta = tx.open_table(META)?;
+    let value = meta.get(key)?.and_then(|v| u64_value(v.value())).unwrap_or(0).saturating_add(by);
+    meta.insert(key, value.to_be_bytes().as_slice())?;
+    Ok(value)
+}
+
 impl ProfileStore {
     /// Creates a new profile database at `path` with a fresh identity, signed
     /// prekey 1 and [`INITIAL_ONE_TIME_PREKEYS`] one-time prekeys.
@@ -211,6 +273,30 @@ impl ProfileStore {
     /// transaction.
     fn migrate(&self, from: u32) -> Result<(), StoreError> {
         self.write(|tx| {
+            if from < 4 {
+                // 3 → 4: index every name; every contact still marked
+                // `request` becomes a pending stranger, oldest added first,
+                // with 0 bytes (what it sent before was not counted).
+                let contacts: Vec<(Vec<u8>, Contact)> = self.all_sealed(&tx.open_table(CONTACTS)?, CONTACTS_NAME)?;
+                let mut names = tx.open_table(CONTACT_NAMES)?;
+                let mut requests = Vec::new();
+                for (key, contact) in contacts {
+                    let id = <[u8; 16]>::try_from(key.as_slice())
+                        .map_err(|_| StoreError::MalformedRecord { table: CONTACTS_NAME })?;
+                    let id = ContactId(id);
+                    names.insert(self.name_key(&contact.display_name, &id).as_slice(), ())?;
+                    if contact.request {
+                        requests.push((contact.added_at_ms, id));
+                    }
+                }
+                drop(names);
+                requests.sort();
+                let mut strangers = tx.open_table(STRANGERS)?;
+                let first = add_to_counter(tx, META_NEXT_STRANGER, requests.len() as u64)? - requests.len() as u64;
+                for (admitted, (_, id)) in (first..).zip(&requests) {
+                    strangers.insert(stranger_key(admitted, id).as_slice(), 0)?;
+                }
+            }
             if from < 3 {
                 // 2 → 3: the mailbox tables, empty.
                 tx.open_table(DEPOSITED)?;
@@ -523,16 +609,49 @@ impl ProfileStore {
         ContactId(self.keys.blind("contact", signing))
     }
 
+    /// Key of a contact's row in [`CONTACT_NAMES`]: keyed hash of the name ‖
+    /// contact id.
+    fn name_key(&self, name: &str, contact: &ContactId) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(&self.keys.blind("contact-name", name.as_bytes()));
+        key[16..].copy_from_slice(&contact.0);
+        key
+    }
+
+    /// Moves a contact's name-index row from name `old` to name `new` (`None`:
+    /// no row), inside `tx`.
+    fn reindex_name(
+        &self,
+        tx: &WriteTransaction,
+        contact: &ContactId,
+        old: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if old == new {
+            return Ok(());
+        }
+        let mut names = tx.open_table(CONTACT_NAMES)?;
+        if let Some(old) = old {
+            names.remove(self.name_key(old, contact).as_slice())?;
+        }
+        if let Some(new) = new {
+            names.insert(self.name_key(new, contact).as_slice(), ())?;
+        }
+        Ok(())
+    }
+
     /// Adds a contact, or updates it if its Ed25519 identity is known. If the
     /// rest of its identity (X25519 key, kind) changed, the change is recorded
     /// in [`Contact::identity_change`], `verified` is cleared, and the change
-    /// is returned so the user can be warned.
+    /// is returned so the user can be warned. The name index follows a new
+    /// name in the same transaction.
     pub fn upsert_contact(&self, contact: Contact) -> Result<(ContactId, Option<IdentityChange>), StoreError> {
         contact.identity.verify().map_err(|e| StoreError::Invalid(format!("contact identity: {e}")))?;
         let id = self.contact_id(&contact.identity);
         self.write(|tx| {
             let mut table = tx.open_table(CONTACTS)?;
             let existing: Option<Contact> = self.get_sealed(&table, CONTACTS_NAME, &id.0)?;
+            let old_name = existing.as_ref().map(|c| c.display_name.clone());
             let (stored, change) = match existing {
                 None => (contact, None),
                 Some(mut old) => {
@@ -558,6 +677,7 @@ impl ProfileStore {
                 }
             };
             self.put_sealed(&mut table, CONTACTS_NAME, &id.0, &stored)?;
+            self.reindex_name(tx, &id, old_name.as_deref(), Some(&stored.display_name))?;
             Ok((id, change))
         })
     }
@@ -580,21 +700,197 @@ impl ProfileStore {
             .collect())
     }
 
-    /// The contact with this display name (names are compared exactly).
+    /// The contact with this display name (names are compared exactly; of
+    /// several with the same name, the lowest contact id). Opens only the
+    /// contacts the name index lists under that name.
     pub fn contact_by_name(&self, name: &str) -> Result<Option<(ContactId, Contact)>, StoreError> {
-        Ok(self.contacts()?.into_iter().find(|(_, c)| c.display_name == name))
+        let mut start = [0u8; 32];
+        start[..16].copy_from_slice(&self.keys.blind("contact-name", name.as_bytes()));
+        let mut end = start;
+        end[16..].fill(0xff);
+        let tx = self.read()?;
+        let names = tx.open_table(CONTACT_NAMES)?;
+        let contacts = tx.open_table(CONTACTS)?;
+        for row in names.range(start.as_slice()..=end.as_slice())? {
+            let (key, _) = row?;
+            let id = key
+                .value()
+                .get(16..)
+                .and_then(|c| <[u8; 16]>::try_from(c).ok())
+                .ok_or(StoreError::MalformedRecord { table: CONTACT_NAMES_NAME })?;
+            if let Some(contact) = self.get_sealed::<Contact>(&contacts, CONTACTS_NAME, &id)?
+                && contact.display_name == name
+            {
+                return Ok(Some((ContactId(id), contact)));
+            }
+        }
+        Ok(None)
     }
 
-    /// Changes a contact in place (verify, block, accept a request, rename…).
+    /// The contact with this Ed25519 key (its PeerId), with its id.
+    pub fn contact_by_peer_key(&self, signing: &[u8; 32]) -> Result<Option<(ContactId, Contact)>, StoreError> {
+        let id = self.contact_id_for_key(signing);
+        Ok(self.contact(&id)?.map(|contact| (id, contact)))
+    }
+
+    /// Changes a contact in place (verify, block, accept a request, rename…);
+    /// a rename moves its name-index row in the same transaction.
     pub fn update_contact(&self, id: &ContactId, f: impl FnOnce(&mut Contact)) -> Result<Contact, StoreError> {
         self.write(|tx| {
             let mut table = tx.open_table(CONTACTS)?;
             let mut contact: Contact =
                 self.get_sealed(&table, CONTACTS_NAME, &id.0)?.ok_or_else(|| StoreError::NotFound("contact".into()))?;
+            let old_name = contact.display_name.clone();
             f(&mut contact);
             self.put_sealed(&mut table, CONTACTS_NAME, &id.0, &contact)?;
+            self.reindex_name(tx, id, Some(&old_name), Some(&contact.display_name))?;
             Ok(contact)
         })
+    }
+
+    /// Removes a contact and everything about it in ONE durable transaction:
+    /// its record and name-index row, session, conversation state, every
+    /// message of the conversation with its index row, its outbox entries
+    /// with their deposited marks, its mailbox state and its pending-stranger
+    /// row. Its received ids stay, so a replayed envelope is a duplicate, not
+    /// a new stranger. Returns the ids of the outbox entries removed (their
+    /// messages are gone too). [`StoreError::NotFound`] if there is no such
+    /// contact; then nothing changes.
+    pub fn forget_contact(&self, id: &ContactId) -> Result<Vec<[u8; 16]>, StoreError> {
+        self.write(|tx| {
+            if tx.open_table(CONTACTS)?.get(id.0.as_slice())?.is_none() {
+                return Err(StoreError::NotFound("contact".into()));
+            }
+            self.forget_in(tx, id)
+        })
+    }
+
+    /// [`ProfileStore::forget_contact`]'s removals inside `tx`, for whatever
+    /// of the contact exists. Opens each table once at a time.
+    fn forget_in(&self, tx: &WriteTransaction, id: &ContactId) -> Result<Vec<[u8; 16]>, StoreError> {
+        let contact: Option<Contact> = {
+            let mut contacts = tx.open_table(CONTACTS)?;
+            let contact = self.get_sealed(&contacts, CONTACTS_NAME, &id.0)?;
+            contacts.remove(id.0.as_slice())?;
+            contact
+        };
+        if let Some(contact) = &contact {
+            self.reindex_name(tx, id, Some(&contact.display_name), None)?;
+        }
+        tx.open_table(SESSIONS)?.remove(id.0.as_slice())?;
+        tx.open_table(CONVERSATIONS)?.remove(id.0.as_slice())?;
+        tx.open_table(CONTACT_MAILBOXES)?.remove(id.0.as_slice())?;
+        remove_stranger(tx, id)?;
+
+        let mut messages = tx.open_table(MESSAGES)?;
+        let mut found: Vec<(Vec<u8>, MessageRecord)> = Vec::new();
+        for row in messages.range(seq_key(id, 0).as_slice()..=seq_key(id, u64::MAX).as_slice())? {
+            let (key, value) = row?;
+            found.push((key.value().to_vec(), self.keys.open(MESSAGES_NAME, key.value(), value.value())?));
+        }
+        let mut index = tx.open_table(MESSAGE_INDEX)?;
+        let mut outbox = tx.open_table(OUTBOX)?;
+        let mut deposited = tx.open_table(DEPOSITED)?;
+        let mut removed = Vec::new();
+        for (key, record) in &found {
+            messages.remove(key.as_slice())?;
+            // Only rows that point here: another conversation's message with
+            // the same id keeps its own.
+            let indexed_here = index.get(record.id.as_slice())?.is_some_and(|v| v.value() == key.as_slice());
+            if indexed_here {
+                index.remove(record.id.as_slice())?;
+            }
+            let queued_here = record.direction == Direction::Outgoing
+                && self.get_sealed::<OutboxEntry>(&outbox, OUTBOX_NAME, &record.id)?.is_some_and(|e| e.contact == *id);
+            if queued_here {
+                outbox.remove(record.id.as_slice())?;
+                deposited.remove(record.id.as_slice())?;
+                removed.push(record.id);
+            }
+        }
+        Ok(removed)
+    }
+
+    // ---- pending strangers ------------------------------------------------
+
+    /// Records that `bytes` of messages from contact `id` were stored while it
+    /// is a stranger (a message request, or a business customer nobody
+    /// answered yet): a new stranger is pending from now on, a pending one
+    /// adds `bytes` to its count. Then, while more than `limits.max_count`
+    /// strangers are pending or their bytes exceed `limits.max_bytes`, the
+    /// oldest pending one other than `id` is forgotten (as by
+    /// [`ProfileStore::forget_contact`]); `id` itself goes only when it is
+    /// the last one left and still over a limit. All in ONE durable
+    /// transaction. Returns the forgotten contacts, oldest first, and adds
+    /// their number to [`ProfileStore::strangers_evicted`].
+    pub fn admit_stranger(
+        &self,
+        id: &ContactId,
+        bytes: u64,
+        limits: StrangerLimits,
+    ) -> Result<Vec<ContactId>, StoreError> {
+        self.write(|tx| {
+            let mut table = tx.open_table(STRANGERS)?;
+            let mut rows = stranger_rows(&table)?;
+            match rows.iter_mut().find(|r| r.contact == *id) {
+                Some(row) => {
+                    row.bytes = row.bytes.saturating_add(bytes);
+                    table.insert(stranger_key(row.admitted, id).as_slice(), row.bytes)?;
+                }
+                None => {
+                    let admitted = add_to_counter(tx, META_NEXT_STRANGER, 1)? - 1;
+                    table.insert(stranger_key(admitted, id).as_slice(), bytes)?;
+                    rows.push(StrangerRow { admitted, contact: *id, bytes });
+                }
+            }
+            drop(table);
+            let mut count = rows.len();
+            let mut total = rows.iter().fold(0u64, |sum, r| sum.saturating_add(r.bytes));
+            let oldest_first = rows.iter().filter(|r| r.contact != *id).chain(rows.iter().filter(|r| r.contact == *id));
+            let mut evicted = Vec::new();
+            for row in oldest_first {
+                if count <= limits.max_count && total <= limits.max_bytes {
+                    break;
+                }
+                self.forget_in(tx, &row.contact)?;
+                evicted.push(row.contact);
+                count -= 1;
+                total = total.saturating_sub(row.bytes);
+            }
+            if !evicted.is_empty() {
+                add_to_counter(tx, META_STRANGERS_EVICTED, evicted.len() as u64)?;
+            }
+            Ok(evicted)
+        })
+    }
+
+    /// The user acted on contact `id` (accepted it, renamed it, wrote to it,
+    /// added it by card): it is no longer a pending stranger and is never
+    /// evicted. Returns whether it was pending. When it was not, only reads
+    /// (no write transaction).
+    pub fn settle_stranger(&self, id: &ContactId) -> Result<bool, StoreError> {
+        let pending = {
+            let tx = self.read()?;
+            stranger_rows(&tx.open_table(STRANGERS)?)?.iter().any(|r| r.contact == *id)
+        };
+        if !pending {
+            return Ok(false);
+        }
+        self.write(|tx| remove_stranger(tx, id))
+    }
+
+    /// The pending strangers with the bytes stored from each, oldest first.
+    pub fn strangers(&self) -> Result<Vec<(ContactId, u64)>, StoreError> {
+        let tx = self.read()?;
+        Ok(stranger_rows(&tx.open_table(STRANGERS)?)?.into_iter().map(|r| (r.contact, r.bytes)).collect())
+    }
+
+    /// How many pending strangers were evicted to keep within the limits,
+    /// since schema 4.
+    pub fn strangers_evicted(&self) -> Result<u64, StoreError> {
+        let tx = self.read()?;
+        let meta = tx.open_table(META)?;
+        Ok(meta.get(META_STRANGERS_EVICTED)?.and_then(|v| u64_value(v.value())).unwrap_or(0))
     }
 
     // ---- sessions and messages ---------------------------------------------
@@ -695,6 +991,9 @@ impl ProfileStore {
             let mut state = BatchState::default();
             let mut outcomes = Vec::with_capacity(batch.len());
             for item in batch {
+                if let Some(session) = &item.session {
+                    state.sessions.insert(item.contact, session);
+                }
                 let mut received = tx.open_table(RECEIVED)?;
                 if received.get(item.id().as_slice())?.is_some() {
                     outcomes.push(ReceiveOutcome::Duplicate);
@@ -707,7 +1006,6 @@ impl ProfileStore {
                 {
                     return Err(StoreError::PrekeyUsed(id));
                 }
-                state.sessions.insert(item.contact, &item.session);
                 let seq = match &item.message {
                     Some(message) => Some(self.store_message(tx, &mut state, &item.contact, message, true)?),
                     None => None,
@@ -851,6 +1149,20 @@ impl ProfileStore {
         let table = tx.open_table(OUTBOX)?;
         let mut entries: Vec<OutboxEntry> = self.all_sealed(&table, OUTBOX_NAME)?.into_iter().map(|(_, e)| e).collect();
         entries.sort_by_key(|e| (e.queued_at_ms, e.contact, e.seq));
+        Ok(entries)
+    }
+
+    /// The outbox entries with these message ids, in the order given, in one
+    /// read transaction; ids not in the outbox are skipped.
+    pub fn outbox_entries(&self, ids: &[[u8; 16]]) -> Result<Vec<OutboxEntry>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(OUTBOX)?;
+        let mut entries = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(entry) = self.get_sealed(&table, OUTBOX_NAME, id)? {
+                entries.push(entry);
+            }
+        }
         Ok(entries)
     }
 
@@ -1223,6 +1535,8 @@ fn create_all_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(SIGNED_PREKEYS)?;
     tx.open_table(ONE_TIME_PREKEYS)?;
     tx.open_table(CONTACTS)?;
+    tx.open_table(CONTACT_NAMES)?;
+    tx.open_table(STRANGERS)?;
     tx.open_table(SESSIONS)?;
     tx.open_table(MESSAGES)?;
     tx.open_table(MESSAGE_INDEX)?;
@@ -1250,6 +1564,10 @@ mod tests {
     }
 
     fn contact(store: &ProfileStore, name: &str) -> ContactId {
+        contact_at(store, name, false, 0)
+    }
+
+    fn contact_at(store: &ProfileStore, name: &str, request: bool, added_at_ms: u64) -> ContactId {
         let identity = IdentityKeyPair::generate(ProfileKind::Personal, &mut rand::rng()).public();
         let c = Contact {
             peer_id: identity.signing.to_vec(),
@@ -1260,8 +1578,8 @@ mod tests {
             verified: false,
             blocked: false,
             identity_change: None,
-            added_at_ms: 0,
-            request: false,
+            added_at_ms,
+            request,
         };
         store.upsert_contact(c).unwrap().0
     }
@@ -1378,5 +1696,89 @@ mod tests {
         }
         store.acknowledge(&[ids[2]]).unwrap();
         assert_eq!(store.message(&ids[2]).unwrap().unwrap().2.status, MessageStatus::Delivered);
+    }
+
+    /// Rows of a table, read raw.
+    fn row_count(store: &ProfileStore, name: &str) -> u64 {
+        let tx = store.read().unwrap();
+        match name {
+            CONTACT_NAMES_NAME => tx.open_table(CONTACT_NAMES).unwrap().len().unwrap(),
+            STRANGERS_NAME => tx.open_table(STRANGERS).unwrap().len().unwrap(),
+            other => panic!("no row count for {other}"),
+        }
+    }
+
+    #[test]
+    fn a_name_lookup_opens_only_the_contacts_of_that_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, store) = store(&dir);
+        let alice = contact(&store, "Alice");
+        let bob = contact(&store, "Bob");
+        assert_eq!(row_count(&store, CONTACT_NAMES_NAME), 2);
+        // Bob's record no longer opens: a lookup of Alice that opened every
+        // contact would fail.
+        store
+            .write(|tx| {
+                let mut table = tx.open_table(CONTACTS)?;
+                let mut sealed = table.get(bob.0.as_slice())?.unwrap().value().to_vec();
+                sealed[30] ^= 0x01;
+                table.insert(bob.0.as_slice(), sealed.as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(store.contact_by_name("Alice").unwrap().unwrap().0, alice);
+        assert!(store.contact_by_name("Carol").unwrap().is_none());
+        assert!(matches!(store.contact_by_name("Bob"), Err(StoreError::TamperedRecord { .. })));
+    }
+
+    /// Turns a current database into what schema 3 wrote: no name index, no
+    /// pending strangers, no stranger counters.
+    fn downgrade_to_schema_3(store: &ProfileStore) {
+        store
+            .write(|tx| {
+                tx.delete_table(CONTACT_NAMES)?;
+                tx.delete_table(STRANGERS)?;
+                let mut meta = tx.open_table(META)?;
+                meta.remove(META_NEXT_STRANGER)?;
+                meta.remove(META_STRANGERS_EVICTED)?;
+                meta.insert(META_SCHEMA, 3u32.to_be_bytes().as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn schema_3_is_migrated_requests_become_pending_strangers_and_names_are_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, store) = store(&dir);
+        let alice = contact(&store, "Alice");
+        let late = contact_at(&store, "Sam", true, 50);
+        let early = contact_at(&store, "Sam", true, 20);
+        let bob = contact_at(&store, "Bob", true, 30);
+        store.update_contact(&bob, |c| c.request = false).unwrap(); // accepted
+        downgrade_to_schema_3(&store);
+        drop(store);
+
+        let store = data.open_profile("personal").unwrap();
+        let tx = store.read().unwrap();
+        let version = tx.open_table(META).unwrap().get(META_SCHEMA).unwrap().unwrap().value().to_vec();
+        assert_eq!(version, SCHEMA_VERSION.to_be_bytes());
+        drop(tx);
+        assert_eq!(row_count(&store, CONTACT_NAMES_NAME), 4);
+        assert_eq!(store.contact_by_name("Alice").unwrap().unwrap().0, alice);
+        assert_eq!(store.contact_by_name("Bob").unwrap().unwrap().0, bob);
+        assert_eq!(store.contact_by_name("Sam").unwrap().unwrap().0, early.min(late));
+        // Requests are pending, oldest added first, with no bytes counted.
+        assert_eq!(store.strangers().unwrap(), [(early, 0), (late, 0)]);
+        assert_eq!(store.strangers_evicted().unwrap(), 0);
+
+        // Admission numbers go on after the migrated ones.
+        let new = contact_at(&store, "New", true, 60);
+        let limits = StrangerLimits { max_count: 2, max_bytes: 1_000 };
+        assert_eq!(store.admit_stranger(&new, 10, limits).unwrap(), [early]);
+        assert_eq!(store.strangers().unwrap(), [(late, 0), (new, 10)]);
+        assert_eq!(store.contact_by_name("Sam").unwrap().unwrap().0, late);
+        assert_eq!(row_count(&store, CONTACT_NAMES_NAME), 4);
+        assert_eq!(row_count(&store, STRANGERS_NAME), 2);
     }
 }

@@ -1,5 +1,6 @@
 //! kabar-storage behaviour: data directories and passphrases, separation of
 //! profiles on disk, encryption at rest, the atomic send and receive rules,
+//! contacts by name, forgetting a contact, pending strangers and their bounds,
 //! business records, and bad input (corrupted files, wrong passphrase).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -66,7 +67,7 @@ fn outgoing(contact: ContactId, session: &mut Session, text: &str) -> OutgoingMe
 fn incoming(contact: ContactId, session: SessionSnapshot, id: u8, text: &str, opk: Option<u32>) -> IncomingMessage {
     IncomingMessage {
         contact,
-        session: SessionState::new(session),
+        session: Some(SessionState::new(session)),
         received_id: [id; 16],
         message: Some(MessageRecord {
             id: [id; 16],
@@ -454,6 +455,247 @@ fn a_changed_identity_key_is_recorded_and_clears_verification() {
     let mut forged = new;
     forged.dh[0] ^= 1;
     assert!(matches!(store.upsert_contact(contact_with(forged, "x")), Err(StoreError::Invalid(_))));
+}
+
+// ---- names, forgetting, pending strangers ---------------------------------------
+
+/// A contact that came unasked (a message request), added at `at`.
+fn new_stranger(store: &ProfileStore, name: &str, at: u64) -> (ContactId, IdentityKeyPair) {
+    let identity = IdentityKeyPair::generate(ProfileKind::Personal, &mut rand::rng());
+    let contact = Contact { request: true, added_at_ms: at, ..contact_with(identity.public(), name) };
+    (store.upsert_contact(contact).unwrap().0, identity)
+}
+
+fn found_by_name(store: &ProfileStore, name: &str) -> Option<ContactId> {
+    store.contact_by_name(name).unwrap().map(|(id, c)| {
+        assert_eq!(c.display_name, name);
+        id
+    })
+}
+
+#[test]
+fn names_are_found_after_adding_renaming_and_forgetting_even_when_shared() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    let (alice, alice_key) = new_contact(&store, "Alice");
+    let (sam1, sam1_key) = new_contact(&store, "Sam");
+    let (sam2, _) = new_contact(&store, "Sam");
+    let (low, high) = (sam1.min(sam2), sam1.max(sam2));
+    assert_eq!(found_by_name(&store, "Alice"), Some(alice));
+    // Two contacts share a name: the lowest id, as before the index.
+    assert_eq!(found_by_name(&store, "Sam"), Some(low));
+    assert_eq!(found_by_name(&store, "sam"), None, "names are compared exactly");
+    assert_eq!(found_by_name(&store, "Nobody"), None);
+    let (by_key, contact) = store.contact_by_peer_key(&alice_key.public().signing).unwrap().unwrap();
+    assert_eq!((by_key, contact.display_name.as_str()), (alice, "Alice"));
+    let unknown = IdentityKeyPair::generate(ProfileKind::Personal, &mut rand::rng()).public();
+    assert!(store.contact_by_peer_key(&unknown.signing).unwrap().is_none());
+
+    // Renamed by update_contact: found under the new name only.
+    store.update_contact(&low, |c| c.display_name = "Samuel".into()).unwrap();
+    assert_eq!(found_by_name(&store, "Samuel"), Some(low));
+    assert_eq!(found_by_name(&store, "Sam"), Some(high));
+    // A closure that leaves the name alone keeps it findable.
+    store.update_contact(&low, |c| c.verified = true).unwrap();
+    assert_eq!(found_by_name(&store, "Samuel"), Some(low));
+
+    // Renamed by upsert_contact (same identity, new name); an empty name
+    // keeps the old one.
+    let sam1_now = if sam1 == low { "Samuel" } else { "Sam" };
+    store.upsert_contact(contact_with(sam1_key.public(), "")).unwrap();
+    assert_eq!(found_by_name(&store, sam1_now), Some(sam1));
+    store.upsert_contact(contact_with(sam1_key.public(), "Sammy")).unwrap();
+    assert_eq!(found_by_name(&store, "Sammy"), Some(sam1));
+    // Whichever name sam1 had is now held by nobody (the other Sam is "Samuel"
+    // if sam1 was "Sam", and "Sam" if sam1 was "Samuel").
+    assert_eq!(found_by_name(&store, sam1_now), None);
+
+    // Forgotten: found under no name.
+    store.forget_contact(&sam2).unwrap();
+    assert_eq!(found_by_name(&store, "Sam"), None);
+    assert_eq!(found_by_name(&store, "Samuel"), None);
+    assert_eq!(found_by_name(&store, "Sammy"), Some(sam1));
+    assert_eq!(found_by_name(&store, "Alice"), Some(alice));
+}
+
+#[test]
+fn forgetting_a_contact_removes_everything_about_it_but_its_received_ids() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    let (alice, alice_key) = new_contact(&store, "Alice");
+    let (bob, bob_key) = new_contact(&store, "Bob");
+    let mut to_alice = session_with(&store, &alice_key);
+    let mut to_bob = session_with(&store, &bob_key);
+    let alice_out: Vec<_> = (0..3).map(|i| outgoing(alice, &mut to_alice, &format!("a{i}"))).collect();
+    let bob_out: Vec<_> = (0..2).map(|i| outgoing(bob, &mut to_bob, &format!("b{i}"))).collect();
+    store.commit_outgoing(&alice_out, 10).unwrap();
+    store.commit_outgoing(&bob_out, 10).unwrap();
+    let alice_ids: Vec<[u8; 16]> = alice_out.iter().map(|m| m.message.id).collect();
+    let bob_ids: Vec<[u8; 16]> = bob_out.iter().map(|m| m.message.id).collect();
+    // One of Alice's was acknowledged (not in the outbox any more), one deposited.
+    store.acknowledge(&alice_ids[..1]).unwrap();
+    store.mark_deposited(&[alice_ids[1], bob_ids[0]], 20).unwrap();
+    let incoming_batch = [incoming(alice, to_alice.snapshot(), 0xa1, "hi", None)];
+    store.commit_incoming(&incoming_batch, 30).unwrap();
+    store.update_contact_mailboxes(&alice, |m| m.told = [3; 16]).unwrap();
+    store.update_conversation(&alice, |c| c.unread = 9).unwrap();
+    store.admit_stranger(&alice, 5, DEFAULT_STRANGER_LIMITS).unwrap();
+
+    let mut removed = store.forget_contact(&alice).unwrap();
+    removed.sort();
+    let mut expected = alice_ids[1..].to_vec();
+    expected.sort();
+    assert_eq!(removed, expected);
+
+    assert!(store.contact(&alice).unwrap().is_none());
+    assert!(store.contact_by_name("Alice").unwrap().is_none());
+    assert!(store.session(&alice).unwrap().is_none());
+    assert_eq!(store.conversation(&alice).unwrap(), Conversation::default());
+    assert!(store.history(&alice, 100, None).unwrap().is_empty());
+    for id in alice_ids.iter().chain([&[0xa1; 16]]) {
+        assert!(store.message(id).unwrap().is_none());
+    }
+    assert_eq!(store.contact_mailboxes(&alice).unwrap(), ContactMailboxes::default());
+    assert!(store.strangers().unwrap().is_empty());
+    assert_eq!(store.deposited().unwrap(), [bob_ids[0]]);
+    assert_eq!(store.outbox().unwrap().iter().map(|e| e.message_id).collect::<Vec<_>>(), bob_ids);
+    // The received id stays: a replay is a duplicate, not a new message.
+    assert!(store.is_received(&[0xa1; 16]).unwrap());
+
+    // Bob is untouched.
+    assert_eq!(found_by_name(&store, "Bob"), Some(bob));
+    assert!(store.session(&bob).unwrap().is_some());
+    assert_eq!(store.history(&bob, 100, None).unwrap().len(), 2);
+    assert_eq!(store.message(&bob_ids[1]).unwrap().unwrap().0, bob);
+    assert_eq!(store.conversations().unwrap().len(), 1);
+
+    assert!(matches!(store.forget_contact(&alice), Err(StoreError::NotFound(_))));
+
+    // Alice comes back: her conversation starts again at 0, and no old id
+    // leads to one of her new messages (their index rows went too).
+    let (again, _) = store.upsert_contact(contact_with(alice_key.public(), "Alice")).unwrap();
+    assert_eq!(again, alice);
+    let mut session = session_with(&store, &alice_key);
+    let fresh: Vec<_> = (0..3).map(|i| outgoing(alice, &mut session, &format!("new{i}"))).collect();
+    assert_eq!(store.commit_outgoing(&fresh, 40).unwrap(), [0, 1, 2]);
+    for id in alice_ids.iter().chain([&[0xa1; 16]]) {
+        assert!(store.message(id).unwrap().is_none());
+    }
+    let replay = store.commit_incoming(&[incoming(alice, session.snapshot(), 0xa1, "hi", None)], 50).unwrap();
+    assert_eq!(replay, [ReceiveOutcome::Duplicate]);
+}
+
+/// `contact` sent `n` messages (ids from `first`) and was answered with one
+/// (a greeting): session, messages, outbox entry. Returns the greeting's id.
+fn converse(store: &ProfileStore, contact: ContactId, key: &IdentityKeyPair, first: u8, n: u8) -> [u8; 16] {
+    let mut session = session_with(store, key);
+    let batch: Vec<_> = (first..first + n).map(|i| incoming(contact, session.snapshot(), i, "hello", None)).collect();
+    store.commit_incoming(&batch, 1).unwrap();
+    let greeting = outgoing(contact, &mut session, "welcome");
+    store.commit_outgoing(std::slice::from_ref(&greeting), 2).unwrap();
+    greeting.message.id
+}
+
+#[test]
+fn admitting_strangers_past_the_count_evicts_the_oldest_and_all_it_left() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("shop", ProfileKind::Business, 0, &mut rand::rng()).unwrap();
+    let limits = StrangerLimits { max_count: 2, max_bytes: 1_000 };
+    let (s1, k1) = new_stranger(&store, "Customer", 1);
+    let (s2, k2) = new_stranger(&store, "Customer", 2);
+    let (s3, _) = new_stranger(&store, "Third", 3);
+    let greeting1 = converse(&store, s1, &k1, 1, 2);
+    let greeting2 = converse(&store, s2, &k2, 11, 1);
+    assert_eq!(store.admit_stranger(&s1, 10, limits).unwrap(), []);
+    assert_eq!(store.admit_stranger(&s2, 10, limits).unwrap(), []);
+    // Already pending: bytes add up, its place in line stays.
+    assert_eq!(store.admit_stranger(&s1, 5, limits).unwrap(), []);
+    assert_eq!(store.strangers().unwrap(), [(s1, 15), (s2, 10)]);
+    assert_eq!(store.strangers_evicted().unwrap(), 0);
+
+    assert_eq!(store.admit_stranger(&s3, 10, limits).unwrap(), [s1]);
+    assert_eq!(store.strangers().unwrap(), [(s2, 10), (s3, 10)]);
+    assert_eq!(store.strangers_evicted().unwrap(), 1);
+    // s1 is forgotten: record, name row, session, messages, outbox entry.
+    assert!(store.contact(&s1).unwrap().is_none());
+    assert_eq!(found_by_name(&store, "Customer"), Some(s2));
+    assert!(store.session(&s1).unwrap().is_none());
+    assert!(store.history(&s1, 100, None).unwrap().is_empty());
+    assert!(store.message(&[1; 16]).unwrap().is_none());
+    assert!(store.message(&greeting1).unwrap().is_none());
+    assert_eq!(store.outbox().unwrap().iter().map(|e| e.message_id).collect::<Vec<_>>(), [greeting2]);
+    assert!(store.is_received(&[1; 16]).unwrap());
+    // s2 keeps everything.
+    assert!(store.session(&s2).unwrap().is_some());
+    assert_eq!(store.history(&s2, 100, None).unwrap().len(), 2);
+
+    // Admission numbers are never reused: s1 coming back is the newest.
+    let (again, _) = store.upsert_contact(Contact { request: true, ..contact_with(k1.public(), "Back") }).unwrap();
+    assert_eq!(again, s1);
+    assert_eq!(store.admit_stranger(&s1, 1, limits).unwrap(), [s2]);
+    assert_eq!(store.strangers().unwrap(), [(s3, 10), (s1, 1)]);
+    assert_eq!(store.strangers_evicted().unwrap(), 2);
+}
+
+#[test]
+fn admitting_strangers_past_the_bytes_evicts_the_oldest_and_a_lone_oversized_one_too() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    let limits = StrangerLimits { max_count: 100, max_bytes: 100 };
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|name| new_stranger(&store, name, 0).0);
+    assert_eq!(store.admit_stranger(&a, 40, limits).unwrap(), []);
+    assert_eq!(store.admit_stranger(&b, 40, limits).unwrap(), []);
+    assert_eq!(store.admit_stranger(&c, 40, limits).unwrap(), [a]);
+    // b grows: the oldest other than b goes, even though b is older.
+    assert_eq!(store.admit_stranger(&b, 30, limits).unwrap(), [c]);
+    assert_eq!(store.strangers().unwrap(), [(b, 70)]);
+    // d alone is over the limit: every other one goes, then d itself.
+    assert_eq!(store.admit_stranger(&d, 200, limits).unwrap(), [b, d]);
+    assert!(store.strangers().unwrap().is_empty());
+    assert_eq!(store.strangers_evicted().unwrap(), 4);
+    for id in [a, b, c, d] {
+        assert!(store.contact(&id).unwrap().is_none());
+    }
+    for name in ["a", "b", "c", "d"] {
+        assert_eq!(found_by_name(&store, name), None);
+    }
+}
+
+#[test]
+fn a_settled_stranger_is_never_evicted() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    let limits = StrangerLimits { max_count: 1, max_bytes: 1_000 };
+    let (a, _) = new_stranger(&store, "a", 0);
+    let (b, _) = new_stranger(&store, "b", 0);
+    let (c, _) = new_stranger(&store, "c", 0);
+    let (friend, _) = new_contact(&store, "friend");
+    assert!(!store.settle_stranger(&friend).unwrap(), "never pending");
+    assert_eq!(store.admit_stranger(&a, 1, limits).unwrap(), []);
+    assert!(store.settle_stranger(&a).unwrap());
+    assert!(!store.settle_stranger(&a).unwrap(), "settled once");
+    assert!(store.strangers().unwrap().is_empty());
+    assert_eq!(store.admit_stranger(&b, 1, limits).unwrap(), []);
+    assert_eq!(store.admit_stranger(&c, 1, limits).unwrap(), [b]);
+    assert_eq!(store.strangers().unwrap(), [(c, 1)]);
+    assert_eq!(found_by_name(&store, "a"), Some(a));
+    assert!(store.contact(&friend).unwrap().is_some());
+}
+
+#[test]
+fn outbox_entries_are_looked_up_in_the_order_given_skipping_unknown_ids() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    let (alice, alice_key) = new_contact(&store, "Alice");
+    let mut session = session_with(&store, &alice_key);
+    let batch: Vec<_> = (0..3).map(|i| outgoing(alice, &mut session, &format!("m{i}"))).collect();
+    store.commit_outgoing(&batch, 100).unwrap();
+    let ids: Vec<[u8; 16]> = batch.iter().map(|m| m.message.id).collect();
+    store.acknowledge(&ids[1..2]).unwrap();
+    let found = store.outbox_entries(&[ids[2], [0xee; 16], ids[1], ids[0], ids[2]]).unwrap();
+    assert_eq!(found.iter().map(|e| e.message_id).collect::<Vec<_>>(), [ids[2], ids[0], ids[2]]);
+    assert_eq!(found[1].envelope, batch[0].envelope);
+    assert!(store.outbox_entries(&[]).unwrap().is_empty());
 }
 
 // ---- business -------------------------------------------------------------------
