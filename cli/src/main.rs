@@ -761,13 +761,41 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 Some(RequestCommand::Block { name }) => client.call("request.block", p(json!({"name": name})))?,
             };
-            show(json, &v, |v| match v.as_array() {
-                Some(list) if list.is_empty() => println!("no message requests"),
-                Some(list) => {
-                    let rows: Vec<Vec<String>> = list.iter().map(|c| vec![s(&c["name"]), s(&c["peer_id"])]).collect();
-                    output::table(&["NAME", "PEER ID"], &rows);
+            // Requests dropped at the limit (oldest first) are told, so the
+            // list is never taken for all there was.
+            let dropped: Vec<(String, u64, u64)> = if v.is_array() {
+                let info = client.call("node.info", json!({}))?;
+                info["profiles"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|pr| pr["name"] == profile.as_str())
+                    .filter_map(|pr| {
+                        let guard = &pr["guard"];
+                        let n = guard["strangers_dropped"].as_u64().filter(|n| *n > 0)?;
+                        Some((s(&pr["name"]), n, guard["stranger_limit"].as_u64().unwrap_or(0)))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            show(json, &v, |v| {
+                match v.as_array() {
+                    Some(list) if list.is_empty() => println!("no message requests"),
+                    Some(list) => {
+                        let rows: Vec<Vec<String>> =
+                            list.iter().map(|c| vec![s(&c["name"]), s(&c["peer_id"])]).collect();
+                        output::table(&["NAME", "PEER ID"], &rows);
+                    }
+                    None => {
+                        println!("{}: {}", s(&v["name"]), if v["blocked"] == true { "blocked" } else { "accepted" })
+                    }
                 }
-                None => println!("{}: {}", s(&v["name"]), if v["blocked"] == true { "blocked" } else { "accepted" }),
+                for (name, n, limit) in &dropped {
+                    println!(
+                        "{name}: {n} older request(s) were dropped, with what they sent, to stay within {limit} pending"
+                    );
+                }
             })
         }
         Command::Chat { name } => chat(&data_dir(&cli)?, &profile, name),

@@ -382,10 +382,13 @@ fn contact_by(engine: &Engine, who: &str) -> Result<(ContactId, kabar_storage::C
     if let Some(found) = store.contact_by_name(who)? {
         return Ok(found);
     }
-    store
-        .contacts()?
-        .into_iter()
-        .find(|(_, c)| crate::card::peer_id_of(&c.identity.signing).to_string() == who)
+    // A PeerId names the Ed25519 key: one keyed lookup, no scan.
+    who.parse::<libp2p::PeerId>()
+        .ok()
+        .and_then(|peer| crate::card::signing_key_of(&peer))
+        .map(|key| store.contact_by_peer_key(&key))
+        .transpose()?
+        .flatten()
         .ok_or_else(|| RpcError::new(codes::NOT_FOUND, format!("no contact named {who:?}; see `kabar contact list`")))
 }
 
@@ -617,6 +620,9 @@ async fn call(
                 request: false,
             };
             let (id, change) = store.upsert_contact(contact)?;
+            // Adding someone's card settles a stranger with that identity.
+            engine.settle(&id)?;
+            let store = engine.store();
             if !card.mailboxes.is_empty() {
                 store.update_contact_mailboxes(&id, |m| m.theirs = card.mailboxes.clone())?;
             }
@@ -673,6 +679,7 @@ async fn call(
                     c.display_name = n;
                 }
             })?;
+            engine.settle(&id)?;
             ok(contact_json(&c))
         }),
         "message.send" => Box::new(move |engine, _| {

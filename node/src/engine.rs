@@ -20,15 +20,18 @@ use std::collections::{HashMap, HashSet};
 
 use kabar_crypto::{CryptoError, Envelope, IdentityKeyPair, ProfileKind, Session};
 use kabar_storage::{
-    AwaySchedule, Contact, ContactId, ContactMailbox, Direction, IncomingMessage, MessageRecord, MessageStatus,
-    OutgoingMessage, OwnMailbox, ProfileStore, ReceiveOutcome, SessionState, StoreError,
+    AwaySchedule, Contact, ContactId, ContactMailbox, DEFAULT_STRANGER_LIMITS, Direction, IncomingMessage,
+    MAX_PREVIOUS_SESSIONS, MessageRecord, MessageStatus, OutgoingMessage, OwnMailbox, ProfileStore, ReceiveOutcome,
+    SessionState, StoreError, StrangerLimits,
 };
 use rand_core::CryptoRng;
 use serde::Serialize;
 
+use crate::budget::{Budgets, Sender};
 use crate::content::{CatalogEntry, Content, Message};
 use crate::mailbox::{DepositOutcome, Item, MailboxError, Status};
 use crate::offline::{self, MailboxOffer};
+use crate::outbox::{OutboxIndex, Queued};
 use crate::wire::{Ack, RejectReason};
 
 /// A peer, by its Ed25519 identity key (its PeerId is derived from it).
@@ -47,6 +50,12 @@ pub const DEPOSIT_RETRY_MS: u64 = 30_000;
 pub const MAX_DEPOSIT_BATCH: usize = 64;
 /// Most envelope bytes per deposit request.
 pub const MAX_DEPOSIT_BYTES: usize = 4 * 1024 * 1024;
+/// Automatic replies to a pending stranger (greeting, away, catalog) that
+/// could not be delivered at once are given up after this long.
+pub const STRANGER_REPLY_TTL_MS: u64 = 10 * 60_000;
+/// Most outbox entries to pending strangers, all together: beyond it, the
+/// automations do not answer strangers.
+pub const MAX_STRANGER_QUEUE: usize = 256;
 
 /// Tunables of the engine.
 #[derive(Debug, Clone, Copy)]
@@ -59,11 +68,19 @@ pub struct EngineConfig {
     pub retry_max_ms: u64,
     /// A message still unacknowledged this long after it was queued fails.
     pub expiry_ms: u64,
+    /// Most pending strangers (requests, unanswered customers) and their bytes.
+    pub strangers: StrangerLimits,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_batch: 64, retry_base_ms: 1_000, retry_max_ms: 5 * 60_000, expiry_ms: 7 * 24 * 3_600_000 }
+        EngineConfig {
+            max_batch: 64,
+            retry_base_ms: 1_000,
+            retry_max_ms: 5 * 60_000,
+            expiry_ms: 7 * 24 * 3_600_000,
+            strangers: DEFAULT_STRANGER_LIMITS,
+        }
     }
 }
 
@@ -169,6 +186,14 @@ pub enum NodeEvent {
         /// How many mailboxes it has now.
         mailboxes: usize,
     },
+    /// Pending strangers were over the limit: the oldest were dropped with
+    /// everything they sent.
+    RequestsDropped {
+        /// Profile name.
+        profile: String,
+        /// How many were dropped.
+        dropped: usize,
+    },
     /// A stranger wrote to a personal profile.
     MessageRequest {
         /// Profile name.
@@ -201,38 +226,78 @@ pub enum EngineError {
     Content(#[from] crate::content::ContentError),
 }
 
-/// True if one of the sessions was made from this X3DH header.
-fn has_prekey_session(state: &SessionState, header: &kabar_crypto::PrekeyHeader) -> bool {
-    std::iter::once(&state.current)
-        .chain(&state.previous)
-        .filter_map(|s| Session::from_snapshot(s.clone()).ok())
-        .any(|s| s.is_same_prekey_session(header))
+/// One working copy of a contact's sessions for a whole request: the
+/// current session is decrypted with in place (no copy per envelope), and
+/// its state goes to the store once, with the batch.
+struct Working {
+    current: Session,
+    /// Earlier sessions, newest first, at most [`MAX_PREVIOUS_SESSIONS`].
+    previous: Vec<kabar_crypto::SessionSnapshot>,
 }
 
-/// Decrypts with the current session, else with a previous one, which then
-/// becomes current. A failed attempt changes nothing.
-fn decrypt_with(state: &mut SessionState, envelope: &Envelope) -> Result<Vec<u8>, CryptoError> {
-    let mut current = Session::from_snapshot(state.current.clone())?;
-    let first = match current.decrypt(envelope) {
-        Ok(plaintext) => {
-            state.current = current.snapshot();
-            return Ok(plaintext);
-        }
-        Err(e) => e,
-    };
-    let mut duplicate = first == CryptoError::DuplicateMessage;
-    for index in 0..state.previous.len() {
-        let mut session = Session::from_snapshot(state.previous[index].clone())?;
-        match session.decrypt(envelope) {
-            Ok(plaintext) => {
-                state.promote(index, session.snapshot());
-                return Ok(plaintext);
-            }
-            Err(CryptoError::DuplicateMessage) => duplicate = true,
-            Err(_) => {}
-        }
+impl Working {
+    fn open(state: SessionState) -> Result<Self, CryptoError> {
+        Ok(Working { current: Session::from_snapshot(state.current)?, previous: state.previous })
     }
-    Err(if duplicate { CryptoError::DuplicateMessage } else { first })
+
+    /// True if one of the sessions was made from this X3DH header.
+    fn has_prekey_session(&self, header: &kabar_crypto::PrekeyHeader) -> bool {
+        self.current.is_same_prekey_session(header)
+            || self
+                .previous
+                .iter()
+                .filter_map(|s| Session::from_snapshot(s.clone()).ok())
+                .any(|s| s.is_same_prekey_session(header))
+    }
+
+    /// Makes `session` current; the old current becomes the newest previous.
+    fn replace_current(&mut self, session: Session) {
+        let old = std::mem::replace(&mut self.current, session);
+        self.previous.insert(0, old.snapshot());
+        self.previous.truncate(MAX_PREVIOUS_SESSIONS);
+    }
+
+    /// Decrypts with the current session, else with a previous one, which
+    /// then becomes current. A failed attempt changes nothing.
+    fn decrypt(&mut self, envelope: &Envelope) -> Result<Vec<u8>, CryptoError> {
+        let first = match self.current.decrypt(envelope) {
+            Ok(plaintext) => return Ok(plaintext),
+            Err(e) => e,
+        };
+        let mut duplicate = first == CryptoError::DuplicateMessage;
+        for index in 0..self.previous.len() {
+            let mut session = Session::from_snapshot(self.previous[index].clone())?;
+            match session.decrypt(envelope) {
+                Ok(plaintext) => {
+                    self.previous.remove(index);
+                    self.replace_current(session);
+                    return Ok(plaintext);
+                }
+                Err(CryptoError::DuplicateMessage) => duplicate = true,
+                Err(_) => {}
+            }
+        }
+        Err(if duplicate { CryptoError::DuplicateMessage } else { first })
+    }
+
+    fn state(&self) -> SessionState {
+        SessionState { current: self.current.snapshot(), previous: self.previous.clone() }
+    }
+}
+
+/// True if an acknowledgement reports an envelope that should not have been
+/// sent (it costs the sender's failure budget).
+fn is_failure(ack: &Ack) -> bool {
+    matches!(
+        ack,
+        Ack::Rejected(
+            RejectReason::Malformed
+                | RejectReason::NoSession
+                | RejectReason::Undecryptable
+                | RejectReason::UnknownPrekey
+                | RejectReason::IdentityMismatch
+        )
+    )
 }
 
 /// The engine of one profile.
@@ -241,11 +306,9 @@ pub struct Engine {
     identity: IdentityKeyPair,
     config: EngineConfig,
     in_flight: HashSet<[u8; 16]>,
-    /// Contacts that may have outbox entries (a superset: a contact leaves
-    /// only when a scan of the outbox finds nothing for it). Lets the hot
-    /// paths (every connection, identify and tick) skip decrypting the
-    /// outbox when nothing waits.
-    pending: HashSet<ContactId>,
+    /// The outbox without its envelopes: what is queued for whom and when it
+    /// is due. Every outbox change in the store goes through it too.
+    outbox: OutboxIndex,
     /// Outbox entries a mailbox holds (mirrors the store's `deposited`).
     deposited: HashSet<[u8; 16]>,
     /// Contacts with a deposit under way (one at a time per contact: the
@@ -255,6 +318,26 @@ pub struct Engine {
     deposit_backoff: HashMap<ContactId, (u64, usize)>,
     /// Our own mailboxes (mirrors the store; read on every send).
     own_mailboxes: Vec<OwnMailbox>,
+    /// What each peer may still cost (per envelope; survives reconnects).
+    budgets: Budgets<PeerKey>,
+    /// Pending strangers: message requests and unanswered new customers
+    /// (mirrors the store's bounded list).
+    strangers: HashSet<ContactId>,
+    /// Pending strangers dropped at the limit since the profile was created.
+    strangers_dropped: u64,
+}
+
+/// What the bounds against strangers did (for `node info`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct GuardStatus {
+    /// Message requests and unanswered new customers now.
+    pub pending_strangers: usize,
+    /// The most kept; beyond it the oldest are dropped.
+    pub stranger_limit: usize,
+    /// Pending strangers dropped at the limit since the profile was created.
+    pub strangers_dropped: u64,
+    /// Envelopes refused as `busy` (over a budget) since the profile started.
+    pub refused_envelopes: u64,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -265,19 +348,24 @@ impl Engine {
     /// An engine over an opened profile store.
     pub fn new(store: ProfileStore, config: EngineConfig) -> Result<Self, EngineError> {
         let identity = store.identity()?;
-        let pending = store.outbox()?.into_iter().map(|e| e.contact).collect();
+        let outbox = OutboxIndex::new(&store.outbox()?);
         let deposited = store.deposited()?.into_iter().collect();
         let own_mailboxes = store.mailboxes()?;
+        let strangers = store.strangers()?.into_iter().map(|(c, _)| c).collect();
+        let strangers_dropped = store.strangers_evicted()?;
         Ok(Engine {
             store,
             identity,
             config,
             in_flight: HashSet::new(),
-            pending,
+            outbox,
             deposited,
             depositing: HashSet::new(),
             deposit_backoff: HashMap::new(),
             own_mailboxes,
+            budgets: Budgets::new(0),
+            strangers,
+            strangers_dropped,
         })
     }
 
@@ -403,8 +491,12 @@ impl Engine {
             });
         }
         state.take();
-        self.store.commit_outgoing(&batch, now_ms)?;
-        self.pending.insert(*contact_id);
+        let seqs = self.store.commit_outgoing(&batch, now_ms)?;
+        for (item, seq) in batch.iter().zip(seqs) {
+            let queued =
+                Queued { id: item.message.id, seq, queued_at_ms: now_ms, attempts: 0, next_attempt_at_ms: now_ms };
+            self.outbox.insert(*contact_id, queued);
+        }
         Ok(batch.iter().map(|m| m.message.id).collect())
     }
 
@@ -417,6 +509,8 @@ impl Engine {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<(Vec<[u8; 16]>, Vec<Action>), EngineError> {
+        // Writing by hand settles a pending stranger.
+        self.settle(contact)?;
         let mut expanded = Vec::with_capacity(contents.len() + 1);
         // A contact that has not heard of our current mailboxes hears of
         // them first, in the same commit.
@@ -448,32 +542,40 @@ impl Engine {
 
     fn flush(&mut self, peer: &PeerKey, now_ms: u64, reachable: bool) -> Result<Vec<Action>, EngineError> {
         let contact_id = self.store.contact_id_for_key(peer);
-        if !self.pending.contains(&contact_id) {
-            return Ok(Vec::new());
-        }
-        let queued: Vec<_> = self.store.outbox()?.into_iter().filter(|e| e.contact == contact_id).collect();
-        if queued.is_empty() {
-            self.pending.remove(&contact_id);
-            return Ok(Vec::new());
-        }
-        let entries: Vec<_> = queued
-            .into_iter()
-            .filter(|e| !self.in_flight.contains(&e.message_id))
-            .filter(|e| reachable || e.next_attempt_at_ms <= now_ms || !self.deposited.contains(&e.message_id))
+        let chosen: Vec<Queued> = self
+            .outbox
+            .of(&contact_id)
+            .iter()
+            .filter(|e| !self.in_flight.contains(&e.id))
+            .filter(|e| reachable || e.next_attempt_at_ms <= now_ms || !self.deposited.contains(&e.id))
             .take(self.config.max_batch)
+            .copied()
             .collect();
-        if entries.is_empty() {
+        if chosen.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<[u8; 16]> = chosen.iter().map(|e| e.id).collect();
+        let entries = self.store.outbox_entries(&ids)?;
+        if entries.len() != ids.len() {
+            // The index and the store disagree (they never should): trust
+            // the store for these entries.
+            tracing::warn!(profile = %self.store.name(), "outbox index out of step with the store");
+            for id in &ids {
+                if !entries.iter().any(|e| &e.message_id == id) {
+                    self.outbox.remove(id);
+                }
+            }
             return Ok(Vec::new());
         }
         let contact = self.contact_or_err(&contact_id)?;
-        let ids: Vec<[u8; 16]> = entries.iter().map(|e| e.message_id).collect();
-        let attempts = entries.iter().map(|e| e.attempts).max().unwrap_or(0);
+        let attempts = chosen.iter().map(|e| e.attempts).max().unwrap_or(0);
         let mut delay = self.backoff(attempts, &ids[0]);
         if ids.iter().all(|id| self.deposited.contains(id)) {
             // A mailbox holds them all: direct retries slow down, never stop.
             delay = delay.max(STORED_RETRY_MS);
         }
         self.store.record_attempts(&ids, now_ms + delay)?;
+        self.outbox.attempted(&ids, now_ms + delay);
         self.in_flight.extend(ids.iter().copied());
         let mut actions: Vec<Action> = ids
             .iter()
@@ -521,6 +623,7 @@ impl Engine {
                 Some(Ack::Rejected(reason)) if !reason.is_transient() => {
                     tracing::warn!(profile = %self.store.name(), ?reason, "message rejected by recipient");
                     self.store.fail_message(id)?;
+                    self.outbox.remove(id);
                     actions.push(self.status_event(id, MessageStatus::Failed));
                 }
                 // Transient rejection or a missing ack: retried later.
@@ -530,6 +633,7 @@ impl Engine {
         self.store.acknowledge(&delivered)?;
         for id in &delivered {
             self.deposited.remove(id);
+            self.outbox.remove(id);
         }
         actions.extend(delivered.iter().map(|id| self.status_event(id, MessageStatus::Delivered)));
         actions.extend(self.flush_peer(peer, now_ms)?);
@@ -569,16 +673,17 @@ impl Engine {
         }
         let theirs = self.store.contact_mailboxes(&contact_id)?.theirs;
         let Some(mailbox) = theirs.get(index % theirs.len().max(1)).cloned() else { return Ok(Vec::new()) };
+        let eligible: Vec<[u8; 16]> = self
+            .outbox
+            .of(&contact_id)
+            .iter()
+            .filter(|e| e.attempts > 0 && !self.deposited.contains(&e.id) && !self.in_flight.contains(&e.id))
+            .take(MAX_DEPOSIT_BATCH)
+            .map(|e| e.id)
+            .collect();
         let (mut ids, mut envelopes, mut bytes) = (Vec::new(), Vec::new(), 0);
-        for entry in self.store.outbox()? {
-            let eligible = entry.contact == contact_id
-                && entry.attempts > 0
-                && !self.deposited.contains(&entry.message_id)
-                && !self.in_flight.contains(&entry.message_id);
-            if !eligible {
-                continue;
-            }
-            if ids.len() == MAX_DEPOSIT_BATCH || bytes + entry.envelope.len() > MAX_DEPOSIT_BYTES {
+        for entry in self.store.outbox_entries(&eligible)? {
+            if bytes + entry.envelope.len() > MAX_DEPOSIT_BYTES {
                 break;
             }
             bytes += entry.envelope.len();
@@ -632,8 +737,12 @@ impl Engine {
         self.store.mark_deposited(&visible, now_ms)?;
         // Direct retries of what a mailbox holds slow down.
         self.store.record_attempts(&visible, now_ms + STORED_RETRY_MS)?;
+        self.outbox.attempted(&visible, now_ms + STORED_RETRY_MS);
         self.deposited.extend(visible.iter().copied());
         self.store.acknowledge(&done)?;
+        for id in &done {
+            self.outbox.remove(id);
+        }
         actions.extend(visible.iter().map(|id| self.status_event(id, MessageStatus::Stored)));
         if let Some(status) = refused {
             let pause = self.deposit_pause();
@@ -671,25 +780,31 @@ impl Engine {
 
     /// Time passed: retry what is due, fail what expired.
     pub fn on_tick(&mut self, now_ms: u64) -> Result<Vec<Action>, EngineError> {
-        if self.pending.is_empty() {
+        if self.outbox.is_empty() {
             return Ok(Vec::new());
         }
         let mut actions = Vec::new();
         let mut due_peers = Vec::new();
-        let mut still_pending = HashSet::new();
-        for entry in self.store.outbox()? {
-            still_pending.insert(entry.contact);
-            if self.in_flight.contains(&entry.message_id) {
-                continue;
+        let mut expired = Vec::new();
+        for (contact, entries) in self.outbox.contacts() {
+            let expiry = self.expiry_for(contact);
+            let mut due = false;
+            for entry in entries.iter().filter(|e| !self.in_flight.contains(&e.id)) {
+                if now_ms.saturating_sub(entry.queued_at_ms) > expiry {
+                    expired.push(entry.id);
+                } else {
+                    due |= entry.next_attempt_at_ms <= now_ms;
+                }
             }
-            if now_ms.saturating_sub(entry.queued_at_ms) > self.config.expiry_ms {
-                self.store.fail_message(&entry.message_id)?;
-                actions.push(self.status_event(&entry.message_id, MessageStatus::Failed));
-            } else if entry.next_attempt_at_ms <= now_ms && !due_peers.contains(&entry.contact) {
-                due_peers.push(entry.contact);
+            if due {
+                due_peers.push(*contact);
             }
         }
-        self.pending = still_pending;
+        for id in expired {
+            self.store.fail_message(&id)?;
+            self.outbox.remove(&id);
+            actions.push(self.status_event(&id, MessageStatus::Failed));
+        }
         for contact in due_peers {
             if let Some(c) = self.store.contact(&contact)? {
                 actions.extend(self.flush_peer(&c.identity.signing, now_ms)?);
@@ -700,12 +815,9 @@ impl Engine {
 
     /// Peers with queued messages, and the addresses we know for them.
     pub fn pending_peers(&self) -> Result<Vec<(PeerKey, Vec<String>)>, EngineError> {
-        let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for entry in self.store.outbox()? {
-            if seen.insert(entry.contact)
-                && let Some(c) = self.store.contact(&entry.contact)?
-            {
+        for (contact, _) in self.outbox.contacts() {
+            if let Some(c) = self.store.contact(contact)? {
                 out.push((c.identity.signing, c.addresses));
             }
         }
@@ -726,14 +838,26 @@ impl Engine {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<(Vec<Ack>, Vec<Action>), EngineError> {
+        // Cheap checks first: who it is (one keyed lookup), blocked, budgets;
+        // cryptography only for what passes them.
         let contact_id = self.store.contact_id_for_key(peer);
         let mut contact = self.store.contact(&contact_id)?;
         if contact.as_ref().is_some_and(|c| c.blocked) {
             return Ok((vec![Ack::Rejected(RejectReason::Blocked); envelopes.len()], Vec::new()));
         }
+        let sender =
+            if contact.is_some() && !self.strangers.contains(&contact_id) { Sender::Settled } else { Sender::Stranger };
         let conversation_before = self.store.conversation(&contact_id)?;
-        let mut sessions: Option<SessionState> = self.store.session(&contact_id)?;
+        let mut sessions: Option<Working> = match self.store.session(&contact_id)?.map(Working::open).transpose() {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(profile = %self.store.name(), error = %e, "a stored session does not open; treated as none");
+                None
+            }
+        };
         let mut acks = vec![Ack::Rejected(RejectReason::Malformed); envelopes.len()];
+        // Envelopes that reached the batch (their ack comes with the commit).
+        let mut reached = vec![false; envelopes.len()];
         let mut batch: Vec<IncomingMessage> = Vec::new();
         let mut batch_index: Vec<usize> = Vec::new();
         let mut contents: Vec<Option<Message>> = Vec::new();
@@ -741,6 +865,13 @@ impl Engine {
         let mut new_contact = None;
         let mut identity_changed = false;
         for (i, bytes) in envelopes.iter().enumerate() {
+            if i > 0 && !reached[i - 1] && is_failure(&acks[i - 1]) {
+                self.budgets.failed(peer, now_ms);
+            }
+            if !self.budgets.admit(peer, sender, now_ms) {
+                acks[i] = Ack::Rejected(RejectReason::Busy);
+                continue;
+            }
             let Ok(envelope) = Envelope::decode(bytes) else { continue };
             let id = envelope.message_id().0;
             if !seen.insert(id) || self.store.is_received(&id)? {
@@ -753,7 +884,11 @@ impl Engine {
                     acks[i] = Ack::Rejected(RejectReason::IdentityMismatch);
                     continue;
                 }
-                Some(header) if !sessions.as_ref().is_some_and(|s| has_prekey_session(s, header)) => {
+                Some(header) if !sessions.as_ref().is_some_and(|s| s.has_prekey_session(header)) => {
+                    if sender == Sender::Stranger && !self.budgets.admit_session_start(peer, now_ms) {
+                        acks[i] = Ack::Rejected(RejectReason::Busy);
+                        continue;
+                    }
                     let Some(spk) = self.store.signed_prekey(header.signed_prekey_id)? else {
                         acks[i] = Ack::Rejected(RejectReason::UnknownPrekey);
                         continue;
@@ -775,8 +910,8 @@ impl Engine {
                             // keep ours among the previous ones, it may still
                             // have messages in flight.
                             match sessions.as_mut() {
-                                Some(state) => state.replace_current(s.snapshot()),
-                                None => sessions = Some(SessionState::new(s.snapshot())),
+                                Some(working) => working.replace_current(s),
+                                None => sessions = Some(Working { current: s, previous: Vec::new() }),
                             }
                             match &contact {
                                 None => {
@@ -805,7 +940,7 @@ impl Engine {
                         acks[i] = Ack::Rejected(RejectReason::NoSession);
                         continue;
                     };
-                    match decrypt_with(state, &envelope) {
+                    match state.decrypt(&envelope) {
                         Ok(p) => p,
                         Err(CryptoError::DuplicateMessage) => {
                             acks[i] = Ack::Duplicate;
@@ -818,7 +953,6 @@ impl Engine {
                     }
                 }
             };
-            let Some(snapshot) = sessions.clone() else { continue };
             let parsed = Message::decode(&plaintext).ok();
             if parsed.is_none() {
                 tracing::warn!(profile = %self.store.name(), "undecodable content from a contact; dropped");
@@ -834,17 +968,23 @@ impl Engine {
             });
             batch.push(IncomingMessage {
                 contact: contact_id,
-                session: snapshot,
+                session: None, // the last item gets the state, after the loop
                 message: record,
                 consumed_one_time_prekey: consumed,
                 received_id: id,
             });
             batch_index.push(i);
+            reached[i] = true;
             contents.push(parsed);
         }
-        if batch.is_empty() {
-            return Ok((acks, Vec::new()));
+        if let Some(last) = envelopes.len().checked_sub(1)
+            && !reached[last]
+            && is_failure(&acks[last])
+        {
+            self.budgets.failed(peer, now_ms);
         }
+        let Some(last) = batch.last_mut() else { return Ok((acks, Vec::new())) };
+        last.session = sessions.as_ref().map(Working::state);
         // The contact record goes first: a stranger becomes a contact (or a
         // known contact's new identity is recorded) only with its message.
         if let Some(c) = &contact
@@ -903,6 +1043,7 @@ impl Engine {
                     };
                     for (id, status) in self.store.apply_receipt(&contact_id, &ids(read), &ids(delivered))? {
                         self.deposited.remove(&id);
+                        self.outbox.remove(&id);
                         actions.push(self.status_event(&id, status));
                     }
                 }
@@ -937,6 +1078,32 @@ impl Engine {
                 None => {}
             }
         }
+        if sender == Sender::Stranger {
+            // A pending stranger: counted, and the oldest evicted beyond the
+            // limits (possibly this one, if it alone is over the bytes).
+            let bytes: u64 = outcomes
+                .iter()
+                .zip(&batch)
+                .filter(|(o, _)| matches!(o, ReceiveOutcome::Stored { .. }))
+                .filter_map(|(_, item)| item.message.as_ref().map(|m| m.body.len() as u64))
+                .sum();
+            let evicted = self.store.admit_stranger(&contact_id, bytes, self.config.strangers)?;
+            self.strangers.insert(contact_id);
+            if !evicted.is_empty() {
+                tracing::info!(profile = %self.store.name(), evicted = evicted.len(), "pending strangers over the limit: the oldest dropped");
+                actions.push(Action::Notify(NodeEvent::RequestsDropped {
+                    profile: self.profile(),
+                    dropped: evicted.len(),
+                }));
+            }
+            self.strangers_dropped += evicted.len() as u64;
+            for gone in &evicted {
+                self.forget_locally(gone);
+            }
+            if evicted.contains(&contact_id) {
+                return Ok((acks, actions));
+            }
+        }
         if self.store.kind() == ProfileKind::Business && visible_received {
             if new_contact.is_some() {
                 self.label_new_customer(&contact_id)?;
@@ -944,6 +1111,53 @@ impl Engine {
             actions.extend(self.automations(&contact_id, &conversation_before, catalog_requested, now_ms, rng)?);
         }
         Ok((acks, actions))
+    }
+
+    /// Forgets the in-memory state of a contact the store forgot.
+    fn forget_locally(&mut self, contact: &ContactId) {
+        self.strangers.remove(contact);
+        for q in self.outbox.of(contact).to_vec() {
+            self.outbox.remove(&q.id);
+            self.in_flight.remove(&q.id);
+            self.deposited.remove(&q.id);
+        }
+        self.depositing.remove(contact);
+        self.deposit_backoff.remove(contact);
+    }
+
+    /// The user acted on a contact (wrote to it, accepted, renamed, blocked
+    /// or added it by card): it is no longer a pending stranger, never
+    /// evicted, and its budgets are a contact's.
+    pub fn settle(&mut self, contact: &ContactId) -> Result<(), EngineError> {
+        if self.strangers.remove(contact) {
+            self.store.settle_stranger(contact)?;
+        }
+        Ok(())
+    }
+
+    /// Pending strangers, and what the budgets refused.
+    pub fn guard_status(&self) -> GuardStatus {
+        GuardStatus {
+            pending_strangers: self.strangers.len(),
+            stranger_limit: self.config.strangers.max_count,
+            strangers_dropped: self.strangers_dropped,
+            refused_envelopes: self.budgets.refused,
+        }
+    }
+
+    /// Outbox entries to pending strangers.
+    fn queued_to_strangers(&self) -> usize {
+        self.strangers.iter().map(|c| self.outbox.of(c).len()).sum()
+    }
+
+    /// How long an outbox entry to `contact` lives: a pending stranger gets
+    /// automatic replies only for [`STRANGER_REPLY_TTL_MS`].
+    fn expiry_for(&self, contact: &ContactId) -> u64 {
+        if self.strangers.contains(contact) {
+            STRANGER_REPLY_TTL_MS.min(self.config.expiry_ms)
+        } else {
+            self.config.expiry_ms
+        }
     }
 
     /// A page of envelopes fetched from our mailbox at `address`. Each is
@@ -1125,14 +1339,15 @@ impl Engine {
             c.blocked = blocked;
             c.request = false;
         })?;
+        self.settle(contact)?;
         let mut actions = Vec::new();
         if blocked {
             for id in self.store.drop_outbox_for(contact)? {
                 self.deposited.remove(&id);
                 self.in_flight.remove(&id);
+                self.outbox.remove(&id);
                 actions.push(self.status_event(&id, MessageStatus::Failed));
             }
-            self.pending.remove(contact);
             self.deposit_backoff.remove(contact);
         }
         actions.extend(self.own_mailboxes.iter().cloned().map(|m| {
@@ -1189,6 +1404,10 @@ impl Engine {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Vec<Action>, EngineError> {
+        if self.strangers.contains(contact) && self.queued_to_strangers() >= MAX_STRANGER_QUEUE {
+            tracing::debug!(profile = %self.store.name(), "automatic replies to strangers at their limit; not answering");
+            return Ok(Vec::new());
+        }
         let settings = self.store.automations()?;
         let mut queued = false;
         let first_or_silent = before.last_incoming_ms.is_none_or(|t| now_ms.saturating_sub(t) >= GREETING_SILENCE_MS);

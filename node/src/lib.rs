@@ -20,6 +20,7 @@
 //! - [`node`]: starting and stopping a node.
 
 pub mod addresses;
+pub mod budget;
 pub mod card;
 pub mod content;
 pub mod control;
@@ -29,6 +30,7 @@ pub mod mailbox;
 pub mod network;
 pub mod node;
 pub mod offline;
+mod outbox;
 pub mod service;
 pub mod wire;
 

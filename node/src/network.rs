@@ -24,10 +24,11 @@ use crate::addresses;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use crate::budget::BucketMap;
 use crate::card::{peer_id_of, signing_key_of};
 use crate::courier::{Courier, CourierEvent};
 use crate::engine::{Action, Engine, NodeEvent, PeerKey};
-use crate::wire::{Ack, EnvelopeCodec, PROTOCOL, RejectReason};
+use crate::wire::{Ack, EnvelopeCodec, InflightBudget, PROTOCOL, RejectReason};
 
 /// Idle connections close after this long (libp2p's default, 10 s, would
 /// drop a conversation's connection between two messages).
@@ -128,7 +129,14 @@ pub struct NetworkError(pub String);
 
 /// Builds the swarm of a profile from its Ed25519 seed (so its PeerId is the
 /// profile's identity).
-pub fn build_swarm(seed: &[u8; 32], config: &NetworkConfig) -> Result<Swarm<Behaviour>, NetworkError> {
+///
+/// `inflight` bounds the bytes of inbound envelope requests being read at
+/// once, across all the profile's connections (one budget per profile).
+pub fn build_swarm(
+    seed: &[u8; 32],
+    config: &NetworkConfig,
+    inflight: InflightBudget,
+) -> Result<Swarm<Behaviour>, NetworkError> {
     let mut seed = *seed;
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed).map_err(|e| NetworkError(e.to_string()))?;
     let mdns_enabled = config.mdns;
@@ -153,7 +161,7 @@ pub fn build_swarm(seed: &[u8; 32], config: &NetworkConfig) -> Result<Swarm<Beha
                 .with_max_established_outgoing(Some(512))
                 .with_max_established_per_peer(Some(4));
             let envelope = request_response::Behaviour::with_codec(
-                EnvelopeCodec,
+                EnvelopeCodec::new(inflight),
                 [(PROTOCOL, ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(Duration::from_secs(30))
@@ -341,11 +349,11 @@ pub struct ProfileStatus {
     pub mailboxes: Vec<crate::courier::MailboxState>,
     /// Envelopes it deposited in contacts' mailboxes since it started.
     pub deposited: u64,
-}
-
-struct RateLimit {
-    tokens: f64,
-    last: Instant,
+    /// What the bounds against strangers did.
+    pub guard: crate::engine::GuardStatus,
+    /// Inbound request frames refused since start because the profile's
+    /// bytes in flight were at their limit (the stream is reset).
+    pub frames_refused: u64,
 }
 
 /// One configured relay of a profile.
@@ -426,16 +434,23 @@ pub fn relay_peer(addr: &Multiaddr) -> Option<PeerId> {
     }
 }
 
+/// What connects a profile's loop to the rest of the node.
+pub struct ProfileLinks {
+    /// Commands from the control API.
+    pub commands: mpsc::Receiver<Command>,
+    /// Events for subscribers.
+    pub events: broadcast::Sender<NodeEvent>,
+    /// The profile's live status.
+    pub status: watch::Sender<ProfileStatus>,
+    /// Flips to true when the node stops.
+    pub shutdown: watch::Receiver<bool>,
+    /// The budget of inbound bytes in flight given to [`build_swarm`].
+    pub inflight: InflightBudget,
+}
+
 /// Runs one profile until `shutdown` flips or the command channel closes.
-pub async fn run_profile(
-    mut swarm: Swarm<Behaviour>,
-    mut engine: Engine,
-    config: NetworkConfig,
-    mut commands: mpsc::Receiver<Command>,
-    events: broadcast::Sender<NodeEvent>,
-    status_tx: watch::Sender<ProfileStatus>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config: NetworkConfig, links: ProfileLinks) {
+    let ProfileLinks { mut commands, events, status: status_tx, mut shutdown, inflight } = links;
     for addr in &config.listen {
         // A random port (0) becomes the port used last time, if it is free:
         // contacts keep reaching us at the address they know.
@@ -500,7 +515,7 @@ pub async fn run_profile(
     courier.set_mailboxes(engine.mailboxes());
     let mut status = status_tx.borrow().clone();
     let mut pending: HashMap<OutboundRequestId, (PeerKey, Vec<[u8; 16]>)> = HashMap::new();
-    let mut limits: HashMap<PeerId, RateLimit> = HashMap::new();
+    let mut limits = request_buckets();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A Send CSPRNG (ThreadRng is not Send), seeded from the thread RNG.
@@ -596,6 +611,8 @@ pub async fn run_profile(
             status.mailboxes = courier.states().to_vec();
         }
         status.deposited = courier.deposited();
+        status.guard = engine.guard_status();
+        status.frames_refused = inflight.refused();
         status_tx.send_if_modified(|s| {
             let changed = s.listen_addrs != status.listen_addrs
                 || s.connected_peers != status.connected_peers
@@ -607,7 +624,9 @@ pub async fn run_profile(
                 || s.hole_punch != status.hole_punch
                 || s.address_record_published != status.address_record_published
                 || s.mailboxes != status.mailboxes
-                || s.deposited != status.deposited;
+                || s.deposited != status.deposited
+                || s.guard != status.guard
+                || s.frames_refused != status.frames_refused;
             if changed {
                 *s = status.clone();
             }
@@ -931,20 +950,12 @@ fn dial(swarm: &mut Swarm<Behaviour>, peer: &PeerKey, addresses: &[String]) {
     }
 }
 
-/// Token bucket per peer: [`PEER_REQUESTS_PER_SECOND`], bursts up to twice
-/// that. The map holds only connected peers (entries go when the last
-/// connection closes), so it is bounded by the connection limits.
-fn allow(limits: &mut HashMap<PeerId, RateLimit>, peer: PeerId, now: Instant) -> bool {
-    let entry = limits.entry(peer).or_insert(RateLimit { tokens: 2.0 * PEER_REQUESTS_PER_SECOND, last: now });
-    let elapsed = now.duration_since(entry.last).as_secs_f64();
-    entry.tokens = (entry.tokens + elapsed * PEER_REQUESTS_PER_SECOND).min(2.0 * PEER_REQUESTS_PER_SECOND);
-    entry.last = now;
-    if entry.tokens >= 1.0 {
-        entry.tokens -= 1.0;
-        true
-    } else {
-        false
-    }
+/// Requests per peer: [`PEER_REQUESTS_PER_SECOND`], bursts up to twice
+/// that, in buckets that outlive the peer's connections (a reconnect does
+/// not refill them), at most [`crate::budget::MAX_TRACKED_PEERS`] peers.
+/// Envelopes inside a request have their own budgets ([`crate::budget`]).
+fn request_buckets() -> BucketMap<PeerId> {
+    BucketMap::new(crate::budget::MAX_TRACKED_PEERS, PEER_REQUESTS_PER_SECOND, 2.0 * PEER_REQUESTS_PER_SECOND)
 }
 
 fn reachable(engine: &mut Engine, peer: &PeerId) -> Vec<Action> {
@@ -957,7 +968,7 @@ fn reachable(engine: &mut Engine, peer: &PeerId) -> Vec<Action> {
 /// The loop's state that events update.
 struct LoopState<'a> {
     pending: &'a mut HashMap<OutboundRequestId, (PeerKey, Vec<[u8; 16]>)>,
-    limits: &'a mut HashMap<PeerId, RateLimit>,
+    limits: &'a mut BucketMap<PeerId>,
     status: &'a mut ProfileStatus,
     reach: &'a mut Reach,
     courier: &'a mut Courier,
@@ -1050,7 +1061,6 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
                 ctx.reach.relayed_since.remove(&peer_id);
             }
             if num_established == 0 {
-                ctx.limits.remove(&peer_id);
                 ctx.reach.close_relayed.remove(&peer_id);
             }
             Vec::new()
@@ -1122,7 +1132,7 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
                             .send_response(channel, vec![Ack::Rejected(RejectReason::IdentityMismatch); request.len()]);
                         return Vec::new();
                     };
-                    if !allow(ctx.limits, peer, Instant::now()) {
+                    if !ctx.limits.get(&peer, now_ms()).take(now_ms()) {
                         tracing::debug!(%peer, "request over the per-peer rate; dropped");
                         return Vec::new();
                     }
@@ -1254,15 +1264,15 @@ mod tests {
 
     #[test]
     fn a_flooding_peer_is_held_to_its_rate_and_others_are_not_affected() {
-        let mut limits = HashMap::new();
+        let mut limits = request_buckets();
         let (flood, quiet) = (PeerId::random(), PeerId::random());
-        let t0 = Instant::now();
-        let burst = (0..1_000).filter(|_| allow(&mut limits, flood, t0)).count();
+        let t0 = 1_000_000;
+        let burst = (0..1_000).filter(|_| limits.get(&flood, t0).take(t0)).count();
         assert_eq!(burst, 2 * PEER_REQUESTS_PER_SECOND as usize);
-        assert!(allow(&mut limits, quiet, t0), "another peer has its own bucket");
+        assert!(limits.get(&quiet, t0).take(t0), "another peer has its own bucket");
         // One second later: one second's worth more, not another burst.
-        let t1 = t0 + Duration::from_secs(1);
-        let more = (0..1_000).filter(|_| allow(&mut limits, flood, t1)).count();
+        let t1 = t0 + 1_000;
+        let more = (0..1_000).filter(|_| limits.get(&flood, t1).take(t1)).count();
         assert_eq!(more, PEER_REQUESTS_PER_SECOND as usize);
     }
 }

@@ -69,7 +69,8 @@ impl Node {
         for entry in dir.profiles() {
             let store = dir.open_profile(&entry.name)?;
             let seed = store.identity()?.signing_seed();
-            let swarm = network::build_swarm(&seed, &config.network)?;
+            let inflight = crate::wire::InflightBudget::default();
+            let swarm = network::build_swarm(&seed, &config.network, inflight.clone())?;
             let status = ProfileStatus {
                 name: entry.name.clone(),
                 kind: entry.kind.to_string(),
@@ -84,10 +85,13 @@ impl Node {
                 swarm,
                 engine,
                 config.network.clone(),
-                cmd_rx,
-                events.clone(),
-                status_tx,
-                stop.subscribe(),
+                network::ProfileLinks {
+                    commands: cmd_rx,
+                    events: events.clone(),
+                    status: status_tx,
+                    shutdown: stop.subscribe(),
+                    inflight,
+                },
             )));
             profiles.push((entry.name.clone(), ProfileHandle { commands: cmd_tx, status: status_rx }));
         }

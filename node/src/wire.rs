@@ -7,14 +7,30 @@
 //! request  = u32 BE total length ‖ u16 BE count ‖ count × (u32 BE len ‖ envelope bytes)
 //! response = u32 BE total length ‖ u16 BE count ‖ count × (status u8 [‖ reason u8 if status = 2])
 //! status   = 0 accepted | 1 duplicate | 2 rejected
-//! reason   = 0 malformed | 1 no session | 2 undecryptable | 3 blocked | 4 storage | 5 unknown prekey | 6 identity mismatch
+//! reason   = 0 malformed | 1 no session | 2 undecryptable | 3 blocked | 4 storage | 5 unknown prekey | 6 identity mismatch | 7 busy
+//!            (any other reason: unknown, treated as transient)
 //! ```
 //!
 //! Bounds: at most [`MAX_BATCH`] envelopes and [`MAX_REQUEST_BYTES`] per
 //! request; a larger or malformed frame is an error of the stream only.
 //! Decoding is pure, total and bounded.
+//!
+//! A frame reader's buffer grows with the bytes that arrive (at most twice
+//! what arrived, never more than the declared length), so declaring 4 MiB
+//! and sending 10 bytes costs kilobytes. Across all streams of a profile,
+//! the buffers of inbound requests being read are charged to one
+//! [`InflightBudget`] (the codec's, [`DEFAULT_INFLIGHT_BYTES`] = 64 MiB by
+//! default): a read reserves from it before its buffer grows and releases
+//! everything when [`EnvelopeCodec`]'s `read_request` returns, fails or is
+//! dropped. A read that cannot reserve fails at once ("profile busy"), its
+//! stream is reset and [`InflightBudget::refused`] counts it; the sender
+//! retries later. Without the budget, 1024 connections × 32 streams × 4 MiB
+//! could be held. Responses are at most [`MAX_RESPONSE_BYTES`] and are not
+//! charged.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use kabar_crypto::envelope::MAX_ENVELOPE_LEN;
@@ -28,6 +44,111 @@ pub const MAX_BATCH: usize = 256;
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Largest response frame (after the length prefix).
 pub const MAX_RESPONSE_BYTES: usize = 2 + 2 * MAX_BATCH;
+/// Default [`InflightBudget`] of a profile: 64 MiB, room for 16 full
+/// requests ([`MAX_REQUEST_BYTES`]) being read at once.
+pub const DEFAULT_INFLIGHT_BYTES: usize = 16 * MAX_REQUEST_BYTES;
+
+/// The error text of a read refused because the budget is exhausted.
+const BUSY: &str = "profile busy: inbound bytes in flight at the limit";
+
+/// Bytes that inbound request frames may hold in memory at once, shared by
+/// every stream of a profile. Cheap to clone: clones share one budget.
+#[derive(Clone, Debug)]
+pub struct InflightBudget {
+    inner: Arc<BudgetInner>,
+}
+
+#[derive(Debug)]
+struct BudgetInner {
+    capacity: usize,
+    in_use: AtomicUsize,
+    refused: AtomicU64,
+}
+
+impl InflightBudget {
+    /// A budget of `capacity` bytes.
+    pub fn new(capacity: usize) -> Self {
+        InflightBudget {
+            inner: Arc::new(BudgetInner { capacity, in_use: AtomicUsize::new(0), refused: AtomicU64::new(0) }),
+        }
+    }
+
+    /// The most bytes that may be reserved at once.
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity
+    }
+
+    /// Bytes reserved now by frames being read.
+    pub fn in_use(&self) -> usize {
+        self.inner.in_use.load(Ordering::Acquire)
+    }
+
+    /// Frames refused so far because the budget was exhausted.
+    pub fn refused(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
+    }
+
+    /// Reserves `n` bytes if they fit under the capacity.
+    fn try_reserve(&self, n: usize) -> bool {
+        let capacity = self.inner.capacity;
+        self.inner
+            .in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| cur.checked_add(n).filter(|&v| v <= capacity))
+            .is_ok()
+    }
+
+    fn release(&self, n: usize) {
+        self.inner.in_use.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+impl Default for InflightBudget {
+    /// A budget of [`DEFAULT_INFLIGHT_BYTES`].
+    fn default() -> Self {
+        InflightBudget::new(DEFAULT_INFLIGHT_BYTES)
+    }
+}
+
+/// What one frame read holds of a budget; dropping it (on every exit path,
+/// including a dropped read future) releases it.
+#[derive(Debug)]
+pub(crate) struct Reservation<'a> {
+    budget: Option<&'a InflightBudget>,
+    held: usize,
+}
+
+impl<'a> Reservation<'a> {
+    fn new(budget: Option<&'a InflightBudget>) -> Self {
+        Reservation { budget, held: 0 }
+    }
+
+    /// Holds at least `total` bytes, reserving the difference; without a
+    /// budget, always succeeds. A refusal is counted once per frame (the
+    /// read ends with it).
+    fn grow_to(&mut self, total: usize) -> io::Result<()> {
+        let Some(budget) = self.budget else { return Ok(()) };
+        let more = total.saturating_sub(self.held);
+        if more == 0 {
+            return Ok(());
+        }
+        if !budget.try_reserve(more) {
+            budget.inner.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(io::Error::other(BUSY));
+        }
+        self.held += more;
+        Ok(())
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(budget) = self.budget
+            && self.held > 0
+        {
+            budget.release(self.held);
+        }
+    }
+}
 
 /// Why a receiver rejected an envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -47,6 +168,10 @@ pub enum RejectReason {
     UnknownPrekey,
     /// A prekey message's identity is not the connection's PeerId.
     IdentityMismatch,
+    /// The sender is over one of the receiver's budgets; retry later.
+    Busy,
+    /// A reason this version does not know (from a later one): transient.
+    Unknown(u8),
 }
 
 impl RejectReason {
@@ -59,11 +184,13 @@ impl RejectReason {
             RejectReason::Storage => 4,
             RejectReason::UnknownPrekey => 5,
             RejectReason::IdentityMismatch => 6,
+            RejectReason::Busy => 7,
+            RejectReason::Unknown(b) => b,
         }
     }
 
-    fn from_byte(b: u8) -> Option<Self> {
-        Some(match b {
+    fn from_byte(b: u8) -> Self {
+        match b {
             0 => RejectReason::Malformed,
             1 => RejectReason::NoSession,
             2 => RejectReason::Undecryptable,
@@ -71,13 +198,21 @@ impl RejectReason {
             4 => RejectReason::Storage,
             5 => RejectReason::UnknownPrekey,
             6 => RejectReason::IdentityMismatch,
-            _ => return None,
-        })
+            7 => RejectReason::Busy,
+            other => RejectReason::Unknown(other),
+        }
     }
 
     /// True if sending the same envelope again might succeed.
     pub fn is_transient(self) -> bool {
-        matches!(self, RejectReason::Storage | RejectReason::UnknownPrekey | RejectReason::NoSession)
+        matches!(
+            self,
+            RejectReason::Storage
+                | RejectReason::UnknownPrekey
+                | RejectReason::NoSession
+                | RejectReason::Busy
+                | RejectReason::Unknown(_)
+        )
     }
 }
 
@@ -173,7 +308,7 @@ pub fn decode_response(body: &[u8]) -> io::Result<Vec<Ack>> {
             2 => {
                 let (&reason, tail) = rest.split_first().ok_or_else(|| invalid("truncated response"))?;
                 rest = tail;
-                Ack::Rejected(RejectReason::from_byte(reason).ok_or_else(|| invalid("unknown reject reason"))?)
+                Ack::Rejected(RejectReason::from_byte(reason))
             }
             _ => return Err(invalid("unknown acknowledgement status")),
         });
@@ -192,8 +327,27 @@ fn split_u16(body: &[u8]) -> io::Result<(usize, &[u8])> {
 }
 
 /// Reads one `u32 BE length ‖ body` frame of at most `max` bytes (shared
-/// with the mailbox protocol).
+/// with the mailbox protocol). Not charged to any budget.
 pub(crate) async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+    Ok(read_frame_inner(io, max, None).await?.0)
+}
+
+/// [`read_frame`], charging the body's buffer to `budget` as it grows. The
+/// returned [`Reservation`] holds the charge until dropped; a read that
+/// cannot reserve fails at once with the "profile busy" error.
+pub(crate) async fn read_frame_budgeted<'b, T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: usize,
+    budget: &'b InflightBudget,
+) -> io::Result<(Vec<u8>, Reservation<'b>)> {
+    read_frame_inner(io, max, Some(budget)).await
+}
+
+async fn read_frame_inner<'b, T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: usize,
+    budget: Option<&'b InflightBudget>,
+) -> io::Result<(Vec<u8>, Reservation<'b>)> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -201,16 +355,32 @@ pub(crate) async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usi
         return Err(invalid("frame over the size limit"));
     }
     // Grow with what arrives: a peer that declares 4 MiB and sends 10 bytes
-    // costs 10 bytes, not 4 MiB.
-    let mut body = Vec::with_capacity(len.min(FRAME_CHUNK));
-    (&mut *io).take(len as u64).read_to_end(&mut body).await?;
-    if body.len() != len {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "frame shorter than its length"));
+    // costs one chunk, not 4 MiB. The buffer doubles (at least one chunk,
+    // at most the declared length), so a frame costs at most twice what
+    // arrived and a complete frame exactly its length; each growth is
+    // reserved before it is allocated.
+    let mut reservation = Reservation::new(budget);
+    let mut body: Vec<u8> = Vec::new();
+    let mut filled = 0;
+    while filled < len {
+        if filled == body.len() {
+            let target = (body.len() * 2).max(body.len() + FRAME_CHUNK).min(len);
+            reservation.grow_to(target)?;
+            body.reserve_exact(target - body.len());
+            // The allocator may round up: charge what is really held.
+            reservation.grow_to(body.capacity())?;
+            body.resize(target, 0);
+        }
+        let n = io.read(&mut body[filled..]).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "frame shorter than its length"));
+        }
+        filled += n;
     }
-    Ok(body)
+    Ok((body, reservation))
 }
 
-/// What a frame reader reserves before bytes arrive.
+/// The smallest step a frame reader's buffer grows by.
 const FRAME_CHUNK: usize = 16 * 1024;
 
 /// Writes one frame and closes the writing side of the stream.
@@ -220,9 +390,33 @@ pub(crate) async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, body: 
     io.close().await
 }
 
-/// The libp2p codec of [`PROTOCOL`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EnvelopeCodec;
+/// The libp2p codec of [`PROTOCOL`]. Clones share one [`InflightBudget`]
+/// (libp2p clones the codec for each connection): give each profile's
+/// behaviour its own codec.
+#[derive(Clone, Debug)]
+pub struct EnvelopeCodec {
+    budget: InflightBudget,
+}
+
+impl EnvelopeCodec {
+    /// A codec whose inbound request reads are charged to `budget`.
+    pub fn new(budget: InflightBudget) -> Self {
+        EnvelopeCodec { budget }
+    }
+
+    /// The budget inbound request reads are charged to (for `in_use` and
+    /// `refused`).
+    pub fn budget(&self) -> &InflightBudget {
+        &self.budget
+    }
+}
+
+impl Default for EnvelopeCodec {
+    /// A codec with a fresh budget of [`DEFAULT_INFLIGHT_BYTES`].
+    fn default() -> Self {
+        EnvelopeCodec::new(InflightBudget::default())
+    }
+}
 
 impl libp2p::request_response::Codec for EnvelopeCodec {
     type Protocol = StreamProtocol;
@@ -234,7 +428,10 @@ impl libp2p::request_response::Codec for EnvelopeCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Self::Request> {
-        decode_request(&read_frame(io, MAX_REQUEST_BYTES).await?)
+        // The reservation is held until the body is decoded and released
+        // when this returns: the envelopes are bounded elsewhere from then.
+        let (body, _held) = read_frame_budgeted(io, MAX_REQUEST_BYTES, &self.budget).await?;
+        decode_request(&body)
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -290,7 +487,48 @@ mod tests {
         assert!(decode_request(&[0, 1, 0, 0, 0, 5, 1]).is_err());
         assert!(decode_request(&[0, 0, 9]).is_err());
         assert!(decode_response(&[0, 1, 9]).is_err());
-        assert!(decode_response(&[0, 1, 2, 99]).is_err());
+        // A reason from a later version is read, and is transient.
+        let acks = decode_response(&[0, 1, 2, 99]).unwrap();
+        assert_eq!(acks, [Ack::Rejected(RejectReason::Unknown(99))]);
+        assert!(RejectReason::Unknown(99).is_transient());
+        assert_eq!(encode_response(&acks), [0, 1, 2, 99]);
+        assert!(decode_response(&[0, 1, 2]).is_err(), "a reason is still required");
+    }
+
+    #[test]
+    fn a_reservation_is_bounded_and_released_on_drop() {
+        let budget = InflightBudget::new(100);
+        let mut a = Reservation::new(Some(&budget));
+        a.grow_to(60).unwrap();
+        a.grow_to(50).unwrap(); // Already held.
+        assert_eq!(budget.in_use(), 60);
+        let mut b = Reservation::new(Some(&budget));
+        b.grow_to(40).unwrap();
+        let err = b.grow_to(41).unwrap_err();
+        assert!(err.to_string().contains("profile busy"));
+        assert_eq!((budget.in_use(), budget.refused()), (100, 1));
+        drop(a);
+        assert_eq!(budget.in_use(), 40);
+        drop(b);
+        assert_eq!(budget.in_use(), 0);
+        // Without a budget nothing is charged or refused.
+        Reservation::new(None).grow_to(usize::MAX).unwrap();
+    }
+
+    #[test]
+    fn a_complete_frame_is_charged_exactly_its_length() {
+        let budget = InflightBudget::new(MAX_REQUEST_BYTES);
+        let len = MAX_REQUEST_BYTES - 12_345;
+        let mut bytes = (len as u32).to_be_bytes().to_vec();
+        bytes.resize(4 + len, 7);
+        let mut io = futures::io::Cursor::new(bytes);
+        let (body, held) =
+            futures::executor::block_on(read_frame_budgeted(&mut io, MAX_REQUEST_BYTES, &budget)).unwrap();
+        assert_eq!(body.len(), len);
+        assert!(body.iter().all(|&b| b == 7));
+        assert!(budget.in_use() >= len && budget.in_use() <= MAX_REQUEST_BYTES);
+        drop(held);
+        assert_eq!(budget.in_use(), 0);
     }
 
     proptest! {

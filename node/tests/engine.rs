@@ -810,3 +810,162 @@ fn blocking_drops_what_is_queued_to_the_contact_and_refuses_what_it_sends() {
     assert!(follow.is_empty());
     assert_eq!(texts(&mut shop, &them).len(), before);
 }
+
+/// A first message from a fresh identity (a stranger who never comes back):
+/// its key and the envelope.
+fn fresh_stranger(to: &mut Party, text: &str, now: u64) -> (PeerKey, Vec<u8>) {
+    let rng = &mut rand::rng();
+    let me = kabar_crypto::IdentityKeyPair::generate(ProfileKind::Personal, rng);
+    let bundle = to.store().prekey_bundle(false).unwrap();
+    let mut session = kabar_crypto::Session::initiate(&me, &bundle, rng).unwrap();
+    let body =
+        Message { v: kabar_node::content::CONTENT_VERSION, seq: 0, sent_at_ms: now, content: Content::text(text) };
+    (me.public().signing, session.encrypt(&body.encode(), rng).unwrap().encode())
+}
+
+#[test]
+fn strangers_who_never_come_back_cost_a_shop_a_bounded_queue_that_empties_and_stays_empty() {
+    use kabar_node::engine::{MAX_STRANGER_QUEUE, STRANGER_REPLY_TTL_MS};
+    let mut shop = Party::new("shop", ProfileKind::Business);
+    let greeting = Automations { greeting: Some("Welcome!".into()), ..Automations::default() };
+    shop.store().set_automations(&greeting).unwrap();
+    let strangers = MAX_STRANGER_QUEUE + 44;
+    let mut now = T0;
+    for i in 0..strangers {
+        // One a second: within the profile's budget of session starts.
+        now = T0 + i as u64 * 1_000;
+        let (key, envelope) = fresh_stranger(&mut shop, "hi", now);
+        let (acks, replies) = shop.e().on_request(&key, &[envelope], now, &mut rand::rng()).unwrap();
+        assert_eq!(acks, [Ack::Accepted], "stranger {i}");
+        // The stranger is gone before the greeting can be delivered.
+        for (peer, ids, _) in transmits(&replies) {
+            shop.e().on_transmit_failed(&peer, &ids, now).unwrap();
+        }
+    }
+    let queued = shop.store().outbox().unwrap().len();
+    assert!(queued > 0 && queued <= MAX_STRANGER_QUEUE, "greetings to strangers are bounded: {queued}");
+    // After their short time to live, the tick gives them up…
+    let later = now + STRANGER_REPLY_TTL_MS + 1;
+    shop.e().on_tick(later).unwrap();
+    assert!(shop.store().outbox().unwrap().is_empty(), "nothing waits for strangers who left");
+    // …and a restart finds nothing to do.
+    shop.restart();
+    assert!(shop.e().on_tick(later + 1).unwrap().is_empty());
+    assert!(shop.store().outbox().unwrap().is_empty());
+    // A customer who writes now still gets the greeting at once.
+    let (key, envelope) = fresh_stranger(&mut shop, "hello", later + 2);
+    let (_, replies) = shop.e().on_request(&key, &[envelope], later + 2, &mut rand::rng()).unwrap();
+    assert_eq!(transmits(&replies).len(), 1, "the greeting goes out over the live connection");
+}
+
+#[test]
+fn pending_strangers_are_capped_and_the_oldest_go_with_everything_they_sent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dir = DataDir::create(tmp.path(), b"pw", KdfParams::TESTNET).unwrap();
+    let store = dir.create_profile("me", ProfileKind::Personal, T0 / 1000, &mut rand::rng()).unwrap();
+    let limits = StrangerLimits { max_count: 5, max_bytes: 1 << 20 };
+    let mut me = Party {
+        _tmp: tmp,
+        dir,
+        name: "me".into(),
+        engine: Some(Engine::new(store, EngineConfig { strangers: limits, ..EngineConfig::default() }).unwrap()),
+    };
+    let mut first = Vec::new();
+    let mut dropped_events = 0;
+    for i in 0..8u64 {
+        let now = T0 + i * 1_000;
+        let (key, envelope) = fresh_stranger(&mut me, &format!("request {i}"), now);
+        let (acks, events) = me.e().on_request(&key, &[envelope], now, &mut rand::rng()).unwrap();
+        assert_eq!(acks, [Ack::Accepted]);
+        dropped_events += events
+            .iter()
+            .filter(|a| matches!(a, Action::Notify(kabar_node::engine::NodeEvent::RequestsDropped { dropped: 1, .. })))
+            .count();
+        first.push(me.store().contact_id_for_key(&key));
+    }
+    let requests: Vec<_> = me.store().contacts().unwrap().into_iter().filter(|(_, c)| c.request).collect();
+    assert_eq!(requests.len(), 5, "at most the limit");
+    for gone in &first[..3] {
+        assert!(me.store().contact(gone).unwrap().is_none(), "the oldest are dropped");
+        assert!(me.store().history(gone, 10, None).unwrap().is_empty(), "with what they sent");
+    }
+    assert!(me.store().contact(&first[7]).unwrap().is_some(), "the newest stays");
+    assert_eq!(dropped_events, 3);
+    let status = me.e().guard_status();
+    assert_eq!((status.pending_strangers, status.strangers_dropped, status.stranger_limit), (5, 3, 5));
+    // Accepting one settles it: it is never dropped, however many follow.
+    me.e().settle(&first[3]).unwrap();
+    for i in 8..20u64 {
+        let now = T0 + i * 1_000;
+        let (key, envelope) = fresh_stranger(&mut me, "more", now);
+        me.e().on_request(&key, &[envelope], now, &mut rand::rng()).unwrap();
+    }
+    assert!(me.store().contact(&first[3]).unwrap().is_some(), "a settled contact stays");
+    me.restart();
+    // Settling made room for one: 12 more strangers dropped 11.
+    assert_eq!(me.e().guard_status().strangers_dropped, 3 + 11, "the count survives a restart");
+}
+
+#[test]
+fn a_peer_that_sends_failing_envelopes_is_refused_before_any_cryptography_even_after_reconnecting() {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let mut c = Party::new("carol", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    b.knows(&mut a, "Alice");
+    let c_bob = c.knows(&mut b, "Bob");
+    b.knows(&mut c, "Carol");
+    let (_, actions) = a.e().send(&a_bob, Content::text("hello"), T0, &mut rand::rng()).unwrap();
+    pump(&mut a, &mut b, actions, T0);
+    // 256 distinct envelopes in Alice's session, each with a broken tag.
+    let texts_out: Vec<Content> = (0..256).map(|i| Content::text(format!("m{i}"))).collect();
+    a.e().send_many(&a_bob, texts_out, T0, &mut rand::rng()).unwrap();
+    let mut bad: Vec<Vec<u8>> = a.store().outbox().unwrap().into_iter().map(|e| e.envelope).collect();
+    assert_eq!(bad.len(), 256);
+    for e in &mut bad {
+        *e.last_mut().unwrap() ^= 1;
+    }
+    let bad: Vec<Vec<u8>> = bad.into_iter().take(256).collect();
+    let alice = a.key();
+    let (acks, _) = b.e().on_request(&alice, &bad, T0, &mut rand::rng()).unwrap();
+    assert!(acks.iter().all(|a| *a == Ack::Rejected(RejectReason::Undecryptable)), "{acks:?}");
+    // The same request again (a replay, a reconnect changes nothing): no
+    // envelope is looked at.
+    let (acks, _) = b.e().on_request(&alice, &bad, T0 + 10, &mut rand::rng()).unwrap();
+    assert!(acks.iter().all(|a| *a == Ack::Rejected(RejectReason::Busy)), "{acks:?}");
+    assert!(RejectReason::Busy.is_transient(), "an honest sender retries later");
+    assert_eq!(b.e().guard_status().refused_envelopes, 256);
+    // Carol is not affected.
+    let (id, actions) = c.e().send(&c_bob, Content::text("hi bob"), T0 + 10, &mut rand::rng()).unwrap();
+    pump(&mut c, &mut b, actions, T0 + 10);
+    assert_eq!(status(&mut c, &id), MessageStatus::Delivered);
+}
+
+#[test]
+fn session_starts_from_fresh_identities_are_held_to_the_profile_budget() {
+    use kabar_node::budget::PROFILE_SESSION_STARTS_PER_MINUTE;
+    let mut shop = Party::new("shop", ProfileKind::Business);
+    let mut cust = Party::new("customer", ProfileKind::Personal);
+    let c_shop = cust.knows(&mut shop, "Bakery");
+    let (_, actions) = cust.e().send(&c_shop, Content::text("regular"), T0, &mut rand::rng()).unwrap();
+    pump(&mut cust, &mut shop, actions, T0);
+    let s_cust = shop.contact_of(&mut cust);
+    shop.e().settle(&s_cust).unwrap(); // the shop answered this customer once
+    let now = T0 + 1;
+    let mut accepted = 0;
+    for _ in 0..200 {
+        let (key, envelope) = fresh_stranger(&mut shop, "spam", now);
+        let (acks, _) = shop.e().on_request(&key, &[envelope], now, &mut rand::rng()).unwrap();
+        match acks[0] {
+            Ack::Accepted => accepted += 1,
+            Ack::Rejected(RejectReason::Busy) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    // One start already went to the regular customer at T0.
+    assert_eq!(accepted, PROFILE_SESSION_STARTS_PER_MINUTE as usize - 1);
+    // The settled customer still gets through at once.
+    let (id, actions) = cust.e().send(&c_shop, Content::text("still there?"), now, &mut rand::rng()).unwrap();
+    pump(&mut cust, &mut shop, actions, now);
+    assert_eq!(status(&mut cust, &id), MessageStatus::Delivered);
+}

@@ -32,7 +32,7 @@ fn with_one_more_mib<T>(f: impl FnOnce() -> T) -> T {
 #[test]
 fn a_frame_that_claims_megabytes_and_sends_ten_bytes_costs_kilobytes() {
     let declared = 4 * 1024 * 1024;
-    let mut envelope = kabar_node::wire::EnvelopeCodec;
+    let mut envelope = kabar_node::wire::EnvelopeCodec::default();
     let mut frame = short_frame(declared);
     let read = with_one_more_mib(|| block_on(envelope.read_request(&kabar_node::wire::PROTOCOL, &mut frame)));
     assert!(read.is_err(), "a truncated frame is an error of the stream");

@@ -49,7 +49,7 @@ fn bare_swarm() -> Bare {
         .unwrap()
         .with_behaviour(|_| {
             request_response::Behaviour::with_codec(
-                EnvelopeCodec,
+                EnvelopeCodec::default(),
                 [(PROTOCOL, ProtocolSupport::Full)],
                 request_response::Config::default().with_max_concurrent_streams(256),
             )
