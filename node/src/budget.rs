@@ -23,13 +23,13 @@ pub const FAILURES_PER_SECOND: f64 = 20.0;
 /// Failed envelopes a peer may send at once (one full request).
 pub const FAILURE_BURST: f64 = 256.0;
 /// Envelopes a stranger may send per second, sustained.
-pub const STRANGER_ENVELOPES_PER_SECOND: f64 = 10.0;
-/// Envelopes a stranger may send at once.
-pub const STRANGER_ENVELOPE_BURST: f64 = 64.0;
+pub const STRANGER_ENVELOPES_PER_SECOND: f64 = 50.0;
+/// Envelopes a stranger may send at once (one full request).
+pub const STRANGER_ENVELOPE_BURST: f64 = 256.0;
 /// Envelopes all strangers together may send a profile per second.
-pub const PROFILE_STRANGER_ENVELOPES_PER_SECOND: f64 = 200.0;
+pub const PROFILE_STRANGER_ENVELOPES_PER_SECOND: f64 = 500.0;
 /// Envelopes all strangers together may send a profile at once.
-pub const PROFILE_STRANGER_ENVELOPE_BURST: f64 = 1_000.0;
+pub const PROFILE_STRANGER_ENVELOPE_BURST: f64 = 2_000.0;
 /// A stranger may start a session once per this long, sustained.
 pub const SESSION_START_EVERY_MS: u64 = 10_000;
 /// Session starts a stranger may make at once.

@@ -165,7 +165,7 @@ pub fn build_swarm(
                 [(PROTOCOL, ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(Duration::from_secs(30))
-                    .with_max_concurrent_streams(32),
+                    .with_max_concurrent_streams(16),
             );
             let mut kad = kad_behaviour(peer_id, kad::store::MemoryStoreConfig::default());
             kad.set_mode(Some(if kad_server { kad::Mode::Server } else { kad::Mode::Client }));

@@ -24,8 +24,10 @@
 //! everything when [`EnvelopeCodec`]'s `read_request` returns, fails or is
 //! dropped. A read that cannot reserve fails at once ("profile busy"), its
 //! stream is reset and [`InflightBudget::refused`] counts it; the sender
-//! retries later. Without the budget, 1024 connections × 32 streams × 4 MiB
-//! could be held. Responses are at most [`MAX_RESPONSE_BYTES`] and are not
+//! retries later. The same budget holds at most [`DEFAULT_INFLIGHT_STREAMS`]
+//! frames being read at once (each connection also has at most 16 streams,
+//! each peer 4 connections). Without the budget, 1024 connections × 16
+//! streams × 4 MiB could be held. Responses are at most [`MAX_RESPONSE_BYTES`] and are not
 //! charged.
 
 use std::io;
@@ -47,9 +49,15 @@ pub const MAX_RESPONSE_BYTES: usize = 2 + 2 * MAX_BATCH;
 /// Default [`InflightBudget`] of a profile: 64 MiB, room for 16 full
 /// requests ([`MAX_REQUEST_BYTES`]) being read at once.
 pub const DEFAULT_INFLIGHT_BYTES: usize = 16 * MAX_REQUEST_BYTES;
+/// Default number of inbound request frames a profile reads at once, over
+/// all its connections (a connection has at most 16 streams, a peer 4
+/// connections).
+pub const DEFAULT_INFLIGHT_STREAMS: usize = 256;
 
 /// The error text of a read refused because the budget is exhausted.
 const BUSY: &str = "profile busy: inbound bytes in flight at the limit";
+/// The error text of a read refused because every frame slot is taken.
+const BUSY_STREAMS: &str = "profile busy: inbound requests being read at the limit";
 
 /// Bytes that inbound request frames may hold in memory at once, shared by
 /// every stream of a profile. Cheap to clone: clones share one budget.
@@ -62,15 +70,33 @@ pub struct InflightBudget {
 struct BudgetInner {
     capacity: usize,
     in_use: AtomicUsize,
+    max_streams: usize,
+    streams: AtomicUsize,
     refused: AtomicU64,
 }
 
 impl InflightBudget {
-    /// A budget of `capacity` bytes.
+    /// A budget of `capacity` bytes and [`DEFAULT_INFLIGHT_STREAMS`] frames.
     pub fn new(capacity: usize) -> Self {
+        InflightBudget::with_streams(capacity, DEFAULT_INFLIGHT_STREAMS)
+    }
+
+    /// A budget of `capacity` bytes and `max_streams` frames read at once.
+    pub fn with_streams(capacity: usize, max_streams: usize) -> Self {
         InflightBudget {
-            inner: Arc::new(BudgetInner { capacity, in_use: AtomicUsize::new(0), refused: AtomicU64::new(0) }),
+            inner: Arc::new(BudgetInner {
+                capacity,
+                in_use: AtomicUsize::new(0),
+                max_streams,
+                streams: AtomicUsize::new(0),
+                refused: AtomicU64::new(0),
+            }),
         }
+    }
+
+    /// Frames being read now.
+    pub fn streams(&self) -> usize {
+        self.inner.streams.load(Ordering::Acquire)
     }
 
     /// The most bytes that may be reserved at once.
@@ -83,7 +109,8 @@ impl InflightBudget {
         self.inner.in_use.load(Ordering::Acquire)
     }
 
-    /// Frames refused so far because the budget was exhausted.
+    /// Frames refused so far because the bytes or the frame slots were
+    /// exhausted.
     pub fn refused(&self) -> u64 {
         self.inner.refused.load(Ordering::Relaxed)
     }
@@ -100,6 +127,15 @@ impl InflightBudget {
     fn release(&self, n: usize) {
         self.inner.in_use.fetch_sub(n, Ordering::AcqRel);
     }
+
+    /// Takes a frame slot if one is free.
+    fn try_stream(&self) -> bool {
+        let max = self.inner.max_streams;
+        self.inner
+            .streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| (cur < max).then_some(cur + 1))
+            .is_ok()
+    }
 }
 
 impl Default for InflightBudget {
@@ -115,11 +151,21 @@ impl Default for InflightBudget {
 pub(crate) struct Reservation<'a> {
     budget: Option<&'a InflightBudget>,
     held: usize,
+    /// Holds one of the budget's frame slots.
+    slot: bool,
 }
 
 impl<'a> Reservation<'a> {
-    fn new(budget: Option<&'a InflightBudget>) -> Self {
-        Reservation { budget, held: 0 }
+    /// Takes a frame slot of `budget` (none without a budget); fails with
+    /// the "profile busy" error when every slot is taken.
+    fn new(budget: Option<&'a InflightBudget>) -> io::Result<Self> {
+        if let Some(b) = budget
+            && !b.try_stream()
+        {
+            b.inner.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(io::Error::other(BUSY_STREAMS));
+        }
+        Ok(Reservation { budget, held: 0, slot: budget.is_some() })
     }
 
     /// Holds at least `total` bytes, reserving the difference; without a
@@ -146,6 +192,11 @@ impl Drop for Reservation<'_> {
             && self.held > 0
         {
             budget.release(self.held);
+        }
+        if let Some(budget) = self.budget
+            && self.slot
+        {
+            budget.inner.streams.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -348,6 +399,7 @@ async fn read_frame_inner<'b, T: AsyncRead + Unpin + Send>(
     max: usize,
     budget: Option<&'b InflightBudget>,
 ) -> io::Result<(Vec<u8>, Reservation<'b>)> {
+    let mut reservation = Reservation::new(budget)?;
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -359,7 +411,6 @@ async fn read_frame_inner<'b, T: AsyncRead + Unpin + Send>(
     // at most the declared length), so a frame costs at most twice what
     // arrived and a complete frame exactly its length; each growth is
     // reserved before it is allocated.
-    let mut reservation = Reservation::new(budget);
     let mut body: Vec<u8> = Vec::new();
     let mut filled = 0;
     while filled < len {
@@ -498,11 +549,11 @@ mod tests {
     #[test]
     fn a_reservation_is_bounded_and_released_on_drop() {
         let budget = InflightBudget::new(100);
-        let mut a = Reservation::new(Some(&budget));
+        let mut a = Reservation::new(Some(&budget)).unwrap();
         a.grow_to(60).unwrap();
         a.grow_to(50).unwrap(); // Already held.
         assert_eq!(budget.in_use(), 60);
-        let mut b = Reservation::new(Some(&budget));
+        let mut b = Reservation::new(Some(&budget)).unwrap();
         b.grow_to(40).unwrap();
         let err = b.grow_to(41).unwrap_err();
         assert!(err.to_string().contains("profile busy"));
@@ -512,7 +563,7 @@ mod tests {
         drop(b);
         assert_eq!(budget.in_use(), 0);
         // Without a budget nothing is charged or refused.
-        Reservation::new(None).grow_to(usize::MAX).unwrap();
+        Reservation::new(None).unwrap().grow_to(usize::MAX).unwrap();
     }
 
     #[test]

@@ -209,3 +209,30 @@ fn clones_share_one_budget() {
     drop(peer);
     assert_eq!(codec.budget().in_use(), 0);
 }
+
+#[test]
+fn a_profile_reads_at_most_its_number_of_frames_at_once() {
+    let budget = InflightBudget::with_streams(DEFAULT_INFLIGHT_BYTES, 2);
+    let codec = EnvelopeCodec::new(budget.clone());
+    // Two peers that open a stream and send nothing hold both slots…
+    let mut silent: Vec<Peer> = (0..2).map(|_| Peer::new(&codec)).collect();
+    for peer in &mut silent {
+        assert!(peer.poll().is_pending(), "a silent peer's read waits");
+    }
+    assert_eq!(budget.streams(), 2);
+    // …so a third read is refused at once, even a complete small request.
+    let body = encode_request(&[vec![1u8; 100]]).unwrap();
+    let mut third = Peer::new(&codec);
+    third.send(&header(body.len()));
+    third.send(&body);
+    third.close();
+    match third.poll() {
+        Poll::Ready(Err(e)) => assert!(e.to_string().contains("profile busy"), "{e}"),
+        other => panic!("a read past the frame slots went on: {other:?}"),
+    }
+    assert_eq!(budget.refused(), 1);
+    // The slots come back when the silent streams are reset.
+    drop(silent);
+    assert_eq!(budget.streams(), 0);
+    assert_small_request_reads(&codec);
+}
