@@ -5,6 +5,7 @@
 //! | bucket | per | rate | burst | what takes a token |
 //! |---|---|---|---|---|
 //! | failures | peer | [`FAILURES_PER_SECOND`] | [`FAILURE_BURST`] | an envelope that fails (malformed, undecryptable, unknown prekey, no session) |
+//! | stranger failures | profile | [`PROFILE_STRANGER_FAILURES_PER_SECOND`] | [`PROFILE_STRANGER_FAILURE_BURST`] | the same, from all strangers together |
 //! | stranger envelopes | peer | [`STRANGER_ENVELOPES_PER_SECOND`] | [`STRANGER_ENVELOPE_BURST`] | any envelope from a peer that is not a settled contact |
 //! | stranger envelopes | profile | [`PROFILE_STRANGER_ENVELOPES_PER_SECOND`] | [`PROFILE_STRANGER_ENVELOPE_BURST`] | the same, from all strangers together |
 //! | session starts | peer | one per [`SESSION_START_EVERY_MS`] | [`SESSION_START_BURST`] | a prekey envelope that would start a session with a stranger |
@@ -22,6 +23,12 @@ use std::hash::Hash;
 pub const FAILURES_PER_SECOND: f64 = 20.0;
 /// Failed envelopes a peer may send at once (one full request).
 pub const FAILURE_BURST: f64 = 256.0;
+/// Failed envelopes all strangers together may send a profile per second
+/// (a failing envelope can cost up to about a millisecond of the profile's
+/// loop: skipped message keys are derived before its tag fails).
+pub const PROFILE_STRANGER_FAILURES_PER_SECOND: f64 = 100.0;
+/// Failed envelopes all strangers together may send a profile at once.
+pub const PROFILE_STRANGER_FAILURE_BURST: f64 = 512.0;
 /// Envelopes a stranger may send per second, sustained.
 pub const STRANGER_ENVELOPES_PER_SECOND: f64 = 50.0;
 /// Envelopes a stranger may send at once (one full request).
@@ -143,6 +150,7 @@ pub struct Budgets<K> {
     stranger_envelopes: BucketMap<K>,
     session_starts: BucketMap<K>,
     profile_envelopes: Bucket,
+    profile_failures: Bucket,
     profile_starts: Bucket,
     /// Envelopes refused so far (for `node info`).
     pub refused: u64,
@@ -168,6 +176,7 @@ impl<K: Hash + Eq + Clone> Budgets<K> {
                 PROFILE_STRANGER_ENVELOPE_BURST,
                 now_ms,
             ),
+            profile_failures: Bucket::new(PROFILE_STRANGER_FAILURES_PER_SECOND, PROFILE_STRANGER_FAILURE_BURST, now_ms),
             profile_starts: Bucket::new(
                 PROFILE_SESSION_STARTS_PER_MINUTE / 60.0,
                 PROFILE_SESSION_STARTS_PER_MINUTE,
@@ -184,10 +193,13 @@ impl<K: Hash + Eq + Clone> Budgets<K> {
             && match sender {
                 Sender::Settled => true,
                 Sender::Stranger => {
-                    self.stranger_envelopes.get(peer, now_ms).has(now_ms) && self.profile_envelopes.has(now_ms) && {
-                        self.stranger_envelopes.get(peer, now_ms).take(now_ms);
-                        self.profile_envelopes.take(now_ms)
-                    }
+                    self.stranger_envelopes.get(peer, now_ms).has(now_ms)
+                        && self.profile_envelopes.has(now_ms)
+                        && self.profile_failures.has(now_ms)
+                        && {
+                            self.stranger_envelopes.get(peer, now_ms).take(now_ms);
+                            self.profile_envelopes.take(now_ms)
+                        }
                 }
             };
         if !ok {
@@ -210,8 +222,11 @@ impl<K: Hash + Eq + Clone> Budgets<K> {
     }
 
     /// The envelope failed (malformed, undecryptable…).
-    pub fn failed(&mut self, peer: &K, now_ms: u64) {
+    pub fn failed(&mut self, peer: &K, sender: Sender, now_ms: u64) {
         self.failures.get(peer, now_ms).charge(now_ms);
+        if sender == Sender::Stranger {
+            self.profile_failures.charge(now_ms);
+        }
     }
 }
 
@@ -245,13 +260,33 @@ mod tests {
         let mut b = Budgets::new(0);
         for _ in 0..FAILURE_BURST as usize {
             assert!(b.admit(&1, Sender::Settled, 0));
-            b.failed(&1, 0);
+            b.failed(&1, Sender::Settled, 0);
         }
         assert!(!b.admit(&1, Sender::Settled, 0), "out of failures");
         assert!(b.admit(&2, Sender::Settled, 0), "another peer has its own budget");
         assert_eq!(b.refused, 1);
         // Debt is repaid with time: 20/s, so 1 s later about 20 tokens.
         assert!(b.admit(&1, Sender::Settled, 1_000));
+    }
+
+    #[test]
+    fn failing_strangers_share_a_profile_budget_and_contacts_do_not_touch_it() {
+        let mut b = Budgets::new(0);
+        let burst = PROFILE_STRANGER_FAILURE_BURST as usize;
+        let mut admitted = 0;
+        for peer in 0..1_000u32 {
+            // Each stranger fails a few envelopes, well within its own budget.
+            for _ in 0..4 {
+                if b.admit(&peer, Sender::Stranger, 0) {
+                    admitted += 1;
+                    b.failed(&peer, Sender::Stranger, 0);
+                }
+            }
+        }
+        assert_eq!(admitted, burst, "all strangers together fail at most the profile's burst");
+        assert!(!b.admit(&5_000, Sender::Stranger, 0), "a new stranger waits too");
+        assert!(b.admit(&6_000, Sender::Settled, 0), "a contact is not held by strangers' failures");
+        assert!(b.admit(&5_000, Sender::Stranger, 1_000), "and it refills (100/s)");
     }
 
     #[test]

@@ -866,7 +866,7 @@ impl Engine {
         let mut identity_changed = false;
         for (i, bytes) in envelopes.iter().enumerate() {
             if i > 0 && !reached[i - 1] && is_failure(&acks[i - 1]) {
-                self.budgets.failed(peer, now_ms);
+                self.budgets.failed(peer, sender, now_ms);
             }
             if !self.budgets.admit(peer, sender, now_ms) {
                 acks[i] = Ack::Rejected(RejectReason::Busy);
@@ -981,7 +981,7 @@ impl Engine {
             && !reached[last]
             && is_failure(&acks[last])
         {
-            self.budgets.failed(peer, now_ms);
+            self.budgets.failed(peer, sender, now_ms);
         }
         let Some(last) = batch.last_mut() else { return Ok((acks, Vec::new())) };
         last.session = sessions.as_ref().map(Working::state);
