@@ -255,6 +255,9 @@ enum TestnetCommand {
         /// With --offline-rate: seconds each round of the traffic (one set of nodes offline) lasts at least.
         #[arg(long, value_name = "SECONDS", default_value_t = 3.0)]
         offline_for: f64,
+        /// Hostile peers (loopback only): the first half of the traffic runs calm, the second half while K actors attack every profile (garbage, truncated and held frames, floods of session starts from fresh identities, replays, forged receipts, connection churn); the report compares the halves and measures CPU after the flood.
+        #[arg(long, value_name = "K", default_value_t = 0, conflicts_with_all = ["nat", "offline_rate"], value_parser = clap::value_parser!(u32).range(0..=64))]
+        hostile: u32,
     },
 }
 
@@ -816,6 +819,7 @@ fn run(cli: Cli) -> Result<()> {
             offline_rate,
             mailboxes,
             offline_for,
+            hostile,
         }) => testnet::run(testnet::TestnetOptions {
             nodes: *nodes as usize,
             messages: *messages as usize,
@@ -831,6 +835,7 @@ fn run(cli: Cli) -> Result<()> {
                 mailboxes: *mailboxes as usize,
                 stretch: Duration::try_from_secs_f64(*offline_for).unwrap_or(Duration::ZERO),
             }),
+            hostile: *hostile as usize,
         }),
         Command::Serve(args) => {
             // Its own directory: by default apart from the profiles' one.

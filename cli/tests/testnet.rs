@@ -33,9 +33,38 @@ fn a_three_node_network_delivers_everything() {
 
 #[test]
 fn kills_and_restarts_lose_and_duplicate_nothing() {
-    let r = testnet(&["--nodes", "3", "--messages", "10", "--kill-rate", "0.1", "--timeout", "90"]);
+    // The seed fixes which sends are preceded by a kill: this run kills.
+    let r = testnet(&["--nodes", "3", "--messages", "10", "--kill-rate", "0.1", "--seed", "3", "--timeout", "90"]);
+    let kills = r["kills"].as_u64().unwrap();
+    assert!(kills >= 1, "the run really killed a node: {r}");
+    let restarts: u64 = r["restarts_per_node"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(restarts, kills, "every killed node was started again: {r}");
+    assert_eq!(r["restarts_per_node"][0], 0, "the bootstrap node is never the victim");
     assert_eq!(r["messages_delivered"], r["messages_sent"]);
     assert_eq!((r["lost"].as_u64(), r["duplicated"].as_u64()), (Some(0), Some(0)));
+}
+
+#[test]
+fn under_hostile_peers_every_message_arrives_and_the_report_compares_the_halves() {
+    let r = testnet(&["--nodes", "3", "--messages", "10", "--hostile", "2", "--seed", "5", "--timeout", "120"]);
+    assert_eq!(r["messages_delivered"], r["messages_sent"], "{r}");
+    assert_eq!((r["lost"].as_u64(), r["duplicated"].as_u64()), (Some(0), Some(0)));
+    assert!(r["died"].as_array().unwrap().is_empty(), "no node died under attack: {r}");
+    let h = &r["hostile"];
+    assert_eq!(h["actors"], 2);
+    assert_eq!(h["calm"]["sent"], 15);
+    assert_eq!(h["hostile"]["sent"], 15);
+    assert_eq!(h["hostile"]["delivered"], 15, "{h}");
+    assert_eq!(h["targets"]["delivery_100_percent"], true);
+    // The attacks happened and the nodes' bounds answered them.
+    let refused: u64 =
+        h["refused"].as_array().unwrap().iter().map(|p| p["guard"]["refused_envelopes"].as_u64().unwrap()).sum();
+    assert!(refused > 0, "some envelopes were refused busy: {h}");
+    assert!(!h["attack_lines"].as_array().unwrap().is_empty(), "{h}");
+    // The CPU was watched after the flood, one window a second.
+    let windows = h["cpu_after_flood"]["per_node_windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 3);
+    assert!(windows.iter().all(|w| w.as_array().unwrap().len() == 15), "{h}");
 }
 
 #[test]

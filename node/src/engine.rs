@@ -955,7 +955,7 @@ impl Engine {
             };
             let parsed = Message::decode(&plaintext).ok();
             if parsed.is_none() {
-                tracing::warn!(profile = %self.store.name(), "undecodable content from a contact; dropped");
+                tracing::debug!(profile = %self.store.name(), "undecodable content from a contact; dropped");
             }
             let visible = parsed.as_ref().is_some_and(|m| m.content.is_visible());
             let record = visible.then(|| MessageRecord {

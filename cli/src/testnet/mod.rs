@@ -20,6 +20,11 @@
 //! histories at the end (events a node emitted while it was being restarted
 //! are not seen).
 //!
+//! With `--hostile K` (loopback only) the first half of the traffic runs
+//! calm and the second half while K hostile actors attack every profile;
+//! the report compares the two halves (delivery, latency, peak RSS) and
+//! watches every node's CPU for 15 s after the flood.
+//!
 //! # Layout
 //! - here: `TestnetOptions`, `NatOptions` (what `main` parsed) and `run`:
 //!   the phases (start, reserve relay slots, introduce, connect, traffic, let
@@ -29,6 +34,10 @@
 //!   restartable; `RelayProc`: a `kabar serve` in the lab.
 //! - `offline`: the traffic plan with offline rounds (pure: `plan`,
 //!   `down_at_once`) and the offline part of the report.
+//! - `hostile`: the hostile actors of `--hostile K` (their own libp2p
+//!   swarms speaking the envelope protocol badly, on purpose).
+//! - `soak`: what `--hostile` measures around them (targets, CPU after the
+//!   flood) and its part of the report.
 //! - `tally`: pure tallies over what was measured (`percentile`,
 //!   `first_message_latencies`, `count_connections`,
 //!   `hole_punching_settled`, `hole_punch_summary`) and the reachability
@@ -54,8 +63,10 @@ use serde_json::{Value, json};
 
 use crate::client::Client;
 
+mod hostile;
 mod network;
 mod offline;
+mod soak;
 mod tally;
 
 use network::*;
@@ -96,6 +107,8 @@ pub(crate) struct TestnetOptions {
     pub(crate) nat: Option<NatOptions>,
     /// Take nodes offline during the traffic (`--offline-rate` above 0).
     pub(crate) offline: Option<OfflineOptions>,
+    /// Hostile actors during the second half of the traffic (`--hostile K`; 0: none).
+    pub(crate) hostile: usize,
 }
 
 /// Options of `kabar testnet run --offline-rate`.
@@ -143,6 +156,9 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         if opts.nat.is_some() {
             bail!("--offline-rate runs on loopback only; it cannot be combined with --nat yet");
         }
+    }
+    if opts.hostile > 0 && (opts.nat.is_some() || opts.offline.is_some()) {
+        bail!("--hostile runs on loopback only, without --nat or --offline-rate");
     }
     let tmp;
     let root = match &opts.dir {
@@ -381,6 +397,11 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
     // offline right after.
     let mut last_sent: Option<(usize, String)> = None;
     let mut last_words: HashSet<String> = HashSet::new();
+    // With --hostile: the actors start halfway through the traffic; the peak
+    // RSS of the calm half is taken then.
+    let hostile_from = if opts.hostile > 0 { total / 2 } else { usize::MAX };
+    let mut hostile: Option<hostile::Hostile> = None;
+    let mut rss_calm: Vec<u64> = Vec::new();
     for step in steps {
         interrupt.check()?;
         let i = match step {
@@ -430,6 +451,14 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
                 clients[victim] = nodes[victim].client().ok();
             }
         }
+        if k == hostile_from && hostile.is_none() {
+            progress.set_message("sending (hostile actors attacking)");
+            for node in &mut nodes {
+                node.sample_rss();
+            }
+            rss_calm = nodes.iter().map(|nd| nd.peak_rss_kib).collect();
+            hostile = Some(hostile::Hostile::start(soak::targets(&nodes, &cards)?, opts.hostile, seed)?);
+        }
         let shops: Vec<usize> =
             customers_of.iter().enumerate().filter(|(_, c)| c.contains(&i)).map(|(b, _)| b).collect();
         let to_shop = !shops.is_empty() && rng.random_bool(0.3);
@@ -449,7 +478,10 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
             Ok(v) => {
                 let id = v["message_id"].as_str().unwrap_or_default().to_string();
                 last_sent = Some((i, id.clone()));
-                sent.insert(id, Sent { from: i, to_node, to_profile, to_name: name, tag, at });
+                sent.insert(
+                    id,
+                    Sent { from: i, to_node, to_profile, to_name: name, tag, at, hostile: hostile.is_some() },
+                );
             }
             Err(e) => {
                 progress.println(format!("node {i}: send failed: {e:#}"));
@@ -502,6 +534,24 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let traffic_elapsed = traffic_start.elapsed();
+
+    // 6a. With --hostile: the flood ends; what each profile refused, and the
+    // nodes' CPU from then on.
+    let mut soak = None;
+    if let Some(h) = hostile.take() {
+        progress.set_message("hostile actors stopping");
+        let attacks = h.stop();
+        let mut guards = Vec::new();
+        for node in &nodes {
+            let info = node.client()?.call("node.info", json!({}))?;
+            for p in info["profiles"].as_array().into_iter().flatten() {
+                guards.push(json!({"node": node.index, "profile": p["name"], "guard": p["guard"], "frames_refused": p["frames_refused"]}));
+            }
+        }
+        progress.set_message("watching the CPU after the flood");
+        let cpu_after = soak::watch_cpu(&nodes);
+        soak = Some((attacks, guards, cpu_after));
+    }
 
     // 6b. With --nat: how the profiles are connected at the end of traffic,
     // once hole punching has settled.
@@ -606,6 +656,7 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         "lost": lost,
         "duplicated": duplicated,
         "kills": kills,
+        "restarts_per_node": nodes.iter().map(|nd| nd.restarts).collect::<Vec<_>>(),
         "time_to_connect_ms": connected_after.as_millis() as u64,
         "send_phase_ms": send_phase.as_millis() as u64,
         "traffic_ms": traffic_elapsed.as_millis() as u64,
@@ -625,6 +676,34 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         r["mailbox_hosts"] = json!(mailbox_hosts.iter().map(|h| h.address.as_str()).collect::<Vec<_>>());
         r["registration_ms"] = json!(registered_after.as_millis() as u64);
         out.insert("offline".into(), r);
+    }
+    if let (Some((attacks, guards, cpu_after)), Some(out)) = (soak, report.as_object_mut()) {
+        let half = |hostile: bool| {
+            let mut latencies: Vec<f64> = sent
+                .iter()
+                .filter(|(_, s)| s.hostile == hostile)
+                .filter_map(|(id, s)| map.get(id).map(|t| ms_since(t, s)))
+                .collect();
+            latencies.sort_by(|a, b| a.total_cmp(b));
+            soak::Half {
+                sent: sent.values().filter(|s| s.hostile == hostile).count(),
+                delivered: sent.iter().filter(|(id, s)| s.hostile == hostile && confirmed(id)).count(),
+                latencies,
+            }
+        };
+        let figures = soak::SoakFigures {
+            actors: opts.hostile,
+            calm: half(false),
+            hostile: half(true),
+            rss_calm,
+            rss_end: rss.clone(),
+            cpu_after,
+            guards,
+            attacks: attacks.to_json(),
+        };
+        let mut r = figures.report();
+        r["attack_lines"] = json!(attacks.lines());
+        out.insert("hostile".into(), r);
     }
     let reach = match &net {
         Network::Lab(lab) => {
@@ -670,6 +749,9 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         println!("  throughput            {throughput:.0} messages/s");
         if let Some(off) = report.get("offline") {
             print_offline(off);
+        }
+        if let Some(h) = report.get("hostile") {
+            soak::print_soak(h);
         }
         println!(
             "  peak RSS per node     min {} KiB, median {} KiB, max {} KiB",

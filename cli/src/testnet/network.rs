@@ -390,4 +390,6 @@ pub(super) struct Sent {
     pub(super) to_name: String,
     pub(super) tag: String,
     pub(super) at: Instant,
+    /// Sent while hostile actors were attacking (`--hostile`).
+    pub(super) hostile: bool,
 }

@@ -408,6 +408,7 @@ mod tests {
             to_name: String::new(),
             tag: String::new(),
             at: t0 + Duration::from_millis(ms),
+            hostile: false,
         };
         let sent: HashMap<String, Sent> = [
             ("m1".to_string(), sent_at(0, 1, 0)),
