@@ -258,6 +258,9 @@ enum TestnetCommand {
         /// Hostile peers (loopback only): the first half of the traffic runs calm, the second half while K actors attack every profile (garbage, truncated and held frames, floods of session starts from fresh identities, replays, forged receipts, connection churn); the report compares the halves and measures CPU after the flood.
         #[arg(long, value_name = "K", default_value_t = 0, conflicts_with_all = ["nat", "offline_rate"], value_parser = clap::value_parser!(u32).range(0..=64))]
         hostile: u32,
+        /// With --hostile: seconds each half of the traffic lasts (sends paced evenly, the same in both halves).
+        #[arg(long, value_name = "SECONDS", default_value_t = 20.0, requires = "hostile")]
+        hostile_for: f64,
     },
 }
 
@@ -820,6 +823,7 @@ fn run(cli: Cli) -> Result<()> {
             mailboxes,
             offline_for,
             hostile,
+            hostile_for,
         }) => testnet::run(testnet::TestnetOptions {
             nodes: *nodes as usize,
             messages: *messages as usize,
@@ -836,6 +840,7 @@ fn run(cli: Cli) -> Result<()> {
                 stretch: Duration::try_from_secs_f64(*offline_for).unwrap_or(Duration::ZERO),
             }),
             hostile: *hostile as usize,
+            hostile_for: Duration::try_from_secs_f64(*hostile_for).unwrap_or(Duration::ZERO),
         }),
         Command::Serve(args) => {
             // Its own directory: by default apart from the profiles' one.

@@ -46,7 +46,20 @@ fn kills_and_restarts_lose_and_duplicate_nothing() {
 
 #[test]
 fn under_hostile_peers_every_message_arrives_and_the_report_compares_the_halves() {
-    let r = testnet(&["--nodes", "3", "--messages", "10", "--hostile", "2", "--seed", "5", "--timeout", "120"]);
+    let r = testnet(&[
+        "--nodes",
+        "3",
+        "--messages",
+        "10",
+        "--hostile",
+        "2",
+        "--hostile-for",
+        "4",
+        "--seed",
+        "5",
+        "--timeout",
+        "120",
+    ]);
     assert_eq!(r["messages_delivered"], r["messages_sent"], "{r}");
     assert_eq!((r["lost"].as_u64(), r["duplicated"].as_u64()), (Some(0), Some(0)));
     assert!(r["died"].as_array().unwrap().is_empty(), "no node died under attack: {r}");

@@ -511,6 +511,18 @@ impl Engine {
     ) -> Result<(Vec<[u8; 16]>, Vec<Action>), EngineError> {
         // Writing by hand settles a pending stranger.
         self.settle(contact)?;
+        self.send_contents(contact, contents, now_ms, rng)
+    }
+
+    /// Commits and transmits contents to one contact (with a mailbox update
+    /// first if it needs one), without settling it.
+    fn send_contents<R: CryptoRng + ?Sized>(
+        &mut self,
+        contact: &ContactId,
+        contents: Vec<Content>,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<(Vec<[u8; 16]>, Vec<Action>), EngineError> {
         let mut expanded = Vec::with_capacity(contents.len() + 1);
         // A contact that has not heard of our current mailboxes hears of
         // them first, in the same commit.
@@ -616,8 +628,12 @@ impl Engine {
     ) -> Result<Vec<Action>, EngineError> {
         let mut delivered = Vec::new();
         let mut actions = Vec::new();
-        for (i, id) in message_ids.iter().enumerate() {
+        // All of them first: an error below must not leave some in flight
+        // for ever (never retried nor expired).
+        for id in message_ids {
             self.in_flight.remove(id);
+        }
+        for (i, id) in message_ids.iter().enumerate() {
             match acks.get(i) {
                 Some(Ack::Accepted | Ack::Duplicate) => delivered.push(*id),
                 Some(Ack::Rejected(reason)) if !reason.is_transient() => {
@@ -838,6 +854,21 @@ impl Engine {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<(Vec<Ack>, Vec<Action>), EngineError> {
+        self.receive(peer, envelopes, None, now_ms, rng)
+    }
+
+    /// [`Engine::on_request`]; `unauthenticated` (a budget key) when the
+    /// envelopes only claim to come from `peer` (mailbox items under the
+    /// card tag): their budgets are a stranger's under that key, not
+    /// `peer`'s, so forgeries cannot spend a contact's budgets.
+    fn receive<R: CryptoRng + ?Sized>(
+        &mut self,
+        peer: &PeerKey,
+        envelopes: &[Vec<u8>],
+        unauthenticated: Option<PeerKey>,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<(Vec<Ack>, Vec<Action>), EngineError> {
         // Cheap checks first: who it is (one keyed lookup), blocked, budgets;
         // cryptography only for what passes them.
         let contact_id = self.store.contact_id_for_key(peer);
@@ -847,6 +878,10 @@ impl Engine {
         }
         let sender =
             if contact.is_some() && !self.strangers.contains(&contact_id) { Sender::Settled } else { Sender::Stranger };
+        let (budget_key, budget_sender) = match &unauthenticated {
+            Some(key) => (key, Sender::Stranger),
+            None => (peer, sender),
+        };
         let conversation_before = self.store.conversation(&contact_id)?;
         let mut sessions: Option<Working> = match self.store.session(&contact_id)?.map(Working::open).transpose() {
             Ok(w) => w,
@@ -866,9 +901,9 @@ impl Engine {
         let mut identity_changed = false;
         for (i, bytes) in envelopes.iter().enumerate() {
             if i > 0 && !reached[i - 1] && is_failure(&acks[i - 1]) {
-                self.budgets.failed(peer, sender, now_ms);
+                self.budgets.failed(budget_key, budget_sender, now_ms);
             }
-            if !self.budgets.admit(peer, sender, now_ms) {
+            if !self.budgets.admit(budget_key, budget_sender, now_ms) {
                 acks[i] = Ack::Rejected(RejectReason::Busy);
                 continue;
             }
@@ -885,7 +920,7 @@ impl Engine {
                     continue;
                 }
                 Some(header) if !sessions.as_ref().is_some_and(|s| s.has_prekey_session(header)) => {
-                    if sender == Sender::Stranger && !self.budgets.admit_session_start(peer, now_ms) {
+                    if budget_sender == Sender::Stranger && !self.budgets.admit_session_start(budget_key, now_ms) {
                         acks[i] = Ack::Rejected(RejectReason::Busy);
                         continue;
                     }
@@ -981,10 +1016,23 @@ impl Engine {
             && !reached[last]
             && is_failure(&acks[last])
         {
-            self.budgets.failed(peer, sender, now_ms);
+            self.budgets.failed(budget_key, budget_sender, now_ms);
         }
         let Some(last) = batch.last_mut() else { return Ok((acks, Vec::new())) };
         last.session = sessions.as_ref().map(Working::state);
+        // A new stranger is recorded as pending before anything of it is
+        // stored: a crash or an error after this point leaves a pending
+        // stranger (counted, evictable), never a settled contact nobody
+        // accepted.
+        let mut dropped = Vec::new();
+        if sender == Sender::Stranger && !self.strangers.contains(&contact_id) {
+            dropped = self.store.admit_stranger(&contact_id, 0, self.config.strangers)?;
+            self.strangers.insert(contact_id);
+            self.strangers_dropped += dropped.len() as u64;
+            for gone in &dropped {
+                self.forget_locally(gone);
+            }
+        }
         // The contact record goes first: a stranger becomes a contact (or a
         // known contact's new identity is recorded) only with its message.
         if let Some(c) = &contact
@@ -1080,7 +1128,7 @@ impl Engine {
         }
         if sender == Sender::Stranger {
             // A pending stranger: counted, and the oldest evicted beyond the
-            // limits (possibly this one, if it alone is over the bytes).
+            // limits (this one alone, if it is over its own share).
             let bytes: u64 = outcomes
                 .iter()
                 .zip(&batch)
@@ -1089,16 +1137,14 @@ impl Engine {
                 .sum();
             let evicted = self.store.admit_stranger(&contact_id, bytes, self.config.strangers)?;
             self.strangers.insert(contact_id);
-            if !evicted.is_empty() {
-                tracing::info!(profile = %self.store.name(), evicted = evicted.len(), "pending strangers over the limit: the oldest dropped");
-                actions.push(Action::Notify(NodeEvent::RequestsDropped {
-                    profile: self.profile(),
-                    dropped: evicted.len(),
-                }));
-            }
             self.strangers_dropped += evicted.len() as u64;
             for gone in &evicted {
                 self.forget_locally(gone);
+            }
+            let count = dropped.len() + evicted.len();
+            if count > 0 {
+                tracing::info!(profile = %self.store.name(), dropped = count, "pending strangers over the limit: the oldest dropped");
+                actions.push(Action::Notify(NodeEvent::RequestsDropped { profile: self.profile(), dropped: count }));
             }
             if evicted.contains(&contact_id) {
                 return Ok((acks, actions));
@@ -1129,8 +1175,11 @@ impl Engine {
     /// or added it by card): it is no longer a pending stranger, never
     /// evicted, and its budgets are a contact's.
     pub fn settle(&mut self, contact: &ContactId) -> Result<(), EngineError> {
-        if self.strangers.remove(contact) {
+        // The store first: if it fails, the stranger is still pending in
+        // both, and settling again retries.
+        if self.strangers.contains(contact) {
             self.store.settle_stranger(contact)?;
+            self.strangers.remove(contact);
         }
         Ok(())
     }
@@ -1183,20 +1232,27 @@ impl Engine {
             by_tag.insert(offline::tag(&own.key, &c.identity.signing), c.identity.signing);
         }
         let mut deletable = Vec::new();
-        // Senders in order of first appearance, with their items.
-        let mut groups: Vec<(PeerKey, Vec<&Item>)> = Vec::new();
+        // Anyone with our card can deposit under the card tag and claim any
+        // identity in the prekey header: those items are budgeted as a
+        // stranger's under this key, never as the identity they claim.
+        let mut card_key = [0u8; 32];
+        card_key[..16].copy_from_slice(&card);
+        card_key[16..].copy_from_slice(b"card tag budget\0");
+        // (sender, came under the card tag) in order of first appearance,
+        // with their items.
+        let mut groups: Vec<((PeerKey, bool), Vec<&Item>)> = Vec::new();
         for item in items {
             let sender = match by_tag.get(&item.tag) {
-                Some(peer) => Some(*peer),
+                Some(peer) => Some((*peer, false)),
                 None if item.tag == card => {
-                    Envelope::decode(&item.envelope).ok().and_then(|e| e.prekey.map(|h| h.identity.signing))
+                    Envelope::decode(&item.envelope).ok().and_then(|e| e.prekey.map(|h| (h.identity.signing, true)))
                 }
                 None => None,
             };
             match sender {
-                Some(peer) => match groups.iter_mut().find(|(p, _)| *p == peer) {
+                Some(key) => match groups.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, list)) => list.push(item),
-                    None => groups.push((peer, vec![item])),
+                    None => groups.push((key, vec![item])),
                 },
                 // Unknown or stale tag, or not attributable: the sender
                 // still holds it and retries directly.
@@ -1204,15 +1260,18 @@ impl Engine {
             }
         }
         let mut actions = Vec::new();
-        for (peer, list) in groups {
+        for ((peer, by_card), list) in groups {
             let envelopes: Vec<Vec<u8>> = list.iter().map(|i| i.envelope.clone()).collect();
-            let (acks, more) = self.on_request(&peer, &envelopes, now_ms, rng)?;
+            let (acks, more) = self.receive(&peer, &envelopes, by_card.then_some(card_key), now_ms, rng)?;
             actions.extend(more);
             let contact_id = self.store.contact_id_for_key(&peer);
             let mut delivered = Vec::new();
             for (item, ack) in list.iter().zip(&acks) {
-                if *ack == Ack::Rejected(RejectReason::Storage) {
-                    continue; // not committed: fetched again next time
+                if matches!(ack, Ack::Rejected(RejectReason::Storage | RejectReason::Busy)) {
+                    // Not committed, or over a budget for now: fetched again
+                    // next time (the sender thinks it is deposited and only
+                    // retries directly, slowly).
+                    continue;
                 }
                 deletable.push(item.seq);
                 if *ack != Ack::Accepted {
@@ -1596,7 +1655,8 @@ impl Engine {
             .chunks(kabar_storage::MAX_RECEIPT_IDS)
             .map(|chunk| Content::Receipt { read: chunk.iter().map(|id| hex(id)).collect(), delivered: Vec::new() })
             .collect();
-        match self.send_many(contact, receipts, now_ms, rng) {
+        // Reading is not answering: a pending stranger stays pending.
+        match self.send_contents(contact, receipts, now_ms, rng) {
             Ok((_, actions)) => Ok(actions),
             // No way to send a receipt (blocked, no prekey): reading still counts.
             Err(EngineError::Blocked(_) | EngineError::NoPrekey(_)) => Ok(Vec::new()),

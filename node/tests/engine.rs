@@ -863,7 +863,7 @@ fn pending_strangers_are_capped_and_the_oldest_go_with_everything_they_sent() {
     let tmp = tempfile::tempdir().unwrap();
     let mut dir = DataDir::create(tmp.path(), b"pw", KdfParams::TESTNET).unwrap();
     let store = dir.create_profile("me", ProfileKind::Personal, T0 / 1000, &mut rand::rng()).unwrap();
-    let limits = StrangerLimits { max_count: 5, max_bytes: 1 << 20 };
+    let limits = StrangerLimits { max_count: 5, max_bytes: 1 << 20, max_bytes_each: 1 << 20 };
     let mut me = Party {
         _tmp: tmp,
         dir,
@@ -968,4 +968,55 @@ fn session_starts_from_fresh_identities_are_held_to_the_profile_budget() {
     let (id, actions) = cust.e().send(&c_shop, Content::text("still there?"), now, &mut rand::rng()).unwrap();
     pump(&mut cust, &mut shop, actions, now);
     assert_eq!(status(&mut cust, &id), MessageStatus::Delivered);
+}
+
+#[test]
+fn forged_card_tag_items_cannot_spend_a_contacts_budget_and_busy_items_stay_in_the_mailbox() {
+    let mut alice = Party::new("alice", ProfileKind::Personal);
+    let mut bob = Party::new("bob", ProfileKind::Personal);
+    let bob_id = alice.knows(&mut bob, "Bob");
+    let alice_id = bob.knows(&mut alice, "Alice");
+    let (_, actions) = alice.e().send(&bob_id, Content::text("hi"), T0, &mut rand::rng()).unwrap();
+    pump(&mut alice, &mut bob, actions, T0);
+    let key = kabar_node::mailbox::OwnerKey::generate(&mut rand::rng());
+    let own = OwnMailbox { address: HOST.into(), key: key.to_bytes(), added_at_ms: T0 };
+    bob.e().add_mailbox(own, T0, &mut rand::rng()).unwrap();
+    let card_tag = kabar_node::offline::card_tag(&key.to_bytes());
+    let alice_key = alice.key();
+    let alice_tag = kabar_node::offline::tag(&key.to_bytes(), &alice_key);
+    // Anyone with Bob's card: 300 first messages claiming to be Alice.
+    let alice_identity = alice.store().identity().unwrap().public();
+    let mut items = Vec::new();
+    for seq in 0..300u64 {
+        let (_, bytes) = fresh_stranger(&mut bob, "forged", T0);
+        let mut envelope = kabar_crypto::Envelope::decode(&bytes).unwrap();
+        envelope.prekey.as_mut().unwrap().identity = alice_identity;
+        items.push(kabar_node::mailbox::Item { seq, tag: card_tag, deposited_at_ms: T0, envelope: envelope.encode() });
+    }
+    // Alice's real message, deposited under her own tag, after them.
+    let (_, actions) = alice.e().send(&bob_id, Content::text("the real one"), T0, &mut rand::rng()).unwrap();
+    let (_, _, envs) = transmits(&actions).remove(0);
+    items.push(kabar_node::mailbox::Item { seq: 300, tag: alice_tag, deposited_at_ms: T0, envelope: envs[0].clone() });
+    let (deletable, _) = bob.e().on_mailbox_items(HOST, &items, T0, &mut rand::rng()).unwrap();
+    assert!(deletable.contains(&300), "the real message was taken");
+    assert!(texts(&mut bob, &alice_id).iter().any(|(_, t)| t == "the real one"));
+    let kept = items.iter().filter(|i| !deletable.contains(&i.seq)).count();
+    assert!(kept > 0, "forgeries over the budget stay for later, not taken as refused for good");
+    // Alice's own budget is untouched: her next direct message goes through.
+    let (id, actions) = alice.e().send(&bob_id, Content::text("direct"), T0 + 1, &mut rand::rng()).unwrap();
+    pump(&mut alice, &mut bob, actions, T0 + 1);
+    assert_eq!(status(&mut alice, &id), MessageStatus::Delivered);
+}
+
+#[test]
+fn reading_a_message_request_does_not_settle_it() {
+    let mut me = Party::new("me", ProfileKind::Personal);
+    let (key, envelope) = fresh_stranger(&mut me, "hello?", T0);
+    me.e().on_request(&key, &[envelope], T0, &mut rand::rng()).unwrap();
+    let them = me.store().contact_id_for_key(&key);
+    assert_eq!(me.e().guard_status().pending_strangers, 1);
+    me.e().mark_read(&them, T0 + 1, &mut rand::rng()).unwrap();
+    assert_eq!(me.e().guard_status().pending_strangers, 1, "reading is not answering");
+    let (_, _) = me.e().send(&them, Content::text("hi, who are you?"), T0 + 2, &mut rand::rng()).unwrap();
+    assert_eq!(me.e().guard_status().pending_strangers, 0, "writing is");
 }

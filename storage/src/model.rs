@@ -51,10 +51,14 @@ pub struct StrangerLimits {
     pub max_count: usize,
     /// Most bytes of messages stored from all pending strangers together.
     pub max_bytes: u64,
+    /// Most bytes of messages stored from one pending stranger: one that
+    /// goes past it is forgotten itself, and takes no one else with it.
+    pub max_bytes_each: u64,
 }
 
-/// 1,000 pending strangers and 16 MiB of their messages.
-pub const DEFAULT_STRANGER_LIMITS: StrangerLimits = StrangerLimits { max_count: 1_000, max_bytes: 16 * 1024 * 1024 };
+/// 1,000 pending strangers, 16 MiB of their messages, 256 KiB each.
+pub const DEFAULT_STRANGER_LIMITS: StrangerLimits =
+    StrangerLimits { max_count: 1_000, max_bytes: 16 * 1024 * 1024, max_bytes_each: 256 * 1024 };
 
 /// Where a contact accepts envelopes while it is offline: a mailbox on a
 /// service node, and the deposit capability it gave us.

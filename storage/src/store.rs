@@ -816,11 +816,13 @@ impl ProfileStore {
     /// Records that `bytes` of messages from contact `id` were stored while it
     /// is a stranger (a message request, or a business customer nobody
     /// answered yet): a new stranger is pending from now on, a pending one
-    /// adds `bytes` to its count. Then, while more than `limits.max_count`
-    /// strangers are pending or their bytes exceed `limits.max_bytes`, the
-    /// oldest pending one other than `id` is forgotten (as by
-    /// [`ProfileStore::forget_contact`]); `id` itself goes only when it is
-    /// the last one left and still over a limit. All in ONE durable
+    /// adds `bytes` to its count. If `id` alone is now over
+    /// `limits.max_bytes_each`, it is forgotten (as by
+    /// [`ProfileStore::forget_contact`]) and no one else. Otherwise, while
+    /// more than `limits.max_count` strangers are pending or their bytes
+    /// exceed `limits.max_bytes`, the oldest pending one other than `id` is
+    /// forgotten; `id` itself goes only when it is the last one left and
+    /// still over a limit. All in ONE durable
     /// transaction. Returns the forgotten contacts, oldest first, and adds
     /// their number to [`ProfileStore::strangers_evicted`].
     pub fn admit_stranger(
@@ -844,6 +846,11 @@ impl ProfileStore {
                 }
             }
             drop(table);
+            if rows.iter().any(|r| r.contact == *id && r.bytes > limits.max_bytes_each) {
+                self.forget_in(tx, id)?;
+                add_to_counter(tx, META_STRANGERS_EVICTED, 1)?;
+                return Ok(vec![*id]);
+            }
             let mut count = rows.len();
             let mut total = rows.iter().fold(0u64, |sum, r| sum.saturating_add(r.bytes));
             let oldest_first = rows.iter().filter(|r| r.contact != *id).chain(rows.iter().filter(|r| r.contact == *id));
@@ -1774,7 +1781,7 @@ mod tests {
 
         // Admission numbers go on after the migrated ones.
         let new = contact_at(&store, "New", true, 60);
-        let limits = StrangerLimits { max_count: 2, max_bytes: 1_000 };
+        let limits = StrangerLimits { max_count: 2, max_bytes: 1_000, max_bytes_each: 1_000 };
         assert_eq!(store.admit_stranger(&new, 10, limits).unwrap(), [early]);
         assert_eq!(store.strangers().unwrap(), [(late, 0), (new, 10)]);
         assert_eq!(store.contact_by_name("Sam").unwrap().unwrap().0, late);

@@ -600,7 +600,7 @@ fn converse(store: &ProfileStore, contact: ContactId, key: &IdentityKeyPair, fir
 fn admitting_strangers_past_the_count_evicts_the_oldest_and_all_it_left() {
     let (_tmp, mut dir) = new_dir();
     let store = dir.create_profile("shop", ProfileKind::Business, 0, &mut rand::rng()).unwrap();
-    let limits = StrangerLimits { max_count: 2, max_bytes: 1_000 };
+    let limits = StrangerLimits { max_count: 2, max_bytes: 1_000, max_bytes_each: 1_000 };
     let (s1, k1) = new_stranger(&store, "Customer", 1);
     let (s2, k2) = new_stranger(&store, "Customer", 2);
     let (s3, _) = new_stranger(&store, "Third", 3);
@@ -638,10 +638,10 @@ fn admitting_strangers_past_the_count_evicts_the_oldest_and_all_it_left() {
 }
 
 #[test]
-fn admitting_strangers_past_the_bytes_evicts_the_oldest_and_a_lone_oversized_one_too() {
+fn admitting_strangers_past_the_bytes_evicts_the_oldest_and_one_over_its_share_goes_alone() {
     let (_tmp, mut dir) = new_dir();
     let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
-    let limits = StrangerLimits { max_count: 100, max_bytes: 100 };
+    let limits = StrangerLimits { max_count: 100, max_bytes: 100, max_bytes_each: 80 };
     let [a, b, c, d] = ["a", "b", "c", "d"].map(|name| new_stranger(&store, name, 0).0);
     assert_eq!(store.admit_stranger(&a, 40, limits).unwrap(), []);
     assert_eq!(store.admit_stranger(&b, 40, limits).unwrap(), []);
@@ -649,8 +649,11 @@ fn admitting_strangers_past_the_bytes_evicts_the_oldest_and_a_lone_oversized_one
     // b grows: the oldest other than b goes, even though b is older.
     assert_eq!(store.admit_stranger(&b, 30, limits).unwrap(), [c]);
     assert_eq!(store.strangers().unwrap(), [(b, 70)]);
-    // d alone is over the limit: every other one goes, then d itself.
-    assert_eq!(store.admit_stranger(&d, 200, limits).unwrap(), [b, d]);
+    // d alone is over its own share: d goes, and no one else.
+    assert_eq!(store.admit_stranger(&d, 81, limits).unwrap(), [d]);
+    assert_eq!(store.strangers().unwrap(), [(b, 70)]);
+    // b grows past its share: only b goes.
+    assert_eq!(store.admit_stranger(&b, 11, limits).unwrap(), [b]);
     assert!(store.strangers().unwrap().is_empty());
     assert_eq!(store.strangers_evicted().unwrap(), 4);
     for id in [a, b, c, d] {
@@ -665,7 +668,7 @@ fn admitting_strangers_past_the_bytes_evicts_the_oldest_and_a_lone_oversized_one
 fn a_settled_stranger_is_never_evicted() {
     let (_tmp, mut dir) = new_dir();
     let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
-    let limits = StrangerLimits { max_count: 1, max_bytes: 1_000 };
+    let limits = StrangerLimits { max_count: 1, max_bytes: 1_000, max_bytes_each: 1_000 };
     let (a, _) = new_stranger(&store, "a", 0);
     let (b, _) = new_stranger(&store, "b", 0);
     let (c, _) = new_stranger(&store, "c", 0);

@@ -109,6 +109,9 @@ pub(crate) struct TestnetOptions {
     pub(crate) offline: Option<OfflineOptions>,
     /// Hostile actors during the second half of the traffic (`--hostile K`; 0: none).
     pub(crate) hostile: usize,
+    /// With `--hostile`: how long each half of the traffic lasts (the sends
+    /// are paced evenly over it, the same in both halves).
+    pub(crate) hostile_for: Duration,
 }
 
 /// Options of `kabar testnet run --offline-rate`.
@@ -400,8 +403,11 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
     // With --hostile: the actors start halfway through the traffic; the peak
     // RSS of the calm half is taken then.
     let hostile_from = if opts.hostile > 0 { total / 2 } else { usize::MAX };
+    let pace = if opts.hostile > 0 { opts.hostile_for / (total / 2).max(1) as u32 } else { Duration::ZERO };
     let mut hostile: Option<hostile::Hostile> = None;
     let mut rss_calm: Vec<u64> = Vec::new();
+    // The driver's own CPU while the actors run (they share the machine).
+    let mut attack_clock: Option<soak::Clock> = None;
     for step in steps {
         interrupt.check()?;
         let i = match step {
@@ -451,6 +457,14 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
                 clients[victim] = nodes[victim].client().ok();
             }
         }
+        if opts.hostile > 0 {
+            // Both halves at the same even pace.
+            let until = traffic_start + pace * k as u32;
+            while Instant::now() < until {
+                interrupt.check()?;
+                std::thread::sleep(until.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)));
+            }
+        }
         if k == hostile_from && hostile.is_none() {
             progress.set_message("sending (hostile actors attacking)");
             for node in &mut nodes {
@@ -458,6 +472,7 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
             }
             rss_calm = nodes.iter().map(|nd| nd.peak_rss_kib).collect();
             hostile = Some(hostile::Hostile::start(soak::targets(&nodes, &cards)?, opts.hostile, seed)?);
+            attack_clock = Some(soak::Clock::start());
         }
         let shops: Vec<usize> =
             customers_of.iter().enumerate().filter(|(_, c)| c.contains(&i)).map(|(b, _)| b).collect();
@@ -540,6 +555,8 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
     let mut soak = None;
     if let Some(h) = hostile.take() {
         progress.set_message("hostile actors stopping");
+        // Before the actors' thread ends (its CPU time goes with it).
+        let attacker_cpu = attack_clock.take().map_or(0.0, |c| c.share());
         let attacks = h.stop();
         let mut guards = Vec::new();
         for node in &nodes {
@@ -550,7 +567,7 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         }
         progress.set_message("watching the CPU after the flood");
         let cpu_after = soak::watch_cpu(&nodes);
-        soak = Some((attacks, guards, cpu_after));
+        soak = Some((attacks, guards, cpu_after, attacker_cpu));
     }
 
     // 6b. With --nat: how the profiles are connected at the end of traffic,
@@ -677,11 +694,23 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         r["registration_ms"] = json!(registered_after.as_millis() as u64);
         out.insert("offline".into(), r);
     }
-    if let (Some((attacks, guards, cpu_after)), Some(out)) = (soak, report.as_object_mut()) {
+    if let (Some((attacks, guards, cpu_after, attacker_cpu)), Some(out)) = (soak, report.as_object_mut()) {
+        // Until a sender → recipient pair has its first delivery, its
+        // messages wait for the session and the connection to be set up:
+        // they are left out of both halves' latencies, which compare
+        // steady traffic.
+        let mut warm_from: HashMap<(usize, usize, &str), Instant> = HashMap::new();
+        for (id, s) in &sent {
+            if let Some(t) = map.get(id) {
+                let e = warm_from.entry((s.from, s.to_node, s.to_profile)).or_insert(*t);
+                *e = (*e).min(*t);
+            }
+        }
+        let warm = |s: &Sent| warm_from.get(&(s.from, s.to_node, s.to_profile)).is_some_and(|t| s.at >= *t);
         let half = |hostile: bool| {
             let mut latencies: Vec<f64> = sent
                 .iter()
-                .filter(|(_, s)| s.hostile == hostile)
+                .filter(|(_, s)| s.hostile == hostile && warm(s))
                 .filter_map(|(id, s)| map.get(id).map(|t| ms_since(t, s)))
                 .collect();
             latencies.sort_by(|a, b| a.total_cmp(b));
@@ -700,6 +729,7 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
             cpu_after,
             guards,
             attacks: attacks.to_json(),
+            attacker_cpu,
         };
         let mut r = figures.report();
         r["attack_lines"] = json!(attacks.lines());

@@ -40,6 +40,24 @@ pub(super) fn targets(nodes: &[NodeProc], cards: &HashMap<(usize, &str), String>
     Ok(out)
 }
 
+/// The CPU this process (the driver and its hostile actors) uses from now.
+pub(super) struct Clock {
+    cpu_ns: u64,
+    at: Instant,
+}
+
+impl Clock {
+    pub(super) fn start() -> Clock {
+        Clock { cpu_ns: cpu_ns(std::process::id()).unwrap_or(0), at: Instant::now() }
+    }
+
+    /// Cores used on average since [`Clock::start`] (1.0: one full core).
+    pub(super) fn share(&self) -> f64 {
+        let used = cpu_ns(std::process::id()).unwrap_or(0).saturating_sub(self.cpu_ns) as f64;
+        used / self.at.elapsed().as_nanos().max(1) as f64
+    }
+}
+
 /// CPU time of a process so far (all its threads), from
 /// `/proc/<pid>/task/*/schedstat` (nanoseconds on the CPU).
 fn cpu_ns(pid: u32) -> Option<u64> {
@@ -85,7 +103,9 @@ pub(super) fn seconds_to_idle(shares: &[f64]) -> Option<usize> {
     (busy_until < shares.len()).then_some(busy_until)
 }
 
-/// Latencies (ms) of the delivered messages of one half of the traffic.
+/// One half of the traffic: what was sent and delivered, and the latencies
+/// (ms) of the messages sent once their pair was warm (after its first
+/// delivery).
 pub(super) struct Half {
     pub(super) sent: usize,
     pub(super) delivered: usize,
@@ -98,7 +118,7 @@ impl Half {
             "sent": self.sent,
             "delivered": self.delivered,
             "delivery_ratio": if self.sent == 0 { 1.0 } else { self.delivered as f64 / self.sent as f64 },
-            "latency_ms": {"p50": percentile(&self.latencies, 50.0), "p99": percentile(&self.latencies, 99.0)},
+            "latency_ms": {"p50": percentile(&self.latencies, 50.0), "p99": percentile(&self.latencies, 99.0), "measured": self.latencies.len()},
         })
     }
 }
@@ -116,6 +136,9 @@ pub(super) struct SoakFigures {
     /// What each node's profiles refused (`guard` and `frames_refused` of `node.info`).
     pub(super) guards: Vec<Value>,
     pub(super) attacks: Value,
+    /// Cores the driver and its actors used while attacking (the nodes
+    /// share the machine with them).
+    pub(super) attacker_cpu: f64,
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -149,6 +172,7 @@ impl SoakFigures {
             "cpu_after_flood": {"per_node_windows": self.cpu_after, "mean_from_10s_per_node": idle_after_10s, "max_from_10s": worst_idle, "seconds_to_idle": to_idle},
             "refused": self.guards,
             "attacks": self.attacks,
+            "attacker_cores": self.attacker_cpu,
             "targets": {
                 "delivery_100_percent": all_delivered,
                 "p99_at_most_2x_calm": p99_ratio <= 2.0,
@@ -174,6 +198,7 @@ pub(super) fn print_soak(r: &Value) {
         );
     }
     println!("  p99 hostile / calm    {:.2}x (target ≤ 2)", f(&r["p99_ratio"]));
+    println!("  attackers' CPU        {:.2} cores (on the same machine as the nodes)", f(&r["attacker_cores"]));
     println!(
         "  peak RSS              calm {} KiB, end {} KiB: {:.2}x (target ≤ 1.5)",
         r["peak_rss_kib"]["calm_max"],
