@@ -1184,6 +1184,12 @@ impl Engine {
         Ok(())
     }
 
+    /// Messages waiting in the outbox (not yet acknowledged by their
+    /// recipient, nor done once deposited in its mailbox).
+    pub fn queued(&self) -> usize {
+        self.outbox.len()
+    }
+
     /// Pending strangers, and what the budgets refused.
     pub fn guard_status(&self) -> GuardStatus {
         GuardStatus {

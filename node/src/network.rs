@@ -349,6 +349,9 @@ pub struct ProfileStatus {
     pub mailboxes: Vec<crate::courier::MailboxState>,
     /// Envelopes it deposited in contacts' mailboxes since it started.
     pub deposited: u64,
+    /// Messages in its outbox now: not yet acknowledged by their recipient
+    /// (those a mailbox holds included), or not yet deposited.
+    pub outbox: usize,
     /// What the bounds against strangers did.
     pub guard: crate::engine::GuardStatus,
     /// Inbound request frames refused since start because the profile's
@@ -612,6 +615,7 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
         }
         status.deposited = courier.deposited();
         status.guard = engine.guard_status();
+        status.outbox = engine.queued();
         status.frames_refused = inflight.refused();
         status_tx.send_if_modified(|s| {
             let changed = s.listen_addrs != status.listen_addrs
@@ -626,6 +630,7 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                 || s.mailboxes != status.mailboxes
                 || s.deposited != status.deposited
                 || s.guard != status.guard
+                || s.outbox != status.outbox
                 || s.frames_refused != status.frames_refused;
             if changed {
                 *s = status.clone();

@@ -96,6 +96,11 @@ impl OutboxIndex {
         self.by_contact.iter().map(|(c, l)| (c, l.as_slice()))
     }
 
+    /// Entries queued in all.
+    pub(crate) fn len(&self) -> usize {
+        self.contact_of.len()
+    }
+
     /// True if nothing is queued.
     pub(crate) fn is_empty(&self) -> bool {
         self.by_contact.is_empty()

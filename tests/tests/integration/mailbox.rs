@@ -204,6 +204,9 @@ async fn the_mailbox_host_killed_during_deposits_and_fetches_loses_nothing() {
     let got = wait_history(&bob, "Alice", 30).await;
     let expected: Vec<(String, String)> = (0..30).map(|i| ("in".to_string(), format!("m{i}"))).collect();
     assert_eq!(got, expected, "nothing lost, nothing twice");
+    // Bob's receipts are in Alice's mailbox once his outbox is empty (a
+    // deposit that met the dead host is tried again 30 s later).
+    wait_status(&bob, "receipts deposited", |s| s.outbox == 0).await;
 
     // Alice learns from the receipts in her mailbox that all 30 arrived.
     bob.stop().await;
