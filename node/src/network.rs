@@ -391,9 +391,24 @@ struct Reach {
     last_lookup: HashMap<PeerId, Instant>,
     hole_punch: HolePunchStatus,
     record_published: bool,
+    /// Relay listeners to remove once their reservation is accepted (or
+    /// their listener closes): removing one while its reservation is
+    /// pending makes libp2p-relay 0.22 panic when the acceptance arrives
+    /// (`priv_client.rs`, "Relay connection exist").
+    release_after_accept: Vec<(PeerId, ListenerId)>,
 }
 
 impl Reach {
+    /// Stops listening through a relay: at once if the reservation is
+    /// accepted, else once it is (see `release_after_accept`).
+    fn release(&mut self, swarm: &mut Swarm<Behaviour>, relay: PeerId, listener: ListenerId, reserved: bool) {
+        if reserved {
+            swarm.remove_listener(listener);
+        } else {
+            self.release_after_accept.push((relay, listener));
+        }
+    }
+
     fn relay_for_listener(&mut self, id: ListenerId) -> Option<&mut Relay> {
         self.relays.iter_mut().find(|r| r.listener == Some(id))
     }
@@ -492,6 +507,7 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
         connections: HashMap::new(),
         relayed_since: HashMap::new(),
         close_relayed: HashMap::new(),
+        release_after_accept: Vec::new(),
         advertised: Vec::new(),
         announce_at: None,
         publish_at: None,
@@ -816,7 +832,7 @@ fn change_relays(
             };
             let relay = reach.relays.remove(index);
             if let Some(listener) = relay.listener {
-                swarm.remove_listener(listener);
+                reach.release(swarm, relay.peer, listener, relay.reserved);
             }
             reach.announce_at = Some(Instant::now() + ANNOUNCE_AFTER);
         }
@@ -1032,6 +1048,7 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
             for a in gone {
                 ctx.status.listen_addrs.retain(|s| s != &a.to_string());
             }
+            ctx.reach.release_after_accept.retain(|(_, l)| *l != listener_id);
             if let Some(relay) = ctx.reach.relay_for_listener(listener_id) {
                 tracing::info!(relay = %relay.address, ?reason, "relay reservation ended; reserving again");
                 relay.listener = None;
@@ -1074,6 +1091,13 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
             relay_peer_id,
             ..
         })) => {
+            // A listener released while its reservation was pending goes now.
+            let (due, keep): (Vec<_>, Vec<_>) =
+                ctx.reach.release_after_accept.drain(..).partition(|(p, _)| *p == relay_peer_id);
+            ctx.reach.release_after_accept = keep;
+            for (_, listener) in due {
+                swarm.remove_listener(listener);
+            }
             // A reservation requested before AutoNAT found the profile public
             // may be accepted after its listener was removed: it is not ours
             // to report (the relay client drops it with the listener).
@@ -1116,11 +1140,15 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
             }
             if public {
                 // Reachable directly: relay slots are not needed.
+                let mut releases = Vec::new();
                 for relay in ctx.reach.relays.iter_mut() {
                     if let Some(listener) = relay.listener.take() {
-                        swarm.remove_listener(listener);
+                        releases.push((relay.peer, listener, relay.reserved));
                     }
                     relay.reserved = false;
+                }
+                for (peer, listener, reserved) in releases {
+                    ctx.reach.release(swarm, peer, listener, reserved);
                 }
             }
             refresh_advertised(swarm, ctx.reach, ctx.status);
