@@ -116,6 +116,11 @@ fn pump(from: &mut Party, to: &mut Party, mut actions: Vec<Action>, now: u64) ->
             back.extend(to.e().on_acks(&from_key, &ids, &acks, now).unwrap());
         }
     }
+    // The engine's in-memory outbox index agrees with the store.
+    for p in [from, to] {
+        let stored = p.store().outbox().unwrap().len();
+        assert_eq!(p.e().queued(), stored, "{}: outbox index out of step with the store", p.name);
+    }
     moved
 }
 
