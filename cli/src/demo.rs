@@ -59,7 +59,7 @@ pub(crate) fn run(messages: u32) -> Result<()> {
     }
     shop_session.decrypt(&genuine)?;
     match shop_session.decrypt(&genuine) {
-        Err(CryptoError::DuplicateMessage) => println!("replayed message   rejected (duplicate)"),
+        Err(CryptoError::MessageKeyGone) => println!("replayed message   rejected (key already used)"),
         other => bail!("a replayed message was not rejected: {other:?}"),
     }
 

@@ -11,8 +11,10 @@ use crate::identity::{IDENTITY_PUBLIC_LEN, IdentityPublic};
 use crate::primitives::{KEY_LEN, TAG_LEN};
 use crate::x3dh::PrekeyHeader;
 
-/// Envelope format version this crate writes and reads.
-pub const ENVELOPE_VERSION: u8 = 1;
+/// Protocol (envelope format) version this crate writes and reads. Version 1
+/// is no longer accepted: [`Envelope::decode`] rejects it with
+/// [`DecodeError::UnsupportedVersion`].
+pub const ENVELOPE_VERSION: u8 = 2;
 /// Type byte of an ordinary ratchet message.
 pub const TYPE_MESSAGE: u8 = 1;
 /// Type byte of a prekey message (carries an X3DH [`PrekeyHeader`]).
@@ -32,6 +34,8 @@ pub const MAX_CIPHERTEXT: usize = MAX_PADDED + TAG_LEN;
 pub const PREKEY_HEADER_MAX_LEN: usize = IDENTITY_PUBLIC_LEN + KEY_LEN + 4 + 1 + 4;
 /// Largest encoded envelope; decoding rejects anything longer at once.
 pub const MAX_ENVELOPE_LEN: usize = 2 + PREKEY_HEADER_MAX_LEN + RatchetHeader::LEN + 4 + MAX_CIPHERTEXT;
+/// Length of the per-message random salt (version 2).
+pub const SALT_LEN: usize = 16;
 
 /// Padded length of a plaintext of `len` bytes: `len + 1` (the 0x80
 /// terminator) rounded up with the Padmé scheme, at least [`MIN_PADDED`].
@@ -63,10 +67,13 @@ pub fn pad(plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
     Ok(out)
 }
 
-/// Removes padding added by [`pad`] in place.
+/// Removes padding added by [`pad`] in place: strips trailing `0x00` bytes
+/// and exactly one `0x80`, then checks that the padded length is exactly
+/// `padded_len` of what remains (a sender that pads differently is refused,
+/// so every valid message of one length has one padded size).
 pub fn unpad(padded: &mut Vec<u8>) -> Result<(), CryptoError> {
     let end = padded.iter().rposition(|&b| b != 0).ok_or(CryptoError::BadPadding)?;
-    if padded[end] != 0x80 {
+    if padded[end] != 0x80 || end > MAX_PLAINTEXT || padded_len(end) != padded.len() {
         return Err(CryptoError::BadPadding);
     }
     padded.truncate(end);
@@ -74,7 +81,9 @@ pub fn unpad(padded: &mut Vec<u8>) -> Result<(), CryptoError> {
 }
 
 /// The Double Ratchet header: sender's current ratchet key, length of its
-/// previous sending chain, and the message number in the current chain.
+/// previous sending chain, the message number in the current chain, and
+/// (version 2) a fresh random salt mixed into the message key, so that a
+/// sender whose state was rolled back never reuses a (key, nonce) pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RatchetHeader {
     /// Sender's current ratchet public key (`DHs`).
@@ -83,29 +92,36 @@ pub struct RatchetHeader {
     pub previous_chain_length: u32,
     /// Message number in the current sending chain (`N`).
     pub counter: u32,
+    /// 16 random bytes drawn for this message; the HKDF salt of its AEAD key
+    /// and nonce.
+    pub salt: [u8; SALT_LEN],
 }
 
 impl RatchetHeader {
     /// Encoded length.
-    pub const LEN: usize = KEY_LEN + 4 + 4;
+    pub const LEN: usize = KEY_LEN + 4 + 4 + SALT_LEN;
 
-    /// `ratchet_key(32) ‖ PN(u32 BE) ‖ N(u32 BE)`.
+    /// `ratchet_key(32) ‖ PN(u32 BE) ‖ N(u32 BE) ‖ salt(16)`.
     pub fn to_bytes(&self) -> [u8; Self::LEN] {
         let mut out = [0u8; Self::LEN];
         out[..KEY_LEN].copy_from_slice(&self.ratchet_key);
         out[KEY_LEN..KEY_LEN + 4].copy_from_slice(&self.previous_chain_length.to_be_bytes());
-        out[KEY_LEN + 4..].copy_from_slice(&self.counter.to_be_bytes());
+        out[KEY_LEN + 4..KEY_LEN + 8].copy_from_slice(&self.counter.to_be_bytes());
+        out[KEY_LEN + 8..].copy_from_slice(&self.salt);
         out
     }
 }
 
 /// A message's stable identifier, computable from the envelope alone so a
 /// receiver can recognise a retransmission without decrypting it:
-/// `ratchet_key[0..12] ‖ N (u32 BE)`.
+/// `ratchet_key[0..8] ‖ N (u32 BE) ‖ salt[0..4]`.
 ///
-/// Both parts are in the authenticated header, so the id says nothing the
-/// header does not. Messages of one chain get neighbouring ids, which keeps
-/// a store's id index compact (one page per chain, not one per message).
+/// Every part is in the authenticated header, so the id says nothing the
+/// header does not. A retransmission (the same bytes) has the same id; two
+/// different messages encrypted under the same `(ratchet key, N)` (a sender
+/// whose state was rolled back) get different ids, so the receiver does not
+/// take the second for a duplicate. 96 of the 128 bits are random. Messages
+/// of one chain get neighbouring ids, which keeps a store's id index compact.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId(pub [u8; 16]);
 
@@ -136,9 +152,45 @@ impl Envelope {
     /// The message id; see [`MessageId`].
     pub fn message_id(&self) -> MessageId {
         let mut id = [0u8; 16];
-        id[..12].copy_from_slice(&self.header.ratchet_key[..12]);
-        id[12..].copy_from_slice(&self.header.counter.to_be_bytes());
+        id[..8].copy_from_slice(&self.header.ratchet_key[..8]);
+        id[8..12].copy_from_slice(&self.header.counter.to_be_bytes());
+        id[12..].copy_from_slice(&self.header.salt[..4]);
         MessageId(id)
+    }
+
+    /// The type byte: [`TYPE_PREKEY_MESSAGE`] with an X3DH header, else
+    /// [`TYPE_MESSAGE`].
+    pub fn message_type(&self) -> u8 {
+        if self.prekey.is_some() { TYPE_PREKEY_MESSAGE } else { TYPE_MESSAGE }
+    }
+
+    /// The authenticated header bytes `H`: the encoded envelope from its first
+    /// byte up to (not including) the ciphertext length, i.e. version, type,
+    /// the prekey fields if any, and the ratchet header with its salt. The
+    /// message AD is `AD ‖ u16 BE(len(H)) ‖ H`, so every byte sent in the
+    /// clear is authenticated.
+    pub fn authenticated_header(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_header_into(&mut out);
+        out
+    }
+
+    fn encode_header_into(&self, out: &mut Vec<u8>) {
+        out.push(ENVELOPE_VERSION);
+        out.push(self.message_type());
+        if let Some(p) = &self.prekey {
+            out.extend_from_slice(&p.identity.to_bytes());
+            out.extend_from_slice(&p.base_key);
+            out.extend_from_slice(&p.signed_prekey_id.to_be_bytes());
+            match p.one_time_prekey_id {
+                None => out.push(0),
+                Some(id) => {
+                    out.push(1);
+                    out.extend_from_slice(&id.to_be_bytes());
+                }
+            }
+        }
+        out.extend_from_slice(&self.header.to_bytes());
     }
 
     /// Encoded length in bytes.
@@ -153,24 +205,7 @@ impl Envelope {
     /// Appends the wire form to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.reserve(self.encoded_len());
-        out.push(ENVELOPE_VERSION);
-        match &self.prekey {
-            None => out.push(TYPE_MESSAGE),
-            Some(p) => {
-                out.push(TYPE_PREKEY_MESSAGE);
-                out.extend_from_slice(&p.identity.to_bytes());
-                out.extend_from_slice(&p.base_key);
-                out.extend_from_slice(&p.signed_prekey_id.to_be_bytes());
-                match p.one_time_prekey_id {
-                    None => out.push(0),
-                    Some(id) => {
-                        out.push(1);
-                        out.extend_from_slice(&id.to_be_bytes());
-                    }
-                }
-            }
-        }
-        out.extend_from_slice(&self.header.to_bytes());
+        self.encode_header_into(out);
         // The ciphertext length is bounded by MAX_CIPHERTEXT when made by
         // `Session::encrypt`; saturate rather than wrap for a hand-built one.
         let len = u32::try_from(self.ciphertext.len()).unwrap_or(u32::MAX);
@@ -213,7 +248,12 @@ impl Envelope {
             }
             other => return Err(DecodeError::UnknownType(other)),
         };
-        let header = RatchetHeader { ratchet_key: r.array()?, previous_chain_length: r.u32()?, counter: r.u32()? };
+        let header = RatchetHeader {
+            ratchet_key: r.array()?,
+            previous_chain_length: r.u32()?,
+            counter: r.u32()?,
+            salt: r.array()?,
+        };
         let len = usize::try_from(r.u32()?).unwrap_or(usize::MAX);
         if !(MIN_CIPHERTEXT..=MAX_CIPHERTEXT).contains(&len) {
             return Err(DecodeError::BadCiphertextLength(len));
@@ -292,5 +332,27 @@ mod tests {
         assert!(pad(&vec![0; MAX_PLAINTEXT + 1]).is_err());
         assert_eq!(unpad(&mut vec![0; 64]), Err(CryptoError::BadPadding));
         assert_eq!(unpad(&mut vec![1; 64]), Err(CryptoError::BadPadding));
+    }
+
+    #[test]
+    fn unpad_requires_the_exact_bucket() {
+        // 10 bytes of text are padded to 64; the same text padded to 72 (the
+        // next bucket) or to 63 is refused, so one length has one size.
+        let mut right = pad(&[7; 10]).unwrap();
+        assert_eq!(right.len(), 64);
+        let mut too_long = right.clone();
+        too_long.resize(72, 0);
+        assert_eq!(unpad(&mut too_long), Err(CryptoError::BadPadding));
+        let mut too_short = vec![7u8; 10];
+        too_short.push(0x80);
+        too_short.resize(63, 0);
+        assert_eq!(unpad(&mut too_short), Err(CryptoError::BadPadding));
+        unpad(&mut right).unwrap();
+        assert_eq!(right, [7; 10]);
+        // 100 bytes pad to 104 (bucket of 101 is a multiple of 8).
+        let mut hundred = pad(&[1; 100]).unwrap();
+        assert_eq!(hundred.len(), 104);
+        hundred.resize(112, 0);
+        assert_eq!(unpad(&mut hundred), Err(CryptoError::BadPadding));
     }
 }

@@ -21,9 +21,13 @@ pub enum CryptoError {
     /// was tampered with, or the message was not made for this session.
     #[error("message authentication failed")]
     AuthenticationFailed,
-    /// The message was already decrypted: its key has been used and deleted.
-    #[error("duplicate message (already decrypted)")]
-    DuplicateMessage,
+    /// The session no longer holds this message's key: it was used (the
+    /// message is a duplicate), or evicted (a skipped key past the bound, or
+    /// a chain the session has moved past). Only the caller's record of
+    /// received message ids tells which; a message never received is lost
+    /// for this session, and its sender should encrypt it again.
+    #[error("message key no longer held (duplicate or evicted)")]
+    MessageKeyGone,
     /// The header asks to skip more message keys than one chain may skip.
     #[error("message skips {requested} keys in one chain; at most {limit} allowed")]
     TooManySkipped {

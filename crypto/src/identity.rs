@@ -84,16 +84,39 @@ fn identity_body(kind: ProfileKind, dh: &[u8; KEY_LEN]) -> [u8; 1 + KEY_LEN] {
     body
 }
 
+/// True if `bytes` is the canonical encoding of a field element y < p =
+/// 2^255 − 19 (bit 255, the sign of x, ignored). The only non-canonical
+/// encodings are y + p for y in 0..=18: bytes 1..=30 all 0xff, byte 31 with
+/// its low 7 bits 0x7f, and byte 0 ≥ 0xed.
+pub(crate) fn is_canonical_y(bytes: &[u8; KEY_LEN]) -> bool {
+    !(bytes[0] >= 0xed && bytes[1..31].iter().all(|&b| b == 0xff) && bytes[31] & 0x7f == 0x7f)
+}
+
 /// Verifies `signature` over `signing_input(label, body)` under the Ed25519
-/// key `signer` with `verify_strict` (rejects small-order keys and
-/// non-canonical signatures).
+/// key `signer`, strictly (docs/protocol.md §2.1): `A` and `R` must be
+/// canonical encodings (y < p) of points that are not of small order, `S`
+/// must be below the group order L, and `[S]B = R + [k]A` must hold
+/// (cofactorless), with k = SHA-512(R ‖ A ‖ M) mod L over the received
+/// encodings. `verify_strict` checks all but the canonical encodings, which
+/// are checked here first.
 pub(crate) fn verify_signature(
     signer: &[u8; KEY_LEN],
     label: &'static str,
     body: &[u8],
     signature: &[u8; SIGNATURE_LEN],
 ) -> Result<(), CryptoError> {
+    if !is_canonical_y(signer) {
+        return Err(CryptoError::InvalidSigningKey);
+    }
+    let mut r = [0u8; KEY_LEN];
+    r.copy_from_slice(&signature[..KEY_LEN]);
+    if !is_canonical_y(&r) {
+        return Err(CryptoError::BadSignature(label));
+    }
     let key = VerifyingKey::from_bytes(signer).map_err(|_| CryptoError::InvalidSigningKey)?;
+    if key.is_weak() {
+        return Err(CryptoError::InvalidSigningKey);
+    }
     let sig = Signature::from_bytes(signature);
     key.verify_strict(&signing_input(label.as_bytes(), body), &sig).map_err(|_| CryptoError::BadSignature(label))
 }
@@ -248,6 +271,52 @@ mod tests {
         let mut other_dh = public;
         other_dh.dh[0] ^= 1;
         assert!(other_dh.verify().is_err());
+    }
+
+    #[test]
+    fn small_order_and_non_canonical_keys_and_signatures_are_refused() {
+        // The identity point (y = 1) as the signing key, R = identity and
+        // S = 0: a lax verifier accepts this for any body ([0]B = I + [k]I).
+        let mut identity_point = [0u8; 32];
+        identity_point[0] = 1;
+        let mut sig = [0u8; 64];
+        sig[0] = 1;
+        assert_eq!(verify_signature(&identity_point, "identity-key", b"anything", &sig), Err(CryptoError::InvalidSigningKey));
+        // The same point encoded non-canonically (y = 1 + p).
+        let mut non_canonical = [0xffu8; 32];
+        non_canonical[0] = 0xee;
+        non_canonical[31] = 0x7f;
+        assert!(!is_canonical_y(&non_canonical));
+        assert_eq!(verify_signature(&non_canonical, "identity-key", b"x", &sig), Err(CryptoError::InvalidSigningKey));
+        // p − 1 is canonical, p is not; the sign bit does not matter.
+        let mut p_minus_1 = [0xffu8; 32];
+        p_minus_1[0] = 0xec;
+        p_minus_1[31] = 0x7f;
+        assert!(is_canonical_y(&p_minus_1));
+        let mut p = p_minus_1;
+        p[0] = 0xed;
+        assert!(!is_canonical_y(&p));
+        p[31] = 0xff;
+        assert!(!is_canonical_y(&p));
+
+        // A good signature with R re-encoded non-canonically, or S + L.
+        let mut rng = StdRng::seed_from_u64(9);
+        let pair = IdentityKeyPair::generate(ProfileKind::Personal, &mut rng);
+        let public = pair.public();
+        public.verify().unwrap();
+        let mut high_s = public;
+        // L = 2^252 + 27742317777372353535851937790883648493, little-endian.
+        let l: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let sum = u16::from(high_s.dh_signature[32 + i]) + u16::from(l[i]) + carry;
+            high_s.dh_signature[32 + i] = sum as u8;
+            carry = sum >> 8;
+        }
+        assert_eq!(high_s.verify(), Err(CryptoError::BadSignature("identity-key")));
     }
 
     #[test]

@@ -5,9 +5,12 @@
 //!   bytes: new root key ‖ chain key.
 //! - `KDF_CK(ck)`: message key `HMAC-SHA256(ck, 0x01)`, next chain key
 //!   `HMAC-SHA256(ck, 0x02)`.
-//! - `ENCRYPT(mk, pt, ad)`: `HKDF-Expand-SHA256(prk = mk, info = MESSAGE_INFO)`
-//!   → 44 bytes: ChaCha20-Poly1305 key ‖ nonce; associated data
-//!   `AD ‖ u16 BE(len(header)) ‖ header`.
+//! - `ENCRYPT(mk, salt, pt, ad)`: `HKDF-SHA256(salt = salt, ikm = mk, info =
+//!   MESSAGE_INFO)` → 44 bytes: ChaCha20-Poly1305 key ‖ nonce, where `salt`
+//!   is 16 random bytes carried in the header (version 2: a state rolled back
+//!   and reused still never repeats a key and nonce); associated data
+//!   `AD ‖ u16 BE(len(H)) ‖ H` with `H` every clear byte of the envelope
+//!   before the ciphertext length (version, type, prekey fields, header).
 //!
 //! One deliberate refinement of the specification: our new ratchet key pair is
 //! generated when we next *send*, not when a new remote ratchet key arrives
@@ -27,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use x25519_dalek::StaticSecret;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::envelope::{Envelope, RatchetHeader, pad, unpad};
+use crate::envelope::{Envelope, RatchetHeader, SALT_LEN, pad, unpad};
 use crate::error::CryptoError;
 use crate::identity::{IdentityKeyPair, IdentityPublic};
 use crate::prekey::{OneTimePrekey, PrekeyBundle, SignedPrekey};
@@ -37,9 +40,9 @@ use crate::primitives::{
 use crate::x3dh::{self, PrekeyHeader};
 
 /// HKDF info of `KDF_RK`.
-pub const ROOT_INFO: &[u8] = b"Kabar Double Ratchet v1 root";
-/// HKDF info that turns a message key into an AEAD key and nonce.
-pub const MESSAGE_INFO: &[u8] = b"Kabar Double Ratchet v1 message";
+pub const ROOT_INFO: &[u8] = b"Kabar Double Ratchet v2 root";
+/// HKDF info that turns a message key and salt into an AEAD key and nonce.
+pub const MESSAGE_INFO: &[u8] = b"Kabar Double Ratchet v2 message";
 
 /// Most message keys one header may make us skip in a single chain.
 ///
@@ -58,12 +61,13 @@ pub const MAX_SKIPPED_TOTAL: usize = 2_000;
 
 /// How many finished receiving chains are remembered (ratchet key and length
 /// only, no secrets: 36 bytes each) so a replay from an earlier chain is
-/// recognised as [`CryptoError::DuplicateMessage`]. A replay from an older
-/// chain still fails, as [`CryptoError::AuthenticationFailed`].
+/// recognised as [`CryptoError::MessageKeyGone`]. A message from an older
+/// chain fails as [`CryptoError::AuthenticationFailed`].
 pub const MAX_FINISHED_CHAINS: usize = 20;
 
-/// Version of the [`SessionSnapshot`] layout.
-pub const SNAPSHOT_VERSION: u8 = 1;
+/// Version of the [`SessionSnapshot`] layout. Version 2 sessions (protocol
+/// version 2) refuse a version 1 snapshot.
+pub const SNAPSHOT_VERSION: u8 = 2;
 
 /// `KDF_CK`: returns (message key, next chain key).
 fn kdf_ck(ck: &[u8; KEY_LEN]) -> (Zeroizing<[u8; KEY_LEN]>, [u8; KEY_LEN]) {
@@ -88,30 +92,31 @@ struct MessageCipher {
     nonce: [u8; NONCE_LEN],
 }
 
-/// `HKDF-Expand(prk = mk, info = MESSAGE_INFO, 44)` → key ‖ nonce.
-fn message_cipher(mk: &[u8; KEY_LEN]) -> Result<MessageCipher, CryptoError> {
+/// `HKDF(salt = salt, ikm = mk, info = MESSAGE_INFO, 44)` → key ‖ nonce.
+fn message_cipher(mk: &[u8; KEY_LEN], salt: &[u8; SALT_LEN]) -> Result<MessageCipher, CryptoError> {
     let mut okm = Zeroizing::new([0u8; KEY_LEN + NONCE_LEN]);
-    let hk = hkdf::Hkdf::<sha2::Sha256>::from_prk(mk).map_err(|_| CryptoError::KdfOutputTooLong)?;
-    hk.expand(MESSAGE_INFO, okm.as_mut()).map_err(|_| CryptoError::KdfOutputTooLong)?;
+    hkdf_sha256(Some(salt), mk, MESSAGE_INFO, okm.as_mut())?;
     let mut cipher = MessageCipher { key: [0u8; KEY_LEN], nonce: [0u8; NONCE_LEN] };
     cipher.key.copy_from_slice(&okm[..KEY_LEN]);
     cipher.nonce.copy_from_slice(&okm[KEY_LEN..]);
     Ok(cipher)
 }
 
-/// `AD ‖ u16 BE(len(header)) ‖ header`.
-fn message_ad(ad: &[u8], header: &RatchetHeader) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ad.len() + 2 + RatchetHeader::LEN);
+/// `AD ‖ u16 BE(len(H)) ‖ H`, `H` = [`Envelope::authenticated_header`].
+fn message_ad(ad: &[u8], envelope: &Envelope) -> Vec<u8> {
+    let header = envelope.authenticated_header();
+    let mut out = Vec::with_capacity(ad.len() + 2 + header.len());
     out.extend_from_slice(ad);
-    out.extend_from_slice(&(RatchetHeader::LEN as u16).to_be_bytes());
-    out.extend_from_slice(&header.to_bytes());
+    // H is at most 2 + 170 + 56 bytes.
+    out.extend_from_slice(&u16::try_from(header.len()).unwrap_or(u16::MAX).to_be_bytes());
+    out.extend_from_slice(&header);
     out
 }
 
 fn open(mk: &[u8; KEY_LEN], ad: &[u8], envelope: &Envelope) -> Result<Vec<u8>, CryptoError> {
-    let cipher = message_cipher(mk)?;
+    let cipher = message_cipher(mk, &envelope.header.salt)?;
     let mut plaintext =
-        chacha_open(&cipher.key, &cipher.nonce, &message_ad(ad, &envelope.header), &envelope.ciphertext)?;
+        chacha_open(&cipher.key, &cipher.nonce, &message_ad(ad, envelope), &envelope.ciphertext)?;
     unpad(&mut plaintext)?;
     Ok(plaintext)
 }
@@ -327,20 +332,26 @@ impl Session {
         let chain = s.sending_chain_key.as_ref().ok_or(CryptoError::SessionNotReady)?;
         let next_counter = s.send_counter.checked_add(1).ok_or(CryptoError::CounterExhausted)?;
         let (mk, next_chain) = kdf_ck(chain);
+        let mut salt = [0u8; SALT_LEN];
+        rng.fill_bytes(&mut salt);
         let header = RatchetHeader {
             ratchet_key: s.our_ratchet_public,
             previous_chain_length: s.previous_send_counter,
             counter: s.send_counter,
+            salt,
         };
-        let cipher = message_cipher(&mk)?;
-        let ciphertext = chacha_seal(&cipher.key, &cipher.nonce, &message_ad(&s.associated_data, &header), &padded);
+        let mut envelope = Envelope { prekey: s.pending_prekey, header, ciphertext: Vec::new() };
+        let cipher = message_cipher(&mk, &salt)?;
+        envelope.ciphertext = chacha_seal(&cipher.key, &cipher.nonce, &message_ad(&s.associated_data, &envelope), &padded);
         s.sending_chain_key = Some(next_chain);
         s.send_counter = next_counter;
-        Ok(Envelope { prekey: s.pending_prekey, header, ciphertext })
+        Ok(envelope)
     }
 
     /// Decrypts one message. On any error the session is unchanged. A message
-    /// already decrypted gives [`CryptoError::DuplicateMessage`].
+    /// whose key this session no longer holds (already used, or evicted, or
+    /// from a chain it has moved past) gives [`CryptoError::MessageKeyGone`]:
+    /// the caller tells a duplicate from a lost message by its received ids.
     pub fn decrypt(&mut self, envelope: &Envelope) -> Result<Vec<u8>, CryptoError> {
         let header = &envelope.header;
         let s = &mut self.state;
@@ -382,11 +393,11 @@ impl SessionSnapshot {
             && self.skipped.iter().any(|k| k.ratchet_key == header.ratchet_key)
         {
             // An earlier chain we still hold keys of, but not this one's.
-            return Err(CryptoError::DuplicateMessage);
+            return Err(CryptoError::MessageKeyGone);
         }
         if let Some(done) = self.finished_chains.iter().find(|c| c.ratchet_key == header.ratchet_key) {
             return Err(if header.counter < done.length {
-                CryptoError::DuplicateMessage
+                CryptoError::MessageKeyGone
             } else {
                 // The chain ended at `length` (the sender told us with PN):
                 // nothing valid can come after it.
@@ -397,7 +408,7 @@ impl SessionSnapshot {
             self.skip_message_keys(header.previous_chain_length)?;
             self.dh_ratchet(header)?;
         } else if header.counter < self.receive_counter {
-            return Err(CryptoError::DuplicateMessage);
+            return Err(CryptoError::MessageKeyGone);
         }
         self.skip_message_keys(header.counter)?;
         let chain = self.receiving_chain_key.as_ref().ok_or(CryptoError::SessionNotReady)?;

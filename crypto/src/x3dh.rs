@@ -19,10 +19,10 @@ use crate::prekey::{OneTimePrekey, PrekeyBundle, SignedPrekey};
 use crate::primitives::{KEY_LEN, hkdf_sha256, x25519, x25519_public};
 
 /// HKDF info string of X3DH: names Kabar and the protocol version.
-pub const X3DH_INFO: &[u8] = b"Kabar X3DH v1";
+pub const X3DH_INFO: &[u8] = b"Kabar X3DH v2";
 
 /// First bytes of the associated data, naming the protocol and version.
-pub const AD_PREFIX: &[u8] = b"KABAR-AD-V1";
+pub const AD_PREFIX: &[u8] = b"KABAR-AD-V2";
 
 /// Length of the X3DH associated data.
 pub const AD_LEN: usize = AD_PREFIX.len() + 2 * IDENTITY_PUBLIC_LEN;

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use kabar_crypto::hex::encode;
 use kabar_crypto::*;
 
-/// The n-th 32-byte draw (n = 1, 2, …) is 32 bytes of value 0x10 + n.
+/// The n-th draw (n = 1, 2, …) of any length is bytes of value 0x10 + n.
 #[derive(Clone)]
 struct KatRng(u8);
 
@@ -21,7 +21,7 @@ impl rand_core::TryRng for KatRng {
         unreachable!("kabar-crypto draws bytes only")
     }
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        assert_eq!(dst.len(), 32, "every draw is one 32-byte key");
+        assert!(dst.len() == 32 || dst.len() == 16, "a draw is a 32-byte key or a 16-byte salt");
         self.0 += 1;
         dst.fill(0x10 + self.0);
         Ok(())

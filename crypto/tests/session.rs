@@ -96,7 +96,7 @@ fn retransmitted_first_message_belongs_to_the_existing_session() {
     let header = second.prekey.unwrap();
     assert!(b.is_same_prekey_session(&header));
     assert_eq!(b.decrypt(&second).unwrap(), b"two");
-    assert_eq!(b.decrypt(&first), Err(CryptoError::DuplicateMessage));
+    assert_eq!(b.decrypt(&first), Err(CryptoError::MessageKeyGone));
 }
 
 #[test]
@@ -164,17 +164,17 @@ fn replays_are_rejected_as_duplicates() {
     b.decrypt(&m0).unwrap();
     b.decrypt(&m2).unwrap();
     // In order, out of order (from the skipped store), and after it was used.
-    assert_eq!(b.decrypt(&m0), Err(CryptoError::DuplicateMessage));
-    assert_eq!(b.decrypt(&m2), Err(CryptoError::DuplicateMessage));
+    assert_eq!(b.decrypt(&m0), Err(CryptoError::MessageKeyGone));
+    assert_eq!(b.decrypt(&m2), Err(CryptoError::MessageKeyGone));
     b.decrypt(&m1).unwrap();
-    assert_eq!(b.decrypt(&m1), Err(CryptoError::DuplicateMessage));
+    assert_eq!(b.decrypt(&m1), Err(CryptoError::MessageKeyGone));
     // From a finished chain, after two ratchet steps.
     let r = b.encrypt(b"r", &mut rng).unwrap();
     a.decrypt(&r).unwrap();
     let n = a.encrypt(b"n", &mut rng).unwrap();
     b.decrypt(&n).unwrap();
     let before = state_of(&b);
-    assert_eq!(b.decrypt(&m1), Err(CryptoError::DuplicateMessage));
+    assert_eq!(b.decrypt(&m1), Err(CryptoError::MessageKeyGone));
     assert_eq!(state_of(&b), before);
 }
 
@@ -225,7 +225,7 @@ fn forward_secrecy_a_later_snapshot_cannot_read_earlier_messages() {
     // The attacker steals Bob's state after he read the messages.
     let mut stolen = Session::from_snapshot(b.snapshot()).unwrap();
     for env in &captured {
-        assert_eq!(stolen.decrypt(env), Err(CryptoError::DuplicateMessage));
+        assert_eq!(stolen.decrypt(env), Err(CryptoError::MessageKeyGone));
     }
 }
 
@@ -379,7 +379,7 @@ fn op() -> impl Strategy<Value = Op> {
 /// A replay must fail: as a duplicate, or — for a chain older than the
 /// remembered ones — as an authentication failure. Never as a second success.
 fn is_replay_error(result: Result<Vec<u8>, CryptoError>) -> bool {
-    matches!(result, Err(CryptoError::DuplicateMessage | CryptoError::AuthenticationFailed))
+    matches!(result, Err(CryptoError::MessageKeyGone | CryptoError::AuthenticationFailed))
 }
 
 struct InFlight {
@@ -483,4 +483,83 @@ proptest! {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Version 2
+// ---------------------------------------------------------------------------
+
+/// A sender whose state was rolled back (a restored backup, a copied data
+/// dir) encrypts a different message under the same chain position. With
+/// version 1 both got the same key and nonce, so c1 ⊕ c2 = p1 ⊕ p2 leaked
+/// the XOR of the texts; the per-message salt makes the keystreams differ.
+#[test]
+fn a_rolled_back_sender_never_reuses_a_key_and_nonce() {
+    let (mut a, mut b, mut rng) = pair(40);
+    let saved = a.snapshot();
+    let p1 = [0x41u8; 40];
+    let p2 = [0x42u8; 40];
+    let c1 = a.encrypt(&p1, &mut rng).unwrap();
+    let mut rolled_back = Session::from_snapshot(saved).unwrap();
+    let c2 = rolled_back.encrypt(&p2, &mut rng).unwrap();
+    // Same chain position, different salt, different id.
+    assert_eq!(c1.header.ratchet_key, c2.header.ratchet_key);
+    assert_eq!(c1.header.counter, c2.header.counter);
+    assert_ne!(c1.header.salt, c2.header.salt);
+    assert_ne!(c1.message_id(), c2.message_id());
+    let xor_c: Vec<u8> = c1.ciphertext.iter().zip(&c2.ciphertext).map(|(x, y)| x ^ y).take(40).collect();
+    let xor_p: Vec<u8> = p1.iter().zip(&p2).map(|(x, y)| x ^ y).collect();
+    assert_ne!(xor_c, xor_p, "the two messages share a keystream");
+    // The receiver reads the first; the second's key is gone, and since its id
+    // was never received the caller knows it is lost, not a duplicate.
+    assert_eq!(b.decrypt(&c1).unwrap(), p1);
+    assert_eq!(b.decrypt(&c2), Err(CryptoError::MessageKeyGone));
+}
+
+/// Every clear byte before the ciphertext is authenticated: the version and
+/// type, the salt, and the X3DH fields of a prekey message.
+#[test]
+fn version_type_salt_and_prekey_fields_are_authenticated() {
+    let mut rng = StdRng::seed_from_u64(41);
+    let alice = IdentityKeyPair::generate(ProfileKind::Personal, &mut rng);
+    let bob = Responder::new(ProfileKind::Personal, &mut rng);
+    let mut a = Session::initiate(&alice, &bob.bundle(), &mut rng).unwrap();
+    let first = a.encrypt(b"hello", &mut rng).unwrap();
+    let second = a.encrypt(b"again", &mut rng).unwrap();
+    let (mut b, _) = bob.accept(&first).unwrap();
+
+    // The second prekey message stripped of its X3DH header (type 2 → 1):
+    // the established session would have opened it in version 1.
+    let mut stripped = second.clone();
+    stripped.prekey = None;
+    assert_eq!(b.decrypt(&wire(&stripped)), Err(CryptoError::AuthenticationFailed));
+    // A flipped salt bit.
+    let mut salted = second.clone();
+    salted.header.salt[3] ^= 1;
+    assert_eq!(b.decrypt(&salted), Err(CryptoError::AuthenticationFailed));
+    // A changed one-time prekey id on a repeated prekey message.
+    let mut renamed = second.clone();
+    renamed.prekey.as_mut().unwrap().one_time_prekey_id = Some(99);
+    assert_eq!(b.decrypt(&renamed), Err(CryptoError::AuthenticationFailed));
+    assert_eq!(b.decrypt(&second).unwrap(), b"again");
+
+    // The version byte: a version 1 envelope is refused by name before any
+    // decryption.
+    let mut bytes = a.encrypt(b"x", &mut rng).unwrap().encode();
+    bytes[0] = 1;
+    assert_eq!(Envelope::decode(&bytes), Err(DecodeError::UnsupportedVersion(1)));
+}
+
+/// A version 1 session snapshot (what a version 1 store holds) is refused
+/// with a typed error, never used.
+#[test]
+fn a_version_1_snapshot_is_refused() {
+    let (a, _, _) = pair(42);
+    let mut json: serde_json::Value = serde_json::to_value(a.snapshot()).unwrap();
+    json["version"] = serde_json::json!(1);
+    let old: SessionSnapshot = serde_json::from_value(json).unwrap();
+    assert_eq!(
+        Session::from_snapshot(old).err(),
+        Some(CryptoError::Decode(DecodeError::UnsupportedVersion(1)))
+    );
 }

@@ -104,7 +104,7 @@ impl From<crate::engine::EngineError> for RpcError {
             E::UnknownShortcut(_) | E::NoPrekey(_) | E::Content(_) => {
                 RpcError::new(codes::INVALID_VALUE, e.to_string())
             }
-            E::Crypto(_) => RpcError::new(codes::INTERNAL, e.to_string()),
+            E::Crypto(_) | E::Prekey(_) => RpcError::new(codes::INTERNAL, e.to_string()),
         }
     }
 }
@@ -611,6 +611,7 @@ async fn call(
                 peer_id: card.identity.signing.to_vec(),
                 identity: card.identity,
                 signed_prekey: Some(card.signed_prekey),
+                one_time_prekey: None,
                 addresses: card.addresses.iter().map(|a| a.to_string()).collect(),
                 display_name: name,
                 verified: false,

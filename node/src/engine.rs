@@ -32,6 +32,7 @@ use crate::content::{CatalogEntry, Content, Message};
 use crate::mailbox::{DepositOutcome, Item, MailboxError, Status};
 use crate::offline::{self, MailboxOffer};
 use crate::outbox::{OutboxIndex, Queued};
+use crate::prekeys::{self, PrekeyBudgets, PrekeyResponse};
 use crate::wire::{Ack, RejectReason};
 
 /// A peer, by its Ed25519 identity key (its PeerId is derived from it).
@@ -111,6 +112,15 @@ pub enum Action {
         message_ids: Vec<[u8; 16]>,
         /// Encoded envelopes.
         envelopes: Vec<Vec<u8>>,
+    },
+    /// Ask `peer` for its current signed prekey and a one-time prekey
+    /// (`/kabar/prekey/1`), then report the answer with
+    /// [`Engine::on_prekeys`]; a failure needs no report.
+    FetchPrekeys {
+        /// The contact.
+        peer: PeerKey,
+        /// Addresses we know for it.
+        addresses: Vec<String>,
     },
     /// Revoke (or restore) a deposit tag in one of our mailboxes.
     Revoke {
@@ -224,6 +234,9 @@ pub enum EngineError {
     /// Bad content.
     #[error(transparent)]
     Content(#[from] crate::content::ContentError),
+    /// A `/kabar/prekey/1` response did not decode or verify.
+    #[error(transparent)]
+    Prekey(#[from] crate::prekeys::PrekeyError),
 }
 
 /// One working copy of a contact's sessions for a whole request: the
@@ -264,7 +277,7 @@ impl Working {
             Ok(plaintext) => return Ok(plaintext),
             Err(e) => e,
         };
-        let mut duplicate = first == CryptoError::DuplicateMessage;
+        let mut duplicate = first == CryptoError::MessageKeyGone;
         for index in 0..self.previous.len() {
             let mut session = Session::from_snapshot(self.previous[index].clone())?;
             match session.decrypt(envelope) {
@@ -273,11 +286,11 @@ impl Working {
                     self.replace_current(session);
                     return Ok(plaintext);
                 }
-                Err(CryptoError::DuplicateMessage) => duplicate = true,
+                Err(CryptoError::MessageKeyGone) => duplicate = true,
                 Err(_) => {}
             }
         }
-        Err(if duplicate { CryptoError::DuplicateMessage } else { first })
+        Err(if duplicate { CryptoError::MessageKeyGone } else { first })
     }
 
     fn state(&self) -> SessionState {
@@ -325,6 +338,12 @@ pub struct Engine {
     strangers: HashSet<ContactId>,
     /// Pending strangers dropped at the limit since the profile was created.
     strangers_dropped: u64,
+    /// Budgets of the one-time prekeys this profile hands out.
+    prekey_budgets: PrekeyBudgets,
+    /// When each contact without a session was last asked for prekeys.
+    prekeys_asked: HashMap<ContactId, u64>,
+    /// When the prekey schedule is next checked.
+    next_prekey_maintenance_ms: u64,
 }
 
 /// What the bounds against strangers did (for `node info`).
@@ -366,7 +385,98 @@ impl Engine {
             budgets: Budgets::new(0),
             strangers,
             strangers_dropped,
+            prekey_budgets: PrekeyBudgets::new(0),
+            prekeys_asked: HashMap::new(),
+            next_prekey_maintenance_ms: 0,
         })
+    }
+
+    // ---- prekeys ------------------------------------------------------------
+
+    /// The prekey schedule, at most once per [`prekeys::MAINTENANCE_EVERY_MS`]
+    /// (call it at start and from the tick): a new signed prekey every
+    /// [`prekeys::SIGNED_PREKEY_PERIOD_S`], replaced ones deleted
+    /// [`prekeys::SIGNED_PREKEY_GRACE_S`] after their successor became
+    /// current, and one-time prekeys refilled.
+    pub fn maintain_prekeys<R: CryptoRng + ?Sized>(&mut self, now_ms: u64, rng: &mut R) -> Result<(), EngineError> {
+        if now_ms < self.next_prekey_maintenance_ms {
+            return Ok(());
+        }
+        self.next_prekey_maintenance_ms = now_ms + prekeys::MAINTENANCE_EVERY_MS;
+        let now = now_ms / 1000;
+        let period = prekeys::SIGNED_PREKEY_PERIOD_S;
+        if let Some(spk) = self.store.maintain_signed_prekeys(now, period, prekeys::SIGNED_PREKEY_GRACE_S, rng)? {
+            tracing::info!(profile = %self.store.name(), id = spk.id(), "signed prekey rotated");
+        }
+        if self.store.offerable_one_time_prekeys()? < prekeys::ONE_TIME_PREKEY_LOW {
+            self.store.replenish_offerable_one_time_prekeys(prekeys::ONE_TIME_PREKEY_TARGET, rng)?;
+        }
+        Ok(())
+    }
+
+    /// Answers a `/kabar/prekey/1` request from `requester`: the current
+    /// signed prekey and, within the budgets and while the supply lasts, a
+    /// one-time prekey marked handed out (durably) before this returns. A
+    /// blocked contact gets [`EngineError::Blocked`] (no answer).
+    pub fn serve_prekeys(&mut self, requester: &PeerKey, now_ms: u64) -> Result<Vec<u8>, EngineError> {
+        if let Some((_, c)) = self.store.contact_by_peer_key(requester)?
+            && c.blocked
+        {
+            return Err(EngineError::Blocked(c.display_name));
+        }
+        let one_time_prekey = if self.prekey_budgets.admit(requester, now_ms) {
+            self.store.hand_out_one_time_prekey(prekeys::MAX_ISSUED_ONE_TIME_PREKEYS)?
+        } else {
+            None
+        };
+        let response = PrekeyResponse {
+            identity: self.identity.public(),
+            signed_prekey: self.store.current_signed_prekey()?.public(),
+            one_time_prekey,
+        };
+        Ok(response.encode())
+    }
+
+    /// `peer` answered [`Action::FetchPrekeys`]. A verified answer from the
+    /// contact's own identity updates its signed prekey (if newer) and keeps
+    /// its one-time prekey for the next session start; anything else is
+    /// ignored (an identity changes only with a prekey message or a card).
+    pub fn on_prekeys(&mut self, peer: &PeerKey, bytes: &[u8]) -> Result<(), EngineError> {
+        let response = PrekeyResponse::decode(bytes)?;
+        let contact_id = self.store.contact_id_for_key(peer);
+        let Some(contact) = self.store.contact(&contact_id)? else { return Ok(()) };
+        if response.identity != contact.identity {
+            tracing::debug!(profile = %self.store.name(), "prekeys from another identity than the contact's; ignored");
+            return Ok(());
+        }
+        self.store.update_contact(&contact_id, |c| {
+            if c.signed_prekey.is_none_or(|old| old.created_at <= response.signed_prekey.created_at) {
+                c.signed_prekey = Some(response.signed_prekey);
+            }
+            if response.one_time_prekey.is_some() {
+                c.one_time_prekey = response.one_time_prekey;
+            }
+        })?;
+        Ok(())
+    }
+
+    /// [`Action::FetchPrekeys`] for a contact with no session and no
+    /// one-time prekey in hand, at most once per
+    /// [`prekeys::FETCH_EVERY_MS`].
+    fn fetch_prekeys(&mut self, peer: &PeerKey, now_ms: u64) -> Result<Option<Action>, EngineError> {
+        let contact_id = self.store.contact_id_for_key(peer);
+        let Some(contact) = self.store.contact(&contact_id)? else { return Ok(None) };
+        if contact.blocked || contact.one_time_prekey.is_some() || self.store.session(&contact_id)?.is_some() {
+            return Ok(None);
+        }
+        if self.prekeys_asked.get(&contact_id).is_some_and(|at| now_ms < at + prekeys::FETCH_EVERY_MS) {
+            return Ok(None);
+        }
+        if self.prekeys_asked.len() >= 4_096 {
+            self.prekeys_asked.retain(|_, at| now_ms < *at + prekeys::FETCH_EVERY_MS);
+        }
+        self.prekeys_asked.insert(contact_id, now_ms);
+        Ok(Some(Action::FetchPrekeys { peer: *peer, addresses: contact.addresses }))
     }
 
     /// The profile's store.
@@ -456,11 +566,14 @@ impl Engine {
             Some(state) => Session::from_snapshot(state.current.clone())?,
             None => {
                 let spk = contact.signed_prekey.ok_or_else(|| EngineError::NoPrekey(contact.display_name.clone()))?;
-                let bundle = kabar_crypto::PrekeyBundle {
-                    identity: contact.identity,
-                    signed_prekey: spk,
-                    one_time_prekey: None,
-                };
+                // A one-time prekey fetched online is forgotten (durably)
+                // before its first use, so it is never used twice; without
+                // one, X3DH runs on the signed prekey alone.
+                let one_time_prekey = contact.one_time_prekey;
+                if one_time_prekey.is_some() {
+                    self.store.update_contact(contact_id, |c| c.one_time_prekey = None)?;
+                }
+                let bundle = kabar_crypto::PrekeyBundle { identity: contact.identity, signed_prekey: spk, one_time_prekey };
                 Session::initiate(&self.identity, &bundle, rng)?
             }
         };
@@ -791,7 +904,9 @@ impl Engine {
     /// The peer became reachable (connected, identified, discovered): flush
     /// its outbox now.
     pub fn on_peer_reachable(&mut self, peer: &PeerKey, now_ms: u64) -> Result<Vec<Action>, EngineError> {
-        self.flush(peer, now_ms, true)
+        let mut actions: Vec<Action> = self.fetch_prekeys(peer, now_ms)?.into_iter().collect();
+        actions.extend(self.flush(peer, now_ms, true)?);
+        Ok(actions)
     }
 
     /// Time passed: retry what is due, fail what expired.
@@ -977,7 +1092,7 @@ impl Engine {
                     };
                     match state.decrypt(&envelope) {
                         Ok(p) => p,
-                        Err(CryptoError::DuplicateMessage) => {
+                        Err(CryptoError::MessageKeyGone) => {
                             acks[i] = Ack::Duplicate;
                             continue;
                         }
@@ -1429,6 +1544,7 @@ impl Engine {
             peer_id: identity.signing.to_vec(),
             identity: *identity,
             signed_prekey: None,
+            one_time_prekey: None,
             addresses: Vec::new(),
             display_name: format!("{}…", &peer[peer.len().saturating_sub(8)..]),
             verified: false,

@@ -622,6 +622,7 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                     courier.deposit(peer, mailbox, message_ids, envelopes);
                 }
                 Action::Revoke { mailbox, tag, revoked } => courier.revoke(mailbox, tag, revoked),
+                Action::FetchPrekeys { .. } => {}
             }
         }
         status.connected_peers = swarm.connected_peers().count();

@@ -47,6 +47,7 @@ impl Party {
             peer_id: identity.signing.to_vec(),
             identity,
             signed_prekey: Some(spk),
+            one_time_prekey: None,
             addresses: vec![],
             display_name: as_name.into(),
             verified: false,

@@ -118,6 +118,7 @@ impl Kabar {
                         peer_id: peer.public().signing.to_vec(),
                         identity: peer.public(),
                         signed_prekey: Some(spk.public()),
+                        one_time_prekey: None,
                         addresses: vec![],
                         display_name: format!("peer {i}"),
                         verified: false,

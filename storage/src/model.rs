@@ -1,6 +1,6 @@
 //! The records a profile store holds, and the rules they must satisfy.
 
-use kabar_crypto::{IdentityPublic, SessionSnapshot, SignedPrekeyPublic};
+use kabar_crypto::{IdentityPublic, OneTimePrekeyPublic, SessionSnapshot, SignedPrekeyPublic};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
@@ -17,8 +17,13 @@ pub struct Contact {
     pub peer_id: Vec<u8>,
     /// The identity key we currently trust for this contact.
     pub identity: IdentityPublic,
-    /// Their signed prekey from their contact card, for starting a session.
+    /// Their signed prekey from their contact card (or fetched online since),
+    /// for starting a session.
     pub signed_prekey: Option<SignedPrekeyPublic>,
+    /// A one-time prekey they handed us online (`/kabar/prekey/1`) for the
+    /// next session start; removed before it is used, so never used twice.
+    /// Schema 5.
+    pub one_time_prekey: Option<OneTimePrekeyPublic>,
     /// Known addresses (multiaddrs as text).
     pub addresses: Vec<String>,
     /// The name the user gave this contact.
@@ -35,6 +40,40 @@ pub struct Contact {
     /// Whether the contact came to us unasked (a message request) and is not
     /// accepted yet.
     pub request: bool,
+}
+
+/// A contact as schema 4 and earlier stored it (before `one_time_prekey`):
+/// read only by the migration to schema 5.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ContactV4 {
+    pub peer_id: Vec<u8>,
+    pub identity: IdentityPublic,
+    pub signed_prekey: Option<SignedPrekeyPublic>,
+    pub addresses: Vec<String>,
+    pub display_name: String,
+    pub verified: bool,
+    pub blocked: bool,
+    pub identity_change: Option<IdentityChange>,
+    pub added_at_ms: u64,
+    pub request: bool,
+}
+
+impl From<ContactV4> for Contact {
+    fn from(c: ContactV4) -> Self {
+        Contact {
+            peer_id: c.peer_id,
+            identity: c.identity,
+            signed_prekey: c.signed_prekey,
+            one_time_prekey: None,
+            addresses: c.addresses,
+            display_name: c.display_name,
+            verified: c.verified,
+            blocked: c.blocked,
+            identity_change: c.identity_change,
+            added_at_ms: c.added_at_ms,
+            request: c.request,
+        }
+    }
 }
 
 /// Most message ids one receipt may name.

@@ -21,7 +21,12 @@ use redb::TableDefinition;
 ///   makes every contact still marked `request` a pending stranger, oldest
 ///   `added_at_ms` first, with a byte count of 0 (the bytes it sent before
 ///   were not counted).
-pub const SCHEMA_VERSION: u32 = 4;
+/// - 5: protocol version 2. Contacts gain `one_time_prekey` (fetched
+///   online); `meta` gains the one-time prekey hand-out mark. Migration
+///   4 → 5 rewrites every contact, deletes every session (version 1
+///   sessions cannot be used by version 2) and keeps the outbox, whose
+///   version 1 envelopes the engine encrypts again from their plaintext.
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Key of the schema version (u32 BE, clear) in [`META`].
 pub(crate) const META_SCHEMA: &str = "schema_version";
@@ -31,6 +36,9 @@ pub(crate) const META_PROFILE: &str = "profile";
 pub(crate) const META_CURRENT_SPK: &str = "current_signed_prekey";
 /// Key of the next one-time prekey id (u32 BE, clear) in [`META`].
 pub(crate) const META_NEXT_OPK: &str = "next_one_time_prekey";
+/// Key of the lowest one-time prekey id not handed out yet (u32 BE, clear)
+/// in [`META`]; absent means 0. Schema 5.
+pub(crate) const META_NEXT_OFFER_OPK: &str = "next_offer_one_time_prekey";
 /// Key of the next stranger admission number (u64 BE, clear) in [`META`]:
 /// strictly increasing, never reused. Schema 4.
 pub(crate) const META_NEXT_STRANGER: &str = "next_stranger";

@@ -21,7 +21,9 @@
 
 use std::path::{Path, PathBuf};
 
-use kabar_crypto::{IdentityKeyPair, IdentityPublic, OneTimePrekey, PrekeyBundle, ProfileKind, SignedPrekey};
+use kabar_crypto::{
+    IdentityKeyPair, IdentityPublic, OneTimePrekey, OneTimePrekeyPublic, PrekeyBundle, ProfileKind, SignedPrekey,
+};
 use rand_core::CryptoRng;
 use redb::{
     Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction,
@@ -273,11 +275,39 @@ impl ProfileStore {
     /// transaction.
     fn migrate(&self, from: u32) -> Result<(), StoreError> {
         self.write(|tx| {
+            // Contacts as the old schema wrote them (read once, for every step).
+            let old_contacts: Vec<(Vec<u8>, ContactV4)> = if from < 5 {
+                self.all_sealed(&tx.open_table(CONTACTS)?, CONTACTS_NAME)?
+            } else {
+                Vec::new()
+            };
+            if from < 5 {
+                // 4 → 5 (protocol version 2): contacts gain a fetched
+                // one-time prekey (none yet); every session is a version 1
+                // session, which version 2 cannot use, so all are dropped
+                // (the next message starts a new X3DH). Outbox entries keep
+                // their version 1 envelopes: the engine encrypts each again
+                // from its stored plaintext when it starts.
+                let mut table = tx.open_table(CONTACTS)?;
+                for (key, contact) in &old_contacts {
+                    self.put_sealed(&mut table, CONTACTS_NAME, key, &Contact::from(contact.clone()))?;
+                }
+                drop(table);
+                let sessions: Vec<Vec<u8>> = tx
+                    .open_table(SESSIONS)?
+                    .iter()?
+                    .map(|r| r.map(|(k, _)| k.value().to_vec()))
+                    .collect::<Result<_, _>>()?;
+                let mut table = tx.open_table(SESSIONS)?;
+                for key in sessions {
+                    table.remove(key.as_slice())?;
+                }
+            }
             if from < 4 {
                 // 3 → 4: index every name; every contact still marked
                 // `request` becomes a pending stranger, oldest added first,
                 // with 0 bytes (what it sent before was not counted).
-                let contacts: Vec<(Vec<u8>, Contact)> = self.all_sealed(&tx.open_table(CONTACTS)?, CONTACTS_NAME)?;
+                let contacts = &old_contacts;
                 let mut names = tx.open_table(CONTACT_NAMES)?;
                 let mut requests = Vec::new();
                 for (key, contact) in contacts {
@@ -505,6 +535,130 @@ impl ProfileStore {
             meta.insert(META_NEXT_OPK, next.wrapping_add(count).to_be_bytes().as_slice())?;
             Ok(count)
         })
+    }
+
+    /// Hands out one one-time prekey, at most once ever: the lowest id not
+    /// handed out yet is marked handed out in a durable transaction before it
+    /// is returned (persist before answering). Its secret stays until a
+    /// prekey message uses it, or until more than `max_issued` handed-out
+    /// keys wait unused (the oldest are deleted then). `None` when the
+    /// supply is empty.
+    pub fn hand_out_one_time_prekey(&self, max_issued: u32) -> Result<Option<OneTimePrekeyPublic>, StoreError> {
+        self.write(|tx| {
+            let mut meta = tx.open_table(META)?;
+            let next = meta.get(META_NEXT_OFFER_OPK)?.and_then(|v| u32_value(v.value())).unwrap_or(0);
+            let mut table = tx.open_table(ONE_TIME_PREKEYS)?;
+            let found = match table.range(next..)?.next() {
+                Some(row) => {
+                    let (id, v) = row?;
+                    let opk: OneTimePrekey =
+                        self.keys.open(ONE_TIME_PREKEYS_NAME, &id.value().to_be_bytes(), v.value())?;
+                    Some(opk.public())
+                }
+                None => None,
+            };
+            let Some(public) = found else { return Ok(None) };
+            meta.insert(META_NEXT_OFFER_OPK, public.id.saturating_add(1).to_be_bytes().as_slice())?;
+            // Handed out and unused: ids below the new mark still in the table.
+            let issued: Vec<u32> =
+                table.range(..=public.id)?.map(|r| r.map(|(k, _)| k.value())).collect::<Result<_, _>>()?;
+            let excess = issued.len().saturating_sub(max_issued as usize);
+            for id in &issued[..excess] {
+                table.remove(*id)?;
+            }
+            Ok(Some(public))
+        })
+    }
+
+    /// One-time prekeys that can still be handed out.
+    pub fn offerable_one_time_prekeys(&self) -> Result<u64, StoreError> {
+        let tx = self.read()?;
+        let next = tx.open_table(META)?.get(META_NEXT_OFFER_OPK)?.and_then(|v| u32_value(v.value())).unwrap_or(0);
+        let table = tx.open_table(ONE_TIME_PREKEYS)?;
+        let mut count = 0u64;
+        for row in table.range(next..)? {
+            row?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Adds one-time prekeys (after every existing id) until `target` can be
+    /// handed out; returns how many were made.
+    pub fn replenish_offerable_one_time_prekeys<R: CryptoRng + ?Sized>(
+        &self,
+        target: u32,
+        rng: &mut R,
+    ) -> Result<u32, StoreError> {
+        let have = u32::try_from(self.offerable_one_time_prekeys()?).unwrap_or(u32::MAX);
+        if have >= target {
+            return Ok(0);
+        }
+        let count = target - have;
+        self.write(|tx| {
+            let mut meta = tx.open_table(META)?;
+            let next = meta.get(META_NEXT_OPK)?.and_then(|v| u32_value(v.value())).unwrap_or(1);
+            let mut table = tx.open_table(ONE_TIME_PREKEYS)?;
+            for opk in OneTimePrekey::generate_batch(next, count, rng) {
+                let sealed = self.keys.seal(ONE_TIME_PREKEYS_NAME, &opk.id().to_be_bytes(), &opk)?;
+                table.insert(opk.id(), sealed.as_slice())?;
+            }
+            meta.insert(META_NEXT_OPK, next.wrapping_add(count).to_be_bytes().as_slice())?;
+            Ok(count)
+        })
+    }
+
+    /// The signed prekeys kept (current and previous), by id: `(id,
+    /// created_at)`.
+    pub fn signed_prekey_ids(&self) -> Result<Vec<(u32, u64)>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(SIGNED_PREKEYS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (id, v) = row?;
+            let spk: SignedPrekey = self.keys.open(SIGNED_PREKEYS_NAME, &id.value().to_be_bytes(), v.value())?;
+            out.push((id.value(), spk.public().created_at));
+        }
+        Ok(out)
+    }
+
+    /// The signed prekey schedule: makes a new signed prekey current when the
+    /// current one is `period` seconds old (or from the future), and deletes
+    /// every earlier one whose successor became current at least `grace`
+    /// seconds ago (a session start made with it may still be in flight
+    /// until then). Returns the new current key if it rotated.
+    pub fn maintain_signed_prekeys<R: CryptoRng + ?Sized>(
+        &self,
+        now: u64,
+        period: u64,
+        grace: u64,
+        rng: &mut R,
+    ) -> Result<Option<SignedPrekey>, StoreError> {
+        let current = self.current_signed_prekey()?;
+        let created = current.public().created_at;
+        let rotated = if created.saturating_add(period) <= now || created > now.saturating_add(period) {
+            Some(self.rotate_signed_prekey(now, rng)?)
+        } else {
+            None
+        };
+        let current_id = self.current_signed_prekey()?.id();
+        let mut kept = self.signed_prekey_ids()?;
+        kept.sort_by_key(|(_, created_at)| *created_at);
+        let expired: Vec<u32> = kept
+            .windows(2)
+            .filter(|w| w[0].0 != current_id && w[1].1.saturating_add(grace) <= now)
+            .map(|w| w[0].0)
+            .collect();
+        if !expired.is_empty() {
+            self.write(|tx| {
+                let mut table = tx.open_table(SIGNED_PREKEYS)?;
+                for id in &expired {
+                    table.remove(*id)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(rotated)
     }
 
     /// A bundle with the current signed prekey and, if `with_one_time` and one
@@ -1580,6 +1734,7 @@ mod tests {
             peer_id: identity.signing.to_vec(),
             identity,
             signed_prekey: None,
+            one_time_prekey: None,
             addresses: vec![],
             display_name: name.into(),
             verified: false,
@@ -1653,6 +1808,7 @@ mod tests {
     fn downgrade_to_schema_1(store: &ProfileStore) {
         store
             .write(|tx| {
+                contacts_to_v4_layout(store, tx)?;
                 tx.delete_table(MESSAGE_INDEX)?;
                 tx.open_table(META)?.insert(META_SCHEMA, 1u32.to_be_bytes().as_slice())?;
                 Ok(())
@@ -1740,9 +1896,32 @@ mod tests {
 
     /// Turns a current database into what schema 3 wrote: no name index, no
     /// pending strangers, no stranger counters.
+    /// Rewrites every contact in the layout schema 4 and earlier wrote.
+    fn contacts_to_v4_layout(store: &ProfileStore, tx: &WriteTransaction) -> Result<(), StoreError> {
+        let contacts: Vec<(Vec<u8>, Contact)> = store.all_sealed(&tx.open_table(CONTACTS)?, CONTACTS_NAME)?;
+        let mut table = tx.open_table(CONTACTS)?;
+        for (key, c) in contacts {
+            let old = ContactV4 {
+                peer_id: c.peer_id,
+                identity: c.identity,
+                signed_prekey: c.signed_prekey,
+                addresses: c.addresses,
+                display_name: c.display_name,
+                verified: c.verified,
+                blocked: c.blocked,
+                identity_change: c.identity_change,
+                added_at_ms: c.added_at_ms,
+                request: c.request,
+            };
+            store.put_sealed(&mut table, CONTACTS_NAME, &key, &old)?;
+        }
+        Ok(())
+    }
+
     fn downgrade_to_schema_3(store: &ProfileStore) {
         store
             .write(|tx| {
+                contacts_to_v4_layout(store, tx)?;
                 tx.delete_table(CONTACT_NAMES)?;
                 tx.delete_table(STRANGERS)?;
                 let mut meta = tx.open_table(META)?;
@@ -1787,5 +1966,115 @@ mod tests {
         assert_eq!(store.contact_by_name("Sam").unwrap().unwrap().0, late);
         assert_eq!(row_count(&store, CONTACT_NAMES_NAME), 4);
         assert_eq!(row_count(&store, STRANGERS_NAME), 2);
+    }
+
+    /// What a protocol version 1 build (schema 4) left: contacts in the old
+    /// layout, version 1 sessions, an outbox entry holding a version 1
+    /// envelope. Opening it migrates: contacts and history stay, sessions go,
+    /// the outbox entry stays for the engine to encrypt again.
+    #[test]
+    fn schema_4_protocol_1_store_is_migrated_sessions_dropped_outbox_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, store) = store(&dir);
+        let alice = contact(&store, "Alice");
+        let bob = IdentityKeyPair::generate(ProfileKind::Personal, &mut rand::rng());
+        let spk = SignedPrekey::generate(&bob, 1, 0, &mut rand::rng());
+        let bundle = PrekeyBundle { identity: bob.public(), signed_prekey: spk.public(), one_time_prekey: None };
+        let mut session = kabar_crypto::Session::initiate(&store.identity().unwrap(), &bundle, &mut rand::rng()).unwrap();
+        let envelope = session.encrypt(b"queued under version 1", &mut rand::rng()).unwrap();
+        let id = envelope.message_id().0;
+        let mut v1_envelope = envelope.encode();
+        v1_envelope[0] = 1;
+        let message = MessageRecord {
+            id,
+            direction: Direction::Outgoing,
+            sent_at_ms: 5,
+            received_at_ms: None,
+            status: MessageStatus::Queued,
+            body: b"queued".to_vec(),
+        };
+        let item = OutgoingMessage {
+            contact: alice,
+            session: SessionState::new(session.snapshot()),
+            message,
+            envelope: v1_envelope.clone(),
+        };
+        store.commit_outgoing(&[item], 5).unwrap();
+        store
+            .write(|tx| {
+                contacts_to_v4_layout(&store, tx)?;
+                tx.open_table(META)?.insert(META_SCHEMA, 4u32.to_be_bytes().as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+        // The old layout does not read as the new one.
+        assert!(store.contact(&alice).is_err());
+        drop(store);
+
+        let store = data.open_profile("personal").unwrap();
+        let tx = store.read().unwrap();
+        let version = tx.open_table(META).unwrap().get(META_SCHEMA).unwrap().unwrap().value().to_vec();
+        assert_eq!(version, SCHEMA_VERSION.to_be_bytes());
+        drop(tx);
+        let migrated = store.contact(&alice).unwrap().unwrap();
+        assert_eq!(migrated.display_name, "Alice");
+        assert_eq!(migrated.one_time_prekey, None);
+        assert!(store.session(&alice).unwrap().is_none(), "version 1 sessions are dropped");
+        let outbox = store.outbox().unwrap();
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox[0].envelope, v1_envelope);
+        assert_eq!(store.message(&id).unwrap().unwrap().2.body, b"queued");
+        assert_eq!(store.contact_by_name("Alice").unwrap().unwrap().0, alice);
+    }
+
+    #[test]
+    fn one_time_prekeys_are_handed_out_once_and_replenished() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, store) = store(&dir);
+        let total = store.offerable_one_time_prekeys().unwrap();
+        assert_eq!(total, u64::from(INITIAL_ONE_TIME_PREKEYS));
+        let first = store.hand_out_one_time_prekey(1_000).unwrap().unwrap();
+        let second = store.hand_out_one_time_prekey(1_000).unwrap().unwrap();
+        assert_ne!(first.id, second.id);
+        // Handed out is durable: a reopened store does not offer it again.
+        drop(store);
+        let store = data.open_profile("personal").unwrap();
+        let third = store.hand_out_one_time_prekey(1_000).unwrap().unwrap();
+        assert!(third.id > second.id);
+        assert_eq!(store.offerable_one_time_prekeys().unwrap(), total - 3);
+        // The secrets stay for the prekey messages that will use them.
+        assert!(store.one_time_prekey(first.id).unwrap().is_some());
+        // The supply runs out: None, then replenishing makes more, after
+        // every id handed out.
+        while store.hand_out_one_time_prekey(1_000).unwrap().is_some() {}
+        assert_eq!(store.offerable_one_time_prekeys().unwrap(), 0);
+        assert_eq!(store.replenish_offerable_one_time_prekeys(10, &mut rand::rng()).unwrap(), 10);
+        let fresh = store.hand_out_one_time_prekey(1_000).unwrap().unwrap();
+        assert!(fresh.id > third.id);
+        // Handed out but never used: at most `max_issued` kept, oldest first.
+        let kept = store.hand_out_one_time_prekey(5).unwrap().unwrap();
+        assert_eq!(store.one_time_prekey_count().unwrap(), 5 + 8);
+        assert!(store.one_time_prekey(first.id).unwrap().is_none());
+        assert!(store.one_time_prekey(kept.id).unwrap().is_some());
+    }
+
+    #[test]
+    fn signed_prekeys_rotate_on_schedule_and_old_ones_leave_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, store) = store(&dir);
+        let day = 86_400;
+        let first = store.current_signed_prekey().unwrap();
+        assert_eq!(first.public().created_at, 1);
+        assert!(store.maintain_signed_prekeys(6 * day, 7 * day, 28 * day, &mut rand::rng()).unwrap().is_none());
+        let second = store.maintain_signed_prekeys(7 * day + 1, 7 * day, 28 * day, &mut rand::rng()).unwrap().unwrap();
+        assert_eq!(second.id(), first.id() + 1);
+        assert_eq!(store.current_signed_prekey().unwrap().id(), second.id());
+        // The old key stays through the grace counted from the rotation.
+        assert!(store.signed_prekey(first.id()).unwrap().is_some());
+        store.maintain_signed_prekeys(7 * day + 1 + 28 * day - 1, 70 * day, 28 * day, &mut rand::rng()).unwrap();
+        assert!(store.signed_prekey(first.id()).unwrap().is_some());
+        store.maintain_signed_prekeys(7 * day + 1 + 28 * day, 70 * day, 28 * day, &mut rand::rng()).unwrap();
+        assert!(store.signed_prekey(first.id()).unwrap().is_none());
+        assert!(store.signed_prekey(second.id()).unwrap().is_some());
     }
 }

@@ -227,6 +227,7 @@ fn setup(root: &Path) {
             peer_id: bob.public().signing.to_vec(),
             identity: bob.public(),
             signed_prekey: Some(spk.public()),
+            one_time_prekey: None,
             addresses: vec![],
             display_name: "Bob".into(),
             verified: false,

@@ -23,6 +23,7 @@ fn contact_with(identity: kabar_crypto::IdentityPublic, name: &str) -> Contact {
         peer_id: identity.signing.to_vec(),
         identity,
         signed_prekey: None,
+        one_time_prekey: None,
         addresses: vec!["/ip4/127.0.0.1/tcp/4001".into()],
         display_name: name.into(),
         verified: false,

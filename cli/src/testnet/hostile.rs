@@ -835,6 +835,7 @@ impl Lane {
                         ratchet_key: rng.random(),
                         previous_chain_length: rng.random_range(0..1_000),
                         counter: rng.random_range(0..1_000),
+                        salt: rng.random(),
                     },
                     ciphertext: {
                         let mut c = vec![0u8; len];
