@@ -78,6 +78,12 @@ pub enum Content {
         /// Ids stored after we fetched them from our mailbox.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         delivered: Vec<String>,
+        /// Ids fetched from our mailbox that we could not decrypt because
+        /// their key is gone (evicted skipped key, a sender's rolled-back
+        /// state) and never received: the sender encrypts them again
+        /// (a decryption-failure receipt).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        retry: Vec<String>,
     },
     /// A customer asks for the catalog.
     CatalogRequest,
@@ -180,8 +186,8 @@ impl Content {
         {
             return Err(ContentError::Malformed("address update: too many or malformed addresses".into()));
         }
-        if let Content::Receipt { read, delivered } = self
-            && read.len() + delivered.len() > kabar_storage::MAX_RECEIPT_IDS
+        if let Content::Receipt { read, delivered, retry } = self
+            && read.len() + delivered.len() + retry.len() > kabar_storage::MAX_RECEIPT_IDS
         {
             return Err(ContentError::Malformed("receipt: too many ids".into()));
         }

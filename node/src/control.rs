@@ -416,6 +416,9 @@ fn contact_json(c: &kabar_storage::Contact) -> Value {
         "request": c.request,
         "identity_changed": c.identity_change.is_some(),
         "addresses": c.addresses,
+        // A one-time prekey fetched over /kabar/prekey/1 waits for the next
+        // session start with this contact.
+        "one_time_prekey": c.one_time_prekey.is_some(),
     })
 }
 

@@ -58,6 +58,10 @@ pub const STRANGER_REPLY_TTL_MS: u64 = 10 * 60_000;
 /// automations do not answer strangers.
 pub const MAX_STRANGER_QUEUE: usize = 256;
 
+/// Most times one message is encrypted again after its recipient reported
+/// its key gone; then it fails ([`NodeEvent::ResendFailed`]).
+pub const MAX_RESENDS: u32 = 3;
+
 /// Tunables of the engine.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
@@ -149,6 +153,18 @@ pub enum NodeEvent {
         message_id: String,
         /// Content kind (text, order, catalog…).
         kind: String,
+    },
+    /// A message whose recipient could no longer decrypt it could not be
+    /// encrypted again (see `reason`): it failed.
+    ResendFailed {
+        /// Profile name.
+        profile: String,
+        /// Contact's display name.
+        contact: String,
+        /// Message id (hex).
+        message_id: String,
+        /// Why.
+        reason: String,
     },
     /// One of our messages changed status.
     StatusChanged {
@@ -309,6 +325,7 @@ fn is_failure(ack: &Ack) -> bool {
                 | RejectReason::Undecryptable
                 | RejectReason::UnknownPrekey
                 | RejectReason::IdentityMismatch
+                | RejectReason::KeyGone
         )
     )
 }
@@ -561,22 +578,7 @@ impl Engine {
         if contact.blocked {
             return Err(EngineError::Blocked(contact.display_name));
         }
-        let mut state = self.store.session(contact_id)?;
-        let mut session = match &state {
-            Some(state) => Session::from_snapshot(state.current.clone())?,
-            None => {
-                let spk = contact.signed_prekey.ok_or_else(|| EngineError::NoPrekey(contact.display_name.clone()))?;
-                // A one-time prekey fetched online is forgotten (durably)
-                // before its first use, so it is never used twice; without
-                // one, X3DH runs on the signed prekey alone.
-                let one_time_prekey = contact.one_time_prekey;
-                if one_time_prekey.is_some() {
-                    self.store.update_contact(contact_id, |c| c.one_time_prekey = None)?;
-                }
-                let bundle = kabar_crypto::PrekeyBundle { identity: contact.identity, signed_prekey: spk, one_time_prekey };
-                Session::initiate(&self.identity, &bundle, rng)?
-            }
-        };
+        let (mut state, mut session) = self.sending_session(contact_id, &contact, rng)?;
         let first_seq = self.store.conversation(contact_id)?.next_seq;
         let mut batch = Vec::with_capacity(contents.len());
         for (i, content) in contents.into_iter().enumerate() {
@@ -607,10 +609,134 @@ impl Engine {
         let seqs = self.store.commit_outgoing(&batch, now_ms)?;
         for (item, seq) in batch.iter().zip(seqs) {
             let queued =
-                Queued { id: item.message.id, seq, queued_at_ms: now_ms, attempts: 0, next_attempt_at_ms: now_ms };
+                Queued { id: item.message.id, seq, queued_at_ms: now_ms, attempts: 0, next_attempt_at_ms: now_ms, shown: item.message.id };
             self.outbox.insert(*contact_id, queued);
         }
         Ok(batch.iter().map(|m| m.message.id).collect())
+    }
+
+    /// The session to encrypt to `contact` with, and the stored state it came
+    /// from: the current one, or a new one started from the contact's
+    /// prekeys. A one-time prekey fetched online is forgotten (durably)
+    /// before its first use, so it is never used twice; without one, X3DH
+    /// runs on the signed prekey alone.
+    fn sending_session<R: CryptoRng + ?Sized>(
+        &mut self,
+        contact_id: &ContactId,
+        contact: &Contact,
+        rng: &mut R,
+    ) -> Result<(Option<SessionState>, Session), EngineError> {
+        let state = self.store.session(contact_id)?;
+        let session = match &state {
+            Some(state) => Session::from_snapshot(state.current.clone())?,
+            None => {
+                let spk = contact.signed_prekey.ok_or_else(|| EngineError::NoPrekey(contact.display_name.clone()))?;
+                let one_time_prekey = contact.one_time_prekey;
+                if one_time_prekey.is_some() {
+                    self.store.update_contact(contact_id, |c| c.one_time_prekey = None)?;
+                }
+                let bundle = kabar_crypto::PrekeyBundle { identity: contact.identity, signed_prekey: spk, one_time_prekey };
+                Session::initiate(&self.identity, &bundle, rng)?
+            }
+        };
+        Ok((state, session))
+    }
+
+    /// Encrypts queued messages to `contact_id` again under the current
+    /// session (a new one if there is none), because the recipient reported
+    /// their keys gone: a `key_gone` acknowledgement or a receipt's `retry`
+    /// list. Only entries still in the outbox for that contact count. The
+    /// message keeps the id the user knows; its new envelope gets a new
+    /// wire id. A message already encrypted again [`MAX_RESENDS`] times, or
+    /// to a blocked contact, fails instead, with [`NodeEvent::ResendFailed`].
+    fn resend<R: CryptoRng + ?Sized>(
+        &mut self,
+        contact_id: &ContactId,
+        ids: &[[u8; 16]],
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, EngineError> {
+        let queued: Vec<[u8; 16]> = ids
+            .iter()
+            .filter(|id| self.outbox.of(contact_id).iter().any(|q| &q.id == *id))
+            .copied()
+            .collect();
+        if queued.is_empty() {
+            return Ok(Vec::new());
+        }
+        let contact = self.contact_or_err(contact_id)?;
+        let mut actions = Vec::new();
+        for entry in self.store.outbox_entries(&queued)? {
+            let shown = entry.shown_id();
+            let record = self.store.message(&entry.message_id)?.map(|(_, _, r)| r);
+            let impossible = if contact.blocked {
+                Some("the contact is blocked")
+            } else if entry.resends >= MAX_RESENDS {
+                Some("the recipient still cannot decrypt it after it was encrypted again")
+            } else if record.is_none() {
+                Some("the message is no longer stored")
+            } else {
+                None
+            };
+            if let Some(reason) = impossible {
+                tracing::info!(profile = %self.store.name(), reason, "a message could not be sent again");
+                self.store.fail_message(&entry.message_id)?;
+                self.forget_queued(&entry.message_id);
+                actions.push(Action::Notify(NodeEvent::ResendFailed {
+                    profile: self.profile(),
+                    contact: contact.display_name.clone(),
+                    message_id: hex(&shown),
+                    reason: reason.to_string(),
+                }));
+                actions.push(self.status_event(&shown, MessageStatus::Failed));
+                continue;
+            }
+            let Some(record) = record else { continue };
+            let (state, mut session) = self.sending_session(contact_id, &contact, rng)?;
+            let envelope = session.encrypt(&record.body, rng)?;
+            let new_id = envelope.message_id().0;
+            let new_state = match state {
+                Some(state) => SessionState { current: session.snapshot(), previous: state.previous },
+                None => SessionState::new(session.snapshot()),
+            };
+            if let Some(fresh) =
+                self.store.reencrypt_outbox(&entry.message_id, &new_state, new_id, envelope.encode(), now_ms)?
+            {
+                tracing::debug!(profile = %self.store.name(), "a message was encrypted again for its recipient");
+                self.forget_queued(&entry.message_id);
+                self.outbox.insert(*contact_id, Queued::from(&fresh));
+            }
+        }
+        actions.extend(self.flush_peer(&contact.identity.signing, now_ms)?);
+        Ok(actions)
+    }
+
+    /// Forgets an outbox entry in memory (the store already dropped it).
+    fn forget_queued(&mut self, id: &[u8; 16]) {
+        self.outbox.remove(id);
+        self.deposited.remove(id);
+        self.in_flight.remove(id);
+    }
+
+    /// Outbox entries still holding a version 1 envelope (a store migrated
+    /// from protocol version 1), encrypted again under a version 2 session.
+    /// Call once at start.
+    pub fn upgrade_outbox<R: CryptoRng + ?Sized>(&mut self, now_ms: u64, rng: &mut R) -> Result<Vec<Action>, EngineError> {
+        let all: Vec<[u8; 16]> = self.outbox.contacts().flat_map(|(_, l)| l.iter().map(|q| q.id)).collect();
+        let mut old: HashMap<ContactId, Vec<[u8; 16]>> = HashMap::new();
+        for entry in self.store.outbox_entries(&all)? {
+            if entry.envelope.first() != Some(&kabar_crypto::envelope::ENVELOPE_VERSION) {
+                old.entry(entry.contact).or_default().push(entry.message_id);
+            }
+        }
+        let mut actions = Vec::new();
+        for (contact, ids) in old {
+            match self.resend(&contact, &ids, now_ms, rng) {
+                Ok(more) => actions.extend(more),
+                Err(e) => tracing::warn!(profile = %self.store.name(), error = %e, "an old outbox entry could not be upgraded"),
+            }
+        }
+        Ok(actions)
     }
 
     /// Like [`Engine::send`] for several texts to one contact, committed
@@ -732,14 +858,16 @@ impl Engine {
     }
 
     /// The recipient answered a [`Action::Transmit`].
-    pub fn on_acks(
+    pub fn on_acks<R: CryptoRng + ?Sized>(
         &mut self,
         peer: &PeerKey,
         message_ids: &[[u8; 16]],
         acks: &[Ack],
         now_ms: u64,
+        rng: &mut R,
     ) -> Result<Vec<Action>, EngineError> {
         let mut delivered = Vec::new();
+        let mut key_gone = Vec::new();
         let mut actions = Vec::new();
         // All of them first: an error below must not leave some in flight
         // for ever (never retried nor expired).
@@ -749,28 +877,44 @@ impl Engine {
         for (i, id) in message_ids.iter().enumerate() {
             match acks.get(i) {
                 Some(Ack::Accepted | Ack::Duplicate) => delivered.push(*id),
+                Some(Ack::Rejected(RejectReason::KeyGone)) => key_gone.push(*id),
                 Some(Ack::Rejected(reason)) if !reason.is_transient() => {
                     tracing::warn!(profile = %self.store.name(), ?reason, "message rejected by recipient");
+                    let shown = self.shown_id(id);
                     self.store.fail_message(id)?;
                     self.outbox.remove(id);
-                    actions.push(self.status_event(id, MessageStatus::Failed));
+                    actions.push(self.status_event(&shown, MessageStatus::Failed));
                 }
                 // Transient rejection or a missing ack: retried later.
                 _ => {}
             }
         }
+        let shown: Vec<[u8; 16]> = delivered.iter().map(|id| self.shown_id(id)).collect();
         self.store.acknowledge(&delivered)?;
         for id in &delivered {
             self.deposited.remove(id);
             self.outbox.remove(id);
         }
-        actions.extend(delivered.iter().map(|id| self.status_event(id, MessageStatus::Delivered)));
+        actions.extend(shown.iter().map(|id| self.status_event(id, MessageStatus::Delivered)));
+        if !key_gone.is_empty() {
+            let contact_id = self.store.contact_id_for_key(peer);
+            actions.extend(self.resend(&contact_id, &key_gone, now_ms, rng)?);
+        }
         actions.extend(self.flush_peer(peer, now_ms)?);
         Ok(actions)
     }
 
+    /// The id the user knows a queued message by (its wire id unless it was
+    /// encrypted again).
+    fn shown_id(&self, id: &[u8; 16]) -> [u8; 16] {
+        self.outbox.get(id).map_or(*id, |q| q.shown)
+    }
+
+    /// A status change of the message queued as `id` (reported under the id
+    /// the user knows).
     fn status_event(&self, id: &[u8; 16], status: MessageStatus) -> Action {
-        Action::Notify(NodeEvent::StatusChanged { profile: self.profile(), message_id: hex(id), status })
+        let shown = self.shown_id(id);
+        Action::Notify(NodeEvent::StatusChanged { profile: self.profile(), message_id: hex(&shown), status })
     }
 
     /// A transmission failed (dial failure on every known address, timeout,
@@ -1092,8 +1236,11 @@ impl Engine {
                     };
                     match state.decrypt(&envelope) {
                         Ok(p) => p,
+                        // Its id was never received (checked above): not a
+                        // duplicate but a message lost for this session. The
+                        // sender encrypts it again.
                         Err(CryptoError::MessageKeyGone) => {
-                            acks[i] = Ack::Duplicate;
+                            acks[i] = Ack::Rejected(RejectReason::KeyGone);
                             continue;
                         }
                         Err(_) => {
@@ -1195,7 +1342,7 @@ impl Engine {
                 continue;
             }
             match parsed.as_ref().map(|m| &m.content) {
-                Some(Content::Receipt { read, delivered }) => {
+                Some(Content::Receipt { read, delivered, retry }) => {
                     // Only our own messages to this contact, in one
                     // transaction (none if nothing applies).
                     let ids = |list: &[String]| -> Vec<[u8; 16]> {
@@ -1204,10 +1351,17 @@ impl Engine {
                             .filter_map(|b| <[u8; 16]>::try_from(b).ok())
                             .collect()
                     };
-                    for (id, status) in self.store.apply_receipt(&contact_id, &ids(read), &ids(delivered))? {
+                    for (id, shown, status) in self.store.apply_receipt(&contact_id, &ids(read), &ids(delivered))? {
                         self.deposited.remove(&id);
                         self.outbox.remove(&id);
-                        actions.push(self.status_event(&id, status));
+                        actions.push(Action::Notify(NodeEvent::StatusChanged {
+                            profile: self.profile(),
+                            message_id: hex(&shown),
+                            status,
+                        }));
+                    }
+                    if !retry.is_empty() {
+                        actions.extend(self.resend(&contact_id, &ids(retry), now_ms, rng)?);
                     }
                 }
                 Some(Content::Mailboxes { mailboxes }) => {
@@ -1387,6 +1541,7 @@ impl Engine {
             actions.extend(more);
             let contact_id = self.store.contact_id_for_key(&peer);
             let mut delivered = Vec::new();
+            let mut retry = Vec::new();
             for (item, ack) in list.iter().zip(&acks) {
                 if matches!(ack, Ack::Rejected(RejectReason::Storage | RejectReason::Busy)) {
                     // Not committed, or over a budget for now: fetched again
@@ -1395,19 +1550,22 @@ impl Engine {
                     continue;
                 }
                 deletable.push(item.seq);
+                let Ok(envelope) = Envelope::decode(&item.envelope) else { continue };
+                let id = envelope.message_id().0;
+                if *ack == Ack::Rejected(RejectReason::KeyGone) {
+                    retry.push(hex(&id));
+                }
                 if *ack != Ack::Accepted {
                     continue;
                 }
-                let Ok(envelope) = Envelope::decode(&item.envelope) else { continue };
-                let id = envelope.message_id().0;
                 if self.store.message(&id)?.is_some_and(|(_, _, m)| m.direction == Direction::Incoming) {
                     delivered.push(hex(&id));
                 }
             }
-            if delivered.is_empty() {
+            if delivered.is_empty() && retry.is_empty() {
                 continue;
             }
-            let receipt = Content::Receipt { read: Vec::new(), delivered };
+            let receipt = Content::Receipt { read: Vec::new(), delivered, retry };
             match self.queue(&contact_id, receipt, now_ms, rng) {
                 Ok(_) => actions.extend(self.flush_peer(&peer, now_ms)?),
                 Err(EngineError::Blocked(_) | EngineError::NoPrekey(_)) => {}
@@ -1775,7 +1933,11 @@ impl Engine {
         // One receipt per MAX_RECEIPT_IDS ids.
         let receipts = ids
             .chunks(kabar_storage::MAX_RECEIPT_IDS)
-            .map(|chunk| Content::Receipt { read: chunk.iter().map(|id| hex(id)).collect(), delivered: Vec::new() })
+            .map(|chunk| Content::Receipt {
+                read: chunk.iter().map(|id| hex(id)).collect(),
+                delivered: Vec::new(),
+                retry: Vec::new(),
+            })
             .collect();
         // Reading is not answering: a pending stranger stays pending.
         match self.send_contents(contact, receipts, now_ms, rng) {

@@ -33,6 +33,7 @@ pub mod network;
 pub mod node;
 pub mod offline;
 mod outbox;
+pub mod prekey_codec;
 pub mod prekeys;
 pub mod service;
 pub mod wire;

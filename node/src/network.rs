@@ -28,6 +28,7 @@ use crate::budget::BucketMap;
 use crate::card::{peer_id_of, signing_key_of};
 use crate::courier::{Courier, CourierEvent};
 use crate::engine::{Action, Engine, NodeEvent, PeerKey};
+use crate::prekey_codec::{PrekeyCodec, PrekeyRequest};
 use crate::wire::{Ack, EnvelopeCodec, InflightBudget, PROTOCOL, RejectReason};
 
 /// Idle connections close after this long (libp2p's default, 10 s, would
@@ -37,6 +38,15 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const TICK: Duration = Duration::from_millis(500);
 /// Inbound requests one peer may make per second (burst up to twice that).
 pub const PEER_REQUESTS_PER_SECOND: f64 = 100.0;
+/// Inbound `/kabar/prekey/1` requests one peer may make per second (burst
+/// up to [`PEER_PREKEY_REQUESTS_BURST`]); over it, a request gets no answer.
+/// A contact asks once per [`crate::prekeys::FETCH_EVERY_MS`].
+pub const PEER_PREKEY_REQUESTS_PER_SECOND: f64 = 1.0;
+/// Burst of [`PEER_PREKEY_REQUESTS_PER_SECOND`].
+pub const PEER_PREKEY_REQUESTS_BURST: f64 = 5.0;
+/// The prekey counts of `node info` are read again at least every this many
+/// ticks (also after anything that may have changed them).
+const PREKEY_STATUS_EVERY_TICKS: u32 = 120;
 /// Kademlia protocol name: Kabar's own DHT, apart from the IPFS one.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kabar/kad/1");
 /// Identify protocol version string of Kabar nodes and service nodes.
@@ -115,6 +125,7 @@ mod behaviour {
         pub(super) dcutr: dcutr::Behaviour,
         pub(super) autonat: autonat::Behaviour,
         pub(super) envelope: request_response::Behaviour<EnvelopeCodec>,
+        pub(super) prekey: request_response::Behaviour<PrekeyCodec>,
         pub(super) identify: identify::Behaviour,
         pub(super) ping: ping::Behaviour,
         pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -167,6 +178,15 @@ pub fn build_swarm(
                     .with_request_timeout(Duration::from_secs(30))
                     .with_max_concurrent_streams(16),
             );
+            // One byte in, at most 275 out: a few streams per connection
+            // are plenty (a contact asks once per 10 minutes).
+            let prekey = request_response::Behaviour::with_codec(
+                PrekeyCodec,
+                [(crate::prekey_codec::PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(30))
+                    .with_max_concurrent_streams(4),
+            );
             let mut kad = kad_behaviour(peer_id, kad::store::MemoryStoreConfig::default());
             kad.set_mode(Some(if kad_server { kad::Mode::Server } else { kad::Mode::Client }));
             // AutoNAT asks our relays (added as servers at start) and, on the
@@ -190,6 +210,7 @@ pub fn build_swarm(
                 dcutr: dcutr::Behaviour::new(peer_id),
                 autonat,
                 envelope,
+                prekey,
                 identify: identify::Behaviour::new(
                     identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                         .with_agent_version("kabar/0.1".into()),
@@ -357,6 +378,22 @@ pub struct ProfileStatus {
     /// Inbound request frames refused since start because the profile's
     /// bytes in flight were at their limit (the stream is reset).
     pub frames_refused: u64,
+    /// Its prekeys (`/kabar/prekey/1`).
+    pub prekeys: PrekeyStatus,
+}
+
+/// A profile's prekeys, as `node info` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PrekeyStatus {
+    /// The id of its current signed prekey.
+    pub signed_prekey_id: u32,
+    /// One-time prekeys it can still hand out.
+    pub one_time_prekeys: u64,
+    /// One-time prekeys in its store: those it can hand out, and those
+    /// handed out that no session start has used yet.
+    pub one_time_prekeys_held: u64,
+    /// Prekey responses it received and recorded since start.
+    pub fetched: u64,
 }
 
 /// One configured relay of a profile.
@@ -535,10 +572,20 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
     let mut status = status_tx.borrow().clone();
     let mut pending: HashMap<OutboundRequestId, (PeerKey, Vec<[u8; 16]>)> = HashMap::new();
     let mut limits = request_buckets();
+    let mut prekey_limits = prekey_request_buckets();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A Send CSPRNG (ThreadRng is not Send), seeded from the thread RNG.
     let mut rng: rand::rngs::StdRng = rand::SeedableRng::from_rng(&mut rand::rng());
+    // The signed prekey schedule and the one-time prekey supply (again from
+    // the tick; the engine checks at most once an hour).
+    if let Err(e) = engine.maintain_prekeys(now_ms(), &mut rng) {
+        tracing::warn!(profile = %engine.store().name(), error = %e, "prekey maintenance failed");
+    }
+    refresh_prekey_status(&engine, &mut status.prekeys);
+    // Ticks since the prekey counts were read; they are read again when
+    // something may have changed them, or every PREKEY_STATUS_EVERY_TICKS.
+    let mut prekey_status_age: u32 = 0;
 
     // Say hello to contacts (at most 64, newest first): they learn our new
     // address, and messages queued before a restart go out as soon as
@@ -580,12 +627,24 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                 }
                 Some(Command::Mailbox(change, reply)) => change_mailboxes(&mut engine, &mut courier, change, reply, &mut rng),
             },
-            Some(event) = courier_events.recv() => on_courier_event(&mut engine, &mut courier, event, &mut rng),
+            Some(event) = courier_events.recv() => {
+                // Fetched envelopes may start sessions with our one-time prekeys.
+                prekey_status_age = PREKEY_STATUS_EVERY_TICKS;
+                on_courier_event(&mut engine, &mut courier, event, &mut rng)
+            }
             _ = tick.tick() => {
                 let mut actions = engine.on_tick(now_ms()).unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "retry tick failed");
                     Vec::new()
                 });
+                if let Err(e) = engine.maintain_prekeys(now_ms(), &mut rng) {
+                    tracing::warn!(error = %e, "prekey maintenance failed");
+                }
+                prekey_status_age += 1;
+                if prekey_status_age >= PREKEY_STATUS_EVERY_TICKS {
+                    prekey_status_age = 0;
+                    refresh_prekey_status(&engine, &mut status.prekeys);
+                }
                 actions.extend(on_reach_tick(&mut swarm, &mut reach, &mut engine, &mut rng));
                 if courier.fetch_due() {
                     courier.fetch_all(engine.mailboxes());
@@ -593,9 +652,18 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                 actions
             }
             event = swarm.select_next_some() => {
+                if matches!(
+                    event,
+                    SwarmEvent::Behaviour(BehaviourEvent::Envelope(_) | BehaviourEvent::Prekey(_))
+                ) {
+                    // Received envelopes may start sessions with our one-time
+                    // prekeys; prekey requests hand them out.
+                    prekey_status_age = PREKEY_STATUS_EVERY_TICKS;
+                }
                 let mut ctx = LoopState {
                     pending: &mut pending,
                     limits: &mut limits,
+                    prekey_limits: &mut prekey_limits,
                     status: &mut status,
                     reach: &mut reach,
                     courier: &mut courier,
@@ -622,7 +690,14 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                     courier.deposit(peer, mailbox, message_ids, envelopes);
                 }
                 Action::Revoke { mailbox, tag, revoked } => courier.revoke(mailbox, tag, revoked),
-                Action::FetchPrekeys { .. } => {}
+                Action::FetchPrekeys { peer, addresses } => {
+                    let peer_id = peer_id_of(&peer);
+                    if !swarm.is_connected(&peer_id) {
+                        dial(&mut swarm, &peer, &addresses);
+                    }
+                    tracing::debug!(%peer_id, connected = swarm.is_connected(&peer_id), "fetching prekeys");
+                    swarm.behaviour_mut().prekey.send_request(&peer_id, PrekeyRequest);
+                }
             }
         }
         status.connected_peers = swarm.connected_peers().count();
@@ -648,7 +723,8 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                 || s.deposited != status.deposited
                 || s.guard != status.guard
                 || s.outbox != status.outbox
-                || s.frames_refused != status.frames_refused;
+                || s.frames_refused != status.frames_refused
+                || s.prekeys != status.prekeys;
             if changed {
                 *s = status.clone();
             }
@@ -980,6 +1056,33 @@ fn request_buckets() -> BucketMap<PeerId> {
     BucketMap::new(crate::budget::MAX_TRACKED_PEERS, PEER_REQUESTS_PER_SECOND, 2.0 * PEER_REQUESTS_PER_SECOND)
 }
 
+/// Inbound `/kabar/prekey/1` requests per peer:
+/// [`PEER_PREKEY_REQUESTS_PER_SECOND`], bursts up to
+/// [`PEER_PREKEY_REQUESTS_BURST`], at most
+/// [`crate::budget::MAX_TRACKED_PEERS`] peers. The one-time prekeys handed
+/// out have their own budgets ([`crate::prekeys::PER_REQUESTER`],
+/// [`crate::prekeys::PER_PROFILE`]).
+fn prekey_request_buckets() -> BucketMap<PeerId> {
+    BucketMap::new(crate::budget::MAX_TRACKED_PEERS, PEER_PREKEY_REQUESTS_PER_SECOND, PEER_PREKEY_REQUESTS_BURST)
+}
+
+/// Reads the prekey counts of `node info` from the store (the `fetched`
+/// counter is kept by the loop).
+fn refresh_prekey_status(engine: &Engine, status: &mut PrekeyStatus) {
+    let store = engine.store();
+    let read = || -> Result<(u32, u64, u64), kabar_storage::StoreError> {
+        Ok((store.current_signed_prekey()?.id(), store.offerable_one_time_prekeys()?, store.one_time_prekey_count()?))
+    };
+    match read() {
+        Ok((signed_prekey_id, one_time_prekeys, one_time_prekeys_held)) => {
+            status.signed_prekey_id = signed_prekey_id;
+            status.one_time_prekeys = one_time_prekeys;
+            status.one_time_prekeys_held = one_time_prekeys_held;
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot read the prekey counts"),
+    }
+}
+
 fn reachable(engine: &mut Engine, peer: &PeerId) -> Vec<Action> {
     match signing_key_of(peer) {
         Some(key) => engine.on_peer_reachable(&key, now_ms()).unwrap_or_default(),
@@ -991,6 +1094,8 @@ fn reachable(engine: &mut Engine, peer: &PeerId) -> Vec<Action> {
 struct LoopState<'a> {
     pending: &'a mut HashMap<OutboundRequestId, (PeerKey, Vec<[u8; 16]>)>,
     limits: &'a mut BucketMap<PeerId>,
+    /// Inbound prekey requests per peer.
+    prekey_limits: &'a mut BucketMap<PeerId>,
     status: &'a mut ProfileStatus,
     reach: &'a mut Reach,
     courier: &'a mut Courier,
@@ -1187,7 +1292,7 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
                     }
                 }
                 request_response::Message::Response { request_id, response } => match ctx.pending.remove(&request_id) {
-                    Some((peer, ids)) => engine.on_acks(&peer, &ids, &response, now_ms()).unwrap_or_else(|e| {
+                    Some((peer, ids)) => engine.on_acks(&peer, &ids, &response, now_ms(), rng).unwrap_or_else(|e| {
                         tracing::warn!(error = %e, "recording acknowledgements failed");
                         Vec::new()
                     }),
@@ -1213,6 +1318,10 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
             }
             _ => Vec::new(),
         },
+        SwarmEvent::Behaviour(BehaviourEvent::Prekey(event)) => {
+            on_prekey_event(swarm, engine, ctx, event);
+            Vec::new()
+        }
         SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
             add_dht_server(&mut swarm.behaviour_mut().kad, peer_id, info);
             reachable(engine, &peer_id)
@@ -1228,6 +1337,46 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
             actions
         }
         _ => Vec::new(),
+    }
+}
+
+/// `/kabar/prekey/1`: answers requests (within the per-peer budget; a
+/// refused request is closed unanswered) and records responses.
+fn on_prekey_event(
+    swarm: &mut Swarm<Behaviour>,
+    engine: &mut Engine,
+    ctx: &mut LoopState<'_>,
+    event: request_response::Event<PrekeyRequest, Vec<u8>>,
+) {
+    match event {
+        request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Message::Request { channel, .. } => {
+                // Dropping `channel` closes the stream without an answer.
+                let Some(key) = signing_key_of(&peer) else { return };
+                if !ctx.prekey_limits.get(&peer, now_ms()).take(now_ms()) {
+                    tracing::debug!(%peer, "prekey request over the per-peer rate; not answered");
+                    return;
+                }
+                match engine.serve_prekeys(&key, now_ms()) {
+                    Ok(bytes) => {
+                        tracing::debug!(profile = %engine.store().name(), %peer, "prekeys served");
+                        let _ = swarm.behaviour_mut().prekey.send_response(channel, bytes);
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "prekey request not answered"),
+                }
+            }
+            request_response::Message::Response { response, .. } => {
+                let Some(key) = signing_key_of(&peer) else { return };
+                match engine.on_prekeys(&key, &response) {
+                    Ok(()) => ctx.status.prekeys.fetched += 1,
+                    Err(e) => tracing::debug!(%peer, error = %e, "prekey response refused"),
+                }
+            }
+        },
+        request_response::Event::OutboundFailure { peer, error, .. } => {
+            tracing::debug!(%peer, %error, "prekey request failed");
+        }
+        _ => {}
     }
 }
 

@@ -78,7 +78,14 @@ impl Node {
                 nat: "unknown".into(),
                 ..Default::default()
             };
-            let engine = Engine::new(store, config.engine)?;
+            let mut engine = Engine::new(store, config.engine)?;
+            // A store migrated from protocol version 1 holds version 1
+            // envelopes in its outbox: encrypt them again now. The entries
+            // are due at once, so the loop's first tick transmits them.
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            engine.upgrade_outbox(now_ms, &mut rand::rng())?;
             let (cmd_tx, cmd_rx) = mpsc::channel(64);
             let (status_tx, status_rx) = watch::channel(status);
             tasks.push(tokio::spawn(network::run_profile(

@@ -21,6 +21,9 @@ pub(crate) struct Queued {
     pub(crate) attempts: u32,
     /// Earliest time of the next attempt, Unix ms.
     pub(crate) next_attempt_at_ms: u64,
+    /// The id the user knows the message by (differs from `id` once the
+    /// message was encrypted again).
+    pub(crate) shown: [u8; 16],
 }
 
 impl From<&OutboxEntry> for Queued {
@@ -31,6 +34,7 @@ impl From<&OutboxEntry> for Queued {
             queued_at_ms: e.queued_at_ms,
             attempts: e.attempts,
             next_attempt_at_ms: e.next_attempt_at_ms,
+            shown: e.shown_id(),
         }
     }
 }
@@ -87,6 +91,12 @@ impl OutboxIndex {
     }
 
     /// A contact's entries, oldest first.
+    /// The entry queued under `id`, if any.
+    pub(crate) fn get(&self, id: &[u8; 16]) -> Option<&Queued> {
+        let contact = self.contact_of.get(id)?;
+        self.by_contact.get(contact)?.iter().find(|q| &q.id == id)
+    }
+
     pub(crate) fn of(&self, contact: &ContactId) -> &[Queued] {
         self.by_contact.get(contact).map_or(&[], Vec::as_slice)
     }
@@ -112,7 +122,7 @@ mod tests {
     use super::*;
 
     fn q(id: u8, seq: u64, at: u64) -> Queued {
-        Queued { id: [id; 16], seq, queued_at_ms: at, attempts: 0, next_attempt_at_ms: at }
+        Queued { id: [id; 16], seq, queued_at_ms: at, attempts: 0, next_attempt_at_ms: at, shown: [id; 16] }
     }
 
     #[test]

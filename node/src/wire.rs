@@ -221,6 +221,11 @@ pub enum RejectReason {
     IdentityMismatch,
     /// The sender is over one of the receiver's budgets; retry later.
     Busy,
+    /// The receiver no longer holds this message's key (it was evicted, or
+    /// the sender's state was rolled back) and never received the message:
+    /// the sender should encrypt the message again under its current
+    /// session (a decryption-failure receipt).
+    KeyGone,
     /// A reason this version does not know (from a later one): transient.
     Unknown(u8),
 }
@@ -236,6 +241,7 @@ impl RejectReason {
             RejectReason::UnknownPrekey => 5,
             RejectReason::IdentityMismatch => 6,
             RejectReason::Busy => 7,
+            RejectReason::KeyGone => 8,
             RejectReason::Unknown(b) => b,
         }
     }
@@ -250,6 +256,7 @@ impl RejectReason {
             5 => RejectReason::UnknownPrekey,
             6 => RejectReason::IdentityMismatch,
             7 => RejectReason::Busy,
+            8 => RejectReason::KeyGone,
             other => RejectReason::Unknown(other),
         }
     }

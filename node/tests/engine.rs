@@ -103,7 +103,7 @@ fn pump(from: &mut Party, to: &mut Party, mut actions: Vec<Action>, now: u64) ->
             moved += envs.len();
             let (acks, follow) = to.e().on_request(&from_key, &envs, now, &mut rand::rng()).unwrap();
             back.extend(follow);
-            let more = from.e().on_acks(&to_key, &ids, &acks, now).unwrap();
+            let more = from.e().on_acks(&to_key, &ids, &acks, now, &mut rand::rng()).unwrap();
             actions = more;
         }
         if transmits(&actions).is_empty() {
@@ -114,7 +114,7 @@ fn pump(from: &mut Party, to: &mut Party, mut actions: Vec<Action>, now: u64) ->
             moved += envs.len();
             let (acks, follow) = from.e().on_request(&to_key, &envs, now, &mut rand::rng()).unwrap();
             actions.extend(follow);
-            back.extend(to.e().on_acks(&from_key, &ids, &acks, now).unwrap());
+            back.extend(to.e().on_acks(&from_key, &ids, &acks, now, &mut rand::rng()).unwrap());
         }
     }
     // The engine's in-memory outbox index agrees with the store.
@@ -127,7 +127,7 @@ fn pump(from: &mut Party, to: &mut Party, mut actions: Vec<Action>, now: u64) ->
 
 fn texts(p: &mut Party, c: &ContactId) -> Vec<(Direction, String)> {
     p.store()
-        .history(c, 1000, None)
+        .history(c, 10_000, None)
         .unwrap()
         .into_iter()
         .filter_map(|(_, m)| match Message::decode(&m.body).ok()?.content {
@@ -283,7 +283,7 @@ fn a_stranger_becomes_a_message_request_and_blocking_rejects() {
     let b_alice = b.contact_of(&mut a);
     let contact = b.store().contact(&b_alice).unwrap().unwrap();
     assert!(contact.request);
-    a.e().on_acks(&b.key(), &ids, &acks, T0).unwrap();
+    a.e().on_acks(&b.key(), &ids, &acks, T0, &mut rand::rng()).unwrap();
     // Bob blocks: further messages are rejected and not stored.
     b.store().update_contact(&b_alice, |c| c.blocked = true).unwrap();
     let (id2, actions) = a.e().send(&a_bob, Content::text("hello??"), T0 + 1, &mut rand::rng()).unwrap();
@@ -759,7 +759,7 @@ fn a_receipt_applies_only_to_our_own_messages_to_that_contact() {
     // Mallory, a contact with a session, names Alice's message to Bob and
     // Bob's message to Alice as read and delivered.
     let hex = |id: &[u8; 16]| kabar_crypto::hex::encode(id);
-    let forged = Content::Receipt { read: vec![hex(&to_bob), hex(&from_bob)], delivered: vec![hex(&to_bob)] };
+    let forged = Content::Receipt { read: vec![hex(&to_bob), hex(&from_bob)], delivered: vec![hex(&to_bob)], retry: vec![] };
     let (_, actions) = mallory.e().send(&alice_at_mallory, forged, T0, &mut rand::rng()).unwrap();
     let events = transmits(&actions)
         .into_iter()
@@ -771,7 +771,7 @@ fn a_receipt_applies_only_to_our_own_messages_to_that_contact() {
 
     // Bob himself cannot mark Alice's incoming message read either, but can
     // mark hers to him.
-    let receipt = Content::Receipt { read: vec![hex(&to_bob), hex(&from_bob)], delivered: vec![] };
+    let receipt = Content::Receipt { read: vec![hex(&to_bob), hex(&from_bob)], delivered: vec![], retry: vec![] };
     let (_, actions) = bob.e().send(&alice_at_bob, receipt, T0, &mut rand::rng()).unwrap();
     pump(&mut bob, &mut alice, actions, T0);
     assert_eq!(status(&mut alice, &to_bob), MessageStatus::Read);
@@ -779,7 +779,7 @@ fn a_receipt_applies_only_to_our_own_messages_to_that_contact() {
 
     // A receipt over the bound is malformed content: dropped before any work.
     let many: Vec<String> = (0..=MAX_RECEIPT_IDS).map(|i| hex(&[i as u8; 16])).collect();
-    assert!(Content::Receipt { read: many, delivered: vec![] }.check().is_err());
+    assert!(Content::Receipt { read: many, delivered: vec![], retry: vec![] }.check().is_err());
 }
 
 #[test]
@@ -1025,4 +1025,219 @@ fn reading_a_message_request_does_not_settle_it() {
     assert_eq!(me.e().guard_status().pending_strangers, 1, "reading is not answering");
     let (_, _) = me.e().send(&them, Content::text("hi, who are you?"), T0 + 2, &mut rand::rng()).unwrap();
     assert_eq!(me.e().guard_status().pending_strangers, 0, "writing is");
+}
+
+// ---- protocol version 2: lost keys, prekeys -----------------------------------
+
+/// Hands `ids` (queued at `from`) to `to` directly and feeds the acks back;
+/// follow-up actions are dropped (what they would send stays queued).
+fn deliver_ids(from: &mut Party, to: &mut Party, ids: &[[u8; 16]], now: u64) -> (Vec<Ack>, Vec<Action>) {
+    let (fk, tk) = (from.key(), to.key());
+    let outbox = from.store().outbox().unwrap();
+    let envs: Vec<Vec<u8>> =
+        ids.iter().map(|id| outbox.iter().find(|e| &e.message_id == id).unwrap().envelope.clone()).collect();
+    let (acks, _) = to.e().on_request(&fk, &envs, now, &mut rand::rng()).unwrap();
+    let more = from.e().on_acks(&tk, ids, &acks, now, &mut rand::rng()).unwrap();
+    (acks, more)
+}
+
+fn texts_of(n: usize, tag: &str) -> Vec<Content> {
+    (0..n).map(|i| Content::text(format!("{tag}{i}"))).collect()
+}
+
+/// A message held back while its skipped key is evicted (more than
+/// MAX_SKIPPED_TOTAL keys skipped after it) used to be taken for a duplicate:
+/// acknowledged, `delivered` at the sender, never seen by the recipient.
+/// Now the recipient answers `key_gone`, the sender encrypts the stored
+/// plaintext again under the current session, and it arrives, once.
+#[test]
+fn a_message_whose_skipped_key_was_evicted_is_encrypted_again_and_delivered() {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    let b_alice = b.knows(&mut a, "Alice");
+    let (_, act) = a.e().send(&a_bob, Content::text("hello"), T0, &mut rand::rng()).unwrap();
+    pump(&mut a, &mut b, act, T0);
+    let (_, act) = b.e().send(&b_alice, Content::text("hi"), T0, &mut rand::rng()).unwrap();
+    pump(&mut b, &mut a, act, T0);
+
+    // The lost one and one after it in the same chain: Bob keeps one skipped key.
+    let (lost, _) = a.e().send(&a_bob, Content::text("the lost one"), T0 + 1, &mut rand::rng()).unwrap();
+    let (next, _) = a.e().send(&a_bob, Content::text("after it"), T0 + 1, &mut rand::rng()).unwrap();
+    assert_eq!(deliver_ids(&mut a, &mut b, &[next], T0 + 1).0, [Ack::Accepted]);
+    // Two more chains, each skipping exactly the per-chain bound (1,000):
+    // 2,001 skipped keys, so the oldest (the lost one's) is evicted.
+    for round in 0..2u64 {
+        let now = T0 + 10 + round;
+        let (reply, _) = b.e().send(&b_alice, Content::text(format!("reply {round}")), now, &mut rand::rng()).unwrap();
+        assert_eq!(deliver_ids(&mut b, &mut a, &[reply], now).0, [Ack::Accepted]);
+        let (ids, _) = a.e().send_many(&a_bob, texts_of(1_001, "burst"), now, &mut rand::rng()).unwrap();
+        assert_eq!(deliver_ids(&mut a, &mut b, &[*ids.last().unwrap()], now).0, [Ack::Accepted]);
+    }
+    // The lost one arrives: its key is gone and its id was never received.
+    let (acks, actions) = deliver_ids(&mut a, &mut b, &[lost], T0 + 20);
+    assert_eq!(acks, [Ack::Rejected(RejectReason::KeyGone)]);
+    assert_ne!(status(&mut a, &lost), MessageStatus::Delivered, "not delivered: Bob never read it");
+    let again = a.store().outbox().unwrap().into_iter().find(|e| e.shown_as == Some(lost)).unwrap();
+    assert_ne!(again.message_id, lost, "a new envelope, with a new wire id");
+    assert_eq!(again.resends, 1);
+    // Everything still queued goes through; the lost one arrives once.
+    pump(&mut a, &mut b, actions, T0 + 21);
+    assert_eq!(status(&mut a, &lost), MessageStatus::Delivered);
+    let seen = texts(&mut b, &b_alice);
+    assert_eq!(seen.iter().filter(|(_, t)| t == "the lost one").count(), 1);
+    // A true duplicate (an id Bob received) is still a duplicate.
+    let dup = b.e().on_request(&a.key(), &[again.envelope], T0 + 22, &mut rand::rng()).unwrap().0;
+    assert_eq!(dup, [Ack::Duplicate]);
+}
+
+/// A recipient that keeps answering `key_gone` gets the message encrypted
+/// again at most MAX_RESENDS times; then it fails, and the user is told.
+#[test]
+fn a_message_that_cannot_be_decrypted_after_the_resends_fails_and_says_why() {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    b.knows(&mut a, "Alice");
+    let bk = b.key();
+    let (id, _) = a.e().send(&a_bob, Content::text("x"), T0, &mut rand::rng()).unwrap();
+    let mut wire = id;
+    let mut events = Vec::new();
+    for _ in 0..=kabar_node::engine::MAX_RESENDS {
+        events = a.e().on_acks(&bk, &[wire], &[Ack::Rejected(RejectReason::KeyGone)], T0, &mut rand::rng()).unwrap();
+        match a.store().outbox().unwrap().into_iter().find(|e| e.shown_id() == id) {
+            Some(entry) => wire = entry.message_id,
+            None => break,
+        }
+    }
+    assert_eq!(status(&mut a, &id), MessageStatus::Failed);
+    assert!(a.store().outbox().unwrap().is_empty());
+    assert!(events.iter().any(|e| matches!(e,
+        Action::Notify(kabar_node::engine::NodeEvent::ResendFailed { message_id, .. }) if *message_id == kabar_crypto::hex::encode(&id))));
+    assert!(events.iter().any(|e| matches!(e,
+        Action::Notify(kabar_node::engine::NodeEvent::StatusChanged { message_id, status: MessageStatus::Failed, .. })
+            if *message_id == kabar_crypto::hex::encode(&id))));
+}
+
+/// The envelope's X3DH header, if it is a prekey message.
+fn prekey_header(env: &[u8]) -> Option<kabar_crypto::PrekeyHeader> {
+    kabar_crypto::Envelope::decode(env).unwrap().prekey
+}
+
+/// Bob hands Alice a one-time prekey online; her session start uses it
+/// (DH4), Bob deletes it when the message commits, and it is never handed
+/// out again.
+#[test]
+fn a_one_time_prekey_fetched_online_is_used_once_in_the_session_start() {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    let (ak, bk) = (a.key(), b.key());
+    let fetch = a.e().on_peer_reachable(&bk, T0).unwrap();
+    assert!(fetch.iter().any(|x| matches!(x, Action::FetchPrekeys { peer, .. } if *peer == bk)));
+    // Asked once: not again within the fetch period.
+    assert!(!a.e().on_peer_reachable(&bk, T0 + 1).unwrap().iter().any(|x| matches!(x, Action::FetchPrekeys { .. })));
+    let held = b.store().one_time_prekey_count().unwrap();
+    let offerable = b.store().offerable_one_time_prekeys().unwrap();
+    let response = b.e().serve_prekeys(&ak, T0).unwrap();
+    assert_eq!(b.store().offerable_one_time_prekeys().unwrap(), offerable - 1);
+    a.e().on_prekeys(&bk, &response).unwrap();
+    let opk = a.store().contact(&a_bob).unwrap().unwrap().one_time_prekey.unwrap();
+
+    let (_, act) = a.e().send(&a_bob, Content::text("hello with DH4"), T0, &mut rand::rng()).unwrap();
+    let (_, _, envs) = transmits(&act).remove(0);
+    assert_eq!(prekey_header(&envs[0]).unwrap().one_time_prekey_id, Some(opk.id));
+    assert_eq!(a.store().contact(&a_bob).unwrap().unwrap().one_time_prekey, None, "forgotten before use");
+    pump(&mut a, &mut b, act, T0);
+    assert_eq!(b.store().one_time_prekey_count().unwrap(), held - 1, "used and deleted");
+    assert!(b.store().one_time_prekey(opk.id).unwrap().is_none());
+    let b_alice = b.store().contact_id_for_key(&ak);
+    assert_eq!(texts(&mut b, &b_alice), [(Direction::Incoming, "hello with DH4".to_string())]);
+}
+
+/// A crowd asking for prekeys: each requester gets a burst of 3, the profile
+/// 40 at once; then answers carry the signed prekey alone, and a session
+/// started from such an answer (no DH4) still works. An empty supply does
+/// the same, until the schedule refills it.
+#[test]
+fn when_one_time_prekeys_run_out_session_starts_fall_back_to_the_signed_prekey() {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    let (ak, bk) = (a.key(), b.key());
+    let with = |bytes: &[u8]| kabar_node::prekeys::PrekeyResponse::decode(bytes).unwrap().one_time_prekey.is_some();
+    let granted = (0..100u8).filter(|i| with(&b.e().serve_prekeys(&[*i; 32], T0).unwrap())).count();
+    assert_eq!(granted, 40, "the profile's burst");
+    let last = b.e().serve_prekeys(&ak, T0).unwrap();
+    assert!(!with(&last));
+    a.e().on_prekeys(&bk, &last).unwrap();
+    let (_, act) = a.e().send(&a_bob, Content::text("no DH4"), T0, &mut rand::rng()).unwrap();
+    let (_, _, envs) = transmits(&act).remove(0);
+    assert_eq!(prekey_header(&envs[0]).unwrap().one_time_prekey_id, None);
+    pump(&mut a, &mut b, act, T0);
+    let b_alice = b.store().contact_id_for_key(&ak);
+    assert_eq!(texts(&mut b, &b_alice), [(Direction::Incoming, "no DH4".to_string())]);
+
+    // An empty supply: nothing to hand out, even with budget; the schedule
+    // refills it.
+    while b.store().hand_out_one_time_prekey(10_000).unwrap().is_some() {}
+    assert!(!with(&b.e().serve_prekeys(&[200; 32], T0 + 3_600_000).unwrap()));
+    b.e().maintain_prekeys(T0 + 3_600_000, &mut rand::rng()).unwrap();
+    assert!(b.store().offerable_one_time_prekeys().unwrap() >= 50);
+    assert!(with(&b.e().serve_prekeys(&[201; 32], T0 + 3_600_000).unwrap()));
+}
+
+/// Alice starts a session from Bob's signed prekey; Bob rotates before the
+/// message arrives: it still opens (the old key is kept through the grace).
+/// After the grace a session start with the old key is refused as
+/// `unknown_prekey`, and Alice, fetching Bob's prekeys again, gets the new one.
+#[test]
+fn a_session_start_that_races_a_rotation_still_opens_within_the_grace() {
+    use kabar_node::prekeys::{SIGNED_PREKEY_GRACE_S, SIGNED_PREKEY_PERIOD_S};
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    let (ak, bk) = (a.key(), b.key());
+    let old = b.store().current_signed_prekey().unwrap().id();
+    let (_, act) = a.e().send(&a_bob, Content::text("in flight"), T0, &mut rand::rng()).unwrap();
+    // Bob's rotation happens while the message is in flight.
+    let rotated_at = T0 + SIGNED_PREKEY_PERIOD_S * 1000;
+    b.e().maintain_prekeys(rotated_at, &mut rand::rng()).unwrap();
+    assert_ne!(b.store().current_signed_prekey().unwrap().id(), old);
+    pump(&mut a, &mut b, act, rotated_at);
+    let b_alice = b.store().contact_id_for_key(&ak);
+    assert_eq!(texts(&mut b, &b_alice), [(Direction::Incoming, "in flight".to_string())]);
+
+    // A third party with Bob's old card, after the grace.
+    let mut c = Party::new("carol", ProfileKind::Personal);
+    let c_bob = {
+        let identity = b.store().identity().unwrap().public();
+        let contact = Contact {
+            peer_id: identity.signing.to_vec(),
+            identity,
+            signed_prekey: Some(b.store().signed_prekey(old).unwrap().unwrap().public()),
+            one_time_prekey: None,
+            addresses: vec![],
+            display_name: "Bob".into(),
+            verified: false,
+            blocked: false,
+            identity_change: None,
+            added_at_ms: T0,
+            request: false,
+        };
+        c.store().upsert_contact(contact).unwrap().0
+    };
+    let after_grace = rotated_at + SIGNED_PREKEY_GRACE_S * 1000;
+    b.e().maintain_prekeys(after_grace, &mut rand::rng()).unwrap();
+    assert!(b.store().signed_prekey(old).unwrap().is_none(), "gone after the grace");
+    let ck = c.key();
+    let (_, act) = c.e().send(&c_bob, Content::text("stale card"), after_grace, &mut rand::rng()).unwrap();
+    let (_, _, envs) = transmits(&act).remove(0);
+    let (acks, _) = b.e().on_request(&ck, &envs, after_grace, &mut rand::rng()).unwrap();
+    assert_eq!(acks, [Ack::Rejected(RejectReason::UnknownPrekey)]);
+    // Online, Carol learns Bob's current signed prekey.
+    let response = b.e().serve_prekeys(&ck, after_grace).unwrap();
+    c.e().on_prekeys(&bk, &response).unwrap();
+    let current = b.store().current_signed_prekey().unwrap().id();
+    assert_eq!(c.store().contact(&c_bob).unwrap().unwrap().signed_prekey.unwrap().id, current);
 }

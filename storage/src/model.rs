@@ -291,6 +291,48 @@ pub struct OutboxEntry {
     pub attempts: u32,
     /// Earliest time of the next attempt, Unix milliseconds.
     pub next_attempt_at_ms: u64,
+    /// The id the message is known by (its record's id, the one the user
+    /// saw) when this envelope is a re-encryption with another id. Schema 5.
+    pub shown_as: Option<[u8; 16]>,
+    /// How many times the message was encrypted again after the recipient
+    /// reported its key gone. Schema 5.
+    pub resends: u32,
+}
+
+impl OutboxEntry {
+    /// The id the user knows the message by.
+    pub fn shown_id(&self) -> [u8; 16] {
+        self.shown_as.unwrap_or(self.message_id)
+    }
+}
+
+/// An outbox entry as schema 4 and earlier stored it: read only by the
+/// migration to schema 5.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct OutboxEntryV4 {
+    pub contact: ContactId,
+    pub message_id: [u8; 16],
+    pub seq: u64,
+    pub envelope: Vec<u8>,
+    pub queued_at_ms: u64,
+    pub attempts: u32,
+    pub next_attempt_at_ms: u64,
+}
+
+impl From<OutboxEntryV4> for OutboxEntry {
+    fn from(e: OutboxEntryV4) -> Self {
+        OutboxEntry {
+            contact: e.contact,
+            message_id: e.message_id,
+            seq: e.seq,
+            envelope: e.envelope,
+            queued_at_ms: e.queued_at_ms,
+            attempts: e.attempts,
+            next_attempt_at_ms: e.next_attempt_at_ms,
+            shown_as: None,
+            resends: 0,
+        }
+    }
 }
 
 /// Open or closed: business conversations close after the transaction; a

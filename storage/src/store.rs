@@ -302,6 +302,12 @@ impl ProfileStore {
                 for key in sessions {
                     table.remove(key.as_slice())?;
                 }
+                drop(table);
+                let entries: Vec<(Vec<u8>, OutboxEntryV4)> = self.all_sealed(&tx.open_table(OUTBOX)?, OUTBOX_NAME)?;
+                let mut table = tx.open_table(OUTBOX)?;
+                for (key, entry) in entries {
+                    self.put_sealed(&mut table, OUTBOX_NAME, &key, &OutboxEntry::from(entry))?;
+                }
             }
             if from < 4 {
                 // 3 → 4: index every name; every contact still marked
@@ -1129,11 +1135,59 @@ impl ProfileStore {
                     queued_at_ms: now_ms,
                     attempts: 0,
                     next_attempt_at_ms: now_ms,
+                    shown_as: None,
+                    resends: 0,
                 };
                 self.put_sealed(&mut tx.open_table(OUTBOX)?, OUTBOX_NAME, &item.message.id, &entry)?;
             }
             self.finish_batch(tx, state)?;
             Ok(seqs)
+        })
+    }
+
+    /// Replaces the outbox entry `old` by the same message encrypted again
+    /// (`envelope`, id `new_id`) under `session`, in ONE durable
+    /// transaction: the session state, the new entry (due now, attempts 0,
+    /// `resends` one more, known to the user by the original id) and an
+    /// index entry so statuses and receipts under the new id reach the same
+    /// message record; the old id keeps its index entry (the user's id).
+    /// Returns the new entry, or `None` if `old` is no longer queued.
+    pub fn reencrypt_outbox(
+        &self,
+        old: &[u8; 16],
+        session: &SessionState,
+        new_id: [u8; 16],
+        envelope: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<Option<OutboxEntry>, StoreError> {
+        self.write(|tx| {
+            let mut outbox = tx.open_table(OUTBOX)?;
+            let Some(entry): Option<OutboxEntry> = self.get_sealed(&outbox, OUTBOX_NAME, old)? else {
+                return Ok(None);
+            };
+            let mut index = tx.open_table(MESSAGE_INDEX)?;
+            let position = index
+                .get(old.as_slice())?
+                .map(|v| v.value().to_vec())
+                .ok_or(StoreError::MalformedRecord { table: MESSAGE_INDEX_NAME })?;
+            index.insert(new_id.as_slice(), position.as_slice())?;
+            drop(index);
+            outbox.remove(old.as_slice())?;
+            let fresh = OutboxEntry {
+                message_id: new_id,
+                envelope,
+                attempts: 0,
+                next_attempt_at_ms: now_ms,
+                shown_as: Some(entry.shown_id()),
+                resends: entry.resends.saturating_add(1),
+                ..entry
+            };
+            self.put_sealed(&mut outbox, OUTBOX_NAME, &new_id, &fresh)?;
+            drop(outbox);
+            tx.open_table(DEPOSITED)?.remove(old.as_slice())?;
+            let sealed = self.keys.seal(SESSIONS_NAME, &fresh.contact.0, session)?;
+            tx.open_table(SESSIONS)?.insert(fresh.contact.0.as_slice(), sealed.as_slice())?;
+            Ok(Some(fresh))
         })
     }
 
@@ -1234,7 +1288,7 @@ impl ProfileStore {
         contact: &ContactId,
         read: &[[u8; 16]],
         delivered: &[[u8; 16]],
-    ) -> Result<Vec<([u8; 16], MessageStatus)>, StoreError> {
+    ) -> Result<Vec<([u8; 16], [u8; 16], MessageStatus)>, StoreError> {
         if read.len() + delivered.len() > MAX_RECEIPT_IDS {
             return Err(StoreError::Invalid(format!("a receipt names at most {MAX_RECEIPT_IDS} messages")));
         }
@@ -1242,7 +1296,8 @@ impl ProfileStore {
             .iter()
             .map(|id| (id, MessageStatus::Delivered))
             .chain(read.iter().map(|id| (id, MessageStatus::Read)));
-        let mut changes: Vec<([u8; 16], MessageStatus)> = Vec::new();
+        // (id in the receipt, the record's own id, new status)
+        let mut changes: Vec<([u8; 16], [u8; 16], MessageStatus)> = Vec::new();
         {
             let tx = self.read()?;
             let messages = tx.open_table(MESSAGES)?;
@@ -1256,8 +1311,8 @@ impl ProfileStore {
                 };
                 let forward = record.status != MessageStatus::Failed && status > record.status;
                 if record.direction == Direction::Outgoing && forward {
-                    changes.retain(|(c, _)| c != id);
-                    changes.push((*id, status));
+                    changes.retain(|(c, _, _)| c != id);
+                    changes.push((*id, record.id, status));
                 }
             }
         }
@@ -1265,7 +1320,7 @@ impl ProfileStore {
             return Ok(changes);
         }
         self.write(|tx| {
-            for (id, status) in &changes {
+            for (id, _, status) in &changes {
                 tx.open_table(OUTBOX)?.remove(id.as_slice())?;
                 tx.open_table(DEPOSITED)?.remove(id.as_slice())?;
                 self.advance_status(tx, id, *status)?;

@@ -16,6 +16,7 @@ mod hostile;
 mod mailbox;
 mod messaging;
 mod network;
+mod prekeys;
 mod reachability;
 mod resilience;
 mod separation;
