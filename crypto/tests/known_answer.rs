@@ -318,11 +318,19 @@ fn fingerprint_digits(fp: &[u8; 32]) -> String {
         .collect()
 }
 
+/// The prekey fields of a type 2 envelope.
+struct PrekeyFields {
+    /// IK_A, the initiator's 129-byte public identity.
+    identity: Vec<u8>,
+    base_key: [u8; 32],
+    signed_prekey_id: u32,
+    one_time_prekey_id: Option<u32>,
+}
+
 /// The parts of an envelope the model needs.
 struct Parsed {
     header_len: usize,
-    /// IK_A (129 bytes), base key, signed prekey id, one-time prekey id.
-    prekey: Option<(Vec<u8>, [u8; 32], u32, Option<u32>)>,
+    prekey: Option<PrekeyFields>,
     ratchet_key: [u8; 32],
     pn: u32,
     n: u32,
@@ -341,7 +349,13 @@ fn parse(b: &[u8]) -> Parsed {
                 1 => (Some(u32_at(168)), 172),
                 other => panic!("flag {other}"),
             };
-            (Some((b[2..131].to_vec(), b[131..163].try_into().unwrap(), u32_at(163), opk)), end)
+            let fields = PrekeyFields {
+                identity: b[2..131].to_vec(),
+                base_key: b[131..163].try_into().unwrap(),
+                signed_prekey_id: u32_at(163),
+                one_time_prekey_id: opk,
+            };
+            (Some(fields), end)
         }
         other => panic!("type {other}"),
     };
@@ -654,6 +668,7 @@ impl Sim {
             prekey_fields: Some(prekey_fields),
         };
         let mut steps = Vec::new();
+        let script = vec![obj! { "party" => "alice", "action" => "initiate" }];
         model_alice.cks =
             Some(model_alice.ratchet_step("initiate", "sending (initial state of the initiator)", spk, &mut steps));
         s.check_draws();
@@ -665,7 +680,7 @@ impl Sim {
             model_alice,
             model_bob: None,
             sent: Vec::new(),
-            script: Vec::new(),
+            script,
             decryptions: Vec::new(),
             steps,
         }
@@ -706,7 +721,8 @@ impl Sim {
     fn receive(&mut self, who: Who, label: &str) {
         let envelope = self.envelope(label);
         let bytes = self.sent(label).envelope.clone();
-        let plaintext = if who == Who::Bob && self.bob.is_none() {
+        let responding = who == Who::Bob && self.bob.is_none();
+        let plaintext = if responding {
             let opk = self.with_opk.then_some(&self.s.opk);
             let (session, plaintext) = Session::respond(&self.s.bob, &self.s.spk, opk, &envelope).unwrap();
             self.bob = Some(session);
@@ -720,7 +736,8 @@ impl Sim {
         let held = self.session(who).skipped_keys();
         let party = if who == Who::Alice { &self.model_alice } else { self.model_bob.as_ref().unwrap() };
         assert_eq!(held, party.skipped.len());
-        self.script.push(obj! { "party" => who.name(), "action" => "decrypt", "message" => label });
+        let action = if responding { "respond" } else { "decrypt" };
+        self.script.push(obj! { "party" => who.name(), "action" => action, "message" => label });
         self.decryptions.push(obj! {
             "party" => who.name(),
             "message" => label,
@@ -731,7 +748,8 @@ impl Sim {
 
     /// Bob's model from the first prekey message: X3DH as the responder.
     fn model_responder(&self, envelope: &[u8]) -> Party {
-        let (ik_a, base_key, spk_id, opk_id) = parse(envelope).prekey.unwrap();
+        let PrekeyFields { identity: ik_a, base_key, signed_prekey_id: spk_id, one_time_prekey_id: opk_id } =
+            parse(envelope).prekey.unwrap();
         assert_eq!(spk_id, SPK_ID);
         let alice = IdentityPublic::from_bytes(&ik_a).unwrap();
         let mut dhs =
@@ -974,7 +992,7 @@ fn exchange_vectors() -> (J, Vec<J>) {
 
     // Decoding errors, made from E1 and E2.
     let e1 = sim.sent("E1").envelope.clone();
-    let decode_cases: Vec<(&str, &str, Vec<u8>, DecodeError)> = vec![
+    let decode_cases = [
         (
             "reject_version_1",
             "E2 of session_exchange with its version byte set to 0x01: version 1 is no longer accepted.",
@@ -1031,7 +1049,8 @@ fn exchange_vectors() -> (J, Vec<J>) {
          rng_draws says which draw is which key or salt. ratchet_steps lists every KDF_RK in order: dh = DH(our \
          ratchet secret, their ratchet key), (root_key_out, chain_key) = KDF_RK(root_key_in, dh); a sending step \
          starts the party's sending chain, a receiving step its receiving chain. For each message: chain_key is the \
-         chain key it was derived from, (message_key, next chain key) = KDF_CK(chain_key), (aead_key, aead_nonce) = \
+         chain key it was derived from, message_key = HMAC-SHA256(chain_key, 0x01) (the next chain key is \
+         HMAC-SHA256(chain_key, 0x02)), (aead_key, aead_nonce) = \
          HKDF(salt = salt, ikm = message_key, info = \"Kabar Double Ratchet v2 message\", 44), the AEAD associated \
          data is AD ‖ u16 BE(len(H)) ‖ H with H = authenticated_header, and envelope = H ‖ u32 BE(ciphertext_length) \
          ‖ ciphertext.",
@@ -1236,7 +1255,7 @@ fn signature_rejection_vectors() -> Vec<J> {
     }
     assert_eq!(carry, 0);
 
-    let cases: Vec<(&str, &str, [u8; 32], [u8; 64], CryptoError)> = vec![
+    let cases = [
         (
             "reject_identity_small_order_key",
             "Alice's public identity with its Ed25519 key replaced by the identity point (y = 1: 0x01 ‖ 0x00×31) and \
@@ -1290,7 +1309,7 @@ fn signature_rejection_vectors() -> Vec<J> {
 
 fn unpad_rejection_vectors() -> Vec<J> {
     let text = b"0123456789";
-    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+    let cases = [
         (
             "reject_padding_next_bucket",
             "A decrypted padded plaintext: 10 bytes ‖ 0x80 padded with 0x00 to 72 bytes, the bucket after \
@@ -1388,8 +1407,8 @@ fn compute() -> J {
             numbers; plaintexts are ASCII strings (their bytes are the plaintext); a vector whose expected value is \
             an error must be rejected at the given stage, and the error name (kabar-crypto's error variant) says \
             why. Ed25519 keys come from their 32-byte seeds as in RFC 8032; X25519 secrets are used as given (X25519 \
-            clamps them, RFC 7748). Session vectors run a script of encrypt/decrypt steps between Alice and Bob in \
-            order, with the random draws listed in inputs.rng_draws.",
+            clamps them, RFC 7748). Session vectors run a script of steps between Alice and Bob in order \
+            (script_actions), with the random draws listed in inputs.rng_draws.",
         "rng" => obj! {
             "rule" => "Every random byte string comes from a deterministic source: draw n (n = 1, 2, 3, …, counted \
                 from the start of each vector) of any length is that many bytes of value 0x10 + n. Secret keys are \
@@ -1401,6 +1420,15 @@ fn compute() -> J {
                 secret. Encrypting draws a new ratchet secret first if the party has no sending chain (it received a \
                 new ratchet key since it last sent, or it is the responder sending for the first time), then the \
                 message's salt.",
+        },
+        "script_actions" => obj! {
+            "initiate" => "Alice verifies Bob's prekey bundle (with the one-time prekey if one_time_prekey_offered), \
+                runs X3DH as the initiator (§3) and sets up her initial ratchet state (§4.2). Her messages are \
+                prekey messages (type 2) until she has decrypted one from Bob.",
+            "encrypt" => "The party encrypts the plaintext (§4.3); the result is the envelope of that message.",
+            "respond" => "Bob's first message: he runs X3DH as the responder from the envelope's prekey fields (with \
+                his one-time prekey if the envelope names it), sets up his initial state (§4.2) and decrypts it.",
+            "decrypt" => "The party decrypts the envelope of that message (§4.4).",
         },
         "inputs" => obj! {
             "alice" => party("personal", 0, &ALICE_SEED, &ALICE_DH),

@@ -458,13 +458,19 @@ impl Engine {
     /// contact's own identity updates its signed prekey (if newer) and keeps
     /// its one-time prekey for the next session start; anything else is
     /// ignored (an identity changes only with a prekey message or a card).
-    pub fn on_prekeys(&mut self, peer: &PeerKey, bytes: &[u8]) -> Result<(), EngineError> {
+    pub fn on_prekeys<R: CryptoRng + ?Sized>(
+        &mut self,
+        peer: &PeerKey,
+        bytes: &[u8],
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, EngineError> {
         let response = PrekeyResponse::decode(bytes)?;
         let contact_id = self.store.contact_id_for_key(peer);
-        let Some(contact) = self.store.contact(&contact_id)? else { return Ok(()) };
+        let Some(contact) = self.store.contact(&contact_id)? else { return Ok(Vec::new()) };
         if response.identity != contact.identity {
             tracing::debug!(profile = %self.store.name(), "prekeys from another identity than the contact's; ignored");
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.store.update_contact(&contact_id, |c| {
             if c.signed_prekey.is_none_or(|old| old.created_at <= response.signed_prekey.created_at) {
@@ -474,7 +480,16 @@ impl Engine {
                 c.one_time_prekey = response.one_time_prekey;
             }
         })?;
-        Ok(())
+        // Messages queued under a session start the contact refused (see
+        // `on_stale_prekey`) go again under a new one.
+        let spk_changed = contact.signed_prekey.map(|s| s.id) != Some(response.signed_prekey.id);
+        if spk_changed && self.store.session(&contact_id)?.is_none() {
+            let queued: Vec<[u8; 16]> = self.outbox.of(&contact_id).iter().map(|q| q.id).collect();
+            if !queued.is_empty() {
+                return self.resend(&contact_id, &queued, now_ms, rng);
+            }
+        }
+        Ok(Vec::new())
     }
 
     /// [`Action::FetchPrekeys`] for a contact with no session and no
@@ -868,6 +883,7 @@ impl Engine {
     ) -> Result<Vec<Action>, EngineError> {
         let mut delivered = Vec::new();
         let mut key_gone = Vec::new();
+        let mut unknown_prekey = false;
         let mut actions = Vec::new();
         // All of them first: an error below must not leave some in flight
         // for ever (never retried nor expired).
@@ -878,6 +894,7 @@ impl Engine {
             match acks.get(i) {
                 Some(Ack::Accepted | Ack::Duplicate) => delivered.push(*id),
                 Some(Ack::Rejected(RejectReason::KeyGone)) => key_gone.push(*id),
+                Some(Ack::Rejected(RejectReason::UnknownPrekey)) => unknown_prekey = true,
                 Some(Ack::Rejected(reason)) if !reason.is_transient() => {
                     tracing::warn!(profile = %self.store.name(), ?reason, "message rejected by recipient");
                     let shown = self.shown_id(id);
@@ -900,8 +917,28 @@ impl Engine {
             let contact_id = self.store.contact_id_for_key(peer);
             actions.extend(self.resend(&contact_id, &key_gone, now_ms, rng)?);
         }
+        if unknown_prekey {
+            actions.extend(self.on_stale_prekey(peer, now_ms)?);
+        }
         actions.extend(self.flush_peer(peer, now_ms)?);
         Ok(actions)
+    }
+
+    /// The contact refused our session start as `unknown_prekey`: the signed
+    /// prekey we used is gone (our card was older than its grace). If it
+    /// never answered that session, the session is dropped and its current
+    /// prekeys fetched; when they arrive ([`Engine::on_prekeys`]) what is
+    /// queued is encrypted again under a new session. The queued envelopes
+    /// stay until then (the refusal is transient).
+    fn on_stale_prekey(&mut self, peer: &PeerKey, now_ms: u64) -> Result<Vec<Action>, EngineError> {
+        let contact_id = self.store.contact_id_for_key(peer);
+        let Some(state) = self.store.session(&contact_id)? else { return Ok(Vec::new()) };
+        if !Session::from_snapshot(state.current)?.awaiting_reply() {
+            return Ok(Vec::new());
+        }
+        self.store.drop_session(&contact_id)?;
+        self.prekeys_asked.remove(&contact_id);
+        Ok(self.fetch_prekeys(peer, now_ms)?.into_iter().collect())
     }
 
     /// The id the user knows a queued message by (its wire id unless it was

@@ -9,8 +9,8 @@
 //!   profile's store: events in, actions out; tested without sockets.
 //! - [`network`]: one swarm per profile and its event loop.
 //! - [`wire`]: the `/kabar/envelope/1` request-response protocol and codec.
-//! - [`prekeys`]: `/kabar/prekey/1` (one-time prekeys handed out online)
-//!   and the signed prekey schedule.
+//! - [`prekeys`]: the `/kabar/prekey/1` protocol (one-time prekeys handed
+//!   out online) and the signed prekey schedule; [`prekey_codec`]: its codec.
 //! - [`content`]: the JSON content inside envelopes (text, receipts,
 //!   catalog, orders).
 //! - [`addresses`]: what a profile advertises, and its signed address record on the DHT.

@@ -1318,10 +1318,7 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
             }
             _ => Vec::new(),
         },
-        SwarmEvent::Behaviour(BehaviourEvent::Prekey(event)) => {
-            on_prekey_event(swarm, engine, ctx, event);
-            Vec::new()
-        }
+        SwarmEvent::Behaviour(BehaviourEvent::Prekey(event)) => on_prekey_event(swarm, engine, ctx, event, rng),
         SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
             add_dht_server(&mut swarm.behaviour_mut().kad, peer_id, info);
             reachable(engine, &peer_id)
@@ -1342,20 +1339,21 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
 
 /// `/kabar/prekey/1`: answers requests (within the per-peer budget; a
 /// refused request is closed unanswered) and records responses.
-fn on_prekey_event(
+fn on_prekey_event<R: rand_core::CryptoRng + ?Sized>(
     swarm: &mut Swarm<Behaviour>,
     engine: &mut Engine,
     ctx: &mut LoopState<'_>,
     event: request_response::Event<PrekeyRequest, Vec<u8>>,
-) {
+    rng: &mut R,
+) -> Vec<Action> {
     match event {
         request_response::Event::Message { peer, message, .. } => match message {
             request_response::Message::Request { channel, .. } => {
                 // Dropping `channel` closes the stream without an answer.
-                let Some(key) = signing_key_of(&peer) else { return };
+                let Some(key) = signing_key_of(&peer) else { return Vec::new() };
                 if !ctx.prekey_limits.get(&peer, now_ms()).take(now_ms()) {
                     tracing::debug!(%peer, "prekey request over the per-peer rate; not answered");
-                    return;
+                    return Vec::new();
                 }
                 match engine.serve_prekeys(&key, now_ms()) {
                     Ok(bytes) => {
@@ -1366,9 +1364,12 @@ fn on_prekey_event(
                 }
             }
             request_response::Message::Response { response, .. } => {
-                let Some(key) = signing_key_of(&peer) else { return };
-                match engine.on_prekeys(&key, &response) {
-                    Ok(()) => ctx.status.prekeys.fetched += 1,
+                let Some(key) = signing_key_of(&peer) else { return Vec::new() };
+                match engine.on_prekeys(&key, &response, now_ms(), rng) {
+                    Ok(actions) => {
+                        ctx.status.prekeys.fetched += 1;
+                        return actions;
+                    }
                     Err(e) => tracing::debug!(%peer, error = %e, "prekey response refused"),
                 }
             }
@@ -1378,6 +1379,7 @@ fn on_prekey_event(
         }
         _ => {}
     }
+    Vec::new()
 }
 
 fn on_kad(swarm: &mut Swarm<Behaviour>, engine: &mut Engine, reach: &mut Reach, event: kad::Event) -> Vec<Action> {

@@ -1141,7 +1141,7 @@ fn a_one_time_prekey_fetched_online_is_used_once_in_the_session_start() {
     let offerable = b.store().offerable_one_time_prekeys().unwrap();
     let response = b.e().serve_prekeys(&ak, T0).unwrap();
     assert_eq!(b.store().offerable_one_time_prekeys().unwrap(), offerable - 1);
-    a.e().on_prekeys(&bk, &response).unwrap();
+    a.e().on_prekeys(&bk, &response, T0, &mut rand::rng()).unwrap();
     let opk = a.store().contact(&a_bob).unwrap().unwrap().one_time_prekey.unwrap();
 
     let (_, act) = a.e().send(&a_bob, Content::text("hello with DH4"), T0, &mut rand::rng()).unwrap();
@@ -1170,7 +1170,7 @@ fn when_one_time_prekeys_run_out_session_starts_fall_back_to_the_signed_prekey()
     assert_eq!(granted, 40, "the profile's burst");
     let last = b.e().serve_prekeys(&ak, T0).unwrap();
     assert!(!with(&last));
-    a.e().on_prekeys(&bk, &last).unwrap();
+    a.e().on_prekeys(&bk, &last, T0, &mut rand::rng()).unwrap();
     let (_, act) = a.e().send(&a_bob, Content::text("no DH4"), T0, &mut rand::rng()).unwrap();
     let (_, _, envs) = transmits(&act).remove(0);
     assert_eq!(prekey_header(&envs[0]).unwrap().one_time_prekey_id, None);
@@ -1232,12 +1232,22 @@ fn a_session_start_that_races_a_rotation_still_opens_within_the_grace() {
     assert!(b.store().signed_prekey(old).unwrap().is_none(), "gone after the grace");
     let ck = c.key();
     let (_, act) = c.e().send(&c_bob, Content::text("stale card"), after_grace, &mut rand::rng()).unwrap();
-    let (_, _, envs) = transmits(&act).remove(0);
+    let (_, ids, envs) = transmits(&act).remove(0);
     let (acks, _) = b.e().on_request(&ck, &envs, after_grace, &mut rand::rng()).unwrap();
     assert_eq!(acks, [Ack::Rejected(RejectReason::UnknownPrekey)]);
-    // Online, Carol learns Bob's current signed prekey.
+    // Carol drops the refused session start and asks Bob for his prekeys.
+    let follow = c.e().on_acks(&bk, &ids, &acks, after_grace, &mut rand::rng()).unwrap();
+    assert!(follow.iter().any(|x| matches!(x, Action::FetchPrekeys { peer, .. } if *peer == bk)));
+    assert!(c.store().session(&c_bob).unwrap().is_none());
+    // Online, Carol learns Bob's current signed prekey, and her queued
+    // message goes again under a new session, which Bob opens.
     let response = b.e().serve_prekeys(&ck, after_grace).unwrap();
-    c.e().on_prekeys(&bk, &response).unwrap();
+    let resent = c.e().on_prekeys(&bk, &response, after_grace, &mut rand::rng()).unwrap();
     let current = b.store().current_signed_prekey().unwrap().id();
     assert_eq!(c.store().contact(&c_bob).unwrap().unwrap().signed_prekey.unwrap().id, current);
+    assert!(!transmits(&resent).is_empty());
+    pump(&mut c, &mut b, resent, after_grace);
+    let b_carol = b.store().contact_id_for_key(&ck);
+    assert_eq!(texts(&mut b, &b_carol), [(Direction::Incoming, "stale card".to_string())]);
+    assert_eq!(status(&mut c, &ids[0]), MessageStatus::Delivered);
 }

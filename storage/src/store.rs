@@ -1191,6 +1191,15 @@ impl ProfileStore {
         })
     }
 
+    /// Deletes the session state with `contact` (a session start the
+    /// contact refused: its next message starts a new one).
+    pub fn drop_session(&self, contact: &ContactId) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.open_table(SESSIONS)?.remove(contact.0.as_slice())?;
+            Ok(())
+        })
+    }
+
     /// True if a message with this id was received before.
     pub fn is_received(&self, message_id: &[u8; 16]) -> Result<bool, StoreError> {
         Ok(self.read()?.open_table(RECEIVED)?.get(message_id.as_slice())?.is_some())
