@@ -222,7 +222,8 @@ impl Envelope {
 
     /// Parses the wire form. Never panics; rejects inputs longer than
     /// [`MAX_ENVELOPE_LEN`] before reading them, trailing bytes, unknown
-    /// versions and types, and out-of-range ciphertext lengths. Does not
+    /// versions and types, and ciphertext lengths that are out of range or
+    /// not a padding bucket plus the tag. Does not
     /// verify signatures or decrypt.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() > MAX_ENVELOPE_LEN {
@@ -255,7 +256,9 @@ impl Envelope {
             salt: r.array()?,
         };
         let len = usize::try_from(r.u32()?).unwrap_or(usize::MAX);
-        if !(MIN_CIPHERTEXT..=MAX_CIPHERTEXT).contains(&len) {
+        // A padded plaintext is always a whole bucket (a fixed point of
+        // `padded_len`): any other length is refused before decryption.
+        if !(MIN_CIPHERTEXT..=MAX_CIPHERTEXT).contains(&len) || padded_len(len - TAG_LEN - 1) != len - TAG_LEN {
             return Err(DecodeError::BadCiphertextLength(len));
         }
         let ciphertext = r.take(len)?.to_vec();

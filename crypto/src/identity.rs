@@ -281,7 +281,10 @@ mod tests {
         identity_point[0] = 1;
         let mut sig = [0u8; 64];
         sig[0] = 1;
-        assert_eq!(verify_signature(&identity_point, "identity-key", b"anything", &sig), Err(CryptoError::InvalidSigningKey));
+        assert_eq!(
+            verify_signature(&identity_point, "identity-key", b"anything", &sig),
+            Err(CryptoError::InvalidSigningKey)
+        );
         // The same point encoded non-canonically (y = 1 + p).
         let mut non_canonical = [0xffu8; 32];
         non_canonical[0] = 0xee;
@@ -307,13 +310,13 @@ mod tests {
         let mut high_s = public;
         // L = 2^252 + 27742317777372353535851937790883648493, little-endian.
         let l: [u8; 32] = [
-            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0,
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
         ];
         let mut carry = 0u16;
-        for i in 0..32 {
-            let sum = u16::from(high_s.dh_signature[32 + i]) + u16::from(l[i]) + carry;
-            high_s.dh_signature[32 + i] = sum as u8;
+        for (s, l) in high_s.dh_signature[32..].iter_mut().zip(l) {
+            let sum = u16::from(*s) + u16::from(l) + carry;
+            *s = sum as u8;
             carry = sum >> 8;
         }
         assert_eq!(high_s.verify(), Err(CryptoError::BadSignature("identity-key")));

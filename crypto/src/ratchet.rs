@@ -115,8 +115,7 @@ fn message_ad(ad: &[u8], envelope: &Envelope) -> Vec<u8> {
 
 fn open(mk: &[u8; KEY_LEN], ad: &[u8], envelope: &Envelope) -> Result<Vec<u8>, CryptoError> {
     let cipher = message_cipher(mk, &envelope.header.salt)?;
-    let mut plaintext =
-        chacha_open(&cipher.key, &cipher.nonce, &message_ad(ad, envelope), &envelope.ciphertext)?;
+    let mut plaintext = chacha_open(&cipher.key, &cipher.nonce, &message_ad(ad, envelope), &envelope.ciphertext)?;
     unpad(&mut plaintext)?;
     Ok(plaintext)
 }
@@ -342,7 +341,8 @@ impl Session {
         };
         let mut envelope = Envelope { prekey: s.pending_prekey, header, ciphertext: Vec::new() };
         let cipher = message_cipher(&mk, &salt)?;
-        envelope.ciphertext = chacha_seal(&cipher.key, &cipher.nonce, &message_ad(&s.associated_data, &envelope), &padded);
+        envelope.ciphertext =
+            chacha_seal(&cipher.key, &cipher.nonce, &message_ad(&s.associated_data, &envelope), &padded);
         s.sending_chain_key = Some(next_chain);
         s.send_counter = next_counter;
         Ok(envelope)

@@ -141,3 +141,20 @@ proptest! {
         }
     }
 }
+
+/// A ciphertext length must be a padding bucket plus the 16-byte tag: 80
+/// (64 + 16) and 88 (72 + 16) decode, 81 and 87 do not.
+#[test]
+fn ciphertext_lengths_off_the_buckets_are_refused() {
+    let bytes = samples().remove(1);
+    let env = Envelope::decode(&bytes).unwrap();
+    for (len, ok) in [(80usize, true), (81, false), (87, false), (88, true), (MAX_CIPHERTEXT, true)] {
+        let mut e = env.clone();
+        e.ciphertext.resize(len, 0);
+        let decoded = Envelope::decode(&e.encode());
+        assert_eq!(decoded.is_ok(), ok, "length {len}: {decoded:?}");
+        if !ok {
+            assert_eq!(decoded, Err(DecodeError::BadCiphertextLength(len)));
+        }
+    }
+}

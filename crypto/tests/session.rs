@@ -558,8 +558,5 @@ fn a_version_1_snapshot_is_refused() {
     let mut json: serde_json::Value = serde_json::to_value(a.snapshot()).unwrap();
     json["version"] = serde_json::json!(1);
     let old: SessionSnapshot = serde_json::from_value(json).unwrap();
-    assert_eq!(
-        Session::from_snapshot(old).err(),
-        Some(CryptoError::Decode(DecodeError::UnsupportedVersion(1)))
-    );
+    assert_eq!(Session::from_snapshot(old).err(), Some(CryptoError::Decode(DecodeError::UnsupportedVersion(1))));
 }

@@ -623,8 +623,14 @@ impl Engine {
         state.take();
         let seqs = self.store.commit_outgoing(&batch, now_ms)?;
         for (item, seq) in batch.iter().zip(seqs) {
-            let queued =
-                Queued { id: item.message.id, seq, queued_at_ms: now_ms, attempts: 0, next_attempt_at_ms: now_ms, shown: item.message.id };
+            let queued = Queued {
+                id: item.message.id,
+                seq,
+                queued_at_ms: now_ms,
+                attempts: 0,
+                next_attempt_at_ms: now_ms,
+                shown: item.message.id,
+            };
             self.outbox.insert(*contact_id, queued);
         }
         Ok(batch.iter().map(|m| m.message.id).collect())
@@ -650,7 +656,8 @@ impl Engine {
                 if one_time_prekey.is_some() {
                     self.store.update_contact(contact_id, |c| c.one_time_prekey = None)?;
                 }
-                let bundle = kabar_crypto::PrekeyBundle { identity: contact.identity, signed_prekey: spk, one_time_prekey };
+                let bundle =
+                    kabar_crypto::PrekeyBundle { identity: contact.identity, signed_prekey: spk, one_time_prekey };
                 Session::initiate(&self.identity, &bundle, rng)?
             }
         };
@@ -671,11 +678,8 @@ impl Engine {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Vec<Action>, EngineError> {
-        let queued: Vec<[u8; 16]> = ids
-            .iter()
-            .filter(|id| self.outbox.of(contact_id).iter().any(|q| &q.id == *id))
-            .copied()
-            .collect();
+        let queued: Vec<[u8; 16]> =
+            ids.iter().filter(|id| self.outbox.of(contact_id).iter().any(|q| &q.id == *id)).copied().collect();
         if queued.is_empty() {
             return Ok(Vec::new());
         }
@@ -736,7 +740,11 @@ impl Engine {
     /// Outbox entries still holding a version 1 envelope (a store migrated
     /// from protocol version 1), encrypted again under a version 2 session.
     /// Call once at start.
-    pub fn upgrade_outbox<R: CryptoRng + ?Sized>(&mut self, now_ms: u64, rng: &mut R) -> Result<Vec<Action>, EngineError> {
+    pub fn upgrade_outbox<R: CryptoRng + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, EngineError> {
         let all: Vec<[u8; 16]> = self.outbox.contacts().flat_map(|(_, l)| l.iter().map(|q| q.id)).collect();
         let mut old: HashMap<ContactId, Vec<[u8; 16]>> = HashMap::new();
         for entry in self.store.outbox_entries(&all)? {
@@ -748,7 +756,9 @@ impl Engine {
         for (contact, ids) in old {
             match self.resend(&contact, &ids, now_ms, rng) {
                 Ok(more) => actions.extend(more),
-                Err(e) => tracing::warn!(profile = %self.store.name(), error = %e, "an old outbox entry could not be upgraded"),
+                Err(e) => {
+                    tracing::warn!(profile = %self.store.name(), error = %e, "an old outbox entry could not be upgraded")
+                }
             }
         }
         Ok(actions)

@@ -101,8 +101,8 @@ impl PrekeyResponse {
         if bytes.len() != base && bytes.len() != base + OPK_LEN {
             return Err(PrekeyError::Malformed("length"));
         }
-        let identity =
-            IdentityPublic::from_bytes(&bytes[..IDENTITY_PUBLIC_LEN]).map_err(|_| PrekeyError::Malformed("identity"))?;
+        let identity = IdentityPublic::from_bytes(&bytes[..IDENTITY_PUBLIC_LEN])
+            .map_err(|_| PrekeyError::Malformed("identity"))?;
         let spk = &bytes[IDENTITY_PUBLIC_LEN..IDENTITY_PUBLIC_LEN + SPK_LEN];
         let array = |s: &[u8]| -> [u8; 32] {
             let mut a = [0u8; 32];

@@ -759,7 +759,8 @@ fn a_receipt_applies_only_to_our_own_messages_to_that_contact() {
     // Mallory, a contact with a session, names Alice's message to Bob and
     // Bob's message to Alice as read and delivered.
     let hex = |id: &[u8; 16]| kabar_crypto::hex::encode(id);
-    let forged = Content::Receipt { read: vec![hex(&to_bob), hex(&from_bob)], delivered: vec![hex(&to_bob)], retry: vec![] };
+    let forged =
+        Content::Receipt { read: vec![hex(&to_bob), hex(&from_bob)], delivered: vec![hex(&to_bob)], retry: vec![] };
     let (_, actions) = mallory.e().send(&alice_at_mallory, forged, T0, &mut rand::rng()).unwrap();
     let events = transmits(&actions)
         .into_iter()
@@ -1250,4 +1251,49 @@ fn a_session_start_that_races_a_rotation_still_opens_within_the_grace() {
     let b_carol = b.store().contact_id_for_key(&ck);
     assert_eq!(texts(&mut b, &b_carol), [(Direction::Incoming, "stale card".to_string())]);
     assert_eq!(status(&mut c, &ids[0]), MessageStatus::Delivered);
+}
+
+/// The same loss through a mailbox: Bob fetches a message whose key is
+/// gone; it is deleted from the mailbox, Bob's receipt names it under
+/// `retry`, and Alice, reading the receipt, encrypts it again.
+#[test]
+fn a_mailbox_item_whose_key_is_gone_comes_back_through_a_retry_receipt() {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    let b_alice = b.knows(&mut a, "Alice");
+    let act = add_mailbox(&mut b, HOST);
+    pump(&mut b, &mut a, act, T0);
+    let (_, act) = a.e().send(&a_bob, Content::text("hello"), T0, &mut rand::rng()).unwrap();
+    pump(&mut a, &mut b, act, T0);
+
+    let (lost, _) = a.e().send(&a_bob, Content::text("the lost one"), T0 + 1, &mut rand::rng()).unwrap();
+    let (next, _) = a.e().send(&a_bob, Content::text("after it"), T0 + 1, &mut rand::rng()).unwrap();
+    deliver_ids(&mut a, &mut b, &[next], T0 + 1);
+    for round in 0..2u64 {
+        let now = T0 + 10 + round;
+        let (reply, _) = b.e().send(&b_alice, Content::text(format!("reply {round}")), now, &mut rand::rng()).unwrap();
+        deliver_ids(&mut b, &mut a, &[reply], now);
+        let (ids, _) = a.e().send_many(&a_bob, texts_of(1_001, "burst"), now, &mut rand::rng()).unwrap();
+        deliver_ids(&mut a, &mut b, &[*ids.last().unwrap()], now);
+    }
+    // The lost one waits in Bob's mailbox under Alice's tag.
+    let own = b.store().mailboxes().unwrap().remove(0);
+    let tag = kabar_node::offline::tag(&own.key, &a.key());
+    let envelope = a.store().outbox().unwrap().into_iter().find(|e| e.message_id == lost).unwrap().envelope;
+    let mut mailbox = FakeMailbox::default();
+    mailbox.deposit(tag, &[envelope]);
+    let items = mailbox.items.clone();
+    let (deletable, actions) = b.e().on_mailbox_items(HOST, &items, T0 + 20, &mut rand::rng()).unwrap();
+    assert_eq!(deletable, [items[0].seq], "the sender has it; the mailbox need not keep it");
+    // Bob's receipt travels to Alice; she encrypts the lost one again.
+    let (_, ids, envs) = transmits(&actions).remove(0);
+    let (acks, follow) = a.e().on_request(&b.key(), &envs, T0 + 21, &mut rand::rng()).unwrap();
+    assert_eq!(acks, [Ack::Accepted]);
+    b.e().on_acks(&a.key(), &ids, &acks, T0 + 21, &mut rand::rng()).unwrap();
+    let again = a.store().outbox().unwrap().into_iter().find(|e| e.shown_as == Some(lost)).unwrap();
+    assert_eq!(again.resends, 1);
+    pump(&mut a, &mut b, follow, T0 + 22);
+    assert_eq!(status(&mut a, &lost), MessageStatus::Delivered);
+    assert_eq!(texts(&mut b, &b_alice).iter().filter(|(_, t)| t == "the lost one").count(), 1);
 }

@@ -276,11 +276,8 @@ impl ProfileStore {
     fn migrate(&self, from: u32) -> Result<(), StoreError> {
         self.write(|tx| {
             // Contacts as the old schema wrote them (read once, for every step).
-            let old_contacts: Vec<(Vec<u8>, ContactV4)> = if from < 5 {
-                self.all_sealed(&tx.open_table(CONTACTS)?, CONTACTS_NAME)?
-            } else {
-                Vec::new()
-            };
+            let old_contacts: Vec<(Vec<u8>, ContactV4)> =
+                if from < 5 { self.all_sealed(&tx.open_table(CONTACTS)?, CONTACTS_NAME)? } else { Vec::new() };
             if from < 5 {
                 // 4 → 5 (protocol version 2): contacts gain a fetched
                 // one-time prekey (none yet); every session is a version 1
@@ -2044,7 +2041,8 @@ mod tests {
         let bob = IdentityKeyPair::generate(ProfileKind::Personal, &mut rand::rng());
         let spk = SignedPrekey::generate(&bob, 1, 0, &mut rand::rng());
         let bundle = PrekeyBundle { identity: bob.public(), signed_prekey: spk.public(), one_time_prekey: None };
-        let mut session = kabar_crypto::Session::initiate(&store.identity().unwrap(), &bundle, &mut rand::rng()).unwrap();
+        let mut session =
+            kabar_crypto::Session::initiate(&store.identity().unwrap(), &bundle, &mut rand::rng()).unwrap();
         let envelope = session.encrypt(b"queued under version 1", &mut rand::rng()).unwrap();
         let id = envelope.message_id().0;
         let mut v1_envelope = envelope.encode();
