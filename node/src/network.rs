@@ -392,7 +392,8 @@ pub struct PrekeyStatus {
     /// One-time prekeys in its store: those it can hand out, and those
     /// handed out that no session start has used yet.
     pub one_time_prekeys_held: u64,
-    /// Prekey responses it received and recorded since start.
+    /// Prekey responses it received since start that decoded and verified
+    /// (one from another identity than the contact's is counted, and ignored).
     pub fetched: u64,
 }
 
