@@ -75,6 +75,10 @@ pub struct EngineConfig {
     pub expiry_ms: u64,
     /// Most pending strangers (requests, unanswered customers) and their bytes.
     pub strangers: StrangerLimits,
+    /// How long the first messages to a contact with no session wait, kept
+    /// unencrypted, for its prekeys (`/kabar/prekey/1`) so the session start
+    /// can use a one-time prekey; 0: never wait (use what is in hand).
+    pub prekey_wait_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -85,6 +89,7 @@ impl Default for EngineConfig {
             retry_max_ms: 5 * 60_000,
             expiry_ms: 7 * 24 * 3_600_000,
             strangers: DEFAULT_STRANGER_LIMITS,
+            prekey_wait_ms: prekeys::PREKEY_WAIT_MS,
         }
     }
 }
@@ -361,6 +366,9 @@ pub struct Engine {
     prekeys_asked: HashMap<ContactId, u64>,
     /// When the prekey schedule is next checked.
     next_prekey_maintenance_ms: u64,
+    /// Contacts whose first messages wait unencrypted for their prekeys,
+    /// and until when at the latest.
+    sealing: HashMap<ContactId, u64>,
 }
 
 /// What the bounds against strangers did (for `node info`).
@@ -405,6 +413,7 @@ impl Engine {
             prekey_budgets: PrekeyBudgets::new(0),
             prekeys_asked: HashMap::new(),
             next_prekey_maintenance_ms: 0,
+            sealing: HashMap::new(),
         })
     }
 
@@ -481,15 +490,19 @@ impl Engine {
             }
         })?;
         // Messages queued under a session start the contact refused (see
-        // `on_stale_prekey`) go again under a new one.
+        // `on_stale_prekey`) go again under a new one; then those that
+        // waited unencrypted for these prekeys.
+        let mut actions = Vec::new();
         let spk_changed = contact.signed_prekey.map(|s| s.id) != Some(response.signed_prekey.id);
         if spk_changed && self.store.session(&contact_id)?.is_none() {
-            let queued: Vec<[u8; 16]> = self.outbox.of(&contact_id).iter().map(|q| q.id).collect();
-            if !queued.is_empty() {
-                return self.resend(&contact_id, &queued, now_ms, rng);
+            let stale: Vec<[u8; 16]> =
+                self.outbox.of(&contact_id).iter().filter(|q| !q.unsealed).map(|q| q.id).collect();
+            if !stale.is_empty() {
+                actions.extend(self.resend(&contact_id, &stale, now_ms, rng)?);
             }
         }
-        Ok(Vec::new())
+        actions.extend(self.seal(&contact_id, now_ms, rng)?);
+        Ok(actions)
     }
 
     /// [`Action::FetchPrekeys`] for a contact with no session and no
@@ -593,14 +606,34 @@ impl Engine {
         if contact.blocked {
             return Err(EngineError::Blocked(contact.display_name));
         }
-        let (mut state, mut session) = self.sending_session(contact_id, &contact, rng)?;
+        let (mut state, mut session) = if self.waits_for_prekeys(contact_id, &contact, now_ms)? {
+            (None, None)
+        } else {
+            let (state, session) = self.sending_session(contact_id, &contact, rng)?;
+            (state, Some(session))
+        };
         let first_seq = self.store.conversation(contact_id)?.next_seq;
         let mut batch = Vec::with_capacity(contents.len());
         for (i, content) in contents.into_iter().enumerate() {
             let seq = first_seq + i as u64;
             let body = Message { v: crate::content::CONTENT_VERSION, seq, sent_at_ms: now_ms, content }.encode();
-            let envelope = session.encrypt(&body, rng)?;
-            let id = envelope.message_id().0;
+            let (id, envelope, snapshot) = match session.as_mut() {
+                Some(session) => {
+                    let envelope = session.encrypt(&body, rng)?;
+                    let snapshot = match &state {
+                        Some(state) => SessionState { current: session.snapshot(), previous: state.previous.clone() },
+                        None => SessionState::new(session.snapshot()),
+                    };
+                    (envelope.message_id().0, envelope.encode(), Some(snapshot))
+                }
+                // Kept unencrypted under a random id (the one the user
+                // sees) until the prekeys arrive.
+                None => {
+                    let mut id = [0u8; 16];
+                    rng.fill_bytes(&mut id);
+                    (id, Vec::new(), None)
+                }
+            };
             let message = MessageRecord {
                 id,
                 direction: Direction::Outgoing,
@@ -609,16 +642,7 @@ impl Engine {
                 status: MessageStatus::Queued,
                 body,
             };
-            let snapshot = match &state {
-                Some(state) => SessionState { current: session.snapshot(), previous: state.previous.clone() },
-                None => SessionState::new(session.snapshot()),
-            };
-            batch.push(OutgoingMessage {
-                contact: *contact_id,
-                session: snapshot,
-                message,
-                envelope: envelope.encode(),
-            });
+            batch.push(OutgoingMessage { contact: *contact_id, session: snapshot, message, envelope });
         }
         state.take();
         let seqs = self.store.commit_outgoing(&batch, now_ms)?;
@@ -630,10 +654,70 @@ impl Engine {
                 attempts: 0,
                 next_attempt_at_ms: now_ms,
                 shown: item.message.id,
+                unsealed: item.envelope.is_empty(),
             };
             self.outbox.insert(*contact_id, queued);
         }
         Ok(batch.iter().map(|m| m.message.id).collect())
+    }
+
+    /// True if messages to `contact` now are kept unencrypted until its
+    /// prekeys arrive (at most [`EngineConfig::prekey_wait_ms`]): it has no
+    /// session and we hold no one-time prekey of it, and either we are
+    /// already waiting, or an answer to a request may still come, or we may
+    /// ask now (the next flush asks). Asked lately with nothing usable: no.
+    fn waits_for_prekeys(
+        &mut self,
+        contact_id: &ContactId,
+        contact: &Contact,
+        now_ms: u64,
+    ) -> Result<bool, EngineError> {
+        let wait = self.config.prekey_wait_ms;
+        if wait == 0 || contact.one_time_prekey.is_some() || contact.signed_prekey.is_none() {
+            return Ok(false);
+        }
+        if self.sealing.contains_key(contact_id) {
+            return Ok(true);
+        }
+        if self.store.session(contact_id)?.is_some() {
+            return Ok(false);
+        }
+        let deadline = match self.prekeys_asked.get(contact_id) {
+            Some(at) if now_ms < at + wait => at + wait,
+            Some(at) if now_ms < at + prekeys::FETCH_EVERY_MS => return Ok(false),
+            _ => now_ms + wait,
+        };
+        self.sealing.insert(*contact_id, deadline);
+        Ok(true)
+    }
+
+    /// Encrypts the messages to `contact_id` kept unencrypted while waiting
+    /// for its prekeys (with a one-time prekey if one arrived), and
+    /// transmits them.
+    fn seal<R: CryptoRng + ?Sized>(
+        &mut self,
+        contact_id: &ContactId,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, EngineError> {
+        self.sealing.remove(contact_id);
+        let ids: Vec<[u8; 16]> = self.outbox.of(contact_id).iter().filter(|q| q.unsealed).map(|q| q.id).collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.encrypt_queued(contact_id, &ids, false, now_ms, rng)
+    }
+
+    /// A `/kabar/prekey/1` request to `peer` failed (unreachable, no
+    /// answer): what waited for its prekeys is encrypted without them.
+    pub fn on_prekeys_failed<R: CryptoRng + ?Sized>(
+        &mut self,
+        peer: &PeerKey,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, EngineError> {
+        let contact_id = self.store.contact_id_for_key(peer);
+        self.seal(&contact_id, now_ms, rng)
     }
 
     /// The session to encrypt to `contact` with, and the stored state it came
@@ -678,6 +762,22 @@ impl Engine {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Vec<Action>, EngineError> {
+        self.encrypt_queued(contact_id, ids, true, now_ms, rng)
+    }
+
+    /// Encrypts queued messages (again) under the current session, or a new
+    /// one, in one transaction, then flushes. `resend`: the recipient
+    /// reported their keys gone (counted, bounded by [`MAX_RESENDS`]);
+    /// otherwise a first encryption (messages kept unencrypted, version 1
+    /// envelopes of a migrated store), not counted.
+    fn encrypt_queued<R: CryptoRng + ?Sized>(
+        &mut self,
+        contact_id: &ContactId,
+        ids: &[[u8; 16]],
+        resend: bool,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, EngineError> {
         let queued: Vec<[u8; 16]> =
             ids.iter().filter(|id| self.outbox.of(contact_id).iter().any(|q| &q.id == *id)).copied().collect();
         if queued.is_empty() {
@@ -685,12 +785,14 @@ impl Engine {
         }
         let contact = self.contact_or_err(contact_id)?;
         let mut actions = Vec::new();
+        let mut session: Option<(Option<SessionState>, Session)> = None;
+        let mut items = Vec::new();
         for entry in self.store.outbox_entries(&queued)? {
             let shown = entry.shown_id();
             let record = self.store.message(&entry.message_id)?.map(|(_, _, r)| r);
             let impossible = if contact.blocked {
                 Some("the contact is blocked")
-            } else if entry.resends >= MAX_RESENDS {
+            } else if resend && entry.resends >= MAX_RESENDS {
                 Some("the recipient still cannot decrypt it after it was encrypted again")
             } else if record.is_none() {
                 Some("the message is no longer stored")
@@ -711,19 +813,27 @@ impl Engine {
                 continue;
             }
             let Some(record) = record else { continue };
-            let (state, mut session) = self.sending_session(contact_id, &contact, rng)?;
-            let envelope = session.encrypt(&record.body, rng)?;
-            let new_id = envelope.message_id().0;
+            if session.is_none() {
+                session = Some(self.sending_session(contact_id, &contact, rng)?);
+            }
+            let Some((_, current)) = session.as_mut() else { continue };
+            let envelope = current.encrypt(&record.body, rng)?;
+            items.push((entry.message_id, envelope.message_id().0, envelope.encode()));
+        }
+        if let Some((state, current)) = session
+            && !items.is_empty()
+        {
             let new_state = match state {
-                Some(state) => SessionState { current: session.snapshot(), previous: state.previous },
-                None => SessionState::new(session.snapshot()),
+                Some(state) => SessionState { current: current.snapshot(), previous: state.previous },
+                None => SessionState::new(current.snapshot()),
             };
-            if let Some(fresh) =
-                self.store.reencrypt_outbox(&entry.message_id, &new_state, new_id, envelope.encode(), now_ms)?
-            {
-                tracing::debug!(profile = %self.store.name(), "a message was encrypted again for its recipient");
-                self.forget_queued(&entry.message_id);
-                self.outbox.insert(*contact_id, Queued::from(&fresh));
+            let fresh = self.store.reencrypt_outbox(&items, &new_state, resend, now_ms)?;
+            tracing::debug!(profile = %self.store.name(), count = fresh.len(), resend, "queued messages encrypted");
+            for (old, _, _) in &items {
+                self.forget_queued(old);
+            }
+            for entry in &fresh {
+                self.outbox.insert(*contact_id, Queued::from(entry));
             }
         }
         actions.extend(self.flush_peer(&contact.identity.signing, now_ms)?);
@@ -738,8 +848,9 @@ impl Engine {
     }
 
     /// Outbox entries still holding a version 1 envelope (a store migrated
-    /// from protocol version 1), encrypted again under a version 2 session.
-    /// Call once at start.
+    /// from protocol version 1), or none (kept unencrypted for prekeys when
+    /// the node stopped), encrypted under a version 2 session. Call once at
+    /// start.
     pub fn upgrade_outbox<R: CryptoRng + ?Sized>(
         &mut self,
         now_ms: u64,
@@ -754,7 +865,7 @@ impl Engine {
         }
         let mut actions = Vec::new();
         for (contact, ids) in old {
-            match self.resend(&contact, &ids, now_ms, rng) {
+            match self.encrypt_queued(&contact, &ids, false, now_ms, rng) {
                 Ok(more) => actions.extend(more),
                 Err(e) => {
                     tracing::warn!(profile = %self.store.name(), error = %e, "an old outbox entry could not be upgraded")
@@ -818,17 +929,21 @@ impl Engine {
 
     fn flush(&mut self, peer: &PeerKey, now_ms: u64, reachable: bool) -> Result<Vec<Action>, EngineError> {
         let contact_id = self.store.contact_id_for_key(peer);
+        let mut actions = Vec::new();
+        if self.sealing.contains_key(&contact_id) {
+            actions.extend(self.fetch_prekeys(peer, now_ms)?);
+        }
         let chosen: Vec<Queued> = self
             .outbox
             .of(&contact_id)
             .iter()
-            .filter(|e| !self.in_flight.contains(&e.id))
+            .filter(|e| !e.unsealed && !self.in_flight.contains(&e.id))
             .filter(|e| reachable || e.next_attempt_at_ms <= now_ms || !self.deposited.contains(&e.id))
             .take(self.config.max_batch)
             .copied()
             .collect();
         if chosen.is_empty() {
-            return Ok(Vec::new());
+            return Ok(actions);
         }
         let ids: Vec<[u8; 16]> = chosen.iter().map(|e| e.id).collect();
         let entries = self.store.outbox_entries(&ids)?;
@@ -841,7 +956,7 @@ impl Engine {
                     self.outbox.remove(id);
                 }
             }
-            return Ok(Vec::new());
+            return Ok(actions);
         }
         let contact = self.contact_or_err(&contact_id)?;
         let attempts = chosen.iter().map(|e| e.attempts).max().unwrap_or(0);
@@ -853,18 +968,12 @@ impl Engine {
         self.store.record_attempts(&ids, now_ms + delay)?;
         self.outbox.attempted(&ids, now_ms + delay);
         self.in_flight.extend(ids.iter().copied());
-        let mut actions: Vec<Action> = ids
-            .iter()
-            .zip(&entries)
-            .filter(|(_, e)| e.attempts == 0)
-            .map(|(id, _)| {
-                Action::Notify(NodeEvent::StatusChanged {
-                    profile: self.profile(),
-                    message_id: hex(id),
-                    status: MessageStatus::Sent,
-                })
-            })
-            .collect();
+        actions.extend(
+            ids.iter()
+                .zip(&entries)
+                .filter(|(_, e)| e.attempts == 0 && e.resends == 0)
+                .map(|(id, _)| self.status_event(id, MessageStatus::Sent)),
+        );
         actions.push(Action::Transmit {
             peer: *peer,
             addresses: contact.addresses,
@@ -997,7 +1106,9 @@ impl Engine {
             .outbox
             .of(&contact_id)
             .iter()
-            .filter(|e| e.attempts > 0 && !self.deposited.contains(&e.id) && !self.in_flight.contains(&e.id))
+            .filter(|e| {
+                e.attempts > 0 && !e.unsealed && !self.deposited.contains(&e.id) && !self.in_flight.contains(&e.id)
+            })
             .take(MAX_DEPOSIT_BATCH)
             .map(|e| e.id)
             .collect();
@@ -1101,11 +1212,17 @@ impl Engine {
     }
 
     /// Time passed: retry what is due, fail what expired.
-    pub fn on_tick(&mut self, now_ms: u64) -> Result<Vec<Action>, EngineError> {
-        if self.outbox.is_empty() {
-            return Ok(Vec::new());
-        }
+    pub fn on_tick<R: CryptoRng + ?Sized>(&mut self, now_ms: u64, rng: &mut R) -> Result<Vec<Action>, EngineError> {
         let mut actions = Vec::new();
+        // First messages that waited long enough for prekeys go without.
+        let overdue: Vec<ContactId> =
+            self.sealing.iter().filter(|(_, deadline)| **deadline <= now_ms).map(|(c, _)| *c).collect();
+        for contact in overdue {
+            actions.extend(self.seal(&contact, now_ms, rng)?);
+        }
+        if self.outbox.is_empty() {
+            return Ok(actions);
+        }
         let mut due_peers = Vec::new();
         let mut expired = Vec::new();
         for (contact, entries) in self.outbox.contacts() {

@@ -634,7 +634,7 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                 on_courier_event(&mut engine, &mut courier, event, &mut rng)
             }
             _ = tick.tick() => {
-                let mut actions = engine.on_tick(now_ms()).unwrap_or_else(|e| {
+                let mut actions = engine.on_tick(now_ms(), &mut rng).unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "retry tick failed");
                     Vec::new()
                 });
@@ -1377,6 +1377,12 @@ fn on_prekey_event<R: rand_core::CryptoRng + ?Sized>(
         },
         request_response::Event::OutboundFailure { peer, error, .. } => {
             tracing::debug!(%peer, %error, "prekey request failed");
+            // What waited for these prekeys goes without them.
+            let Some(key) = signing_key_of(&peer) else { return Vec::new() };
+            return engine.on_prekeys_failed(&key, now_ms(), rng).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "encrypting what waited for prekeys failed");
+                Vec::new()
+            });
         }
         _ => {}
     }

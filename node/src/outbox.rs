@@ -24,6 +24,9 @@ pub(crate) struct Queued {
     /// The id the user knows the message by (differs from `id` once the
     /// message was encrypted again).
     pub(crate) shown: [u8; 16],
+    /// Kept unencrypted (no envelope yet) until the contact's prekeys
+    /// arrive; never transmitted as it is.
+    pub(crate) unsealed: bool,
 }
 
 impl From<&OutboxEntry> for Queued {
@@ -35,6 +38,7 @@ impl From<&OutboxEntry> for Queued {
             attempts: e.attempts,
             next_attempt_at_ms: e.next_attempt_at_ms,
             shown: e.shown_id(),
+            unsealed: e.envelope.is_empty(),
         }
     }
 }
@@ -122,7 +126,15 @@ mod tests {
     use super::*;
 
     fn q(id: u8, seq: u64, at: u64) -> Queued {
-        Queued { id: [id; 16], seq, queued_at_ms: at, attempts: 0, next_attempt_at_ms: at, shown: [id; 16] }
+        Queued {
+            id: [id; 16],
+            seq,
+            queued_at_ms: at,
+            attempts: 0,
+            next_attempt_at_ms: at,
+            shown: [id; 16],
+            unsealed: false,
+        }
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub const ONE_TIME_PREKEY_LOW: u64 = 50;
 /// oldest beyond this are deleted (a session start that uses one then fails
 /// as `unknown_prekey`).
 pub const MAX_ISSUED_ONE_TIME_PREKEYS: u32 = 2_000;
+/// The first messages to a contact with no session wait, unencrypted, at
+/// most this long (milliseconds) for its prekeys, so the session start can
+/// use a one-time prekey (`EngineConfig::prekey_wait_ms`).
+pub const PREKEY_WAIT_MS: u64 = 3_000;
 /// A contact without a session is asked for prekeys at most this often
 /// (milliseconds).
 pub const FETCH_EVERY_MS: u64 = 10 * 60_000;

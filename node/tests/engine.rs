@@ -11,6 +11,12 @@ use kabar_storage::*;
 
 const T0: u64 = 1_764_000_000_000; // a Monday, 2025-11-24 16:00 UTC
 
+/// The engines here never wait for prekeys before a first message (there
+/// is no network to answer), except where a test says so.
+fn config() -> EngineConfig {
+    EngineConfig { prekey_wait_ms: 0, ..EngineConfig::default() }
+}
+
 struct Party {
     _tmp: tempfile::TempDir,
     dir: DataDir,
@@ -23,7 +29,7 @@ impl Party {
         let tmp = tempfile::tempdir().unwrap();
         let mut dir = DataDir::create(tmp.path(), b"pw", KdfParams::TESTNET).unwrap();
         let store = dir.create_profile(name, kind, T0 / 1000, &mut rand::rng()).unwrap();
-        let engine = Engine::new(store, EngineConfig::default()).unwrap();
+        let engine = Engine::new(store, config()).unwrap();
         Party { _tmp: tmp, dir, name: name.into(), engine: Some(engine) }
     }
 
@@ -64,10 +70,18 @@ impl Party {
         self.store().contact_id_for_key(&key)
     }
 
+    /// Restarts with an engine that waits for prekeys (see [`waiting`]).
+    fn restart_waiting(&mut self) {
+        drop(self.engine.take());
+        let store = self.dir.open_profile(&self.name).unwrap();
+        let config = EngineConfig { prekey_wait_ms: kabar_node::prekeys::PREKEY_WAIT_MS, ..EngineConfig::default() };
+        self.engine = Some(Engine::new(store, config).unwrap());
+    }
+
     fn restart(&mut self) {
         drop(self.engine.take());
         let store = self.dir.open_profile(&self.name).unwrap();
-        self.engine = Some(Engine::new(store, EngineConfig::default()).unwrap());
+        self.engine = Some(Engine::new(store, config()).unwrap());
     }
 }
 
@@ -181,10 +195,10 @@ fn lost_requests_are_retried_with_backoff_and_survive_a_restart() {
     // The request is lost.
     a.e().on_transmit_failed(&[0; 32], &ids, T0).unwrap();
     // Not due yet: nothing is retried immediately.
-    assert!(transmits(&a.e().on_tick(T0 + 100).unwrap()).is_empty());
+    assert!(transmits(&a.e().on_tick(T0 + 100, &mut rand::rng()).unwrap()).is_empty());
     // Alice's node restarts; the outbox is still there.
     a.restart();
-    let actions = a.e().on_tick(T0 + 5_000).unwrap();
+    let actions = a.e().on_tick(T0 + 5_000, &mut rand::rng()).unwrap();
     assert_eq!(transmits(&actions).len(), 1);
     pump(&mut a, &mut b, actions, T0 + 5_000);
     assert_eq!(status(&mut a, &id), MessageStatus::Delivered);
@@ -195,7 +209,7 @@ fn lost_requests_are_retried_with_backoff_and_survive_a_restart() {
     a.e().on_transmit_failed(&[0; 32], &ids, T0).unwrap();
     let entry = a.store().outbox().unwrap().remove(0);
     assert!(entry.next_attempt_at_ms >= T0 + 6_000 + 800 && entry.next_attempt_at_ms <= T0 + 6_000 + 1_200);
-    let actions = a.e().on_tick(entry.next_attempt_at_ms).unwrap();
+    let actions = a.e().on_tick(entry.next_attempt_at_ms, &mut rand::rng()).unwrap();
     a.e().on_transmit_failed(&[0; 32], &transmits(&actions)[0].1, T0).unwrap();
     let entry2 = a.store().outbox().unwrap().remove(0);
     assert!(entry2.next_attempt_at_ms - entry.next_attempt_at_ms >= 1_600, "backoff doubles");
@@ -396,10 +410,10 @@ fn a_message_fails_only_after_the_expiry() {
     a.e().on_transmit_failed(&[0; 32], &transmits(&actions)[0].1, T0).unwrap();
     let expiry = EngineConfig::default().expiry_ms;
     // Retried (never failed) right up to the expiry.
-    let actions = a.e().on_tick(T0 + expiry).unwrap();
+    let actions = a.e().on_tick(T0 + expiry, &mut rand::rng()).unwrap();
     assert_eq!(status(&mut a, &id), MessageStatus::Sent);
     a.e().on_transmit_failed(&[0; 32], &transmits(&actions)[0].1, T0).unwrap();
-    let actions = a.e().on_tick(T0 + expiry + 1).unwrap();
+    let actions = a.e().on_tick(T0 + expiry + 1, &mut rand::rng()).unwrap();
     assert!(transmits(&actions).is_empty());
     assert_eq!(status(&mut a, &id), MessageStatus::Failed);
     assert!(a.store().outbox().unwrap().is_empty());
@@ -624,7 +638,7 @@ fn never_online_together_messages_go_through_mailboxes_with_delivery_receipts() 
     }
     assert_eq!(alice.store().outbox().unwrap().len(), 50, "stored is not delivered: the outbox keeps them");
     // Retries slow down: nothing is due a minute later.
-    assert!(transmits(&alice.e().on_tick(T0 + 60_000).unwrap()).is_empty());
+    assert!(transmits(&alice.e().on_tick(T0 + 60_000, &mut rand::rng()).unwrap()).is_empty());
     alice.restart(); // Alice goes offline too.
 
     // Bob comes back and fetches, in pages, twice (a page seen again after a
@@ -806,7 +820,10 @@ fn blocking_drops_what_is_queued_to_the_contact_and_refuses_what_it_sends() {
     assert!(shop.store().outbox().unwrap().is_empty(), "nothing stays queued to a blocked contact");
     assert_eq!(status(&mut shop, &greeting_ids[0]), MessageStatus::Failed);
     assert!(actions.iter().any(|a| matches!(a, Action::Notify(kabar_node::engine::NodeEvent::StatusChanged { .. }))));
-    assert!(transmits(&shop.e().on_tick(T0 + 3_600_000).unwrap()).is_empty(), "and nothing is retried");
+    assert!(
+        transmits(&shop.e().on_tick(T0 + 3_600_000, &mut rand::rng()).unwrap()).is_empty(),
+        "and nothing is retried"
+    );
 
     // What it sends next, in the same session, is refused and not stored.
     let before = texts(&mut shop, &them).len();
@@ -853,11 +870,11 @@ fn strangers_who_never_come_back_cost_a_shop_a_bounded_queue_that_empties_and_st
     assert!(queued > 0 && queued <= MAX_STRANGER_QUEUE, "greetings to strangers are bounded: {queued}");
     // After their short time to live, the tick gives them up…
     let later = now + STRANGER_REPLY_TTL_MS + 1;
-    shop.e().on_tick(later).unwrap();
+    shop.e().on_tick(later, &mut rand::rng()).unwrap();
     assert!(shop.store().outbox().unwrap().is_empty(), "nothing waits for strangers who left");
     // …and a restart finds nothing to do.
     shop.restart();
-    assert!(shop.e().on_tick(later + 1).unwrap().is_empty());
+    assert!(shop.e().on_tick(later + 1, &mut rand::rng()).unwrap().is_empty());
     assert!(shop.store().outbox().unwrap().is_empty());
     // A customer who writes now still gets the greeting at once.
     let (key, envelope) = fresh_stranger(&mut shop, "hello", later + 2);
@@ -875,7 +892,7 @@ fn pending_strangers_are_capped_and_the_oldest_go_with_everything_they_sent() {
         _tmp: tmp,
         dir,
         name: "me".into(),
-        engine: Some(Engine::new(store, EngineConfig { strangers: limits, ..EngineConfig::default() }).unwrap()),
+        engine: Some(Engine::new(store, EngineConfig { strangers: limits, ..config() }).unwrap()),
     };
     let mut first = Vec::new();
     let mut dropped_events = 0;
@@ -1296,4 +1313,82 @@ fn a_mailbox_item_whose_key_is_gone_comes_back_through_a_retry_receipt() {
     pump(&mut a, &mut b, follow, T0 + 22);
     assert_eq!(status(&mut a, &lost), MessageStatus::Delivered);
     assert_eq!(texts(&mut b, &b_alice).iter().filter(|(_, t)| t == "the lost one").count(), 1);
+}
+
+/// A party whose engine waits for prekeys before a first message, as a
+/// node does.
+fn waiting(name: &str) -> Party {
+    let mut p = Party::new(name, ProfileKind::Personal);
+    p.engine.take();
+    let store = p.dir.open_profile(name).unwrap();
+    let config = EngineConfig { prekey_wait_ms: kabar_node::prekeys::PREKEY_WAIT_MS, ..EngineConfig::default() };
+    p.engine = Some(Engine::new(store, config).unwrap());
+    p
+}
+
+/// A first message to a contact with no session waits, stored but not
+/// encrypted, until the contact's prekeys arrive, then starts the session
+/// with the one-time prekey; the user's id does not change. If the request
+/// fails, or nothing comes within the wait, it goes without DH4.
+#[test]
+fn a_first_message_waits_for_the_contacts_prekeys_then_uses_its_one_time_prekey() {
+    let mut a = waiting("alice");
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    let (ak, bk) = (a.key(), b.key());
+    let (id, act) = a.e().send(&a_bob, Content::text("first"), T0, &mut rand::rng()).unwrap();
+    assert!(transmits(&act).is_empty(), "nothing leaves before the prekeys");
+    assert!(act.iter().any(|x| matches!(x, Action::FetchPrekeys { peer, .. } if *peer == bk)));
+    assert_eq!(status(&mut a, &id), MessageStatus::Queued);
+    assert!(a.store().session(&a_bob).unwrap().is_none(), "no session yet");
+    let (id2, act) = a.e().send(&a_bob, Content::text("second"), T0 + 1, &mut rand::rng()).unwrap();
+    assert!(transmits(&act).is_empty() && !act.iter().any(|x| matches!(x, Action::FetchPrekeys { .. })));
+    // A restart while waiting loses nothing (the store holds both).
+    let response = b.e().serve_prekeys(&ak, T0 + 5).unwrap();
+    let opk = kabar_node::prekeys::PrekeyResponse::decode(&response).unwrap().one_time_prekey.unwrap();
+    let act = a.e().on_prekeys(&bk, &response, T0 + 5, &mut rand::rng()).unwrap();
+    let (_, wire, envs) = transmits(&act).remove(0);
+    assert_eq!(envs.len(), 2);
+    assert_eq!(prekey_header(&envs[0]).unwrap().one_time_prekey_id, Some(opk.id));
+    assert!(!wire.contains(&id), "the envelope has its own id");
+    // Events speak of the id the user was given.
+    assert!(act.iter().any(|x| matches!(x,
+        Action::Notify(kabar_node::engine::NodeEvent::StatusChanged { message_id, status: MessageStatus::Sent, .. })
+            if *message_id == kabar_crypto::hex::encode(&id))));
+    pump(&mut a, &mut b, act, T0 + 5);
+    assert_eq!(status(&mut a, &id), MessageStatus::Delivered);
+    assert_eq!(status(&mut a, &id2), MessageStatus::Delivered);
+    let b_alice = b.store().contact_id_for_key(&ak);
+    let seen: Vec<String> = texts(&mut b, &b_alice).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(seen, ["first", "second"]);
+
+    // A contact that cannot be asked: the failure releases the message at once…
+    let mut c = Party::new("carol", ProfileKind::Personal);
+    let a_carol = a.knows(&mut c, "Carol");
+    let ck = c.key();
+    let (_, act) = a.e().send(&a_carol, Content::text("to carol"), T0 + 10, &mut rand::rng()).unwrap();
+    assert!(transmits(&act).is_empty());
+    let act = a.e().on_prekeys_failed(&ck, T0 + 11, &mut rand::rng()).unwrap();
+    let (_, _, envs) = transmits(&act).remove(0);
+    assert_eq!(prekey_header(&envs[0]).unwrap().one_time_prekey_id, None);
+
+    // …and one that never answers is released by the tick after the wait.
+    let mut d = Party::new("dave", ProfileKind::Personal);
+    let a_dave = a.knows(&mut d, "Dave");
+    let (dave_id, act) = a.e().send(&a_dave, Content::text("to dave"), T0 + 20, &mut rand::rng()).unwrap();
+    assert!(transmits(&act).is_empty());
+    a.restart_waiting();
+    assert!(transmits(&a.e().on_tick(T0 + 21, &mut rand::rng()).unwrap()).is_empty());
+    let act = a.e().upgrade_outbox(T0 + 22, &mut rand::rng()).unwrap();
+    let sent = transmits(&act);
+    assert_eq!(sent.len(), 1, "after a restart the waiting message is encrypted at once");
+    assert_eq!(status(&mut a, &dave_id), MessageStatus::Sent);
+    let mut e = Party::new("erin", ProfileKind::Personal);
+    let a_erin = a.knows(&mut e, "Erin");
+    let ek = e.key();
+    let to_erin = |act: &[Action]| transmits(act).into_iter().filter(|(p, _, _)| *p == ek).count();
+    let (_, act) = a.e().send(&a_erin, Content::text("to erin"), T0 + 30, &mut rand::rng()).unwrap();
+    assert_eq!(to_erin(&act), 0);
+    assert_eq!(to_erin(&a.e().on_tick(T0 + 30 + 2_999, &mut rand::rng()).unwrap()), 0);
+    assert_eq!(to_erin(&a.e().on_tick(T0 + 30 + 3_000, &mut rand::rng()).unwrap()), 1);
 }

@@ -182,7 +182,7 @@ impl Kabar {
                 let (contact, session) = &self.peers[i % self.peers.len()];
                 OutgoingMessage {
                     contact: *contact,
-                    session: kabar_storage::SessionState::new(session.clone()),
+                    session: Some(kabar_storage::SessionState::new(session.clone())),
                     message: self.record(Direction::Outgoing, i % self.peers.len()),
                     envelope: self.envelope.clone(),
                 }

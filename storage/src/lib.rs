@@ -34,4 +34,4 @@ pub mod store;
 pub use error::StoreError;
 pub use header::{DataDir, KdfParams, ProfileEntry, validate_profile_name};
 pub use model::*;
-pub use store::{IncomingMessage, OutgoingMessage, ProfileStore, ReceiveOutcome};
+pub use store::{IncomingMessage, OutgoingMessage, ProfileStore, ReceiptChange, ReceiveOutcome};

@@ -44,8 +44,10 @@ pub const INITIAL_ONE_TIME_PREKEYS: u32 = 100;
 pub struct OutgoingMessage {
     /// Recipient.
     pub contact: ContactId,
-    /// The session state after encrypting this message.
-    pub session: SessionState,
+    /// The session state after encrypting this message; `None` for a message
+    /// kept unencrypted (empty `envelope`) until the contact's prekeys
+    /// arrive, which leaves the session as it is.
+    pub session: Option<SessionState>,
     /// The message record (status `Queued`).
     pub message: MessageRecord,
     /// The encoded envelope.
@@ -79,6 +81,10 @@ impl IncomingMessage {
         self.message.as_ref().map_or(self.received_id, |m| m.id)
     }
 }
+
+/// One change a receipt made: the id it named, the id of the message record
+/// it reached (the id the user knows), and the new status.
+pub type ReceiptChange = ([u8; 16], [u8; 16], MessageStatus);
 
 /// What [`ProfileStore::commit_incoming`] did with one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1121,7 +1127,9 @@ impl ProfileStore {
             let mut state = BatchState::default();
             let mut seqs = Vec::with_capacity(batch.len());
             for item in batch {
-                state.sessions.insert(item.contact, &item.session);
+                if let Some(session) = &item.session {
+                    state.sessions.insert(item.contact, session);
+                }
                 let seq = self.store_message(tx, &mut state, &item.contact, &item.message, false)?;
                 seqs.push(seq);
                 let entry = OutboxEntry {
@@ -1142,49 +1150,58 @@ impl ProfileStore {
         })
     }
 
-    /// Replaces the outbox entry `old` by the same message encrypted again
-    /// (`envelope`, id `new_id`) under `session`, in ONE durable
-    /// transaction: the session state, the new entry (due now, attempts 0,
-    /// `resends` one more, known to the user by the original id) and an
-    /// index entry so statuses and receipts under the new id reach the same
-    /// message record; the old id keeps its index entry (the user's id).
-    /// Returns the new entry, or `None` if `old` is no longer queued.
+    /// Replaces outbox entries by the same messages encrypted (again), in
+    /// ONE durable transaction: for each `(old id, new id, envelope)` the new
+    /// entry (due now, attempts 0, known to the user by the original id) and
+    /// an index entry so statuses and receipts under the new id reach the
+    /// same message record (the old id keeps its index entry: it is the
+    /// user's id); then `session`, the state after the last of them.
+    /// `resend` counts this as one more re-encryption (a recipient reported
+    /// the key gone); a first encryption of a message kept unencrypted does
+    /// not. Returns the new entries; an `old` no longer queued is skipped.
     pub fn reencrypt_outbox(
         &self,
-        old: &[u8; 16],
+        items: &[([u8; 16], [u8; 16], Vec<u8>)],
         session: &SessionState,
-        new_id: [u8; 16],
-        envelope: Vec<u8>,
+        resend: bool,
         now_ms: u64,
-    ) -> Result<Option<OutboxEntry>, StoreError> {
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
         self.write(|tx| {
-            let mut outbox = tx.open_table(OUTBOX)?;
-            let Some(entry): Option<OutboxEntry> = self.get_sealed(&outbox, OUTBOX_NAME, old)? else {
-                return Ok(None);
-            };
-            let mut index = tx.open_table(MESSAGE_INDEX)?;
-            let position = index
-                .get(old.as_slice())?
-                .map(|v| v.value().to_vec())
-                .ok_or(StoreError::MalformedRecord { table: MESSAGE_INDEX_NAME })?;
-            index.insert(new_id.as_slice(), position.as_slice())?;
-            drop(index);
-            outbox.remove(old.as_slice())?;
-            let fresh = OutboxEntry {
-                message_id: new_id,
-                envelope,
-                attempts: 0,
-                next_attempt_at_ms: now_ms,
-                shown_as: Some(entry.shown_id()),
-                resends: entry.resends.saturating_add(1),
-                ..entry
-            };
-            self.put_sealed(&mut outbox, OUTBOX_NAME, &new_id, &fresh)?;
-            drop(outbox);
-            tx.open_table(DEPOSITED)?.remove(old.as_slice())?;
-            let sealed = self.keys.seal(SESSIONS_NAME, &fresh.contact.0, session)?;
-            tx.open_table(SESSIONS)?.insert(fresh.contact.0.as_slice(), sealed.as_slice())?;
-            Ok(Some(fresh))
+            let mut out = Vec::with_capacity(items.len());
+            let mut contact = None;
+            for (old, new_id, envelope) in items {
+                let mut outbox = tx.open_table(OUTBOX)?;
+                let Some(entry): Option<OutboxEntry> = self.get_sealed(&outbox, OUTBOX_NAME, old)? else {
+                    continue;
+                };
+                let mut index = tx.open_table(MESSAGE_INDEX)?;
+                let position = index
+                    .get(old.as_slice())?
+                    .map(|v| v.value().to_vec())
+                    .ok_or(StoreError::MalformedRecord { table: MESSAGE_INDEX_NAME })?;
+                index.insert(new_id.as_slice(), position.as_slice())?;
+                drop(index);
+                outbox.remove(old.as_slice())?;
+                let fresh = OutboxEntry {
+                    message_id: *new_id,
+                    envelope: envelope.clone(),
+                    attempts: 0,
+                    next_attempt_at_ms: now_ms,
+                    shown_as: Some(entry.shown_id()),
+                    resends: entry.resends.saturating_add(u32::from(resend)),
+                    ..entry
+                };
+                self.put_sealed(&mut outbox, OUTBOX_NAME, new_id, &fresh)?;
+                drop(outbox);
+                tx.open_table(DEPOSITED)?.remove(old.as_slice())?;
+                contact = Some(fresh.contact);
+                out.push(fresh);
+            }
+            if let Some(contact) = contact {
+                let sealed = self.keys.seal(SESSIONS_NAME, &contact.0, session)?;
+                tx.open_table(SESSIONS)?.insert(contact.0.as_slice(), sealed.as_slice())?;
+            }
+            Ok(out)
         })
     }
 
@@ -1294,7 +1311,7 @@ impl ProfileStore {
         contact: &ContactId,
         read: &[[u8; 16]],
         delivered: &[[u8; 16]],
-    ) -> Result<Vec<([u8; 16], [u8; 16], MessageStatus)>, StoreError> {
+    ) -> Result<Vec<ReceiptChange>, StoreError> {
         if read.len() + delivered.len() > MAX_RECEIPT_IDS {
             return Err(StoreError::Invalid(format!("a receipt names at most {MAX_RECEIPT_IDS} messages")));
         }
@@ -1303,7 +1320,7 @@ impl ProfileStore {
             .map(|id| (id, MessageStatus::Delivered))
             .chain(read.iter().map(|id| (id, MessageStatus::Read)));
         // (id in the receipt, the record's own id, new status)
-        let mut changes: Vec<([u8; 16], [u8; 16], MessageStatus)> = Vec::new();
+        let mut changes: Vec<ReceiptChange> = Vec::new();
         {
             let tx = self.read()?;
             let messages = tx.open_table(MESSAGES)?;
@@ -1893,7 +1910,7 @@ mod tests {
             .iter()
             .map(|id| OutgoingMessage {
                 contact: alice,
-                session: SessionState::new(session.clone()),
+                session: Some(SessionState::new(session.clone())),
                 message: MessageRecord {
                     id: *id,
                     direction: Direction::Outgoing,
@@ -2057,7 +2074,7 @@ mod tests {
         };
         let item = OutgoingMessage {
             contact: alice,
-            session: SessionState::new(session.snapshot()),
+            session: Some(SessionState::new(session.snapshot())),
             message,
             envelope: v1_envelope.clone(),
         };

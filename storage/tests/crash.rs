@@ -119,7 +119,7 @@ fn run_child(root: &Path) -> ! {
             let envelope = session.encrypt(&text, &mut rng).unwrap();
             batch.push(OutgoingMessage {
                 contact,
-                session: kabar_storage::SessionState::new(session.snapshot()),
+                session: Some(kabar_storage::SessionState::new(session.snapshot())),
                 message: MessageRecord {
                     id: envelope.message_id().0,
                     direction: Direction::Outgoing,

@@ -52,7 +52,7 @@ fn outgoing(contact: ContactId, session: &mut Session, text: &str) -> OutgoingMe
     let envelope = session.encrypt(text.as_bytes(), &mut rand::rng()).unwrap();
     OutgoingMessage {
         contact,
-        session: SessionState::new(session.snapshot()),
+        session: Some(SessionState::new(session.snapshot())),
         message: MessageRecord {
             id: envelope.message_id().0,
             direction: Direction::Outgoing,

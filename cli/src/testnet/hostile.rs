@@ -324,6 +324,7 @@ fn reason_name(reason: RejectReason) -> &'static str {
         RejectReason::UnknownPrekey => "unknown_prekey",
         RejectReason::IdentityMismatch => "identity_mismatch",
         RejectReason::Busy => "busy",
+        RejectReason::KeyGone => "key_gone",
         RejectReason::Unknown(_) => "unknown",
     }
 }
@@ -964,7 +965,7 @@ impl Lane {
             {
                 let read: Vec<String> =
                     (0..ids).map(|_| kabar_crypto::hex::encode(&self.rng.random::<[u8; 16]>())).collect();
-                let plaintext = message(conv.seq, Content::Receipt { read, delivered: Vec::new() });
+                let plaintext = message(conv.seq, Content::Receipt { read, delivered: Vec::new(), retry: Vec::new() });
                 conv.seq += 1;
                 let Ok(envelope) = conv.session.encrypt(&plaintext, &mut self.rng) else {
                     self.local_error();
