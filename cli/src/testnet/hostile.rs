@@ -32,7 +32,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
-use kabar_crypto::envelope::{MIN_CIPHERTEXT, RatchetHeader};
+use kabar_crypto::envelope::{MIN_CIPHERTEXT, RatchetHeader, padded_len};
+use kabar_crypto::primitives::TAG_LEN;
 use kabar_crypto::{Envelope, IdentityKeyPair, PrekeyBundle, PrekeyHeader, ProfileKind, Session};
 use kabar_node::card::ContactCard;
 use kabar_node::content::{CONTENT_VERSION, Content, Message};
@@ -829,7 +830,9 @@ impl Lane {
         let spk = self.aims[aim_index].bundle.signed_prekey.id;
         (0..GARBAGE_ENVELOPES)
             .map(|i| {
-                let len = self.rng.random_range(MIN_CIPHERTEXT..=MIN_CIPHERTEXT * 8);
+                // A length the decoder accepts (a padding bucket plus the
+                // tag), so the envelope reaches the cryptography.
+                let len = padded_len(self.rng.random_range(0..=MIN_CIPHERTEXT * 8)) + TAG_LEN;
                 let envelope = |rng: &mut StdRng, prekey: Option<PrekeyHeader>| Envelope {
                     prekey,
                     header: RatchetHeader {
