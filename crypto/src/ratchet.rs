@@ -285,6 +285,12 @@ impl Session {
         self.state.pending_prekey.is_some()
     }
 
+    /// The X3DH header this (initiator) session repeats until it hears
+    /// back, if it has not yet.
+    pub fn pending_prekey(&self) -> Option<&PrekeyHeader> {
+        self.state.pending_prekey.as_ref()
+    }
+
     /// True if `header` is the X3DH header this (responder) session was made
     /// from: a retransmitted first message, to be decrypted here, not answered
     /// with a new session.

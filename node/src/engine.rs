@@ -58,6 +58,12 @@ pub const STRANGER_REPLY_TTL_MS: u64 = 10 * 60_000;
 /// automations do not answer strangers.
 pub const MAX_STRANGER_QUEUE: usize = 256;
 
+/// An outbox entry handed to the network whose outcome (acknowledgement or
+/// failure) has not come back after this long is treated as settled and
+/// retried: longer than any request timeout of the network layer, so it
+/// only matters when an action was lost with an error.
+pub const IN_FLIGHT_MAX_MS: u64 = 5 * 60_000;
+
 /// Most times one message is encrypted again after its recipient reported
 /// its key gone; then it fails ([`NodeEvent::ResendFailed`]).
 pub const MAX_RESENDS: u32 = 3;
@@ -340,7 +346,10 @@ pub struct Engine {
     store: ProfileStore,
     identity: IdentityKeyPair,
     config: EngineConfig,
-    in_flight: HashSet<[u8; 16]>,
+    /// Outbox entries handed to the network, and since when. One whose
+    /// outcome never came back (an action lost with an error) counts as
+    /// settled after [`IN_FLIGHT_MAX_MS`].
+    in_flight: HashMap<[u8; 16], u64>,
     /// The outbox without its envelopes: what is queued for whom and when it
     /// is due. Every outbox change in the store goes through it too.
     outbox: OutboxIndex,
@@ -401,7 +410,7 @@ impl Engine {
             store,
             identity,
             config,
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
             outbox,
             deposited,
             depositing: HashSet::new(),
@@ -445,12 +454,14 @@ impl Engine {
     /// one-time prekey marked handed out (durably) before this returns. A
     /// blocked contact gets [`EngineError::Blocked`] (no answer).
     pub fn serve_prekeys(&mut self, requester: &PeerKey, now_ms: u64) -> Result<Vec<u8>, EngineError> {
-        if let Some((_, c)) = self.store.contact_by_peer_key(requester)?
+        let known = self.store.contact_by_peer_key(requester)?;
+        if let Some((_, c)) = &known
             && c.blocked
         {
-            return Err(EngineError::Blocked(c.display_name));
+            return Err(EngineError::Blocked(c.display_name.clone()));
         }
-        let one_time_prekey = if self.prekey_budgets.admit(requester, now_ms) {
+        let is_contact = known.is_some_and(|(id, c)| !c.request && !self.strangers.contains(&id));
+        let one_time_prekey = if self.prekey_budgets.admit(requester, is_contact, now_ms) {
             self.store.hand_out_one_time_prekey(prekeys::MAX_ISSUED_ONE_TIME_PREKEYS)?
         } else {
             None
@@ -489,20 +500,9 @@ impl Engine {
                 c.one_time_prekey = response.one_time_prekey;
             }
         })?;
-        // Messages queued under a session start the contact refused (see
-        // `on_stale_prekey`) go again under a new one; then those that
-        // waited unencrypted for these prekeys.
-        let mut actions = Vec::new();
-        let spk_changed = contact.signed_prekey.map(|s| s.id) != Some(response.signed_prekey.id);
-        if spk_changed && self.store.session(&contact_id)?.is_none() {
-            let stale: Vec<[u8; 16]> =
-                self.outbox.of(&contact_id).iter().filter(|q| !q.unsealed).map(|q| q.id).collect();
-            if !stale.is_empty() {
-                actions.extend(self.resend(&contact_id, &stale, now_ms, rng)?);
-            }
-        }
-        actions.extend(self.seal(&contact_id, now_ms, rng)?);
-        Ok(actions)
+        // What waited unencrypted for these prekeys (first messages, or
+        // those of a session start the contact refused) goes now.
+        self.seal(&contact_id, now_ms, rng)
     }
 
     /// [`Action::FetchPrekeys`] for a contact with no session and no
@@ -673,6 +673,11 @@ impl Engine {
         now_ms: u64,
     ) -> Result<bool, EngineError> {
         let wait = self.config.prekey_wait_ms;
+        if contact.signed_prekey.is_some() && self.outbox.of(contact_id).iter().any(|q| q.unsealed) {
+            // Older messages still wait unencrypted: new ones go after them.
+            self.sealing.entry(*contact_id).or_insert(now_ms);
+            return Ok(true);
+        }
         if wait == 0 || contact.one_time_prekey.is_some() || contact.signed_prekey.is_none() {
             return Ok(false);
         }
@@ -705,7 +710,17 @@ impl Engine {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        self.encrypt_queued(contact_id, &ids, false, now_ms, rng)
+        let mut actions = match self.encrypt_queued(contact_id, &ids, false, now_ms, rng) {
+            Ok(actions) => actions,
+            Err(e) => {
+                // Tried again at the next deadline (the tick), in order.
+                self.sealing.insert(*contact_id, now_ms + self.config.prekey_wait_ms.max(prekeys::PREKEY_WAIT_MS));
+                return Err(e);
+            }
+        };
+        let peer = self.contact_or_err(contact_id)?.identity.signing;
+        actions.extend(self.flush_peer(&peer, now_ms)?);
+        Ok(actions)
     }
 
     /// A `/kabar/prekey/1` request to `peer` failed (unreachable, no
@@ -762,11 +777,15 @@ impl Engine {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Vec<Action>, EngineError> {
-        self.encrypt_queued(contact_id, ids, true, now_ms, rng)
+        let mut actions = self.encrypt_queued(contact_id, ids, true, now_ms, rng)?;
+        let peer = self.contact_or_err(contact_id)?.identity.signing;
+        actions.extend(self.flush_peer(&peer, now_ms)?);
+        Ok(actions)
     }
 
     /// Encrypts queued messages (again) under the current session, or a new
-    /// one, in one transaction, then flushes. `resend`: the recipient
+    /// one, in one transaction (the caller flushes; the new entries are due
+    /// at once). `resend`: the recipient
     /// reported their keys gone (counted, bounded by [`MAX_RESENDS`]);
     /// otherwise a first encryption (messages kept unencrypted, version 1
     /// envelopes of a migrated store), not counted.
@@ -836,8 +855,13 @@ impl Engine {
                 self.outbox.insert(*contact_id, Queued::from(entry));
             }
         }
-        actions.extend(self.flush_peer(&contact.identity.signing, now_ms)?);
         Ok(actions)
+    }
+
+    /// True while `id` was handed to the network less than
+    /// [`IN_FLIGHT_MAX_MS`] ago and its outcome has not come back.
+    fn is_in_flight(&self, id: &[u8; 16], now_ms: u64) -> bool {
+        self.in_flight.get(id).is_some_and(|since| now_ms < since.saturating_add(IN_FLIGHT_MAX_MS))
     }
 
     /// Forgets an outbox entry in memory (the store already dropped it).
@@ -937,7 +961,7 @@ impl Engine {
             .outbox
             .of(&contact_id)
             .iter()
-            .filter(|e| !e.unsealed && !self.in_flight.contains(&e.id))
+            .filter(|e| !e.unsealed && !self.is_in_flight(&e.id, now_ms))
             .filter(|e| reachable || e.next_attempt_at_ms <= now_ms || !self.deposited.contains(&e.id))
             .take(self.config.max_batch)
             .copied()
@@ -967,7 +991,7 @@ impl Engine {
         }
         self.store.record_attempts(&ids, now_ms + delay)?;
         self.outbox.attempted(&ids, now_ms + delay);
-        self.in_flight.extend(ids.iter().copied());
+        self.in_flight.extend(ids.iter().map(|id| (*id, now_ms)));
         actions.extend(
             ids.iter()
                 .zip(&entries)
@@ -1002,7 +1026,7 @@ impl Engine {
     ) -> Result<Vec<Action>, EngineError> {
         let mut delivered = Vec::new();
         let mut key_gone = Vec::new();
-        let mut unknown_prekey = false;
+        let mut unknown_prekey = Vec::new();
         let mut actions = Vec::new();
         // All of them first: an error below must not leave some in flight
         // for ever (never retried nor expired).
@@ -1013,7 +1037,7 @@ impl Engine {
             match acks.get(i) {
                 Some(Ack::Accepted | Ack::Duplicate) => delivered.push(*id),
                 Some(Ack::Rejected(RejectReason::KeyGone)) => key_gone.push(*id),
-                Some(Ack::Rejected(RejectReason::UnknownPrekey)) => unknown_prekey = true,
+                Some(Ack::Rejected(RejectReason::UnknownPrekey)) => unknown_prekey.push(*id),
                 Some(Ack::Rejected(reason)) if !reason.is_transient() => {
                     tracing::warn!(profile = %self.store.name(), ?reason, "message rejected by recipient");
                     let shown = self.shown_id(id);
@@ -1036,8 +1060,8 @@ impl Engine {
             let contact_id = self.store.contact_id_for_key(peer);
             actions.extend(self.resend(&contact_id, &key_gone, now_ms, rng)?);
         }
-        if unknown_prekey {
-            actions.extend(self.on_stale_prekey(peer, now_ms)?);
+        if !unknown_prekey.is_empty() {
+            actions.extend(self.on_stale_prekey(peer, &unknown_prekey, now_ms)?);
         }
         actions.extend(self.flush_peer(peer, now_ms)?);
         Ok(actions)
@@ -1049,13 +1073,40 @@ impl Engine {
     /// prekeys fetched; when they arrive ([`Engine::on_prekeys`]) what is
     /// queued is encrypted again under a new session. The queued envelopes
     /// stay until then (the refusal is transient).
-    fn on_stale_prekey(&mut self, peer: &PeerKey, now_ms: u64) -> Result<Vec<Action>, EngineError> {
+    fn on_stale_prekey(
+        &mut self,
+        peer: &PeerKey,
+        refused: &[[u8; 16]],
+        now_ms: u64,
+    ) -> Result<Vec<Action>, EngineError> {
         let contact_id = self.store.contact_id_for_key(peer);
         let Some(state) = self.store.session(&contact_id)? else { return Ok(Vec::new()) };
-        if !Session::from_snapshot(state.current)?.awaiting_reply() {
+        let current = Session::from_snapshot(state.current)?;
+        // Only a refusal of the session start we are still waiting on
+        // (same base key): an older session's refusal changes nothing.
+        let Some(pending) = current.pending_prekey() else { return Ok(Vec::new()) };
+        let ours = self.store.outbox_entries(refused)?.iter().any(|e| {
+            Envelope::decode(&e.envelope)
+                .ok()
+                .and_then(|env| env.prekey)
+                .is_some_and(|h| h.base_key == pending.base_key)
+        });
+        if !ours {
             return Ok(Vec::new());
         }
+        tracing::info!(profile = %self.store.name(), "a session start was refused (unknown prekey); fetching the contact's prekeys");
         self.store.drop_session(&contact_id)?;
+        // A one-time prekey we hold may be the one it no longer has.
+        self.store.update_contact(&contact_id, |c| c.one_time_prekey = None)?;
+        // Everything encrypted under the refused session waits, unencrypted,
+        // for the new one.
+        let sealed: Vec<[u8; 16]> = self.outbox.of(&contact_id).iter().filter(|q| !q.unsealed).map(|q| q.id).collect();
+        for id in self.store.unseal_outbox(&sealed)? {
+            self.in_flight.remove(&id);
+            self.deposited.remove(&id);
+            self.outbox.set_unsealed(&id);
+        }
+        self.sealing.insert(contact_id, now_ms + self.config.prekey_wait_ms);
         self.prekeys_asked.remove(&contact_id);
         Ok(self.fetch_prekeys(peer, now_ms)?.into_iter().collect())
     }
@@ -1107,7 +1158,7 @@ impl Engine {
             .of(&contact_id)
             .iter()
             .filter(|e| {
-                e.attempts > 0 && !e.unsealed && !self.deposited.contains(&e.id) && !self.in_flight.contains(&e.id)
+                e.attempts > 0 && !e.unsealed && !self.deposited.contains(&e.id) && !self.is_in_flight(&e.id, now_ms)
             })
             .take(MAX_DEPOSIT_BATCH)
             .map(|e| e.id)
@@ -1155,7 +1206,11 @@ impl Engine {
                 return Ok(Vec::new());
             }
         };
-        let stored = &message_ids[..accepted];
+        // Only what is still queued under these envelope ids (one encrypted
+        // again meanwhile is queued under another).
+        let stored: Vec<[u8; 16]> =
+            message_ids[..accepted].iter().filter(|id| self.outbox.get(id).is_some()).copied().collect();
+        let stored = &stored[..];
         let mut actions = Vec::new();
         let (mut visible, mut done) = (Vec::new(), Vec::new());
         for id in stored {
@@ -1218,7 +1273,12 @@ impl Engine {
         let overdue: Vec<ContactId> =
             self.sealing.iter().filter(|(_, deadline)| **deadline <= now_ms).map(|(c, _)| *c).collect();
         for contact in overdue {
-            actions.extend(self.seal(&contact, now_ms, rng)?);
+            match self.seal(&contact, now_ms, rng) {
+                Ok(more) => actions.extend(more),
+                Err(e) => {
+                    tracing::warn!(profile = %self.store.name(), error = %e, "encrypting waiting messages failed")
+                }
+            }
         }
         if self.outbox.is_empty() {
             return Ok(actions);
@@ -1228,7 +1288,7 @@ impl Engine {
         for (contact, entries) in self.outbox.contacts() {
             let expiry = self.expiry_for(contact);
             let mut due = false;
-            for entry in entries.iter().filter(|e| !self.in_flight.contains(&e.id)) {
+            for entry in entries.iter().filter(|e| !self.is_in_flight(&e.id, now_ms)) {
                 if now_ms.saturating_sub(entry.queued_at_ms) > expiry {
                     expired.push(entry.id);
                 } else {
@@ -1241,8 +1301,8 @@ impl Engine {
         }
         for id in expired {
             self.store.fail_message(&id)?;
-            self.outbox.remove(&id);
             actions.push(self.status_event(&id, MessageStatus::Failed));
+            self.forget_queued(&id);
         }
         for contact in due_peers {
             if let Some(c) = self.store.contact(&contact)? {
@@ -1845,12 +1905,11 @@ impl Engine {
         let mut actions = Vec::new();
         if blocked {
             for id in self.store.drop_outbox_for(contact)? {
-                self.deposited.remove(&id);
-                self.in_flight.remove(&id);
-                self.outbox.remove(&id);
                 actions.push(self.status_event(&id, MessageStatus::Failed));
+                self.forget_queued(&id);
             }
             self.deposit_backoff.remove(contact);
+            self.sealing.remove(contact);
         }
         actions.extend(self.own_mailboxes.iter().cloned().map(|m| {
             let tag = offline::tag(&m.key, &c.identity.signing);

@@ -178,7 +178,7 @@ pub fn build_swarm(
                     .with_request_timeout(Duration::from_secs(30))
                     .with_max_concurrent_streams(16),
             );
-            // One byte in, at most 275 out: a few streams per connection
+            // One byte in, at most 274 out: a few streams per connection
             // are plenty (a contact asks once per 10 minutes).
             let prekey = request_response::Behaviour::with_codec(
                 PrekeyCodec,

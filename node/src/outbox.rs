@@ -38,7 +38,9 @@ impl From<&OutboxEntry> for Queued {
             attempts: e.attempts,
             next_attempt_at_ms: e.next_attempt_at_ms,
             shown: e.shown_id(),
-            unsealed: e.envelope.is_empty(),
+            // No envelope yet, or a version 1 one (a migrated store): it
+            // is encrypted (again) before anything is sent.
+            unsealed: e.envelope.first() != Some(&kabar_crypto::envelope::ENVELOPE_VERSION),
         }
     }
 }
@@ -95,6 +97,14 @@ impl OutboxIndex {
     }
 
     /// A contact's entries, oldest first.
+    /// Marks the entry queued under `id` as waiting unencrypted.
+    pub(crate) fn set_unsealed(&mut self, id: &[u8; 16]) {
+        let Some(contact) = self.contact_of.get(id) else { return };
+        if let Some(q) = self.by_contact.get_mut(contact).and_then(|l| l.iter_mut().find(|q| &q.id == id)) {
+            q.unsealed = true;
+        }
+    }
+
     /// The entry queued under `id`, if any.
     pub(crate) fn get(&self, id: &[u8; 16]) -> Option<&Queued> {
         let contact = self.contact_of.get(id)?;

@@ -51,9 +51,13 @@ pub const FETCH_EVERY_MS: u64 = 10 * 60_000;
 /// One requester gets a one-time prekey at most once per 10 minutes, with a
 /// burst of 3 (tokens per second, burst).
 pub const PER_REQUESTER: (f64, f64) = (1.0 / 600.0, 3.0);
-/// A profile hands out at most 120 one-time prekeys an hour, with a burst
-/// of 40: a crowd of strangers empties neither the supply nor the disk.
-pub const PER_PROFILE: (f64, f64) = (120.0 / 3_600.0, 40.0);
+/// A profile hands out at most 120 one-time prekeys an hour to peers that
+/// are not its contacts (strangers can make identities at will, so this is
+/// the only bound on them), with a burst of 40…
+pub const PER_PROFILE_STRANGERS: (f64, f64) = (120.0 / 3_600.0, 40.0);
+/// …and as many again to its contacts, in a budget of their own, so
+/// strangers cannot take the contacts' share.
+pub const PER_PROFILE_CONTACTS: (f64, f64) = (120.0 / 3_600.0, 40.0);
 
 /// What `/kabar/prekey/1` answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,24 +148,27 @@ impl PrekeyResponse {
 /// The budgets of one profile's prekey service.
 pub(crate) struct PrekeyBudgets {
     per_requester: BucketMap<[u8; 32]>,
-    per_profile: Bucket,
+    strangers: Bucket,
+    contacts: Bucket,
 }
 
 impl PrekeyBudgets {
     pub(crate) fn new(now_ms: u64) -> Self {
         PrekeyBudgets {
             per_requester: BucketMap::new(4_096, PER_REQUESTER.0, PER_REQUESTER.1),
-            per_profile: Bucket::new(PER_PROFILE.0, PER_PROFILE.1, now_ms),
+            strangers: Bucket::new(PER_PROFILE_STRANGERS.0, PER_PROFILE_STRANGERS.1, now_ms),
+            contacts: Bucket::new(PER_PROFILE_CONTACTS.0, PER_PROFILE_CONTACTS.1, now_ms),
         }
     }
 
-    /// True if `requester` may have a one-time prekey now (spends a token of
-    /// both budgets only then).
-    pub(crate) fn admit(&mut self, requester: &[u8; 32], now_ms: u64) -> bool {
-        if !self.per_profile.has(now_ms) || !self.per_requester.get(requester, now_ms).take(now_ms) {
+    /// True if `requester` (one of our contacts, or not) may have a
+    /// one-time prekey now (spends a token of both its budgets only then).
+    pub(crate) fn admit(&mut self, requester: &[u8; 32], is_contact: bool, now_ms: u64) -> bool {
+        let profile = if is_contact { &mut self.contacts } else { &mut self.strangers };
+        if !profile.has(now_ms) || !self.per_requester.get(requester, now_ms).take(now_ms) {
             return false;
         }
-        self.per_profile.take(now_ms)
+        profile.take(now_ms)
     }
 }
 
@@ -221,13 +228,15 @@ mod tests {
         let mut b = PrekeyBudgets::new(0);
         let one = [1u8; 32];
         // A burst of 3 for one requester, then one per 10 minutes.
-        assert!((0..3).all(|_| b.admit(&one, 0)));
-        assert!(!b.admit(&one, 0));
-        assert!(b.admit(&one, 600_000));
-        // Many requesters: the profile's burst of 40 (3 spent above, +1
+        assert!((0..3).all(|_| b.admit(&one, false, 0)));
+        assert!(!b.admit(&one, false, 0));
+        assert!(b.admit(&one, false, 600_000));
+        // Many strangers: the strangers' burst of 40 (4 spent above, +1
         // refilled over 10 minutes), then nothing more at once.
-        let granted = (0..200u8).filter(|i| b.admit(&[*i; 32], 600_000)).count();
+        let granted = (0..200u8).filter(|i| b.admit(&[*i; 32], false, 600_000)).count();
         assert!(granted <= 40, "granted {granted}");
-        assert!(!b.admit(&[250; 32], 600_000));
+        assert!(!b.admit(&[250; 32], false, 600_000));
+        // Contacts still have their own share.
+        assert!(b.admit(&[251; 32], true, 600_000));
     }
 }

@@ -1378,10 +1378,14 @@ fn a_first_message_waits_for_the_contacts_prekeys_then_uses_its_one_time_prekey(
     let (dave_id, act) = a.e().send(&a_dave, Content::text("to dave"), T0 + 20, &mut rand::rng()).unwrap();
     assert!(transmits(&act).is_empty());
     a.restart_waiting();
-    assert!(transmits(&a.e().on_tick(T0 + 21, &mut rand::rng()).unwrap()).is_empty());
+    let dk = d.key();
+    let to_dave = |act: &[Action]| transmits(act).into_iter().filter(|(p, _, _)| *p == dk).count();
+    // After a restart the waiting message is encrypted at once (no
+    // transmission from the start-up call itself: the first tick sends it).
     let act = a.e().upgrade_outbox(T0 + 22, &mut rand::rng()).unwrap();
-    let sent = transmits(&act);
-    assert_eq!(sent.len(), 1, "after a restart the waiting message is encrypted at once");
+    assert_eq!(to_dave(&act), 0);
+    assert!(a.store().outbox().unwrap().iter().any(|e| e.shown_id() == dave_id && !e.envelope.is_empty()));
+    assert_eq!(to_dave(&a.e().on_tick(T0 + 22, &mut rand::rng()).unwrap()), 1);
     assert_eq!(status(&mut a, &dave_id), MessageStatus::Sent);
     let mut e = Party::new("erin", ProfileKind::Personal);
     let a_erin = a.knows(&mut e, "Erin");
@@ -1391,4 +1395,39 @@ fn a_first_message_waits_for_the_contacts_prekeys_then_uses_its_one_time_prekey(
     assert_eq!(to_erin(&act), 0);
     assert_eq!(to_erin(&a.e().on_tick(T0 + 30 + 2_999, &mut rand::rng()).unwrap()), 0);
     assert_eq!(to_erin(&a.e().on_tick(T0 + 30 + 3_000, &mut rand::rng()).unwrap()), 1);
+}
+
+/// The one-time prekey Alice holds was deleted at Bob's (more than 2,000
+/// handed out and unused since): her session start is refused as
+/// `unknown_prekey` though Bob's signed prekey did not change. She drops
+/// the refused session and the prekey, fetches fresh ones, and what she
+/// queued goes under a new session; nothing is lost and no loop starts.
+#[test]
+fn a_session_start_with_a_one_time_prekey_the_contact_no_longer_holds_recovers() {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    let (ak, bk) = (a.key(), b.key());
+    let response = b.e().serve_prekeys(&ak, T0).unwrap();
+    a.e().on_prekeys(&bk, &response, T0, &mut rand::rng()).unwrap();
+    let held = a.store().contact(&a_bob).unwrap().unwrap().one_time_prekey.unwrap();
+    // Bob's handed-out window rolls over: Alice's one-time prekey is gone.
+    b.store().hand_out_one_time_prekey(0).unwrap();
+    assert!(b.store().one_time_prekey(held.id).unwrap().is_none());
+
+    let (id, act) = a.e().send(&a_bob, Content::text("hello"), T0, &mut rand::rng()).unwrap();
+    let (_, ids, envs) = transmits(&act).remove(0);
+    let (acks, _) = b.e().on_request(&ak, &envs, T0, &mut rand::rng()).unwrap();
+    assert_eq!(acks, [Ack::Rejected(RejectReason::UnknownPrekey)]);
+    let follow = a.e().on_acks(&bk, &ids, &acks, T0, &mut rand::rng()).unwrap();
+    assert!(transmits(&follow).is_empty(), "the refused envelope is not sent again as it is");
+    assert!(follow.iter().any(|x| matches!(x, Action::FetchPrekeys { peer, .. } if *peer == bk)));
+    assert!(a.store().session(&a_bob).unwrap().is_none());
+    let response = b.e().serve_prekeys(&ak, T0 + 1).unwrap();
+    let act = a.e().on_prekeys(&bk, &response, T0 + 1, &mut rand::rng()).unwrap();
+    assert_eq!(transmits(&act).len(), 1);
+    pump(&mut a, &mut b, act, T0 + 1);
+    assert_eq!(status(&mut a, &id), MessageStatus::Delivered);
+    let b_alice = b.store().contact_id_for_key(&ak);
+    assert_eq!(texts(&mut b, &b_alice), [(Direction::Incoming, "hello".to_string())]);
 }

@@ -22,7 +22,8 @@ use redb::TableDefinition;
 ///   `added_at_ms` first, with a byte count of 0 (the bytes it sent before
 ///   were not counted).
 /// - 5: protocol version 2. Contacts gain `one_time_prekey` (fetched
-///   online); `meta` gains the one-time prekey hand-out mark. Migration
+///   online), outbox entries `shown_as` and `resends`; `meta` gains the
+///   one-time prekey hand-out mark; `message_aliases` is new. Migration
 ///   4 → 5 rewrites every contact, deletes every session (version 1
 ///   sessions cannot be used by version 2) and keeps the outbox, whose
 ///   version 1 envelopes the engine encrypts again from their plaintext.
@@ -82,6 +83,11 @@ tables! {
     MESSAGES / MESSAGES_NAME = "messages": <&'static [u8], &'static [u8]>;
     /// Message id → conversation id ‖ sequence number (clear: opaque ids). Schema 2.
     MESSAGE_INDEX / MESSAGE_INDEX_NAME = "message_index": <&'static [u8], &'static [u8]>;
+    /// The other envelope ids of messages encrypted again (or first
+    /// encrypted after waiting for prekeys): contact id ‖ seq ‖ envelope id
+    /// → () (clear: opaque ids), so forgetting a contact also removes their
+    /// `message_index` rows. Schema 5.
+    MESSAGE_ALIASES / MESSAGE_ALIASES_NAME = "message_aliases": <&'static [u8], ()>;
     /// Envelopes awaiting acknowledgement, by message id (sealed).
     OUTBOX / OUTBOX_NAME = "outbox": <&'static [u8], &'static [u8]>;
     /// Ids of messages received, with the time (Unix ms): duplicates are

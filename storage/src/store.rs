@@ -143,6 +143,13 @@ fn map_open_error(path: &Path, error: DatabaseError) -> StoreError {
     }
 }
 
+/// The last possible `message_aliases` key of a contact.
+fn alias_key_max(contact: &ContactId) -> [u8; 40] {
+    let mut key = [0xffu8; 40];
+    key[..16].copy_from_slice(&contact.0);
+    key
+}
+
 fn seq_key(contact: &ContactId, seq: u64) -> [u8; 24] {
     let mut key = [0u8; 24];
     key[..16].copy_from_slice(&contact.0);
@@ -285,6 +292,7 @@ impl ProfileStore {
             let old_contacts: Vec<(Vec<u8>, ContactV4)> =
                 if from < 5 { self.all_sealed(&tx.open_table(CONTACTS)?, CONTACTS_NAME)? } else { Vec::new() };
             if from < 5 {
+                tx.open_table(MESSAGE_ALIASES)?;
                 // 4 → 5 (protocol version 2): contacts gain a fetched
                 // one-time prekey (none yet); every session is a version 1
                 // session, which version 2 cannot use, so all are dropped
@@ -819,19 +827,27 @@ impl ProfileStore {
                 None => (contact, None),
                 Some(mut old) => {
                     let mut change = None;
-                    if old.identity != contact.identity {
+                    let changed = old.identity != contact.identity;
+                    if changed {
                         let c = IdentityChange { previous: old.identity, changed_at_ms: contact.added_at_ms };
                         old.identity = contact.identity;
                         old.verified = false;
                         old.identity_change = Some(c.clone());
+                        // Prekeys of the previous identity mean nothing now.
+                        old.one_time_prekey = None;
+                        old.signed_prekey = None;
                         change = Some(c);
                     }
                     if !contact.display_name.is_empty() {
                         old.display_name = contact.display_name;
                         old.request = old.request && contact.request;
                     }
-                    if contact.signed_prekey.is_some() {
-                        old.signed_prekey = contact.signed_prekey;
+                    // The newer signed prekey wins (a card is older than one
+                    // fetched online).
+                    if let Some(new) = contact.signed_prekey
+                        && old.signed_prekey.is_none_or(|o| o.created_at <= new.created_at)
+                    {
+                        old.signed_prekey = Some(new);
                     }
                     if !contact.addresses.is_empty() {
                         old.addresses = contact.addresses;
@@ -952,9 +968,19 @@ impl ProfileStore {
             found.push((key.value().to_vec(), self.keys.open(MESSAGES_NAME, key.value(), value.value())?));
         }
         let mut index = tx.open_table(MESSAGE_INDEX)?;
-        let mut outbox = tx.open_table(OUTBOX)?;
-        let mut deposited = tx.open_table(DEPOSITED)?;
-        let mut removed = Vec::new();
+        // Envelope ids of messages encrypted again point here too.
+        let mut aliases = tx.open_table(MESSAGE_ALIASES)?;
+        let mut alias_keys = Vec::new();
+        for row in aliases.range(seq_key(id, 0).as_slice()..=alias_key_max(id).as_slice())? {
+            alias_keys.push(row?.0.value().to_vec());
+        }
+        for key in &alias_keys {
+            let Ok(alias) = <[u8; 16]>::try_from(&key[24..]) else { continue };
+            if index.get(alias.as_slice())?.is_some_and(|v| v.value() == &key[..24]) {
+                index.remove(alias.as_slice())?;
+            }
+            aliases.remove(key.as_slice())?;
+        }
         for (key, record) in &found {
             messages.remove(key.as_slice())?;
             // Only rows that point here: another conversation's message with
@@ -963,12 +989,17 @@ impl ProfileStore {
             if indexed_here {
                 index.remove(record.id.as_slice())?;
             }
-            let queued_here = record.direction == Direction::Outgoing
-                && self.get_sealed::<OutboxEntry>(&outbox, OUTBOX_NAME, &record.id)?.is_some_and(|e| e.contact == *id);
-            if queued_here {
-                outbox.remove(record.id.as_slice())?;
-                deposited.remove(record.id.as_slice())?;
-                removed.push(record.id);
+        }
+        // Everything queued to it, under whatever envelope id.
+        let entries: Vec<(Vec<u8>, OutboxEntry)> = self.all_sealed(&tx.open_table(OUTBOX)?, OUTBOX_NAME)?;
+        let mut outbox = tx.open_table(OUTBOX)?;
+        let mut deposited = tx.open_table(DEPOSITED)?;
+        let mut removed = Vec::new();
+        for (key, entry) in entries {
+            if entry.contact == *id {
+                outbox.remove(key.as_slice())?;
+                deposited.remove(key.as_slice())?;
+                removed.push(entry.message_id);
             }
         }
         Ok(removed)
@@ -1166,6 +1197,7 @@ impl ProfileStore {
         resend: bool,
         now_ms: u64,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let resend = &resend;
         self.write(|tx| {
             let mut out = Vec::with_capacity(items.len());
             let mut contact = None;
@@ -1181,14 +1213,20 @@ impl ProfileStore {
                     .ok_or(StoreError::MalformedRecord { table: MESSAGE_INDEX_NAME })?;
                 index.insert(new_id.as_slice(), position.as_slice())?;
                 drop(index);
+                let mut alias = position.clone();
+                alias.extend_from_slice(new_id);
+                tx.open_table(MESSAGE_ALIASES)?.insert(alias.as_slice(), ())?;
                 outbox.remove(old.as_slice())?;
                 let fresh = OutboxEntry {
                     message_id: *new_id,
                     envelope: envelope.clone(),
-                    attempts: 0,
+                    // A first encryption keeps the attempts made so far
+                    // (a version 1 envelope that was tried); a resend is a
+                    // new message for the recipient.
+                    attempts: if *resend { 0 } else { entry.attempts },
                     next_attempt_at_ms: now_ms,
                     shown_as: Some(entry.shown_id()),
-                    resends: entry.resends.saturating_add(u32::from(resend)),
+                    resends: entry.resends.saturating_add(u32::from(*resend)),
                     ..entry
                 };
                 self.put_sealed(&mut outbox, OUTBOX_NAME, new_id, &fresh)?;
@@ -1202,6 +1240,25 @@ impl ProfileStore {
                 tx.open_table(SESSIONS)?.insert(contact.0.as_slice(), sealed.as_slice())?;
             }
             Ok(out)
+        })
+    }
+
+    /// Empties the envelopes of these outbox entries (their session start
+    /// was refused): they wait, unencrypted, to be encrypted again under a
+    /// new session. Returns the entries changed.
+    pub fn unseal_outbox(&self, ids: &[[u8; 16]]) -> Result<Vec<[u8; 16]>, StoreError> {
+        self.write(|tx| {
+            let mut outbox = tx.open_table(OUTBOX)?;
+            let mut changed = Vec::new();
+            for id in ids {
+                let Some(mut entry): Option<OutboxEntry> = self.get_sealed(&outbox, OUTBOX_NAME, id)? else {
+                    continue;
+                };
+                entry.envelope.clear();
+                self.put_sealed(&mut outbox, OUTBOX_NAME, id, &entry)?;
+                changed.push(*id);
+            }
+            Ok(changed)
         })
     }
 
@@ -1779,6 +1836,7 @@ fn create_all_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(SESSIONS)?;
     tx.open_table(MESSAGES)?;
     tx.open_table(MESSAGE_INDEX)?;
+    tx.open_table(MESSAGE_ALIASES)?;
     tx.open_table(OUTBOX)?;
     tx.open_table(RECEIVED)?;
     tx.open_table(DEPOSITED)?;

@@ -843,3 +843,79 @@ fn a_damaged_header_is_a_typed_error() {
     std::fs::write(&path, tampered).unwrap();
     assert!(matches!(DataDir::open(&root, PASS), Err(StoreError::BadHeader { .. })));
 }
+
+/// A message encrypted again is queued under its new envelope id and found
+/// under every id; forgetting the contact removes it whatever its id, and
+/// every index row pointing into the conversation.
+#[test]
+fn a_message_encrypted_again_is_found_under_every_id_and_forgotten_whole() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("p", ProfileKind::Personal, 1, &mut rand::rng()).unwrap();
+    let (contact, peer) = new_contact(&store, "Bob");
+    let mut session = session_with(&store, &peer);
+    let first = outgoing(contact, &mut session, "hello");
+    let original = first.message.id;
+    store.commit_outgoing(&[first], 10).unwrap();
+    let again = session.encrypt(b"hello", &mut rand::rng()).unwrap();
+    let new_id = again.message_id().0;
+    let state = SessionState::new(session.snapshot());
+    let fresh = store.reencrypt_outbox(&[(original, new_id, again.encode())], &state, true, 20).unwrap();
+    assert_eq!(fresh.len(), 1);
+    assert_eq!((fresh[0].message_id, fresh[0].shown_as, fresh[0].resends), (new_id, Some(original), 1));
+    let outbox = store.outbox().unwrap();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].message_id, new_id);
+    // Both ids reach the one record, which keeps the id the user knows.
+    assert_eq!(store.message(&original).unwrap().unwrap().2.id, original);
+    assert_eq!(store.message(&new_id).unwrap().unwrap().2.id, original);
+    // A receipt under the new id reports the original.
+    let changes = store.apply_receipt(&contact, &[], &[new_id]).unwrap();
+    assert_eq!(changes, [(new_id, original, MessageStatus::Delivered)]);
+    assert!(store.outbox().unwrap().is_empty());
+
+    // Queued again and forgotten: nothing of it stays under either id.
+    let mut session = session_with(&store, &peer);
+    let queued = outgoing(contact, &mut session, "later");
+    let queued_id = queued.message.id;
+    store.commit_outgoing(&[queued], 30).unwrap();
+    let again = session.encrypt(b"later", &mut rand::rng()).unwrap();
+    let alias = again.message_id().0;
+    store
+        .reencrypt_outbox(&[(queued_id, alias, again.encode())], &SessionState::new(session.snapshot()), true, 40)
+        .unwrap();
+    let removed = store.forget_contact(&contact).unwrap();
+    assert_eq!(removed, [alias]);
+    assert!(store.outbox().unwrap().is_empty());
+    for id in [original, new_id, queued_id, alias] {
+        assert!(store.message(&id).unwrap().is_none(), "an index row survived");
+    }
+}
+
+/// A contact whose identity changed loses the prekeys of the old one.
+#[test]
+fn an_identity_change_drops_the_old_identitys_prekeys_and_a_newer_signed_prekey_wins() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("p", ProfileKind::Personal, 1, &mut rand::rng()).unwrap();
+    let (contact, peer) = new_contact(&store, "Bob");
+    let new_spk = SignedPrekey::generate(&peer, 2, 500, &mut rand::rng());
+    let opk = kabar_crypto::OneTimePrekey::generate_batch(1, 1, &mut rand::rng()).remove(0);
+    store
+        .update_contact(&contact, |c| {
+            c.signed_prekey = Some(new_spk.public());
+            c.one_time_prekey = Some(opk.public());
+        })
+        .unwrap();
+    // An older card does not replace the newer signed prekey.
+    let old_spk = SignedPrekey::generate(&peer, 1, 100, &mut rand::rng());
+    store
+        .upsert_contact(Contact { signed_prekey: Some(old_spk.public()), ..contact_with(peer.public(), "Bob") })
+        .unwrap();
+    assert_eq!(store.contact(&contact).unwrap().unwrap().signed_prekey.unwrap().id, 2);
+    // Same Ed25519 key, new X25519 identity key: an identity change.
+    let changed = IdentityKeyPair::from_secrets(ProfileKind::Personal, &peer.signing_seed(), &[9; 32]);
+    let (_, change) =
+        store.upsert_contact(Contact { signed_prekey: None, ..contact_with(changed.public(), "") }).unwrap();
+    assert!(change.is_some());
+    let c = store.contact(&contact).unwrap().unwrap();
+    assert_eq!((c.one_time_prekey, c.signed_prekey), (None, None));
+}
