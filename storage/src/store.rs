@@ -679,25 +679,12 @@ impl ProfileStore {
     }
 
     /// A bundle with the current signed prekey and, if `with_one_time` and one
-    /// is left, the lowest unused one-time prekey (not consumed: it is deleted
-    /// when a message that used it is committed).
+    /// is left, a one-time prekey handed out for it (durably marked, never
+    /// handed out again: see [`ProfileStore::hand_out_one_time_prekey`]).
     pub fn prekey_bundle(&self, with_one_time: bool) -> Result<PrekeyBundle, StoreError> {
         let identity = self.identity()?;
         let spk = self.current_signed_prekey()?;
-        let one_time_prekey = if with_one_time {
-            let tx = self.read()?;
-            let table = tx.open_table(ONE_TIME_PREKEYS)?;
-            match table.first()? {
-                Some((id, v)) => {
-                    let opk: OneTimePrekey =
-                        self.keys.open(ONE_TIME_PREKEYS_NAME, &id.value().to_be_bytes(), v.value())?;
-                    Some(opk.public())
-                }
-                None => None,
-            }
-        } else {
-            None
-        };
+        let one_time_prekey = if with_one_time { self.hand_out_one_time_prekey(u32::MAX)? } else { None };
         Ok(PrekeyBundle { identity: identity.public(), signed_prekey: spk.public(), one_time_prekey })
     }
 
