@@ -746,21 +746,50 @@ impl Engine {
         contact: &Contact,
         rng: &mut R,
     ) -> Result<(Option<SessionState>, Session), EngineError> {
-        let state = self.store.session(contact_id)?;
+        self.sending_session_fresh(contact_id, contact, false, rng)
+    }
+
+    /// [`Engine::sending_session`]; `fresh`: a new session even if there is
+    /// one (the current one becomes the newest previous, so what is in
+    /// flight under it still decrypts), when the contact has a signed
+    /// prekey.
+    fn sending_session_fresh<R: CryptoRng + ?Sized>(
+        &mut self,
+        contact_id: &ContactId,
+        contact: &Contact,
+        fresh: bool,
+        rng: &mut R,
+    ) -> Result<(Option<SessionState>, Session), EngineError> {
+        let mut state = self.store.session(contact_id)?;
+        if fresh && contact.signed_prekey.is_some() {
+            if let Some(state) = state.as_mut() {
+                state.previous.insert(0, state.current.clone());
+                state.previous.truncate(kabar_storage::MAX_PREVIOUS_SESSIONS);
+            }
+            let session = self.initiate_session(contact_id, contact, rng)?;
+            return Ok((state, session));
+        }
         let session = match &state {
             Some(state) => Session::from_snapshot(state.current.clone())?,
-            None => {
-                let spk = contact.signed_prekey.ok_or_else(|| EngineError::NoPrekey(contact.display_name.clone()))?;
-                let one_time_prekey = contact.one_time_prekey;
-                if one_time_prekey.is_some() {
-                    self.store.update_contact(contact_id, |c| c.one_time_prekey = None)?;
-                }
-                let bundle =
-                    kabar_crypto::PrekeyBundle { identity: contact.identity, signed_prekey: spk, one_time_prekey };
-                Session::initiate(&self.identity, &bundle, rng)?
-            }
+            None => self.initiate_session(contact_id, contact, rng)?,
         };
         Ok((state, session))
+    }
+
+    /// A new initiator session from the contact's prekeys.
+    fn initiate_session<R: CryptoRng + ?Sized>(
+        &mut self,
+        contact_id: &ContactId,
+        contact: &Contact,
+        rng: &mut R,
+    ) -> Result<Session, EngineError> {
+        let spk = contact.signed_prekey.ok_or_else(|| EngineError::NoPrekey(contact.display_name.clone()))?;
+        let one_time_prekey = contact.one_time_prekey;
+        if one_time_prekey.is_some() {
+            self.store.update_contact(contact_id, |c| c.one_time_prekey = None)?;
+        }
+        let bundle = kabar_crypto::PrekeyBundle { identity: contact.identity, signed_prekey: spk, one_time_prekey };
+        Ok(Session::initiate(&self.identity, &bundle, rng)?)
     }
 
     /// Encrypts queued messages to `contact_id` again under the current
@@ -806,7 +835,12 @@ impl Engine {
         let mut actions = Vec::new();
         let mut session: Option<(Option<SessionState>, Session)> = None;
         let mut items = Vec::new();
-        for entry in self.store.outbox_entries(&queued)? {
+        let entries = self.store.outbox_entries(&queued)?;
+        // A message its recipient could not decrypt even once encrypted
+        // again under the current session (our state was rolled back behind
+        // the recipient's: a restored backup) goes under a new session.
+        let fresh = resend && entries.iter().any(|e| e.resends >= 1);
+        for entry in entries {
             let shown = entry.shown_id();
             let record = self.store.message(&entry.message_id)?.map(|(_, _, r)| r);
             let impossible = if contact.blocked {
@@ -833,7 +867,7 @@ impl Engine {
             }
             let Some(record) = record else { continue };
             if session.is_none() {
-                session = Some(self.sending_session(contact_id, &contact, rng)?);
+                session = Some(self.sending_session_fresh(contact_id, &contact, fresh, rng)?);
             }
             let Some((_, current)) = session.as_mut() else { continue };
             let envelope = current.encrypt(&record.body, rng)?;
@@ -1036,7 +1070,11 @@ impl Engine {
         for (i, id) in message_ids.iter().enumerate() {
             match acks.get(i) {
                 Some(Ack::Accepted | Ack::Duplicate) => delivered.push(*id),
-                Some(Ack::Rejected(RejectReason::KeyGone)) => key_gone.push(*id),
+                // The recipient cannot decrypt it (its key is gone, or the
+                // sessions went out of step: our state was restored from a
+                // backup): encrypted again, the second time under a new
+                // session, at most MAX_RESENDS times.
+                Some(Ack::Rejected(RejectReason::KeyGone | RejectReason::Undecryptable)) => key_gone.push(*id),
                 Some(Ack::Rejected(RejectReason::UnknownPrekey)) => unknown_prekey.push(*id),
                 Some(Ack::Rejected(reason)) if !reason.is_transient() => {
                     tracing::warn!(profile = %self.store.name(), ?reason, "message rejected by recipient");
@@ -1776,7 +1814,11 @@ impl Engine {
                 deletable.push(item.seq);
                 let Ok(envelope) = Envelope::decode(&item.envelope) else { continue };
                 let id = envelope.message_id().0;
-                if *ack == Ack::Rejected(RejectReason::KeyGone) {
+                // Under a contact's own tag: what it sent and we cannot
+                // decrypt goes back to it (it ignores ids it does not have).
+                if *ack == Ack::Rejected(RejectReason::KeyGone)
+                    || (!by_card && *ack == Ack::Rejected(RejectReason::Undecryptable))
+                {
                     retry.push(hex(&id));
                 }
                 if *ack != Ack::Accepted {

@@ -1431,3 +1431,41 @@ fn a_session_start_with_a_one_time_prekey_the_contact_no_longer_holds_recovers()
     let b_alice = b.store().contact_id_for_key(&ak);
     assert_eq!(texts(&mut b, &b_alice), [(Direction::Incoming, "hello".to_string())]);
 }
+
+/// Alice's data directory is restored from a backup taken before she sent
+/// five messages that Bob read. Her next message reuses a chain position
+/// Bob has used: with its own salt it is a different key and nonce, and a
+/// different id, so Bob does not take it for a duplicate; he answers
+/// `key_gone`, Alice encrypts it again, and the second time under a new
+/// session. Bob sees it once.
+#[test]
+fn a_sender_restored_from_a_backup_gets_its_next_message_through() {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    let b_alice = b.knows(&mut a, "Alice");
+    let (_, act) = a.e().send(&a_bob, Content::text("hello"), T0, &mut rand::rng()).unwrap();
+    pump(&mut a, &mut b, act, T0);
+    let (_, act) = b.e().send(&b_alice, Content::text("hi"), T0, &mut rand::rng()).unwrap();
+    pump(&mut b, &mut a, act, T0);
+
+    // The backup.
+    a.engine.take();
+    let file = a.dir.root().join("profiles/alice.redb");
+    let backup = std::fs::read(&file).unwrap();
+    a.restart();
+    for i in 0..5 {
+        let (_, act) = a.e().send(&a_bob, Content::text(format!("m{i}")), T0 + 1, &mut rand::rng()).unwrap();
+        pump(&mut a, &mut b, act, T0 + 1);
+    }
+    // Restored.
+    a.engine.take();
+    std::fs::write(&file, &backup).unwrap();
+    a.restart();
+    let (id, act) = a.e().send(&a_bob, Content::text("after the restore"), T0 + 2, &mut rand::rng()).unwrap();
+    pump(&mut a, &mut b, act, T0 + 2);
+    assert_eq!(status(&mut a, &id), MessageStatus::Delivered);
+    let seen: Vec<String> = texts(&mut b, &b_alice).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(seen.iter().filter(|t| *t == "after the restore").count(), 1, "{seen:?}");
+    assert_eq!(seen.len(), 8, "hello, m0..m4, after the restore, and nothing twice: {seen:?}");
+}
