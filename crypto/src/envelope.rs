@@ -170,7 +170,7 @@ impl Envelope {
     /// message AD is `AD ‖ u16 BE(len(H)) ‖ H`, so every byte sent in the
     /// clear is authenticated.
     pub fn authenticated_header(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_len());
+        let mut out = Vec::with_capacity(self.encoded_len() - 4 - self.ciphertext.len());
         self.encode_header_into(&mut out);
         out
     }
