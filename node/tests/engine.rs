@@ -1063,6 +1063,24 @@ fn texts_of(n: usize, tag: &str) -> Vec<Content> {
     (0..n).map(|i| Content::text(format!("{tag}{i}"))).collect()
 }
 
+/// Alice sends "the lost one" and holds it back; Bob gets the message after
+/// it (one skipped key), then two more chains each skipping exactly the
+/// per-chain bound (1,000): 2,001 skipped keys, so the oldest, the lost
+/// one's, is evicted. Returns the lost message's id, still queued at Alice.
+fn evict_a_message(a: &mut Party, b: &mut Party, a_bob: &ContactId, b_alice: &ContactId) -> [u8; 16] {
+    let (lost, _) = a.e().send(a_bob, Content::text("the lost one"), T0 + 1, &mut rand::rng()).unwrap();
+    let (next, _) = a.e().send(a_bob, Content::text("after it"), T0 + 1, &mut rand::rng()).unwrap();
+    assert_eq!(deliver_ids(a, b, &[next], T0 + 1).0, [Ack::Accepted]);
+    for round in 0..2u64 {
+        let now = T0 + 10 + round;
+        let (reply, _) = b.e().send(b_alice, Content::text(format!("reply {round}")), now, &mut rand::rng()).unwrap();
+        assert_eq!(deliver_ids(b, a, &[reply], now).0, [Ack::Accepted]);
+        let (ids, _) = a.e().send_many(a_bob, texts_of(1_001, "burst"), now, &mut rand::rng()).unwrap();
+        assert_eq!(deliver_ids(a, b, &[*ids.last().unwrap()], now).0, [Ack::Accepted]);
+    }
+    lost
+}
+
 /// A message held back while its skipped key is evicted (more than
 /// MAX_SKIPPED_TOTAL keys skipped after it) used to be taken for a duplicate:
 /// acknowledged, `delivered` at the sender, never seen by the recipient.
@@ -1079,19 +1097,7 @@ fn a_message_whose_skipped_key_was_evicted_is_encrypted_again_and_delivered() {
     let (_, act) = b.e().send(&b_alice, Content::text("hi"), T0, &mut rand::rng()).unwrap();
     pump(&mut b, &mut a, act, T0);
 
-    // The lost one and one after it in the same chain: Bob keeps one skipped key.
-    let (lost, _) = a.e().send(&a_bob, Content::text("the lost one"), T0 + 1, &mut rand::rng()).unwrap();
-    let (next, _) = a.e().send(&a_bob, Content::text("after it"), T0 + 1, &mut rand::rng()).unwrap();
-    assert_eq!(deliver_ids(&mut a, &mut b, &[next], T0 + 1).0, [Ack::Accepted]);
-    // Two more chains, each skipping exactly the per-chain bound (1,000):
-    // 2,001 skipped keys, so the oldest (the lost one's) is evicted.
-    for round in 0..2u64 {
-        let now = T0 + 10 + round;
-        let (reply, _) = b.e().send(&b_alice, Content::text(format!("reply {round}")), now, &mut rand::rng()).unwrap();
-        assert_eq!(deliver_ids(&mut b, &mut a, &[reply], now).0, [Ack::Accepted]);
-        let (ids, _) = a.e().send_many(&a_bob, texts_of(1_001, "burst"), now, &mut rand::rng()).unwrap();
-        assert_eq!(deliver_ids(&mut a, &mut b, &[*ids.last().unwrap()], now).0, [Ack::Accepted]);
-    }
+    let lost = evict_a_message(&mut a, &mut b, &a_bob, &b_alice);
     // The lost one arrives: its key is gone and its id was never received.
     let (acks, actions) = deliver_ids(&mut a, &mut b, &[lost], T0 + 20);
     assert_eq!(acks, [Ack::Rejected(RejectReason::KeyGone)]);
@@ -1284,16 +1290,7 @@ fn a_mailbox_item_whose_key_is_gone_comes_back_through_a_retry_receipt() {
     let (_, act) = a.e().send(&a_bob, Content::text("hello"), T0, &mut rand::rng()).unwrap();
     pump(&mut a, &mut b, act, T0);
 
-    let (lost, _) = a.e().send(&a_bob, Content::text("the lost one"), T0 + 1, &mut rand::rng()).unwrap();
-    let (next, _) = a.e().send(&a_bob, Content::text("after it"), T0 + 1, &mut rand::rng()).unwrap();
-    deliver_ids(&mut a, &mut b, &[next], T0 + 1);
-    for round in 0..2u64 {
-        let now = T0 + 10 + round;
-        let (reply, _) = b.e().send(&b_alice, Content::text(format!("reply {round}")), now, &mut rand::rng()).unwrap();
-        deliver_ids(&mut b, &mut a, &[reply], now);
-        let (ids, _) = a.e().send_many(&a_bob, texts_of(1_001, "burst"), now, &mut rand::rng()).unwrap();
-        deliver_ids(&mut a, &mut b, &[*ids.last().unwrap()], now);
-    }
+    let lost = evict_a_message(&mut a, &mut b, &a_bob, &b_alice);
     // The lost one waits in Bob's mailbox under Alice's tag.
     let own = b.store().mailboxes().unwrap().remove(0);
     let tag = kabar_node::offline::tag(&own.key, &a.key());
