@@ -1019,6 +1019,14 @@ fn exchange_vectors() -> (J, Vec<J>) {
             DecodeError::BadCiphertextLength(79),
         ),
         (
+            "reject_ciphertext_length_off_the_buckets",
+            "E2 of session_exchange with its ciphertext length field set to 81 and one 0x00 byte appended to its \
+             80-byte ciphertext: 81 − 16 = 65 is not a padding bucket (padded_len(64) = 72), so the decoder refuses \
+             it before any decryption.",
+            [&e2[..58], &81u32.to_be_bytes()[..], &e2[62..], &[0u8][..]].concat(),
+            DecodeError::BadCiphertextLength(81),
+        ),
+        (
             "reject_truncated",
             "E2 of session_exchange without its last byte.",
             e2[..e2.len() - 1].to_vec(),
