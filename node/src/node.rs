@@ -12,8 +12,8 @@ use crate::control::{self, ControlState, ProfileHandle};
 use crate::engine::{Engine, EngineConfig};
 use crate::network::{self, NetworkConfig, ProfileStatus};
 
-/// What a node needs to start.
-#[derive(Debug, Clone)]
+/// What a node needs to start. `Debug` shows everything but the passphrase.
+#[derive(Clone)]
 pub struct NodeConfig {
     /// The data directory (created with `kabar init`).
     pub data_dir: PathBuf,
@@ -23,6 +23,17 @@ pub struct NodeConfig {
     pub network: NetworkConfig,
     /// Delivery engine settings.
     pub engine: EngineConfig,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("data_dir", &self.data_dir)
+            .field("passphrase", &"<redacted>")
+            .field("network", &self.network)
+            .field("engine", &self.engine)
+            .finish()
+    }
 }
 
 /// Why a node could not start.
@@ -40,6 +51,11 @@ pub enum NodeError {
     /// The control socket.
     #[error("control socket: {0}")]
     Socket(#[from] std::io::Error),
+    /// The data directory lists no profile: nothing to run.
+    #[error(
+        "{0} has no profile: create one with `kabar profile create NAME --kind personal|business` (the node must be stopped)"
+    )]
+    NoProfiles(PathBuf),
 }
 
 /// A running node.
@@ -56,6 +72,10 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let (listener, socket) = control::bind(&config.data_dir).await?;
         let dir = match DataDir::open(&config.data_dir, &config.passphrase) {
+            Ok(d) if d.profiles().is_empty() => {
+                let _ = std::fs::remove_file(&socket);
+                return Err(NodeError::NoProfiles(config.data_dir.clone()));
+            }
             Ok(d) => d,
             Err(e) => {
                 let _ = std::fs::remove_file(&socket);
@@ -157,5 +177,24 @@ impl Node {
             let _ = task.await;
         }
         let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_passphrase() {
+        let config = NodeConfig {
+            data_dir: "/tmp/x".into(),
+            passphrase: b"correct horse battery staple".to_vec(),
+            network: NetworkConfig::default(),
+            engine: EngineConfig::default(),
+        };
+        let shown = format!("{config:?} {config:#?}");
+        assert!(!shown.contains("horse"), "{shown}");
+        assert!(!shown.contains(&format!("{:?}", config.passphrase)), "bytes shown: {shown}");
+        assert!(shown.contains("<redacted>") && shown.contains("/tmp/x"));
     }
 }

@@ -56,7 +56,35 @@ impl KdfParams {
     /// iteration. It protects nothing against an offline guesser.
     pub const TESTNET: KdfParams = KdfParams { m_cost_kib: 64, t_cost: 1, p_cost: 1 };
 
+    /// Smallest and largest memory cost accepted, in KiB: 64 KiB (the test
+    /// setting) to 4 GiB.
+    pub const M_COST_KIB: std::ops::RangeInclusive<u32> = 64..=4 * 1024 * 1024;
+    /// Iterations accepted: 1 to 16.
+    pub const T_COST: std::ops::RangeInclusive<u32> = 1..=16;
+    /// Lanes accepted: 1 to 16.
+    pub const P_COST: std::ops::RangeInclusive<u32> = 1..=16;
+
+    /// Checks every parameter against its documented range, so a damaged or
+    /// hostile header fails at once instead of hanging the start (a t_cost
+    /// of 2^32 − 1 would run for ever) or exhausting memory.
+    pub fn check(&self) -> Result<(), String> {
+        let bad = |name: &str, value: u32, range: &std::ops::RangeInclusive<u32>| {
+            format!("Argon2 {name} {value} is outside {}..={}", range.start(), range.end())
+        };
+        if !Self::M_COST_KIB.contains(&self.m_cost_kib) {
+            return Err(bad("m_cost_kib", self.m_cost_kib, &Self::M_COST_KIB));
+        }
+        if !Self::T_COST.contains(&self.t_cost) {
+            return Err(bad("t_cost", self.t_cost, &Self::T_COST));
+        }
+        if !Self::P_COST.contains(&self.p_cost) {
+            return Err(bad("p_cost", self.p_cost, &Self::P_COST));
+        }
+        Ok(())
+    }
+
     fn derive(&self, passphrase: &[u8], salt: &[u8]) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        self.check().map_err(StoreError::Invalid)?;
         let params = Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(32))
             .map_err(|e| StoreError::Invalid(format!("bad Argon2 parameters: {e}")))?;
         let mut kek = Zeroizing::new([0u8; 32]);
@@ -140,6 +168,7 @@ impl DataDir {
     /// Creates a new, empty data directory at `root` (made if missing) locked
     /// by `passphrase`. Fails if one already exists there.
     pub fn create(root: &Path, passphrase: &[u8], kdf: KdfParams) -> Result<Self, StoreError> {
+        kdf.check().map_err(StoreError::Invalid)?;
         let header_path = root.join(HEADER_FILE);
         if header_path.exists() {
             return Err(StoreError::DataDirExists(root.to_path_buf()));
@@ -304,6 +333,7 @@ fn read_header(root: &Path) -> Result<HeaderFile, StoreError> {
     if header.version != HEADER_VERSION {
         return Err(bad_header(root, &format!("unsupported header version {}", header.version)));
     }
+    header.kdf.check().map_err(|reason| bad_header(root, &reason))?;
     for entry in &header.profiles {
         validate_profile_name(&entry.name).map_err(|_| bad_header(root, "invalid profile name"))?;
         if entry.file != format!("{PROFILES_DIR}/{}.redb", entry.name) {

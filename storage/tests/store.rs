@@ -919,3 +919,43 @@ fn an_identity_change_drops_the_old_identitys_prekeys_and_a_newer_signed_prekey_
     let c = store.contact(&contact).unwrap().unwrap();
     assert_eq!((c.one_time_prekey, c.signed_prekey), (None, None));
 }
+
+/// A header whose Argon2 parameters are out of their documented range (a
+/// t_cost of 2^32 − 1 used to hang the start) is refused at once, naming
+/// the parameter, and nothing is derived.
+#[test]
+fn kdf_parameters_out_of_range_are_refused_at_once() {
+    let (_tmp, dir) = new_dir();
+    let root = dir.root().to_path_buf();
+    drop(dir);
+    let path = root.join(header::HEADER_FILE);
+    let good = String::from_utf8(std::fs::read(&path).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&good).unwrap();
+    for (field, value) in [
+        ("t_cost", 4_294_967_295u64),
+        ("t_cost", 0),
+        ("m_cost_kib", 8),
+        ("m_cost_kib", 4_294_967_295),
+        ("p_cost", 0),
+        ("p_cost", 255),
+    ] {
+        let mut bad = json.clone();
+        bad["kdf"][field] = serde_json::json!(value);
+        std::fs::write(&path, serde_json::to_vec_pretty(&bad).unwrap()).unwrap();
+        let started = std::time::Instant::now();
+        match DataDir::open(&root, PASS) {
+            Err(StoreError::BadHeader { reason, .. }) => assert!(reason.contains(field), "{field}: {reason}"),
+            other => panic!("{field} = {value}: expected BadHeader, got {other:?}"),
+        }
+        assert!(DataDir::list_profiles(&root).is_err());
+        // Refused before any Argon2 work (a generous bound: the point is
+        // "not hours").
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+    std::fs::write(&path, good).unwrap();
+    DataDir::open(&root, PASS).unwrap();
+    // Creating with parameters out of range is refused too.
+    let other = _tmp.path().join("other");
+    let bad = KdfParams { t_cost: 0, ..KdfParams::TESTNET };
+    assert!(DataDir::create(&other, PASS, bad).is_err());
+}

@@ -101,3 +101,26 @@ async fn a_receiver_killed_during_a_1000_message_stream_gets_each_exactly_once()
     assert_eq!(got.len(), 1000);
     assert!(got.values().all(|&n| n == 1), "duplicates: {:?}", got.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>());
 }
+
+/// A data directory whose profile list is empty is refused at start with a
+/// message that says what to do, and leaves no control socket behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_without_profiles_does_not_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    drop(kabar_storage::DataDir::create(&data_dir, b"pw", kabar_storage::KdfParams::TESTNET).unwrap());
+    let config = kabar_node::NodeConfig {
+        data_dir: data_dir.clone(),
+        passphrase: b"pw".to_vec(),
+        network: kabar_node::network::NetworkConfig::default(),
+        engine: kabar_node::engine::EngineConfig::default(),
+    };
+    match kabar_node::Node::start(config).await {
+        Err(e @ kabar_node::NodeError::NoProfiles(_)) => assert!(e.to_string().contains("kabar profile create"), "{e}"),
+        Err(other) => panic!("expected NoProfiles, got {other}"),
+        Ok(_) => panic!("a data dir without profiles started"),
+    }
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&data_dir).unwrap().filter_map(Result::ok).map(|e| e.file_name()).collect();
+    assert!(!leftovers.iter().any(|n| n.to_string_lossy().ends_with(".sock")), "{leftovers:?}");
+}
