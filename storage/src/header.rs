@@ -176,6 +176,7 @@ impl DataDir {
         fs::create_dir_all(root.join(PROFILES_DIR))
             .map_err(|e| StoreError::io(format!("creating {}", root.display()), e))?;
         restrict_dir(root)?;
+        restrict_dir(&root.join(PROFILES_DIR))?;
         let mut salt = [0u8; 16];
         random_bytes(&mut salt)?;
         let kek = kdf.derive(passphrase, &salt)?;
@@ -199,6 +200,17 @@ impl DataDir {
         let kek = header.kdf.derive(passphrase, &salt)?;
         if open_with_kek(&kek, VERIFIER_AAD, &header.verifier).is_none() {
             return Err(StoreError::WrongPassphrase);
+        }
+        // A directory made by an older build (or copied with another umask):
+        // owner only, as new ones are.
+        restrict_dir(root)?;
+        restrict_dir(&root.join(PROFILES_DIR))?;
+        private_file(&root.join(HEADER_FILE))?;
+        for entry in &header.profiles {
+            let file = root.join(&entry.file);
+            if file.exists() {
+                private_file(&file)?;
+            }
         }
         Ok(DataDir { root: root.to_path_buf(), header, kek })
     }
@@ -305,7 +317,7 @@ impl DataDir {
         let json = serde_json::to_vec_pretty(&self.header)
             .map_err(|e| StoreError::Database(format!("encoding the header: {e}")))?;
         let write = || -> std::io::Result<()> {
-            let mut file = fs::File::create(&tmp)?;
+            let mut file = create_private(&tmp)?;
             file.write_all(&json)?;
             file.sync_all()?;
             fs::rename(&tmp, &path)?;
@@ -353,4 +365,36 @@ fn restrict_dir(root: &Path) -> Result<(), StoreError> {
 #[cfg(not(unix))]
 fn restrict_dir(_root: &Path) -> Result<(), StoreError> {
     Ok(())
+}
+
+/// Makes `path` readable and writable by its owner only (0600), whatever
+/// the umask it was created under.
+#[cfg(unix)]
+pub(crate) fn private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .map_err(|e| StoreError::io(format!("setting permissions of {}", path.display()), e))
+}
+
+#[cfg(not(unix))]
+pub(crate) fn private_file(_path: &Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Creates (or truncates) `path` as a file only its owner can read and
+/// write (0600 from its first byte, and again after creation whatever the
+/// umask).
+pub(crate) fn create_private(path: &Path) -> std::io::Result<fs::File> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let file = options.open(path)?;
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        Ok(file)
+    }
+    #[cfg(not(unix))]
+    options.open(path)
 }

@@ -223,6 +223,12 @@ impl ProfileStore {
         now: u64,
         rng: &mut R,
     ) -> Result<Self, StoreError> {
+        // An empty file, owner-only from the start, that redb then
+        // initialises (it keeps the file's mode).
+        drop(
+            crate::header::create_private(path)
+                .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?,
+        );
         let db = Database::create(path).map_err(|e| map_open_error(path, e))?;
         let store =
             ProfileStore { db, keys: RecordKeys::derive(data_key)?, name: name.into(), kind, path: path.into() };

@@ -959,3 +959,72 @@ fn kdf_parameters_out_of_range_are_refused_at_once() {
     let bad = KdfParams { t_cost: 0, ..KdfParams::TESTNET };
     assert!(DataDir::create(&other, PASS, bad).is_err());
 }
+
+/// Every file of a data directory is 0600 and every directory 0700, even
+/// under a umask of 0, and a directory made with looser modes is tightened
+/// when it is opened.
+#[cfg(unix)]
+#[test]
+fn a_data_dir_is_owner_only_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    fn modes(root: &Path) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            out.push((dir.display().to_string(), std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777));
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    out.push((
+                        path.display().to_string(),
+                        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                    ));
+                }
+            }
+        }
+        out
+    }
+    fn all_private(root: &Path) {
+        for (path, mode) in modes(root) {
+            let want = if Path::new(&path).is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode, want, "{path} is {mode:o}");
+        }
+    }
+    // The data directory is made by this test binary run again as a child
+    // under `umask 000` (see `umask_child`).
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let status = std::process::Command::new("sh")
+        .args(["-c", "umask 000 && exec \"$0\" umask_child --exact --quiet"])
+        .arg(std::env::current_exe().unwrap())
+        .env(UMASK_CHILD_ENV, &root)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(modes(&root).len() >= 5, "{:?}", modes(&root));
+    all_private(&root);
+
+    // Loosened by hand (an older build, a copy): tightened on open.
+    for (path, _) in modes(&root) {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    drop(DataDir::open(&root, b"new").unwrap());
+    all_private(&root);
+}
+
+const UMASK_CHILD_ENV: &str = "KABAR_TEST_UMASK_CHILD_DIR";
+
+/// Does nothing in a normal run; run by `a_data_dir_is_owner_only_whatever_the_umask`
+/// under `umask 000` (the variable names the directory), it makes a data
+/// directory with two profiles and changes its passphrase.
+#[test]
+fn umask_child() {
+    let Some(root) = std::env::var_os(UMASK_CHILD_ENV) else { return };
+    let root = Path::new(&root);
+    let mut dir = DataDir::create(root, PASS, KdfParams::TESTNET).unwrap();
+    drop(dir.create_profile("personal", ProfileKind::Personal, 1, &mut rand::rng()).unwrap());
+    dir.create_profile("shop", ProfileKind::Business, 1, &mut rand::rng()).unwrap();
+    dir.change_passphrase(b"new", KdfParams::TESTNET).unwrap();
+}

@@ -223,6 +223,18 @@ impl MailboxHost {
         // redb's default page cache is 1 GiB and keeps what was written: a
         // host holding a lot would sit near that. Reads here are sequential
         // pages of one mailbox; a small cache costs little.
+        // Owner-only, whatever the umask: an empty file made 0600 first
+        // (redb initialises it and keeps its mode), and an older one fixed.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            if !path.exists() {
+                let made = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path);
+                made.map_err(|e| HostError::Storage(format!("creating {}: {e}", path.display())))?;
+            }
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| HostError::Storage(format!("setting permissions of {}: {e}", path.display())))?;
+        }
         let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(&path).map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen => HostError::InUse(path.clone()),
             DatabaseError::Storage(redb::StorageError::Io(io)) if io.kind() != std::io::ErrorKind::InvalidData => {
@@ -864,6 +876,22 @@ mod tests {
         assert_eq!(f.deposit([3; 16], vec![vec![1]], T0), Response::Deposited { status: Status::Revoked, accepted: 0 });
         // The file is in use while open.
         assert!(matches!(MailboxHost::open(f.dir.path(), limits()), Err(HostError::InUse(_))));
+    }
+
+    /// The host's file is owner-only (0600), new or found looser.
+    #[cfg(unix)]
+    #[test]
+    fn the_store_file_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let host = MailboxHost::open(dir.path(), limits()).unwrap();
+        let file = dir.path().join(FILE);
+        assert_eq!(mode(&file), 0o600);
+        drop(host);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(MailboxHost::open(dir.path(), limits()).unwrap());
+        assert_eq!(mode(&file), 0o600);
     }
 
     #[test]
