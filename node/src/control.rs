@@ -150,9 +150,46 @@ pub async fn bind(data_dir: &Path) -> Result<(UnixListener, PathBuf), std::io::E
     Ok((listener, path))
 }
 
+/// Which socket file is ours: its device, inode and change time (to the
+/// nanosecond) when we bound it. The inode alone is not enough: a file
+/// system reuses the inode of a removed socket for the next one at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketId(u64, u64, i64, i64);
+
+impl SocketId {
+    /// The id of the file at `path` now, if there is one.
+    pub fn of(path: &Path) -> Option<SocketId> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::symlink_metadata(path).ok().map(|m| SocketId(m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = path;
+            None
+        }
+    }
+}
+
+/// Removes the socket file at `path` only if it is still the one we bound
+/// (`ours`): a node started right after this one stopped may have bound its
+/// own there, and that one is not ours to remove.
+pub fn remove_if_ours(path: &Path, ours: Option<SocketId>) {
+    if ours.is_some() && SocketId::of(path) == ours {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// Accepts control connections until `stop` flips.
 pub async fn serve(listener: UnixListener, state: std::sync::Arc<ControlState>) {
     let mut stop = state.stop.subscribe();
+    // A stop sent before this task first ran is already the current value
+    // (a new receiver never sees it as a change): without this check a node
+    // stopped right after it started would serve, and never stop, for ever.
+    if *stop.borrow_and_update() {
+        return;
+    }
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {

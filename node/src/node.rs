@@ -63,6 +63,8 @@ pub struct Node {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     socket: PathBuf,
+    /// The socket file we bound (only that one is ours to remove).
+    socket_id: Option<control::SocketId>,
     state: Arc<ControlState>,
 }
 
@@ -71,14 +73,15 @@ impl Node {
     /// control socket.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let (listener, socket) = control::bind(&config.data_dir).await?;
+        let socket_id = control::SocketId::of(&socket);
         let dir = match DataDir::open(&config.data_dir, &config.passphrase) {
             Ok(d) if d.profiles().is_empty() => {
-                let _ = std::fs::remove_file(&socket);
+                control::remove_if_ours(&socket, socket_id);
                 return Err(NodeError::NoProfiles(config.data_dir.clone()));
             }
             Ok(d) => d,
             Err(e) => {
-                let _ = std::fs::remove_file(&socket);
+                control::remove_if_ours(&socket, socket_id);
                 return Err(e.into());
             }
         };
@@ -124,7 +127,7 @@ impl Node {
         }
         let state = Arc::new(ControlState { profiles, events, stop: stop.clone() });
         tasks.push(tokio::spawn(control::serve(listener, state.clone())));
-        Ok(Node { stop, tasks, socket, state })
+        Ok(Node { stop, tasks, socket, socket_id, state })
     }
 
     /// The control socket's path.
@@ -172,11 +175,14 @@ impl Node {
     /// Stops: profiles finish the event they are handling (commits complete),
     /// swarms close, the socket is removed.
     pub async fn shutdown(self) {
+        // The socket goes first, while our listener still answers on it (so
+        // no new node can have taken its place), and only if it is still the
+        // file we bound: a node started while this one stops binds its own.
+        control::remove_if_ours(&self.socket, self.socket_id);
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
-        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
