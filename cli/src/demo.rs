@@ -7,6 +7,8 @@ use kabar_crypto::{
     SignedPrekey,
 };
 
+use crate::out::outln;
+
 /// Sends `envelope` "over the wire": encode, then decode as the receiver would.
 fn transmit(envelope: &Envelope) -> Result<Envelope> {
     let bytes = envelope.encode();
@@ -24,26 +26,26 @@ pub(crate) fn run(messages: u32) -> Result<()> {
     let opk = OneTimePrekey::generate_batch(1, 1, &mut rng).remove(0);
     let bundle =
         PrekeyBundle { identity: shop.public(), signed_prekey: spk.public(), one_time_prekey: Some(opk.public()) };
-    println!("customer  (personal)  identity {}", kabar_crypto::hex::encode(&customer.public().signing));
-    println!("shop      (business)  identity {}", kabar_crypto::hex::encode(&shop.public().signing));
+    outln!("customer  (personal)  identity {}", kabar_crypto::hex::encode(&customer.public().signing))?;
+    outln!("shop      (business)  identity {}", kabar_crypto::hex::encode(&shop.public().signing))?;
 
     // X3DH from the shop's bundle, then the first message.
     let mut customer_session = Session::initiate(&customer, &bundle, &mut rng)?;
     let first = customer_session.encrypt(b"Hello! Do you have sourdough today?", &mut rng)?;
-    println!("\ncustomer -> shop   prekey message, {} bytes on the wire", first.encoded_len());
+    outln!("\ncustomer -> shop   prekey message, {} bytes on the wire", first.encoded_len())?;
     let (mut shop_session, text) = Session::respond(&shop, &spk, Some(&opk), &transmit(&first)?)?;
-    println!("shop reads          {:?}", String::from_utf8_lossy(&text));
+    outln!("shop reads          {:?}", String::from_utf8_lossy(&text))?;
 
     let mut sent = 1u32;
     for i in 0..messages {
         let reply = format!("Yes, {} loaves left (reply {}).", 12 - (i % 12), i + 1);
         let env = shop_session.encrypt(reply.as_bytes(), &mut rng)?;
         let text = customer_session.decrypt(&transmit(&env)?)?;
-        println!("shop -> customer   {:?} ({} bytes)", String::from_utf8_lossy(&text), env.encoded_len());
+        outln!("shop -> customer   {:?} ({} bytes)", String::from_utf8_lossy(&text), env.encoded_len())?;
         let order = format!("I'll take {}.", i + 1);
         let env = customer_session.encrypt(order.as_bytes(), &mut rng)?;
         let text = shop_session.decrypt(&transmit(&env)?)?;
-        println!("customer -> shop   {:?} ({} bytes)", String::from_utf8_lossy(&text), env.encoded_len());
+        outln!("customer -> shop   {:?} ({} bytes)", String::from_utf8_lossy(&text), env.encoded_len())?;
         sent += 2;
     }
 
@@ -54,17 +56,17 @@ pub(crate) fn run(messages: u32) -> Result<()> {
         *byte ^= 1;
     }
     match shop_session.decrypt(&tampered) {
-        Err(CryptoError::AuthenticationFailed) => println!("\ntampered message   rejected (authentication failed)"),
+        Err(CryptoError::AuthenticationFailed) => outln!("\ntampered message   rejected (authentication failed)")?,
         other => bail!("a tampered message was not rejected: {other:?}"),
     }
     shop_session.decrypt(&genuine)?;
     match shop_session.decrypt(&genuine) {
-        Err(CryptoError::MessageKeyGone) => println!("replayed message   rejected (key already used)"),
+        Err(CryptoError::MessageKeyGone) => outln!("replayed message   rejected (key already used)")?,
         other => bail!("a replayed message was not rejected: {other:?}"),
     }
 
     let safety = SafetyNumber::new(&customer.public(), &shop.public());
-    println!("\nsafety number (both sides see the same):\n  {}", safety.display());
-    println!("\n{} messages exchanged end to end, {} rejected as expected.", sent + 1, 2);
+    outln!("\nsafety number (both sides see the same):\n  {}", safety.display())?;
+    outln!("\n{} messages exchanged end to end, {} rejected as expected.", sent + 1, 2)?;
     Ok(())
 }

@@ -9,7 +9,9 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use crate::client::Client;
-use crate::{output, s, show};
+use crate::out::outln;
+use crate::output::{self, cell};
+use crate::{safe, show};
 
 /// `kabar mailbox …` (for the `--profile` profile).
 #[derive(Debug, Subcommand)]
@@ -42,7 +44,7 @@ pub(crate) enum MailboxCommand {
 pub(crate) fn last_fetch(m: &Value) -> String {
     match (m["last_fetch_ms"].as_u64(), m["last_error"].as_str()) {
         (Some(0) | None, _) => "not fetched yet".to_string(),
-        (Some(_), Some(error)) => format!("failed: {error}"),
+        (Some(_), Some(error)) => format!("failed: {}", safe::printable(error)),
         (Some(at), None) => format!("ok {}", output::time(at)),
     }
 }
@@ -62,10 +64,11 @@ pub(crate) fn mailbox(dir: &Path, command: &MailboxCommand, profile: &str, json:
         MailboxCommand::Fetch => {
             let v = client.call("mailbox.fetch", json!({"profile": profile}))?;
             return show(json, &v, |v| {
-                println!("{} envelope(s) fetched", v["fetched"]);
+                outln!("{} envelope(s) fetched", cell(&v["fetched"]))?;
                 for e in v["errors"].as_array().into_iter().flatten() {
-                    println!("failed: {}", s(e));
+                    outln!("failed: {}", cell(e))?;
                 }
+                Ok(())
             });
         }
     };
@@ -73,13 +76,18 @@ pub(crate) fn mailbox(dir: &Path, command: &MailboxCommand, profile: &str, json:
         let mut rows = Vec::new();
         for (profile, list) in v["mailboxes"].as_object().into_iter().flatten() {
             for m in list.as_array().into_iter().flatten() {
-                rows.push(vec![profile.clone(), s(&m["address"]), m["fetched"].to_string(), last_fetch(m)]);
+                rows.push(vec![
+                    safe::printable(profile).into_owned(),
+                    cell(&m["address"]),
+                    cell(&m["fetched"]),
+                    last_fetch(m),
+                ]);
             }
         }
         if rows.is_empty() {
-            println!("no mailboxes; add one with `kabar mailbox add ADDRESS` (a `kabar serve --mailbox` node)");
+            outln!("no mailboxes; add one with `kabar mailbox add ADDRESS` (a `kabar serve --mailbox` node)")
         } else {
-            output::table(&["PROFILE", "MAILBOX", "FETCHED", "LAST FETCH"], &rows);
+            output::table(&["PROFILE", "MAILBOX", "FETCHED", "LAST FETCH"], &rows)
         }
     })
 }

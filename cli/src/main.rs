@@ -3,18 +3,24 @@
 //! is a thin client of the running node's JSON-RPC control socket
 //! (docs/api.md). The only crate that prints for humans.
 //!
-//! Exit codes: 0 success, 1 error, 2 bad usage, 3 no node running, 4 `--wait`
-//! timed out.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+//! Exit codes: 0 success (also when the reader of standard output closed
+//! it early), 1 error, 2 bad usage, 3 no node running, 4 `--wait` timed out.
+//!
+//! Standard output is written only through [`out`] (`println!` panics on a
+//! closed pipe, hence `print_stdout` stays denied), and peer text only after
+//! [`safe`] has escaped it.
+#![allow(clippy::print_stderr)]
 
 mod client;
 mod demo;
 mod mailbox;
+mod out;
 mod output;
 mod reach;
+mod safe;
 mod testnet;
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -26,6 +32,8 @@ use kabar_crypto::ProfileKind;
 use kabar_node::network::NetworkConfig;
 use kabar_node::{Node, NodeConfig};
 use kabar_storage::{DataDir, KdfParams, StoreError};
+use out::outln;
+use output::cell;
 use serde_json::{Value, json};
 
 /// Kabar: peer-to-peer, end-to-end encrypted messaging with separate personal
@@ -584,14 +592,16 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            if let Some(e) = error.downcast_ref::<std::io::Error>()
-                && e.kind() == std::io::ErrorKind::BrokenPipe
-            {
+            // The reader of our output went away (`kabar inbox | head -n 1`):
+            // nothing more to say, and nobody to say it to.
+            if error.downcast_ref::<out::StdoutClosed>().is_some() {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {error:#}");
+            // Node errors can quote peer text (a contact's name).
+            eprintln!("error: {}", safe::printable_block(&format!("{error:#}")));
             if json && let Some(e) = error.downcast_ref::<client::NodeError>() {
-                println!("{}", json!({"error": {"code": e.code, "message": e.message}}));
+                // Exact, like all --json output; nothing is left to do if it fails.
+                let _ = out::exact(&json!({"error": {"code": e.code, "message": e.message}}).to_string());
             }
             if error.downcast_ref::<NoNode>().is_some() {
                 ExitCode::from(EXIT_NO_NODE)
@@ -627,14 +637,9 @@ fn passphrase(confirm: bool) -> Result<Vec<u8>> {
     Ok(first.into_bytes())
 }
 
-/// Prints JSON (with --json) or the human form.
-fn show(json: bool, value: &Value, human: impl FnOnce(&Value)) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
-    } else {
-        human(value);
-    }
-    Ok(())
+/// Prints JSON (with --json), exactly as serialized, or the human form.
+fn show(json: bool, value: &Value, human: impl FnOnce(&Value) -> Result<()>) -> Result<()> {
+    if json { out::exact(&serde_json::to_string_pretty(value)?) } else { human(value) }
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -647,8 +652,10 @@ fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Demo { messages } => demo::run(*messages),
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "kabar", &mut std::io::stdout());
-            Ok(())
+            // Generated into memory: clap_complete panics when a write fails.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "kabar", &mut script);
+            out::exact_bytes(&script)
         }
         Command::Init { business, testnet_kdf } => init(&data_dir(&cli)?, business.as_deref(), *testnet_kdf, json),
         Command::Node(NodeCommand::Run { listen, bootstrap, no_mdns, dht_server, relay }) => {
@@ -672,14 +679,15 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Node(NodeCommand::Stop) => {
             let v = Client::connect(&data_dir(&cli)?)?.call("node.stop", json!({}))?;
-            show(json, &v, |_| println!("node stopping"))
+            show(json, &v, |_| outln!("node stopping"))
         }
         Command::Profile(ProfileCommand::List) => {
             let list = DataDir::list_profiles(&data_dir(&cli)?)?;
             let v = json!(list.iter().map(|p| json!({"name": p.name, "kind": p.kind.to_string()})).collect::<Vec<_>>());
             show(json, &v, |_| {
-                let rows: Vec<Vec<String>> = list.iter().map(|p| vec![p.name.clone(), p.kind.to_string()]).collect();
-                output::table(&["PROFILE", "KIND"], &rows);
+                let rows: Vec<Vec<String>> =
+                    list.iter().map(|p| vec![safe::printable(&p.name).into_owned(), p.kind.to_string()]).collect();
+                output::table(&["PROFILE", "KIND"], &rows)
             })
         }
         Command::Profile(ProfileCommand::Create { name, kind }) => {
@@ -694,7 +702,9 @@ fn run(cli: Cli) -> Result<()> {
             let store = data.create_profile(name, kind, now, &mut rand::rng())?;
             let peer = kabar_node::card::peer_id_of(&store.identity()?.public().signing).to_string();
             let v = json!({"name": name, "kind": kind.to_string(), "peer_id": peer});
-            show(json, &v, |_| println!("created {kind} profile {name} ({peer}); start the node to use it"))
+            show(json, &v, |_| {
+                outln!("created {kind} profile {} ({peer}); start the node to use it", safe::printable(name))
+            })
         }
         Command::Profile(ProfileCommand::Show) => {
             let info = Client::connect(&data_dir(&cli)?)?.call("node.info", json!({}))?;
@@ -706,12 +716,13 @@ fn run(cli: Cli) -> Result<()> {
                 .cloned()
                 .ok_or_else(|| anyhow!("no profile named {:?}; see `kabar profile list`", cli.profile))?;
             show(json, &prof, |p| {
-                println!("profile   {}", s(&p["name"]));
-                println!("kind      {}", s(&p["kind"]));
-                println!("peer id   {}", s(&p["peer_id"]));
+                outln!("profile   {}", cell(&p["name"]))?;
+                outln!("kind      {}", cell(&p["kind"]))?;
+                outln!("peer id   {}", cell(&p["peer_id"]))?;
                 for a in p["listen_addrs"].as_array().into_iter().flatten() {
-                    println!("listening {}", s(a));
+                    outln!("listening {}", cell(a))?;
                 }
+                Ok(())
             })
         }
         Command::Card { qr, name } => {
@@ -719,9 +730,9 @@ fn run(cli: Cli) -> Result<()> {
             let card = s(&v["card"]);
             if *qr && !json {
                 let code = qrcode::QrCode::new(card.as_bytes()).context("the card is too long for a QR code")?;
-                println!("{}", code.render::<qrcode::render::unicode::Dense1x2>().quiet_zone(true).build());
+                outln!("{}", code.render::<qrcode::render::unicode::Dense1x2>().quiet_zone(true).build())?;
             }
-            show(json, &v, |_| println!("{card}"))
+            show(json, &v, |_| outln!("{}", safe::printable(&card)))
         }
         Command::Contact(c) => contact(&data_dir(&cli)?, c, &p, json),
         Command::Send { name, text, wait, timeout } => {
@@ -738,19 +749,19 @@ fn run(cli: Cli) -> Result<()> {
                         let last = &c["last_message"];
                         let arrow = if last["direction"] == "out" { "you: " } else { "" };
                         vec![
-                            s(&c["contact"]),
-                            if c["unread"].as_u64().unwrap_or(0) > 0 { c["unread"].to_string() } else { String::new() },
-                            s(&c["status"]),
+                            cell(&c["contact"]),
+                            if c["unread"].as_u64().unwrap_or(0) > 0 { cell(&c["unread"]) } else { String::new() },
+                            cell(&c["status"]),
                             c["labels"]
                                 .as_array()
-                                .map(|l| l.iter().map(s).collect::<Vec<_>>().join(", "))
+                                .map(|l| l.iter().map(cell).collect::<Vec<_>>().join(", "))
                                 .unwrap_or_default(),
                             output::time(c["last_activity_ms"].as_u64().unwrap_or(0)),
                             format!("{arrow}{}", output::content(&last["content"])),
                         ]
                     })
                     .collect();
-                output::table(&["CONTACT", "UNREAD", "STATUS", "LABELS", "WHEN", "LAST MESSAGE"], &rows);
+                output::table(&["CONTACT", "UNREAD", "STATUS", "LABELS", "WHEN", "LAST MESSAGE"], &rows)
             })
         }
         Command::History { name, limit } => {
@@ -779,7 +790,7 @@ fn run(cli: Cli) -> Result<()> {
                     .filter_map(|pr| {
                         let guard = &pr["guard"];
                         let n = guard["strangers_dropped"].as_u64().filter(|n| *n > 0)?;
-                        Some((s(&pr["name"]), n, guard["stranger_limit"].as_u64().unwrap_or(0)))
+                        Some((cell(&pr["name"]), n, guard["stranger_limit"].as_u64().unwrap_or(0)))
                     })
                     .collect()
             } else {
@@ -787,21 +798,22 @@ fn run(cli: Cli) -> Result<()> {
             };
             show(json, &v, |v| {
                 match v.as_array() {
-                    Some(list) if list.is_empty() => println!("no message requests"),
+                    Some(list) if list.is_empty() => outln!("no message requests")?,
                     Some(list) => {
                         let rows: Vec<Vec<String>> =
-                            list.iter().map(|c| vec![s(&c["name"]), s(&c["peer_id"])]).collect();
-                        output::table(&["NAME", "PEER ID"], &rows);
+                            list.iter().map(|c| vec![cell(&c["name"]), cell(&c["peer_id"])]).collect();
+                        output::table(&["NAME", "PEER ID"], &rows)?;
                     }
                     None => {
-                        println!("{}: {}", s(&v["name"]), if v["blocked"] == true { "blocked" } else { "accepted" })
+                        outln!("{}: {}", cell(&v["name"]), if v["blocked"] == true { "blocked" } else { "accepted" })?
                     }
                 }
                 for (name, n, limit) in &dropped {
-                    println!(
+                    outln!(
                         "{name}: {n} older request(s) were dropped, with what they sent, to stay within {limit} pending"
-                    );
+                    )?;
                 }
+                Ok(())
             })
         }
         Command::Chat { name } => chat(&data_dir(&cli)?, &profile, name),
@@ -861,8 +873,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rpc { method, params } => {
             let params: Value = serde_json::from_str(params).context("params must be a JSON object")?;
             let v = Client::connect(&data_dir(&cli)?)?.call(method, params)?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
-            Ok(())
+            let text = serde_json::to_string_pretty(&v)?;
+            // JSON either way; on a terminal (no --json) with the controls a
+            // peer may have put in strings written as \uXXXX: the same value.
+            if json { out::exact(&text) } else { out::exact(&safe::printable_json(&text)) }
         }
     }
 }
@@ -871,19 +885,28 @@ fn s(v: &Value) -> String {
     v.as_str().map(str::to_string).unwrap_or_else(|| if v.is_null() { String::new() } else { v.to_string() })
 }
 
-fn print_history(v: &Value) {
-    let contact = s(&v["contact"]);
+/// `kabar history` (and the start of `kabar chat`) for humans.
+fn print_history(v: &Value) -> Result<()> {
+    let contact = cell(&v["contact"]);
     for m in v["messages"].as_array().into_iter().flatten() {
-        let who = if m["direction"] == "out" { "you".to_string() } else { contact.clone() };
-        let mark = if m["direction"] == "out" { output::status(m["status"].as_str().unwrap_or("")) } else { "" };
-        println!(
-            "{:>11}  {:<12} {} {}",
-            output::time(m["sent_at_ms"].as_u64().unwrap_or(0)),
-            who,
-            output::content(&m["content"]),
-            mark
-        );
+        outln!("{}", history_line(m, &contact))?;
     }
+    Ok(())
+}
+
+/// One message of a conversation with `contact` (already escaped) as a line
+/// of `kabar history` and `kabar chat`: peer text escaped, one line.
+fn history_line(m: &Value, contact: &str) -> String {
+    let who = if m["direction"] == "out" { "you" } else { contact };
+    let mark = if m["direction"] == "out" { output::status(m["status"].as_str().unwrap_or("")) } else { "" };
+    let line = format!(
+        "{:>11}  {:<12} {} {}",
+        output::time(m["sent_at_ms"].as_u64().unwrap_or(0)),
+        who,
+        output::content(&m["content"]),
+        mark
+    );
+    line.trim_end().to_string()
 }
 
 fn contact(dir: &Path, c: &ContactCommand, p: &dyn Fn(Value) -> Value, json: bool) -> Result<()> {
@@ -892,14 +915,15 @@ fn contact(dir: &Path, c: &ContactCommand, p: &dyn Fn(Value) -> Value, json: boo
         ContactCommand::Add { card, name } => {
             let v = client.call("contact.add", p(json!({"card": card, "name": name})))?;
             show(json, &v, |v| {
-                println!("added {} ({}, {})", s(&v["name"]), s(&v["kind"]), s(&v["peer_id"]));
+                outln!("added {} ({}, {})", cell(&v["name"]), cell(&v["kind"]), cell(&v["peer_id"]))?;
                 if v["identity_change_warning"] == true {
-                    println!(
+                    outln!(
                         "WARNING: {}'s identity key changed. Compare safety numbers: kabar contact verify {}",
-                        s(&v["name"]),
-                        s(&v["name"])
-                    );
+                        cell(&v["name"]),
+                        cell(&v["name"])
+                    )?;
                 }
+                Ok(())
             })
         }
         ContactCommand::List => {
@@ -923,32 +947,33 @@ fn contact(dir: &Path, c: &ContactCommand, p: &dyn Fn(Value) -> Value, json: boo
                         if c["identity_changed"] == true {
                             flags.push("KEY CHANGED");
                         }
-                        vec![s(&c["name"]), s(&c["kind"]), flags.join(","), s(&c["peer_id"])]
+                        vec![cell(&c["name"]), cell(&c["kind"]), flags.join(","), cell(&c["peer_id"])]
                     })
                     .collect();
-                output::table(&["NAME", "KIND", "FLAGS", "PEER ID"], &rows);
+                output::table(&["NAME", "KIND", "FLAGS", "PEER ID"], &rows)
             })
         }
         ContactCommand::Verify { name, confirm } => {
             let v = client.call("contact.verify", p(json!({"name": name, "confirm": confirm})))?;
             show(json, &v, |v| {
-                println!("Safety number with {}:\n\n  {}\n", s(&v["name"]), s(&v["safety_number"]));
+                outln!("Safety number with {}:\n\n  {}\n", cell(&v["name"]), cell(&v["safety_number"]))?;
                 if v["verified"] == true {
-                    println!("{} is verified.", s(&v["name"]));
+                    outln!("{} is verified.", cell(&v["name"]))?;
                 } else {
-                    println!(
+                    outln!(
                         "Compare it with {} in person or on a call; if it matches: kabar contact verify {} --confirm",
-                        s(&v["name"]),
-                        s(&v["name"])
-                    );
+                        cell(&v["name"]),
+                        cell(&v["name"])
+                    )?;
                 }
+                Ok(())
             })
         }
         ContactCommand::Block { name } | ContactCommand::Unblock { name } => {
             let method = if matches!(c, ContactCommand::Block { .. }) { "contact.block" } else { "contact.unblock" };
             let v = client.call(method, p(json!({"name": name})))?;
             show(json, &v, |v| {
-                println!("{} is {}", s(&v["name"]), if v["blocked"] == true { "blocked" } else { "unblocked" })
+                outln!("{} is {}", cell(&v["name"]), if v["blocked"] == true { "blocked" } else { "unblocked" })
             })
         }
     }
@@ -961,7 +986,7 @@ fn send(dir: &Path, profile: &str, name: &str, text: &str, wait: bool, timeout: 
     }
     let v = client.call("message.send", json!({"profile": profile, "to": name, "text": text}))?;
     let id = s(&v["message_id"]);
-    let mut out = json!({"message_id": id, "status": "sent"});
+    let mut result = json!({"message_id": id, "status": "sent"});
     if wait {
         let mut status_client = Client::connect(dir)?;
         let deadline = Instant::now() + Duration::from_secs(timeout);
@@ -970,7 +995,7 @@ fn send(dir: &Path, profile: &str, name: &str, text: &str, wait: bool, timeout: 
             let status = s(&st["status"]);
             // Stored: held by the recipient's mailbox while it is offline.
             if status == "delivered" || status == "read" || status == "stored" {
-                out["status"] = json!(status);
+                result["status"] = json!(status);
                 break;
             }
             if status == "failed" {
@@ -978,8 +1003,8 @@ fn send(dir: &Path, profile: &str, name: &str, text: &str, wait: bool, timeout: 
             }
             if client.next_event(deadline)?.is_none() {
                 if json {
-                    out["status"] = json!(status);
-                    println!("{}", serde_json::to_string_pretty(&out)?);
+                    result["status"] = json!(status);
+                    out::exact(&serde_json::to_string_pretty(&result)?)?;
                 }
                 return Err(TimedOut(format!(
                     "message {id} not delivered within {timeout} s; it stays queued and will be retried"
@@ -988,15 +1013,16 @@ fn send(dir: &Path, profile: &str, name: &str, text: &str, wait: bool, timeout: 
             }
         }
     }
-    show(json, &out, |o| println!("{} {}", s(&o["message_id"]), s(&o["status"])))
+    show(json, &result, |o| outln!("{} {}", cell(&o["message_id"]), cell(&o["status"])))
 }
 
 fn chat(dir: &Path, profile: &str, name: &str) -> Result<()> {
     let mut client = Client::connect(dir)?;
     let history = client.call("message.history", json!({"profile": profile, "with": name, "limit": 20}))?;
     let contact = s(&history["contact"]);
-    println!("── chat with {contact} ({profile}) · type and press Enter · Ctrl-D leaves ──");
-    print_history(&history);
+    let shown = cell(&history["contact"]);
+    outln!("── chat with {shown} ({}) · type and press Enter · Ctrl-D leaves ──", safe::printable(profile))?;
+    print_history(&history)?;
     client.call("conversation.read", json!({"profile": profile, "with": name}))?;
     let mut events = Client::connect(dir)?;
     events.subscribe()?;
@@ -1023,7 +1049,7 @@ fn chat(dir: &Path, profile: &str, name: &str) -> Result<()> {
             Ok(Some(line)) => {
                 match client.call("message.send", json!({"profile": profile, "to": name, "text": line})) {
                     Ok(v) => mine.push(s(&v["message_id"])),
-                    Err(e) => eprintln!("! {e:#}"),
+                    Err(e) => eprintln!("! {}", safe::printable_block(&format!("{e:#}"))),
                 }
             }
             Ok(None) | Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
@@ -1034,35 +1060,31 @@ fn chat(dir: &Path, profile: &str, name: &str) -> Result<()> {
                 Some("message_received") if e["profile"] == json!(profile) && e["contact"] == json!(contact) => {
                     let m =
                         client.call("message.status", json!({"profile": profile, "message_id": e["message_id"]}))?;
-                    println!(
-                        "{:>11}  {:<12} {}",
-                        output::time(m["sent_at_ms"].as_u64().unwrap_or(0)),
-                        contact,
-                        output::content(&m["content"])
-                    );
+                    outln!("{}", history_line(&m, &shown))?;
                     client.call("conversation.read", json!({"profile": profile, "with": name}))?;
                 }
                 Some("status_changed") if mine.iter().any(|id| e["message_id"] == json!(id)) => {
-                    println!("{:>11}  {}", "", output::status(e["status"].as_str().unwrap_or("")));
+                    outln!("{:>11}  {}", "", output::status(e["status"].as_str().unwrap_or("")))?;
                 }
                 _ => {}
             }
         }
-        std::io::stdout().flush()?;
+        out::flush()?;
     }
     Ok(())
 }
 
 fn business(dir: &Path, b: &BusinessCommand, p: &dyn Fn(Value) -> Value, json: bool) -> Result<()> {
     let mut client = Client::connect(dir)?;
-    let pretty = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    let pretty = |v: &Value| outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     match b {
         BusinessCommand::Profile(BusinessProfileCommand::Show) => {
             let v = client.call("business.profile.get", p(json!({})))?;
             show(json, &v, |v| {
                 for f in ["name", "category", "about", "description", "address", "email", "website"] {
-                    println!("{f:<12} {}", s(&v[f]));
+                    outln!("{f:<12} {}", cell(&v[f]))?;
                 }
+                Ok(())
             })
         }
         BusinessCommand::Profile(BusinessProfileCommand::Set {
@@ -1078,7 +1100,7 @@ fn business(dir: &Path, b: &BusinessCommand, p: &dyn Fn(Value) -> Value, json: b
                 "business.profile.set",
                 p(json!({"name": name, "category": category, "about": about, "description": description, "address": address, "email": email, "website": website})),
             )?;
-            show(json, &v, |_| println!("business profile saved"))
+            show(json, &v, |_| outln!("business profile saved"))
         }
         BusinessCommand::Catalog(CatalogCommand::Add { name, price, currency, description }) => {
             let price_minor = parse_price(price)?;
@@ -1086,7 +1108,7 @@ fn business(dir: &Path, b: &BusinessCommand, p: &dyn Fn(Value) -> Value, json: b
                 "business.catalog.add",
                 p(json!({"name": name, "price_minor": price_minor, "currency": currency, "description": description})),
             )?;
-            show(json, &v, |v| println!("added {} {} ({})", s(&v["name"]), output::money(v), s(&v["id"])))
+            show(json, &v, |v| outln!("added {} {} ({})", cell(&v["name"]), output::money(v), cell(&v["id"])))
         }
         BusinessCommand::Catalog(CatalogCommand::List) => {
             let v = client.call("business.catalog.list", p(json!({})))?;
@@ -1094,11 +1116,11 @@ fn business(dir: &Path, b: &BusinessCommand, p: &dyn Fn(Value) -> Value, json: b
         }
         BusinessCommand::Catalog(CatalogCommand::Remove { id }) => {
             let v = client.call("business.catalog.remove", p(json!({"id": id})))?;
-            show(json, &v, |_| println!("removed"))
+            show(json, &v, |_| outln!("removed"))
         }
         BusinessCommand::Reply(ReplyCommand::Add { shortcut, text }) => {
             let v = client.call("business.reply.add", p(json!({"shortcut": shortcut, "text": text})))?;
-            show(json, &v, |v| println!("/{} saved", s(&v["shortcut"])))
+            show(json, &v, |v| outln!("/{} saved", cell(&v["shortcut"])))
         }
         BusinessCommand::Reply(ReplyCommand::List) => {
             let v = client.call("business.reply.list", p(json!({})))?;
@@ -1107,14 +1129,14 @@ fn business(dir: &Path, b: &BusinessCommand, p: &dyn Fn(Value) -> Value, json: b
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|r| vec![format!("/{}", s(&r["shortcut"])), s(&r["text"])])
+                    .map(|r| vec![format!("/{}", cell(&r["shortcut"])), cell(&r["text"])])
                     .collect();
-                output::table(&["SHORTCUT", "TEXT"], &rows);
+                output::table(&["SHORTCUT", "TEXT"], &rows)
             })
         }
         BusinessCommand::Reply(ReplyCommand::Remove { shortcut }) => {
             let v = client.call("business.reply.remove", p(json!({"shortcut": shortcut})))?;
-            show(json, &v, |_| println!("removed"))
+            show(json, &v, |_| outln!("removed"))
         }
         BusinessCommand::Greeting(g) => {
             let text = match g {
@@ -1122,15 +1144,11 @@ fn business(dir: &Path, b: &BusinessCommand, p: &dyn Fn(Value) -> Value, json: b
                 GreetingCommand::Off => None,
             };
             let v = client.call("business.greeting.set", p(json!({"text": text})))?;
-            show(
-                json,
-                &v,
-                |v| if v["greeting"].is_null() { println!("greeting off") } else { println!("greeting set") },
-            )
+            show(json, &v, |v| if v["greeting"].is_null() { outln!("greeting off") } else { outln!("greeting set") })
         }
         BusinessCommand::Away(AwayCommand::Set { schedule, text }) => {
             let v = client.call("business.away.set", p(json!({"schedule": schedule, "text": text})))?;
-            show(json, &v, |_| println!("away message: {schedule}"))
+            show(json, &v, |_| outln!("away message: {}", safe::printable(schedule)))
         }
         BusinessCommand::Hours(HoursCommand::Set { days, utc_offset }) => {
             let mut map = serde_json::Map::new();
@@ -1140,7 +1158,7 @@ fn business(dir: &Path, b: &BusinessCommand, p: &dyn Fn(Value) -> Value, json: b
                 map.insert(day.to_string(), json!(hours));
             }
             let v = client.call("business.hours.set", p(json!({"days": map, "utc_offset_minutes": utc_offset})))?;
-            show(json, &v, |_| println!("opening hours saved"))
+            show(json, &v, |_| outln!("opening hours saved"))
         }
         BusinessCommand::Label(l) => {
             let v = match l {
@@ -1155,16 +1173,20 @@ fn business(dir: &Path, b: &BusinessCommand, p: &dyn Fn(Value) -> Value, json: b
             };
             show(json, &v, |v| match l {
                 LabelCommand::List => {
-                    let rows: Vec<Vec<String>> =
-                        v.as_array().into_iter().flatten().map(|x| vec![s(&x["name"]), s(&x["colour"])]).collect();
-                    output::table(&["LABEL", "COLOUR"], &rows);
+                    let rows: Vec<Vec<String>> = v
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|x| vec![cell(&x["name"]), cell(&x["colour"])])
+                        .collect();
+                    output::table(&["LABEL", "COLOUR"], &rows)
                 }
                 _ => pretty(&json!("ok")),
             })
         }
         BusinessCommand::Close { name } => {
             let v = client.call("business.close", p(json!({"with": name})))?;
-            show(json, &v, |_| println!("conversation with {name} closed"))
+            show(json, &v, |_| outln!("conversation with {} closed", safe::printable(name)))
         }
     }
 }
@@ -1185,22 +1207,23 @@ fn parse_price(text: &str) -> Result<u64> {
     units.parse::<u64>().ok().and_then(|u| u.checked_mul(100)).and_then(|u| u.checked_add(cents)).ok_or_else(bad)
 }
 
-fn print_catalog(v: &Value) {
+/// A catalog (the business's own, or one a business sent) for humans.
+fn print_catalog(v: &Value) -> Result<()> {
     let rows: Vec<Vec<String>> = v
         .as_array()
         .into_iter()
         .flatten()
         .map(|i| {
             vec![
-                s(&i["name"]),
+                cell(&i["name"]),
                 output::money(i),
                 if i["available"] == true { "yes".into() } else { "no".into() },
-                s(&i["description"]),
-                s(&i["id"]),
+                cell(&i["description"]),
+                cell(&i["id"]),
             ]
         })
         .collect();
-    output::table(&["ITEM", "PRICE", "AVAILABLE", "DESCRIPTION", "ID"], &rows);
+    output::table(&["ITEM", "PRICE", "AVAILABLE", "DESCRIPTION", "ID"], &rows)
 }
 
 /// The newest catalog a business sent us, from the conversation.
@@ -1261,7 +1284,7 @@ fn order(dir: &Path, profile: &str, name: &str, args: &[String], note: Option<&s
         lines.push(json!({"item": found["id"], "quantity": qty}));
     }
     let v = client.call("order.place", json!({"profile": profile, "to": name, "items": lines, "note": note}))?;
-    show(json, &v, |v| println!("order sent ({})", s(&v["message_id"])))
+    show(json, &v, |v| outln!("order sent ({})", cell(&v["message_id"])))
 }
 
 fn init(dir: &Path, business: Option<&str>, testnet_kdf: bool, json: bool) -> Result<()> {
@@ -1296,15 +1319,15 @@ fn init(dir: &Path, business: Option<&str>, testnet_kdf: bool, json: bool) -> Re
         .collect::<Result<_>>()?;
     let v = json!({"data_dir": dir, "profiles": profiles});
     show(json, &v, |v| {
-        println!("Created {}", dir.display());
+        outln!("Created {}", safe::printable(&dir.display().to_string()))?;
         let rows: Vec<Vec<String>> = v["profiles"]
             .as_array()
             .into_iter()
             .flatten()
-            .map(|p| vec![s(&p["name"]), s(&p["kind"]), s(&p["peer_id"])])
+            .map(|p| vec![cell(&p["name"]), cell(&p["kind"]), cell(&p["peer_id"])])
             .collect();
-        output::table(&["PROFILE", "KIND", "PEER ID"], &rows);
-        println!("Next: kabar node run");
+        output::table(&["PROFILE", "KIND", "PEER ID"], &rows)?;
+        outln!("Next: kabar node run")
     })
 }
 
@@ -1336,18 +1359,22 @@ fn node_run(dir: &Path, network: NetworkConfig, json: bool) -> Result<()> {
         let node = Node::start(config).await?;
         tokio::time::timeout(Duration::from_secs(10), node.wait_listening()).await.ok();
         let profiles = node.profiles();
-        if json {
-            println!("{}", serde_json::to_string(&json!({"profiles": profiles, "socket": node.socket()}))?);
-        } else {
+        let banner = || -> Result<()> {
+            if json {
+                return out::exact(&serde_json::to_string(&json!({"profiles": profiles, "socket": node.socket()}))?);
+            }
             for p in &profiles {
-                println!("{:<12} {:<9} {}", p.name, p.kind, p.peer_id);
+                outln!("{:<12} {:<9} {}", p.name, p.kind, p.peer_id)?;
                 for a in &p.listen_addrs {
-                    println!("             listening on {a}");
+                    outln!("             listening on {a}")?;
                 }
             }
-            println!("Control socket {}; Ctrl-C stops the node.", node.socket().display());
-        }
-        std::io::stdout().flush().ok();
+            outln!("Control socket {}; Ctrl-C stops the node.", node.socket().display())
+        };
+        // The node runs on whether or not its output is read: a reader that
+        // took the first line and closed the pipe does not stop it.
+        banner().ok();
+        out::flush().ok();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -1358,4 +1385,25 @@ fn node_run(dir: &Path, network: NetworkConfig, json: bool) -> Result<()> {
         node.shutdown().await;
         Ok::<(), anyhow::Error>(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A history line of a message from a contact whose name (from its card)
+    /// and text carry escape sequences: shown escaped, on one line.
+    #[test]
+    fn a_history_line_shows_a_peers_escapes_on_one_line() {
+        let v = json!({"contact": "Mal\x1b]0;pwned\x07\u{202e}", "messages": [{
+            "direction": "in", "status": "delivered", "sent_at_ms": 0,
+            "content": {"type": "text", "text": "hi\x1b[2J\u{9b}31m\u{7f}\r\nFAKE line"},
+        }]});
+        let line = history_line(&v["messages"][0], &cell(&v["contact"]));
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(
+            line.contains("Mal\\u{1b}]0;pwned\\u{7}\\u{202e} hi\\u{1b}[2J\\u{9b}31m\\u{7f}\\u{d} FAKE line"),
+            "{line}"
+        );
+    }
 }

@@ -1,7 +1,6 @@
 //! Reachability commands: `kabar serve` (a service node), `kabar relay …`,
 //! and the `node info` view of NAT status, relays and connections.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,7 +11,9 @@ use kabar_node::service::{DEFAULT_PORT, ServiceConfig, ServiceNode};
 use serde_json::{Value, json};
 
 use crate::client::Client;
-use crate::{output, s, show};
+use crate::out::{self, outln};
+use crate::output::{self, cell};
+use crate::{s, safe, show};
 
 /// `kabar serve`.
 #[derive(Debug, Args)]
@@ -101,28 +102,34 @@ pub(crate) fn serve(args: &ServeArgs, dir: &Path, json: bool) -> Result<()> {
             format!("cannot start the service node (is port {DEFAULT_PORT} taken? choose one with --listen)")
         })?;
         let addresses = node.wait_addresses(Duration::from_millis(500), Duration::from_secs(10)).await;
-        if json {
-            println!("{}", json!({"peer_id": node.peer_id().to_string(), "addresses": addresses, "data_dir": dir, "mailbox": args.mailbox}));
-        } else {
-            println!("Kabar service node {}", node.peer_id());
-            println!("Relay, AutoNAT and DHT server. Give peers one of these addresses:");
+        let banner = || -> Result<()> {
+            if json {
+                return out::exact(
+                    &json!({"peer_id": node.peer_id().to_string(), "addresses": addresses, "data_dir": dir, "mailbox": args.mailbox})
+                        .to_string(),
+                );
+            }
+            outln!("Kabar service node {}", node.peer_id())?;
+            outln!("Relay, AutoNAT and DHT server. Give peers one of these addresses:")?;
             // Loopback is only for peers on this machine: shown last.
             let (others, local): (Vec<&String>, Vec<&String>) =
                 addresses.iter().partition(|a| !a.starts_with("/ip4/127.") && !a.starts_with("/ip6/::1/"));
             for a in others.iter().chain(&local) {
-                println!("  {a}");
+                outln!("  {a}")?;
             }
-            println!("(kabar node run --relay ADDRESS, or kabar relay add ADDRESS). Ctrl-C stops it.");
+            outln!("(kabar node run --relay ADDRESS, or kabar relay add ADDRESS). Ctrl-C stops it.")?;
             if args.mailbox {
-                println!(
+                outln!(
                     "Mailboxes: on (at most {} mailboxes of {} envelopes and {} bytes each; envelopes kept {} days).",
                     args.mailbox_max, args.mailbox_quota_messages, args.mailbox_quota_bytes, args.mailbox_ttl_days
-                );
+                )
             } else {
-                println!("Mailboxes: off (--mailbox to host them).");
+                outln!("Mailboxes: off (--mailbox to host them).")
             }
-        }
-        std::io::stdout().flush().ok();
+        };
+        // It serves on whether or not its output is read (as `node run`).
+        banner().ok();
+        out::flush().ok();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -151,43 +158,48 @@ pub(crate) fn relay(dir: &Path, command: &RelayCommand, profile: &str, json: boo
                     Value::String(a) => (a.clone(), String::new()),
                     other => (s(&other["address"]), if other["reserved"] == true { "yes" } else { "no" }.to_string()),
                 };
-                rows.push(vec![profile.clone(), address, reserved]);
+                rows.push(vec![
+                    safe::printable(profile).into_owned(),
+                    safe::printable(&address).into_owned(),
+                    reserved,
+                ]);
             }
         }
         if rows.is_empty() {
-            println!("no relays; add one with `kabar relay add ADDRESS`");
+            outln!("no relays; add one with `kabar relay add ADDRESS`")
         } else {
-            output::table(&["PROFILE", "RELAY", "RESERVED"], &rows);
+            output::table(&["PROFILE", "RELAY", "RESERVED"], &rows)
         }
     })
 }
 
 /// `kabar node info` for humans: one block per profile.
-pub(crate) fn print_node_info(v: &Value) {
+pub(crate) fn print_node_info(v: &Value) -> Result<()> {
     for p in v["profiles"].as_array().into_iter().flatten() {
-        println!("{} ({}) {}", s(&p["name"]), s(&p["kind"]), s(&p["peer_id"]));
-        println!("  reachability  {} (DHT {})", s(&p["nat"]), s(&p["dht"]));
+        outln!("{} ({}) {}", cell(&p["name"]), cell(&p["kind"]), cell(&p["peer_id"]))?;
+        outln!("  reachability  {} (DHT {})", cell(&p["nat"]), cell(&p["dht"]))?;
         for a in p["advertised"].as_array().into_iter().flatten() {
-            println!("  reachable at  {}", s(a));
+            outln!("  reachable at  {}", cell(a))?;
         }
         for r in p["relays"].as_array().into_iter().flatten() {
             let state = if r["reserved"] == true { "reserved" } else { "not reserved" };
-            println!("  relay         {} ({state})", s(&r["address"]));
+            outln!("  relay         {} ({state})", cell(&r["address"]))?;
         }
         let peers = p["peers"].as_array().cloned().unwrap_or_default();
         let direct = peers.iter().filter(|x| x["connection"] == "direct").count();
-        println!("  peers         {} connected ({direct} direct, {} relayed)", peers.len(), peers.len() - direct);
+        outln!("  peers         {} connected ({direct} direct, {} relayed)", peers.len(), peers.len() - direct)?;
         for x in &peers {
-            println!("    {} {}", s(&x["peer_id"]), s(&x["connection"]));
+            outln!("    {} {}", cell(&x["peer_id"]), cell(&x["connection"]))?;
         }
         let hp = &p["hole_punch"];
-        println!("  hole punching {} of {} attempts succeeded", hp["succeeded"], hp["attempts"]);
+        outln!("  hole punching {} of {} attempts succeeded", cell(&hp["succeeded"]), cell(&hp["attempts"]))?;
         for m in p["mailboxes"].as_array().into_iter().flatten() {
             let last = crate::mailbox::last_fetch(m);
-            println!("  mailbox       {} ({} fetched; last fetch {last})", s(&m["address"]), m["fetched"]);
+            outln!("  mailbox       {} ({} fetched; last fetch {last})", cell(&m["address"]), cell(&m["fetched"]))?;
         }
         if p["deposited"].as_u64().unwrap_or(0) > 0 {
-            println!("  deposited     {} envelope(s) in contacts' mailboxes", p["deposited"]);
+            outln!("  deposited     {} envelope(s) in contacts' mailboxes", cell(&p["deposited"]))?;
         }
     }
+    Ok(())
 }

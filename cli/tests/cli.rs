@@ -354,3 +354,138 @@ fn a_shop_and_a_customer_who_are_never_online_together_talk_through_mailboxes() 
         }
     }
 }
+
+/// Runs `args` with standard output read up to its first line and then
+/// closed, as `kabar … | head -n 1` does; asserts that the command still
+/// wrote (so its output outgrew the pipe's buffer), then ended quietly with
+/// exit code 0, as ripgrep does: no panic, nothing on stderr.
+fn ends_quietly_when_the_reader_leaves(dir: Option<&Path>, args: &[&str]) {
+    let mut command = Command::new(BIN);
+    if let Some(dir) = dir {
+        command.arg("--data-dir").arg(dir).env("KABAR_PASSPHRASE", PASS);
+    }
+    let mut child = command.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    assert!(stdout.read_line(&mut line).unwrap() > 0, "kabar {args:?} printed nothing");
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "kabar {args:?} panicked: {stderr}");
+    assert_eq!(stderr, "", "kabar {args:?} printed to stderr");
+    assert_eq!(out.status.code(), Some(0), "kabar {args:?}");
+}
+
+/// `kabar … | head -n 1` without a node: outputs far larger than a pipe's
+/// buffer (about 1.4 MB and 170 KB), so the command is still writing when
+/// the pipe closes.
+#[test]
+fn a_command_whose_reader_closes_the_pipe_ends_quietly() {
+    ends_quietly_when_the_reader_leaves(None, &["demo", "--messages", "10000"]);
+    ends_quietly_when_the_reader_leaves(None, &["completions", "bash"]);
+}
+
+/// `kabar history … | head -n 1` against a node, human and --json: 200
+/// messages of 1,000 characters.
+#[test]
+fn a_conversation_piped_into_head_ends_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ann = init(tmp.path(), "ann", None);
+    let bob = init(tmp.path(), "bob", None);
+    let _ann_node = RunningNode::start(&ann);
+    let bob_node = RunningNode::start(&bob);
+    let bob_card = ok_json(&bob, &["card"])["card"].as_str().unwrap().to_string();
+    drop(bob_node); // the messages stay queued: the history is Ann's own
+    ok(&ann, &["contact", "add", &bob_card, "--name", "Bob"]);
+    let texts: Vec<String> = (0..200).map(|i| format!("{i:03} {}", "x".repeat(996))).collect();
+    for batch in texts.chunks(100) {
+        let params = serde_json::json!({"profile": "personal", "to": "Bob", "texts": batch}).to_string();
+        ok(&ann, &["rpc", "message.send_batch", &params]);
+    }
+    ends_quietly_when_the_reader_leaves(Some(&ann), &["history", "Bob", "--limit", "200"]);
+    ends_quietly_when_the_reader_leaves(Some(&ann), &["--json", "history", "Bob", "--limit", "200"]);
+}
+
+/// A contact name a peer chose (the name on its card): an OSC that sets the
+/// window title, a CSI that clears the screen, a right-to-left override.
+const EVIL_NAME: &str = "Mal\x1b]0;pwned\x07\x1b[2J\u{202e}yrol";
+/// Message text a peer wrote: CSI, OSC, the one-byte C1 CSI, DEL, a bidi
+/// override, and a carriage return and newline before a fake line.
+const EVIL_TEXT: &str = "hi\x1b[2J\x1b]0;pwned\x07 \u{9b}31mred\u{7f} \u{202e}txt.exe\r\nFAKE 12:00 Bank: send money";
+
+/// Human output with no raw control character (newlines aside) and no bidi
+/// override: whatever a peer wrote shows as `\u{…}`.
+fn assert_tame(out: &str, what: &str) {
+    let raw = out
+        .chars()
+        .find(|c| (c.is_control() && *c != '\n') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'));
+    assert_eq!(raw, None, "{what} printed a raw control character: {out:?}");
+    assert!(!out.lines().any(|l| l.starts_with("FAKE")), "{what} let a peer fake a line: {out:?}");
+}
+
+/// docs/cli.md, "Peer text on the terminal": what a peer controls (its
+/// card's name, message text, catalog items) cannot drive the terminal in
+/// human output, and `--json` keeps it exactly.
+#[test]
+fn escape_sequences_from_a_peer_are_shown_not_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ann = init(tmp.path(), "ann", None);
+    let shop = init(tmp.path(), "shop", Some("shop"));
+    let _ann_node = RunningNode::start(&ann);
+    let _shop_node = RunningNode::start(&shop);
+
+    // Ann files the shop under the name its card suggests (as a client that
+    // does not ask for one does), and the shop writes to her.
+    let shop_card =
+        ok_json(&shop, &["--profile", "shop", "card", "--name", EVIL_NAME])["card"].as_str().unwrap().to_string();
+    let params = serde_json::json!({"profile": "personal", "card": shop_card}).to_string();
+    ok(&ann, &["rpc", "contact.add", &params]);
+    let ann_card = ok_json(&ann, &["card"])["card"].as_str().unwrap().to_string();
+    ok(&shop, &["--profile", "shop", "contact", "add", &ann_card, "--name", "Ann"]);
+    let sent = ok_json(&shop, &["--profile", "shop", "send", "Ann", EVIL_TEXT, "--wait"]);
+    assert_eq!(sent["status"], "delivered");
+    let item = "Sour\x1b[31mdough";
+    let description = "800 g \x1b]8;;https://evil.example\x07click\x1b]8;;\x07";
+    ok(
+        &shop,
+        &["--profile", "shop", "business", "catalog", "add", item, "--price", "4.50", "--description", description],
+    );
+
+    // Human output: escaped, one message per line.
+    let history = ok(&ann, &["history", EVIL_NAME]);
+    assert_tame(&history, "history");
+    assert!(
+        history.contains("hi\\u{1b}[2J\\u{1b}]0;pwned\\u{7} \\u{9b}31mred\\u{7f} \\u{202e}txt.exe\\u{d} FAKE"),
+        "{history}"
+    );
+    assert!(history.contains("Mal\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\u{202e}yrol"), "{history}");
+    let inbox = ok(&ann, &["inbox"]);
+    assert_tame(&inbox, "inbox");
+    assert!(inbox.contains("Mal\\u{1b}]0;pwned"), "{inbox}");
+    let contacts = ok(&ann, &["contact", "list"]);
+    assert_tame(&contacts, "contact list");
+    assert!(contacts.contains("\\u{202e}yrol"), "{contacts}");
+    assert_tame(&ok(&ann, &["contact", "verify", EVIL_NAME]), "contact verify");
+    let catalog = ok(&ann, &["catalog", EVIL_NAME]);
+    assert_tame(&catalog, "catalog");
+    assert!(catalog.contains("Sour\\u{1b}[31mdough"), "{catalog}");
+    assert_tame(&ok(&ann, &["rpc", "message.history", &serde_json::json!({"with": EVIL_NAME}).to_string()]), "rpc");
+
+    // --json: exactly what the peer sent.
+    let history = ok_json(&ann, &["history", EVIL_NAME]);
+    assert_eq!(history["contact"], EVIL_NAME);
+    assert_eq!(history["messages"][0]["content"]["text"], EVIL_TEXT);
+    let catalog = ok_json(&ann, &["catalog", EVIL_NAME]);
+    assert_eq!(catalog[0]["name"], item);
+    assert_eq!(catalog[0]["description"], description);
+    let rpc: Value = serde_json::from_str(&ok(&ann, &["rpc", "contact.list"])).unwrap();
+    assert_eq!(rpc[0]["name"], EVIL_NAME);
+
+    // An error that quotes the name: escaped on stderr, exact in --json.
+    assert_tame(&ok(&ann, &["contact", "block", EVIL_NAME]), "contact block");
+    let out = kabar(&ann, &["--json", "send", EVIL_NAME, "hello?"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_tame(&String::from_utf8(out.stderr).unwrap(), "an error");
+    let error: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(error["error"]["message"], format!("{EVIL_NAME} is blocked"));
+}

@@ -44,7 +44,7 @@
 //!   part of the report.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,6 +62,7 @@ use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 
 use crate::client::Client;
+use crate::out::outln;
 
 mod hostile;
 mod network;
@@ -751,70 +752,67 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         out.extend(fields.clone());
     }
     if opts.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::out::exact(&serde_json::to_string_pretty(&report)?)?;
     } else {
-        println!("Kabar test network: {n} nodes ({} failed to start, {} died)", failed_to_start.len(), died.len());
+        outln!("Kabar test network: {n} nodes ({} failed to start, {} died)", failed_to_start.len(), died.len())?;
         for f in &failed_to_start {
-            println!("  failed: {f}");
+            outln!("  failed: {f}")?;
         }
-        println!("  connected after       {:.2} s", connected_after.as_secs_f64());
-        println!("  messages sent         {}", sent.len());
-        println!(
+        outln!("  connected after       {:.2} s", connected_after.as_secs_f64())?;
+        outln!("  messages sent         {}", sent.len())?;
+        outln!(
             "  messages delivered    {delivered_count} ({:.2} %)",
             100.0 * report["delivery_ratio"].as_f64().unwrap_or(0.0)
-        );
+        )?;
         if opts.kill_rate > 0.0 {
-            println!("  kills / restarts      {kills}");
+            outln!("  kills / restarts      {kills}")?;
         }
-        println!("  lost / duplicated     {lost} / {duplicated}");
+        outln!("  lost / duplicated     {lost} / {duplicated}")?;
         for e in &history_errors {
-            println!("  history unreadable    {e} (counted from events)");
+            outln!("  history unreadable    {e} (counted from events)")?;
         }
-        println!(
+        outln!(
             "  latency (send → delivered)  p50 {:.2} ms   p95 {:.2} ms   p99 {:.2} ms",
             percentile(&latencies, 50.0),
             percentile(&latencies, 95.0),
             percentile(&latencies, 99.0)
-        );
-        println!("  throughput            {throughput:.0} messages/s");
+        )?;
+        outln!("  throughput            {throughput:.0} messages/s")?;
         if let Some(off) = report.get("offline") {
-            print_offline(off);
+            print_offline(off)?;
         }
         if let Some(h) = report.get("hostile") {
-            soak::print_soak(h);
+            soak::print_soak(h)?;
         }
-        println!(
+        outln!(
             "  peak RSS per node     min {} KiB, median {} KiB, max {} KiB",
             rss_sorted.first().unwrap_or(&0),
             rss_sorted.get(rss_sorted.len() / 2).unwrap_or(&0),
             rss_sorted.last().unwrap_or(&0)
-        );
+        )?;
         if let Some(r) = &reach {
-            print_reachability(r);
+            print_reachability(r)?;
         }
         if opts.keep || opts.dir.is_some() {
-            println!("  data                  {}", root.display());
+            outln!("  data                  {}", root.display())?;
         }
     }
     if opts.keep {
-        println!("\nThe network stays up. Talk to a node, e.g.:");
+        outln!("\nThe network stays up. Talk to a node, e.g.:")?;
         for node in nodes.iter().take(3) {
-            println!("  KABAR_PASSPHRASE='{PASSPHRASE}' kabar --data-dir {} inbox", node.dir.display());
+            outln!("  KABAR_PASSPHRASE='{PASSPHRASE}' kabar --data-dir {} inbox", node.dir.display())?;
         }
         if let Network::Lab(lab) = &net {
             for relay in &lab.relays {
-                println!("Relay {} runs in namespace {}: {}", relay.host.name(), relay.host.namespace(), relay.address);
+                outln!("Relay {} runs in namespace {}: {}", relay.host.name(), relay.host.namespace(), relay.address)?;
             }
             if let Some(node) = nodes.first() {
                 let ns = lab.homes[node.index].namespace();
-                println!("Node {:02} runs in namespace {ns}, e.g. ip netns exec {ns} ip addr", node.index);
+                outln!("Node {:02} runs in namespace {ns}, e.g. ip netns exec {ns} ip addr", node.index)?;
             }
         }
-        println!(
-            "Ctrl-C stops every node{}.",
-            if matches!(net, Network::Lab(_)) { " and removes the lab" } else { "" }
-        );
-        std::io::stdout().flush()?;
+        outln!("Ctrl-C stops every node{}.", if matches!(net, Network::Lab(_)) { " and removes the lab" } else { "" })?;
+        crate::out::flush()?;
         interrupt.clone().wait()?;
     }
     drop(nodes);
@@ -855,41 +853,45 @@ fn sender_history(nodes: &[NodeProc], sent: &HashMap<String, Sent>) -> HashMap<u
 }
 
 /// The text form of the report's `offline` part.
-fn print_offline(off: &Value) {
+fn print_offline(off: &Value) -> Result<()> {
     let ms = |v: &Value| v.as_f64().map_or_else(|| "n/a".to_string(), |v| format!("{v:.0} ms"));
     let latency = |v: &Value| {
         format!("p50 {}   p95 {}   max {}   ({} measured)", ms(&v["p50"]), ms(&v["p95"]), ms(&v["max"]), v["count"])
     };
-    println!("  offline");
-    println!(
+    outln!("  offline")?;
+    outln!(
         "    schedule            {} nodes down at a time (rate {}), {} rounds of at least {} s",
-        off["down_at_once"], off["rate"], off["rounds"], off["stretch_s"]
-    );
-    println!(
+        off["down_at_once"],
+        off["rate"],
+        off["rounds"],
+        off["stretch_s"]
+    )?;
+    outln!(
         "    mailboxes           {} host(s), every profile registered in {:.1} s",
         off["mailbox_hosts"].as_array().map_or(0, Vec::len),
         off["registration_ms"].as_f64().unwrap_or(0.0) / 1000.0
-    );
-    println!(
+    )?;
+    outln!(
         "    down                {} stretches on {} nodes, {:.1} s in total",
         off["stretches"],
         off["nodes_down"],
         off["seconds_down"].as_f64().unwrap_or(0.0)
-    );
-    println!("    through a mailbox   {} messages", off["through_mailbox"]);
-    println!("    latency direct      {}", latency(&off["latency_ms"]["direct"]));
-    println!("    latency via mailbox {}", latency(&off["latency_ms"]["mailbox"]));
+    )?;
+    outln!("    through a mailbox   {} messages", off["through_mailbox"])?;
+    outln!("    latency direct      {}", latency(&off["latency_ms"]["direct"]))?;
+    outln!("    latency via mailbox {}", latency(&off["latency_ms"]["mailbox"]))?;
     let last = &off["sent_before_going_offline"];
-    println!(
+    outln!(
         "    sent, then offline  {} of {} delivered; latency {}",
         last["delivered"],
         last["sent"],
         latency(&off["latency_ms"]["sender_went_offline"])
-    );
+    )?;
     let unseen = off["confirmed_without_event"].as_u64().unwrap_or(0);
     if unseen > 0 {
-        println!("    {unseen} delivered while their sender's events were not watched (no latency)");
+        outln!("    {unseen} delivered while their sender's events were not watched (no latency)")?;
     }
+    Ok(())
 }
 
 /// The name node `reader` filed `sender` under (friend-NN, or the

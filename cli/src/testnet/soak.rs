@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::hostile::Target;
 use super::network::NodeProc;
 use super::tally::percentile;
+use crate::out::outln;
 
 /// CPU share under which a node counts as idle after the flood.
 pub(super) const IDLE_CPU: f64 = 0.05;
@@ -184,45 +185,45 @@ impl SoakFigures {
 }
 
 /// Prints the `hostile` part of the report for people.
-pub(super) fn print_soak(r: &Value) {
+pub(super) fn print_soak(r: &Value) -> Result<()> {
     let f = |v: &Value| v.as_f64().unwrap_or(0.0);
-    println!("  hostile actors        {} (second half of the traffic)", r["actors"]);
+    outln!("  hostile actors        {} (second half of the traffic)", r["actors"])?;
     for half in ["calm", "hostile"] {
         let h = &r[half];
-        println!(
+        outln!(
             "  {half:<8} half         {}/{} delivered, p50 {:.2} ms, p99 {:.2} ms",
             h["delivered"],
             h["sent"],
             f(&h["latency_ms"]["p50"]),
             f(&h["latency_ms"]["p99"])
-        );
+        )?;
     }
-    println!("  p99 hostile / calm    {:.2}x (target ≤ 2)", f(&r["p99_ratio"]));
-    println!("  attackers' CPU        {:.2} cores (on the same machine as the nodes)", f(&r["attacker_cores"]));
-    println!(
+    outln!("  p99 hostile / calm    {:.2}x (target ≤ 2)", f(&r["p99_ratio"]))?;
+    outln!("  attackers' CPU        {:.2} cores (on the same machine as the nodes)", f(&r["attacker_cores"]))?;
+    outln!(
         "  peak RSS              calm {} KiB, end {} KiB: {:.2}x (target ≤ 1.5)",
         r["peak_rss_kib"]["calm_max"],
         r["peak_rss_kib"]["end_max"],
         f(&r["peak_rss_kib"]["ratio"])
-    );
-    println!(
+    )?;
+    outln!(
         "  CPU after the flood   worst node {:.1} % from 10 s on; seconds to idle (< 5 %) per node: {}",
         100.0 * f(&r["cpu_after_flood"]["max_from_10s"]),
         r["cpu_after_flood"]["seconds_to_idle"]
-    );
+    )?;
     if let Some(lines) = r["attack_lines"].as_array() {
         for l in lines {
-            println!("  attack                {}", l.as_str().unwrap_or_default());
+            outln!("  attack                {}", l.as_str().unwrap_or_default())?;
         }
     }
     let t = &r["targets"];
-    println!(
+    outln!(
         "  targets               delivery 100 %: {}, p99 ≤ 2x: {}, RSS ≤ 1.5x: {}, idle within 10 s: {}",
         t["delivery_100_percent"],
         t["p99_at_most_2x_calm"],
         t["rss_at_most_1_5x_calm"],
         t["idle_cpu_under_5_percent_within_10s"]
-    );
+    )
 }
 
 #[cfg(test)]

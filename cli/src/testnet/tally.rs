@@ -280,18 +280,18 @@ pub(super) fn reachability_report(
 }
 
 /// The text form of [`reachability_report`].
-pub(super) fn print_reachability(r: &Value) {
+pub(super) fn print_reachability(r: &Value) -> Result<()> {
     let nat = &r["nat"];
     let ms = |v: &Value| v.as_f64().map_or_else(|| "n/a".to_string(), |v| format!("{v:.0} ms"));
     let relays = nat["relays"].as_u64().unwrap_or(0);
-    println!("  reachability");
-    println!(
+    outln!("  reachability")?;
+    outln!(
         "    NATs                {} endpoint-independent, {} symmetric (seed {}; {relays} relay{})",
         nat["endpoint_independent_nodes"],
         nat["symmetric_nodes"],
         nat["seed"],
         if relays == 1 { "" } else { "s" }
-    );
+    )?;
     let per_node: Vec<String> = nat["per_node"]
         .as_array()
         .into_iter()
@@ -302,7 +302,7 @@ pub(super) fn print_reachability(r: &Value) {
         })
         .collect();
     for (k, chunk) in per_node.chunks(10).enumerate() {
-        println!("    {:<20}{}", if k == 0 { "per node" } else { "" }, chunk.join(", "));
+        outln!("    {:<20}{}", if k == 0 { "per node" } else { "" }, chunk.join(", "))?;
     }
     let mut verdicts: BTreeMap<String, usize> = BTreeMap::new();
     for n in nat["per_node"].as_array().into_iter().flatten() {
@@ -311,51 +311,51 @@ pub(super) fn print_reachability(r: &Value) {
         }
     }
     let verdicts: Vec<String> = verdicts.iter().map(|(v, n)| format!("{n} {v}")).collect();
-    println!("    AutoNAT (profiles)  {}", verdicts.join(", "));
-    println!(
+    outln!("    AutoNAT (profiles)  {}", verdicts.join(", "))?;
+    outln!(
         "    relay slots after   {:.2} s (every profile reserved, circuit address advertised)",
         nat["time_to_reserve_ms"].as_f64().unwrap_or(0.0) / 1000.0
-    );
+    )?;
     let c = &r["connections"];
     let hp = &r["hole_punch"];
     let settle_s = hp["settle_ms"].as_f64().unwrap_or(0.0) / 1000.0;
-    println!("    connected pairs     {} direct, {} relayed (pairs of profiles)", c["direct"], c["relayed"]);
+    outln!("    connected pairs     {} direct, {} relayed (pairs of profiles)", c["direct"], c["relayed"])?;
     if hp["settled"] == true {
-        println!("      counted           once hole punching settled, {settle_s:.1} s after the traffic");
+        outln!("      counted           once hole punching settled, {settle_s:.1} s after the traffic")?;
     } else {
-        println!(
+        outln!(
             "      counted           {settle_s:.1} s after the traffic; hole punching had NOT settled (attempts running)"
-        );
+        )?;
     }
     let classes: Vec<String> = PAIR_CLASSES
         .iter()
         .filter(|k| **k != "same-node" || c["by_nat"][**k] != json!({"direct": 0, "relayed": 0}))
         .map(|k| format!("{k} {}/{}", c["by_nat"][*k]["direct"], c["by_nat"][*k]["relayed"]))
         .collect();
-    println!("      by NAT pair       {} (direct/relayed)", classes.join(", "));
+    outln!("      by NAT pair       {} (direct/relayed)", classes.join(", "))?;
     let rate = hp["success_rate"].as_f64().map_or_else(|| "n/a".to_string(), |r| format!("{:.1} %", 100.0 * r));
-    println!("    hole punching       {} attempts, {} succeeded ({rate})", hp["attempts"], hp["succeeded"]);
-    println!("      (per-side outcomes summed over profiles: a success may count on both ends, a failure on one)");
-    println!(
+    outln!("    hole punching       {} attempts, {} succeeded ({rate})", hp["attempts"], hp["succeeded"])?;
+    outln!("      (per-side outcomes summed over profiles: a success may count on both ends, a failure on one)")?;
+    outln!(
         "    direct after        p50 {}, p95 {} (relayed connection → direct)",
         ms(&hp["direct_after_ms"]["p50"]),
         ms(&hp["direct_after_ms"]["p95"])
-    );
+    )?;
     let f = &r["time_to_first_delivered_ms"];
-    println!(
+    outln!(
         "    first message       p50 {}, max {} over {} of {} sender → receiver pairs",
         ms(&f["p50"]),
         ms(&f["max"]),
         f["measured"],
         f["pairs"]
-    );
-    println!("      (send → delivered of each pair's first message: includes connection set-up through the relay)");
+    )?;
+    outln!("      (send → delivered of each pair's first message: includes connection set-up through the relay)")?;
     let classes: Vec<String> = PAIR_CLASSES
         .iter()
         .filter(|c| f["by_nat"][**c]["measured"].as_u64().unwrap_or(0) > 0)
         .map(|c| format!("{c} {} / {}", ms(&f["by_nat"][*c]["p50"]), ms(&f["by_nat"][*c]["max"])))
         .collect();
-    println!("      by NAT pair       {} (p50 / max)", classes.join(", "));
+    outln!("      by NAT pair       {} (p50 / max)", classes.join(", "))
 }
 
 #[cfg(test)]
