@@ -30,6 +30,16 @@ pub const SOCKET_FILE: &str = "kabar.sock";
 pub const MAX_LINE: usize = 1024 * 1024;
 /// Most simultaneous control connections.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Most requests in one batch; a longer batch is refused whole
+/// ([`codes::TOO_LARGE`]).
+pub const MAX_BATCH_REQUESTS: usize = 64;
+/// Largest reply line (a response or a batch of them). A batch stops
+/// running requests once its replies reach this; the rest are answered
+/// [`codes::TOO_LARGE`]. With [`MAX_LINE`] in and [`MAX_HISTORY_LIMIT`]
+/// messages per call, it bounds a connection's memory to a few tens of MiB.
+pub const MAX_REPLY: usize = 16 * 1024 * 1024;
+/// Most messages one `message.history` call returns.
+pub const MAX_HISTORY_LIMIT: u64 = 1_000;
 
 /// A JSON-RPC error object.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -69,6 +79,9 @@ pub mod codes {
     pub const SHUTTING_DOWN: i64 = -32007;
     /// A remote service (a mailbox host) could not be reached or refused.
     pub const UNAVAILABLE: i64 = -32008;
+    /// A batch, or a reply, over its bound ([`super::MAX_BATCH_REQUESTS`],
+    /// [`super::MAX_REPLY`]): ask for less.
+    pub const TOO_LARGE: i64 = -32009;
 }
 
 impl RpcError {
@@ -310,17 +323,51 @@ async fn handle_line(
         Value::Array(items) if items.is_empty() => {
             Some(error_response(Value::Null, RpcError::new(codes::INVALID_REQUEST, "empty batch")))
         }
+        Value::Array(items) if items.len() > MAX_BATCH_REQUESTS => Some(error_response(
+            Value::Null,
+            RpcError::new(
+                codes::TOO_LARGE,
+                format!("a batch holds at most {MAX_BATCH_REQUESTS} requests; this one has {}", items.len()),
+            ),
+        )),
         Value::Array(items) => {
             let mut out = Vec::new();
+            let mut size = 0usize;
             for item in items {
+                if size >= MAX_REPLY {
+                    // Not run: the replies so far already reach the bound.
+                    let id = item.get("id").cloned();
+                    if let Some(id) = id {
+                        out.push(error_response(id, too_large()));
+                    }
+                    continue;
+                }
                 if let Some(r) = handle_request(item, state, events).await {
+                    let r = bounded(r);
+                    size += serde_json::to_vec(&r).map_or(0, |b| b.len());
                     out.push(r);
                 }
             }
             (!out.is_empty()).then_some(Value::Array(out))
         }
-        other => handle_request(other, state, events).await,
+        other => handle_request(other, state, events).await.map(bounded),
     }
+}
+
+fn too_large() -> RpcError {
+    RpcError::new(
+        codes::TOO_LARGE,
+        format!("the reply would be over {MAX_REPLY} bytes: ask for less (a smaller limit, or a page with \"before\")"),
+    )
+}
+
+/// A response whose encoding is over [`MAX_REPLY`] becomes a
+/// [`codes::TOO_LARGE`] error with its id.
+fn bounded(response: Value) -> Value {
+    if serde_json::to_vec(&response).map_or(0, |b| b.len()) <= MAX_REPLY {
+        return response;
+    }
+    error_response(response.get("id").cloned().unwrap_or(Value::Null), too_large())
 }
 
 async fn handle_request(
@@ -758,7 +805,11 @@ async fn call(
         }),
         "message.history" => Box::new(move |engine, _| {
             let (id, c) = contact_by(engine, str_param(&p, "with")?)?;
-            let limit = opt_u64(&p, "limit")?.unwrap_or(50).min(10_000) as usize;
+            let limit = opt_u64(&p, "limit")?.unwrap_or(50);
+            if limit == 0 || limit > MAX_HISTORY_LIMIT {
+                return Err(RpcError::params(format!("\"limit\" must be 1 to {MAX_HISTORY_LIMIT}")));
+            }
+            let limit = limit as usize;
             let before = opt_u64(&p, "before")?;
             let mut messages: Vec<(u64, kabar_storage::MessageRecord)> = engine
                 .store()

@@ -282,7 +282,7 @@ pub async fn introduce(a: &TestNode, a_profile: &str, a_name: &str, b: &TestNode
 
 /// The texts of a conversation, oldest first, as `(direction, text)`.
 pub async fn history(node: &TestNode, profile: &str, with: &str) -> Vec<(String, String)> {
-    let h = node.call("message.history", json!({"profile": profile, "with": with, "limit": 10000})).await;
+    let h = node.call("message.history", json!({"profile": profile, "with": with, "limit": 1000})).await;
     h["messages"]
         .as_array()
         .unwrap()

@@ -639,7 +639,7 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         senders.dedup();
         for from in senders {
             let with = cards_name(&mut c, profile, &nodes[from])?;
-            let h = c.call("message.history", json!({"profile": profile, "with": with, "limit": 10000}))?;
+            let h = c.call("message.history", json!({"profile": profile, "with": with, "limit": 1000}))?;
             for m in h["messages"].as_array().into_iter().flatten() {
                 if let Some(text) = m["content"]["text"].as_str()
                     && let Some(tag) = text.split(' ').next()
@@ -838,7 +838,7 @@ fn sender_history(nodes: &[NodeProc], sent: &HashMap<String, Sent>) -> HashMap<u
                 let mut c = nodes[from].client()?;
                 let mut out = HashMap::new();
                 for name in names {
-                    let h = c.call("message.history", json!({"profile": "personal", "with": name, "limit": 10000}))?;
+                    let h = c.call("message.history", json!({"profile": "personal", "with": name, "limit": 1000}))?;
                     for m in h["messages"].as_array().into_iter().flatten().filter(|m| m["direction"] == "out") {
                         if let (Some(id), Some(status)) = (m["id"].as_str(), m["status"].as_str()) {
                             out.insert(id.to_string(), status.to_string());

@@ -215,7 +215,7 @@ impl Node {
 
     /// Texts received from `from`, in order.
     pub fn received(&self, from: &str) -> Vec<String> {
-        let h = self.rpc("message.history", json!({"with": from, "limit": 10000}));
+        let h = self.rpc("message.history", json!({"with": from, "limit": 1000}));
         h["messages"]
             .as_array()
             .unwrap()

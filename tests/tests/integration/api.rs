@@ -56,3 +56,48 @@ async fn a_second_node_on_the_same_data_directory_is_refused() {
     let err = kabar_node::Node::start(config).await.err().expect("refused");
     assert!(err.to_string().contains("already running"), "{err}");
 }
+
+/// A batch of history calls cannot make a reply (and the node's memory) as
+/// large as it likes: a batch holds at most 64 requests, a history call at
+/// most 1,000 messages, and a reply line stops growing at 16 MiB, the rest
+/// answered `too_large` with their ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_and_replies_are_bounded() {
+    use kabar_node::control::{MAX_BATCH_REQUESTS, MAX_HISTORY_LIMIT, MAX_REPLY};
+    let alice = TestNode::start(&[("personal", Personal)]).await;
+    let bob = TestNode::start(&[("personal", Personal)]).await;
+    introduce(&alice, "personal", "Alice", &bob, "personal", "Bob").await;
+    // 40 messages of 30 KB: one history reply is about 1.2 MB.
+    let text = "x".repeat(30_000);
+    // (Two calls: one request line is at most 1 MiB.)
+    for _ in 0..2 {
+        alice.call("message.send_batch", json!({"to": "Bob", "texts": vec![text.clone(); 20]})).await;
+    }
+    let call = |id: usize| json!({"jsonrpc": "2.0", "id": id, "method": "message.history", "params": {"with": "Bob", "limit": MAX_HISTORY_LIMIT}});
+
+    // 1,000 calls in one batch: refused whole, in a few bytes.
+    let batch: Vec<Value> = (0..1_000).map(call).collect();
+    let line = alice.raw(&serde_json::to_string(&batch).unwrap()).await;
+    assert!(line.len() < 1_000, "{} bytes", line.len());
+    let r: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(r["error"]["code"].as_i64(), Some(codes::TOO_LARGE), "{r}");
+
+    // 64 calls: the reply stops near 16 MiB; the calls past it are answered
+    // too_large, each with its id.
+    let batch: Vec<Value> = (0..MAX_BATCH_REQUESTS).map(call).collect();
+    let line = alice.raw(&serde_json::to_string(&batch).unwrap()).await;
+    assert!(line.len() < MAX_REPLY + 2_000_000, "{} bytes", line.len());
+    let items: Vec<Value> = serde_json::from_str(&line).unwrap();
+    assert_eq!(items.len(), MAX_BATCH_REQUESTS);
+    let answered = items.iter().filter(|r| r["result"]["messages"].as_array().is_some_and(|m| m.len() == 40)).count();
+    let refused: Vec<&Value> = items.iter().filter(|r| r["error"]["code"].as_i64() == Some(codes::TOO_LARGE)).collect();
+    assert!(answered >= 10 && answered < MAX_BATCH_REQUESTS, "{answered} answered");
+    assert_eq!(answered + refused.len(), MAX_BATCH_REQUESTS);
+    assert!(refused.iter().all(|r| r["id"].as_u64().is_some_and(|id| id as usize >= answered)));
+
+    // A history call asking for more than the limit is refused by name.
+    let r = alice.try_call("message.history", json!({"with": "Bob", "limit": MAX_HISTORY_LIMIT + 1})).await;
+    assert!(matches!(r, Err(RpcFailure { code, .. }) if code == codes::INVALID_PARAMS));
+    // The node is still fine.
+    assert_eq!(alice.call("profile.list", json!({})).await[0]["kind"], "personal");
+}
