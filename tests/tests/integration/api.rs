@@ -91,7 +91,7 @@ async fn batches_and_replies_are_bounded() {
     assert_eq!(items.len(), MAX_BATCH_REQUESTS);
     let answered = items.iter().filter(|r| r["result"]["messages"].as_array().is_some_and(|m| m.len() == 40)).count();
     let refused: Vec<&Value> = items.iter().filter(|r| r["error"]["code"].as_i64() == Some(codes::TOO_LARGE)).collect();
-    assert!(answered >= 10 && answered < MAX_BATCH_REQUESTS, "{answered} answered");
+    assert!((10..MAX_BATCH_REQUESTS).contains(&answered), "{answered} answered");
     assert_eq!(answered + refused.len(), MAX_BATCH_REQUESTS);
     assert!(refused.iter().all(|r| r["id"].as_u64().is_some_and(|id| id as usize >= answered)));
 
