@@ -899,8 +899,10 @@ fn print_history(v: &Value) -> Result<()> {
 fn history_line(m: &Value, contact: &str) -> String {
     let who = if m["direction"] == "out" { "you" } else { contact };
     let mark = if m["direction"] == "out" { output::status(m["status"].as_str().unwrap_or("")) } else { "" };
+    // The sender's clock, marked when it lies in the future.
+    let future = if m["sent_at_in_future"] == true { "(future!) " } else { "" };
     let line = format!(
-        "{:>11}  {:<12} {} {}",
+        "{:>11}  {:<12} {future}{} {}",
         output::time(m["sent_at_ms"].as_u64().unwrap_or(0)),
         who,
         output::content(&m["content"]),

@@ -485,6 +485,9 @@ fn message_json(seq: u64, m: &kabar_storage::MessageRecord) -> Value {
         "status": m.status,
         "sent_at_ms": m.sent_at_ms,
         "received_at_ms": m.received_at_ms,
+        // The sender's clock, for information only: marked when it says
+        // the message was sent after it arrived (more than a minute).
+        "sent_at_in_future": m.received_at_ms.is_some_and(|r| m.sent_at_ms > r.saturating_add(60_000)),
         "sender_seq": parsed.as_ref().map(|p| p.seq),
         "content": parsed.map(|p| serde_json::to_value(p.content).unwrap_or(Value::Null)),
     })
@@ -811,17 +814,15 @@ async fn call(
             }
             let limit = limit as usize;
             let before = opt_u64(&p, "before")?;
-            let mut messages: Vec<(u64, kabar_storage::MessageRecord)> = engine
+            // In the order messages were stored here (sent, or arrived): a
+            // sender's clock cannot move its message anywhere else (a date
+            // in 2100 does not stay "newest" for ever).
+            let messages: Vec<(u64, kabar_storage::MessageRecord)> = engine
                 .store()
                 .history(&id, limit * 2, before)?
                 .into_iter()
                 .filter(|(_, m)| Message::decode(&m.body).map(|x| x.content.is_visible()).unwrap_or(true))
                 .collect();
-            // Show each side's messages in the sender's order.
-            messages.sort_by_key(|(seq, m)| {
-                let sender_seq = Message::decode(&m.body).map(|x| x.seq).unwrap_or(*seq);
-                (m.sent_at_ms, sender_seq)
-            });
             let start = messages.len().saturating_sub(limit);
             let list: Vec<Value> = messages[start..].iter().map(|(s, m)| message_json(*s, m)).collect();
             ok(json!({"contact": c.display_name, "messages": list}))

@@ -194,3 +194,32 @@ async fn garbage_oversize_and_replayed_envelopes_are_rejected_while_others_talk_
     let sent = alice.call("message.send", json!({"to": "Bob", "text": "still there?"})).await;
     events.wait_status(sent["message_id"].as_str().unwrap(), "delivered").await;
 }
+
+/// History is in the order messages arrived here: a stranger's message
+/// dated 2100 does not stay newest for ever, and its date is marked as
+/// lying in the future.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_follows_arrival_not_the_senders_clock() {
+    let bob = TestNode::start(&[("personal", Personal)]).await;
+    let (bob_peer, bob_addr) = peer_and_addr(&bob, "personal").await;
+    let mut mallory = Probe::new([70; 32]);
+    mallory.connect(bob_peer, bob_addr).await;
+    let card = ContactCard::from_uri(&bob.card("personal", "Bob").await).unwrap();
+    let me = IdentityKeyPair::from_secrets(ProfileKind::Personal, &[70; 32], &[71; 32]);
+    let mut session = Session::initiate(&me, &card.bundle(), &mut rand::rng()).unwrap();
+    for (seq, at, text) in [(0, 4_102_444_800_000u64, "from 2100"), (1, 1, "from 1970"), (2, 2, "latest")] {
+        let body = json!({"v": 1, "seq": seq, "sent_at_ms": at, "content": {"type": "text", "text": text}});
+        let env = session.encrypt(body.to_string().as_bytes(), &mut rand::rng()).unwrap();
+        let reply = mallory.request(bob_peer, framed(&[env.encode()])).await.unwrap();
+        assert_eq!(wire::decode_response(&reply).unwrap(), [Ack::Accepted]);
+    }
+    let peer = kabar_node::card::peer_id_of(&me.public().signing).to_string();
+    let h = bob.call("message.history", json!({"with": peer})).await;
+    let got: Vec<(&str, bool)> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["content"]["text"].as_str().unwrap(), m["sent_at_in_future"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(got, [("from 2100", true), ("from 1970", false), ("latest", false)]);
+}
