@@ -75,7 +75,7 @@ impl Client {
     fn read_value(&mut self) -> Result<Value> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
-            return Err(anyhow!("the node closed the connection"));
+            return Err(anyhow!("the node went away (it closed the connection)"));
         }
         serde_json::from_str(&line).context("the node sent malformed JSON")
     }
@@ -90,6 +90,17 @@ impl Client {
             if reply.get("method") == Some(&json!("event")) {
                 on_event(&reply["params"]);
                 continue;
+            }
+            // An error with no id is about the connection itself (the node
+            // is busy, or closes an idle connection): nothing will follow.
+            if reply["id"].is_null()
+                && let Some(e) = reply.get("error")
+            {
+                return Err(NodeError {
+                    code: e["code"].as_i64().unwrap_or(0),
+                    message: e["message"].as_str().unwrap_or("error").to_string(),
+                }
+                .into());
             }
             if reply["id"] != json!(id) {
                 continue;

@@ -99,7 +99,7 @@ enum Command {
         name: String,
         /// The text.
         text: String,
-        /// Wait until delivered, or stored in the recipient's mailbox (exit code 4 if neither within --timeout).
+        /// Wait until the recipient acknowledged it (delivered or read); exit code 4 if not within --timeout (a copy in its mailbox, "stored", is not delivered yet).
         #[arg(long)]
         wait: bool,
         /// Seconds to wait with --wait.
@@ -995,8 +995,9 @@ fn send(dir: &Path, profile: &str, name: &str, text: &str, wait: bool, timeout: 
         loop {
             let st = status_client.call("message.status", json!({"profile": profile, "message_id": id}))?;
             let status = s(&st["status"]);
-            // Stored: held by the recipient's mailbox while it is offline.
-            if status == "delivered" || status == "read" || status == "stored" {
+            // Only the recipient's own acknowledgement counts: "stored" (held
+            // by its mailbox while it is offline) is not delivered yet.
+            if status == "delivered" || status == "read" {
                 result["status"] = json!(status);
                 break;
             }

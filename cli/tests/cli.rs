@@ -183,6 +183,20 @@ fn two_nodes_exchange_cards_and_messages_and_run_the_business_flows() {
     let shop_status = shop_node.terminate();
     assert!(shop_status.success());
     fails(&ann, &["send", "Bakery", "are you there?", "--wait", "--timeout", "1"], 4, "not delivered within 1 s");
+    // Every control connection held by someone else: the CLI says the node
+    // is busy and exits 1 (it used to print nothing and exit 0).
+    let holders: Vec<std::os::unix::net::UnixStream> = (0..kabar_node::control::MAX_CONNECTIONS)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(ann.join("kabar.sock")).unwrap();
+            use std::io::{BufRead, Write};
+            s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"profile.list\"}\n").unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(s.try_clone().unwrap()).read_line(&mut line).unwrap();
+            s
+        })
+        .collect();
+    fails(&ann, &["send", "Bakery", "anyone?", "--wait"], 1, "busy");
+    drop(holders);
     drop(ann_node);
 }
 
@@ -310,8 +324,12 @@ fn a_shop_and_a_customer_who_are_never_online_together_talk_through_mailboxes() 
     // The shop closes; Ann writes: the message waits in the shop's mailbox.
     shop_node.terminate();
     let question = "Two sourdough loaves for Saturday, please";
-    let sent = ok_json(&ann, &["send", "Bakery", question, "--wait"]);
-    assert_eq!(sent["status"], "stored");
+    // `--wait` waits for the shop itself: it times out (exit 4) while the
+    // mailbox holds the message, which is then `stored`.
+    fails(&ann, &["send", "Bakery", question, "--wait", "--timeout", "5"], 4, "not delivered");
+    let history = ok_json(&ann, &["history", "Bakery"]);
+    let last = history["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["status"], "stored", "{last}");
     ann_node.terminate();
 
     // The shop opens while Ann is away: it fetches her message and leaves
@@ -323,8 +341,10 @@ fn a_shop_and_a_customer_who_are_never_online_together_talk_through_mailboxes() 
     assert_eq!(fetched["errors"], serde_json::json!([]), "{fetched}");
     assert!(ok(&shop, &["--profile", "shop", "history", "Ann"]).contains(question));
     let answer = "Reserved: 2 sourdough, pick up from 9";
-    let sent = ok_json(&shop, &["--profile", "shop", "send", "Ann", answer, "--wait"]);
-    assert_eq!(sent["status"], "stored");
+    fails(&shop, &["--profile", "shop", "send", "Ann", answer, "--wait", "--timeout", "5"], 4, "not delivered");
+    let history = ok_json(&shop, &["--profile", "shop", "history", "Ann"]);
+    let last = history["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["status"], "stored", "{last}");
     shop_node.terminate();
 
     // Ann comes back: the answer is there, and her question shows delivered.

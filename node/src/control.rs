@@ -82,6 +82,12 @@ pub mod codes {
     /// A batch, or a reply, over its bound ([`super::MAX_BATCH_REQUESTS`],
     /// [`super::MAX_REPLY`]): ask for less.
     pub const TOO_LARGE: i64 = -32009;
+    /// Every control connection slot is taken: try again later (sent, with
+    /// `id` `null`, on a connection that is then closed).
+    pub const BUSY: i64 = -32010;
+    /// The connection was idle too long and is closed (sent with `id`
+    /// `null` before closing).
+    pub const IDLE: i64 = -32011;
 }
 
 impl RpcError {
@@ -139,7 +145,13 @@ pub struct ControlState {
     pub events: broadcast::Sender<NodeEvent>,
     /// Flipped to stop the node.
     pub stop: watch::Sender<bool>,
+    /// A connection that sends no request for this long (milliseconds) and
+    /// follows no events is closed, so idle clients cannot hold every slot.
+    pub idle_ms: std::sync::atomic::AtomicU64,
 }
+
+/// A control connection with nothing to do is closed after this long.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Creates the socket: refuses if a live node answers on it, removes a stale
 /// one, and restricts it to the owner (0600).
@@ -211,6 +223,20 @@ pub async fn serve(listener: UnixListener, state: std::sync::Arc<ControlState>) 
                 Ok((stream, _)) => {
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         tracing::warn!("too many control connections; refusing one");
+                        // Told why, then closed: a client reports "busy"
+                        // instead of taking the closed stream for success.
+                        tokio::spawn(async move {
+                            let (_, mut write) = stream.into_split();
+                            let busy = RpcError::new(
+                                codes::BUSY,
+                                format!("the node is busy: all {MAX_CONNECTIONS} control connections are in use; try again"),
+                            );
+                            let _ = tokio::time::timeout(
+                                std::time::Duration::from_secs(1),
+                                write_line(&mut write, &error_response(Value::Null, busy)),
+                            )
+                            .await;
+                        });
                         continue;
                     };
                     let state = state.clone();
@@ -233,8 +259,15 @@ async fn connection(stream: UnixStream, state: std::sync::Arc<ControlState>) {
     let mut buf = Vec::new();
     loop {
         buf.clear();
+        let idle = std::time::Duration::from_millis(state.idle_ms.load(std::sync::atomic::Ordering::Relaxed));
         let line = tokio::select! {
             _ = stop.changed() => break,
+            // Nothing asked and no events followed: the slot is freed.
+            _ = tokio::time::sleep(idle), if events.is_none() => {
+                let note = RpcError::new(codes::IDLE, format!("closing an idle control connection after {} s", idle.as_secs()));
+                let _ = write_line(&mut write, &error_response(Value::Null, note)).await;
+                break;
+            }
             event = next_event(&mut events) => {
                 let note = json!({"jsonrpc": "2.0", "method": "event", "params": event});
                 if write_line(&mut write, &note).await.is_err() { break; }

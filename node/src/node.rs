@@ -125,9 +125,17 @@ impl Node {
             )));
             profiles.push((entry.name.clone(), ProfileHandle { commands: cmd_tx, status: status_rx }));
         }
-        let state = Arc::new(ControlState { profiles, events, stop: stop.clone() });
+        let idle_ms = std::sync::atomic::AtomicU64::new(control::IDLE_TIMEOUT.as_millis() as u64);
+        let state = Arc::new(ControlState { profiles, events, stop: stop.clone(), idle_ms });
         tasks.push(tokio::spawn(control::serve(listener, state.clone())));
         Ok(Node { stop, tasks, socket, socket_id, state })
+    }
+
+    /// Sets how long an idle control connection stays open (default
+    /// [`control::IDLE_TIMEOUT`]).
+    pub fn set_control_idle(&self, idle: std::time::Duration) {
+        let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        self.state.idle_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The control socket's path.

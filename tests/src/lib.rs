@@ -144,7 +144,13 @@ impl TestNode {
         self.boot().await;
     }
 
-    fn socket(&self) -> PathBuf {
+    /// The running node (panics if it is stopped).
+    pub fn node(&self) -> &Node {
+        self.node.as_ref().expect("the node is running")
+    }
+
+    /// Its control socket's path.
+    pub fn socket(&self) -> PathBuf {
         self.data_dir.join(kabar_node::control::SOCKET_FILE)
     }
 

@@ -101,3 +101,59 @@ async fn batches_and_replies_are_bounded() {
     // The node is still fine.
     assert_eq!(alice.call("profile.list", json!({})).await[0]["kind"], "personal");
 }
+
+/// Every control slot held by idle clients: a new client is told the node
+/// is busy (an error, not a silently closed stream), and idle connections
+/// are closed after the idle time, which frees the slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_control_socket_says_busy_and_idle_connections_are_closed() {
+    use kabar_node::control::MAX_CONNECTIONS;
+    use tokio::io::AsyncBufReadExt;
+    let node = TestNode::start(&[("personal", Personal)]).await;
+    // Hold every slot: each holder has made one call (so it is accepted).
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        let stream = tokio::net::UnixStream::connect(node.socket()).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut read = tokio::io::BufReader::new(read);
+        tokio::io::AsyncWriteExt::write_all(
+            &mut write,
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"profile.list\"}\n",
+        )
+        .await
+        .unwrap();
+        let mut line = String::new();
+        tokio::time::timeout(TIMEOUT, read.read_line(&mut line)).await.unwrap().unwrap();
+        held.push((read, write));
+    }
+    // The 65th is told at once, before it asks anything, and closed.
+    let extra = tokio::net::UnixStream::connect(node.socket()).await.unwrap();
+    let mut line = String::new();
+    tokio::time::timeout(TIMEOUT, tokio::io::BufReader::new(extra).read_line(&mut line)).await.unwrap().unwrap();
+    let r: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(r["error"]["code"].as_i64(), Some(codes::BUSY), "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("busy"));
+
+    // With a short idle time, the holders are told and closed…
+    node.node().set_control_idle(std::time::Duration::from_millis(300));
+    // (A holder's wait already running uses the old time: one more request
+    // each starts the new one.)
+    for (read, write) in &mut held {
+        tokio::io::AsyncWriteExt::write_all(write, b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"profile.list\"}\n")
+            .await
+            .unwrap();
+        let mut line = String::new();
+        tokio::time::timeout(TIMEOUT, read.read_line(&mut line)).await.unwrap().unwrap();
+    }
+    for (read, _) in &mut held {
+        let mut line = String::new();
+        tokio::time::timeout(TIMEOUT, read.read_line(&mut line)).await.unwrap().unwrap();
+        let note: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(note["error"]["code"].as_i64(), Some(codes::IDLE), "{note}");
+        line.clear();
+        let eof = tokio::time::timeout(TIMEOUT, read.read_line(&mut line)).await.unwrap().unwrap();
+        assert_eq!(eof, 0, "closed after the note");
+    }
+    // …and a new client is served again.
+    assert_eq!(node.call("profile.list", json!({})).await[0]["kind"], "personal");
+}
