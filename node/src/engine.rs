@@ -337,6 +337,7 @@ fn is_failure(ack: &Ack) -> bool {
                 | RejectReason::UnknownPrekey
                 | RejectReason::IdentityMismatch
                 | RejectReason::KeyGone
+                | RejectReason::BadContent
         )
     )
 }
@@ -1512,10 +1513,16 @@ impl Engine {
                     }
                 }
             };
-            let parsed = Message::decode(&plaintext).ok();
-            if parsed.is_none() {
-                tracing::debug!(profile = %self.store.name(), "undecodable content from a contact; dropped");
-            }
+            // Content that does not decode (text over the limit, not UTF-8,
+            // malformed, a type or version we do not know) is refused by
+            // name, never acknowledged and dropped: the sender records the
+            // refusal and shows it.
+            let Ok(decoded) = Message::decode(&plaintext) else {
+                tracing::debug!(profile = %self.store.name(), "content that does not decode; refused");
+                acks[i] = Ack::Rejected(RejectReason::BadContent);
+                continue;
+            };
+            let parsed = Some(decoded);
             let visible = parsed.as_ref().is_some_and(|m| m.content.is_visible());
             let record = visible.then(|| MessageRecord {
                 id,

@@ -226,6 +226,10 @@ pub enum RejectReason {
     /// the sender should encrypt the message again under its current
     /// session (a decryption-failure receipt).
     KeyGone,
+    /// It decrypted, but its content does not decode (text over the limit,
+    /// not UTF-8, malformed, or a content type or version this receiver does
+    /// not know): refused, not stored. Final.
+    BadContent,
     /// A reason this version does not know (from a later one): transient.
     Unknown(u8),
 }
@@ -242,6 +246,7 @@ impl RejectReason {
             RejectReason::IdentityMismatch => 6,
             RejectReason::Busy => 7,
             RejectReason::KeyGone => 8,
+            RejectReason::BadContent => 9,
             RejectReason::Unknown(b) => b,
         }
     }
@@ -257,6 +262,7 @@ impl RejectReason {
             6 => RejectReason::IdentityMismatch,
             7 => RejectReason::Busy,
             8 => RejectReason::KeyGone,
+            9 => RejectReason::BadContent,
             other => RejectReason::Unknown(other),
         }
     }

@@ -1466,3 +1466,37 @@ fn a_sender_restored_from_a_backup_gets_its_next_message_through() {
     assert_eq!(seen.iter().filter(|t| *t == "after the restore").count(), 1, "{seen:?}");
     assert_eq!(seen.len(), 8, "hello, m0..m4, after the restore, and nothing twice: {seen:?}");
 }
+
+/// Content that decrypts but does not decode (text over the limit, bytes
+/// that are not UTF-8, a type this version does not know) is refused as
+/// `bad_content`, never acknowledged and dropped: nothing of it is stored,
+/// and the sender's message fails.
+#[test]
+fn content_that_does_not_decode_is_refused_not_acknowledged() {
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let rng = &mut rand::rng();
+    let bundle = b.store().prekey_bundle(false).unwrap();
+    let bodies: Vec<Vec<u8>> = vec![
+        Message { v: 1, seq: 0, sent_at_ms: T0, content: Content::text("x".repeat(40 * 1024)) }.encode(),
+        b"{\"v\":1,\"seq\":0,\"sent_at_ms\":1,\"content\":{\"type\":\"text\",\"text\":\"\xff\xfe\"}}".to_vec(),
+        br#"{"v":1,"seq":0,"sent_at_ms":1,"content":{"type":"hologram"}}"#.to_vec(),
+    ];
+    for body in bodies {
+        let me = kabar_crypto::IdentityKeyPair::generate(ProfileKind::Personal, rng);
+        let mut session = kabar_crypto::Session::initiate(&me, &bundle, rng).unwrap();
+        let env = session.encrypt(&body, rng).unwrap().encode();
+        let (acks, _) = b.e().on_request(&me.public().signing, &[env], T0, rng).unwrap();
+        assert_eq!(acks, [Ack::Rejected(RejectReason::BadContent)]);
+    }
+    assert!(b.store().contacts().unwrap().is_empty(), "no stranger stored without a message");
+
+    // The sender's side: the refusal is final, and the message fails.
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    let (id, act) = a.e().send(&a_bob, Content::text("hi"), T0, &mut rand::rng()).unwrap();
+    let (_, ids, _) = transmits(&act).remove(0);
+    let bk = b.key();
+    a.e().on_acks(&bk, &ids, &[Ack::Rejected(RejectReason::BadContent)], T0, &mut rand::rng()).unwrap();
+    assert_eq!(status(&mut a, &id), MessageStatus::Failed);
+    assert!(a.store().outbox().unwrap().is_empty());
+}

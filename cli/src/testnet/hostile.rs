@@ -326,6 +326,7 @@ fn reason_name(reason: RejectReason) -> &'static str {
         RejectReason::IdentityMismatch => "identity_mismatch",
         RejectReason::Busy => "busy",
         RejectReason::KeyGone => "key_gone",
+        RejectReason::BadContent => "bad_content",
         RejectReason::Unknown(_) => "unknown",
     }
 }
