@@ -849,13 +849,21 @@ async fn call(
             let before = opt_u64(&p, "before")?;
             // In the order messages were stored here (sent, or arrived): a
             // sender's clock cannot move its message anywhere else (a date
-            // in 2100 does not stay "newest" for ever).
-            let messages: Vec<(u64, kabar_storage::MessageRecord)> = engine
+            // in 2100 does not stay "newest" for ever). Within a run of
+            // messages that arrived with nothing of ours between them, the
+            // sender's own numbering orders them (retransmissions and
+            // mailboxes may deliver them out of order).
+            let mut messages: Vec<(u64, kabar_storage::MessageRecord)> = engine
                 .store()
                 .history(&id, limit * 2, before)?
                 .into_iter()
                 .filter(|(_, m)| Message::decode(&m.body).map(|x| x.content.is_visible()).unwrap_or(true))
                 .collect();
+            for run in messages.chunk_by_mut(|a, b| a.1.direction == b.1.direction) {
+                if run[0].1.direction == Direction::Incoming {
+                    run.sort_by_key(|(seq, m)| Message::decode(&m.body).map_or(*seq, |x| x.seq));
+                }
+            }
             let start = messages.len().saturating_sub(limit);
             let list: Vec<Value> = messages[start..].iter().map(|(s, m)| message_json(*s, m)).collect();
             ok(json!({"contact": c.display_name, "messages": list}))
