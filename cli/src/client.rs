@@ -84,7 +84,21 @@ impl Client {
     pub(crate) fn call_with(&mut self, method: &str, params: Value, on_event: &mut dyn FnMut(&Value)) -> Result<Value> {
         let id = self.next_id;
         self.next_id += 1;
-        writeln!(self.writer, "{}", json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))?;
+        if let Err(e) =
+            writeln!(self.writer, "{}", json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+        {
+            // The node may have said why before closing (busy, idle).
+            if let Ok(reply) = self.read_value()
+                && let Some(err) = reply.get("error")
+            {
+                return Err(NodeError {
+                    code: err["code"].as_i64().unwrap_or(0),
+                    message: err["message"].as_str().unwrap_or("error").to_string(),
+                }
+                .into());
+            }
+            return Err(anyhow!("the node went away ({e})"));
+        }
         loop {
             let reply = self.read_value()?;
             if reply.get("method") == Some(&json!("event")) {
