@@ -512,10 +512,12 @@ impl Engine {
     fn fetch_prekeys(&mut self, peer: &PeerKey, now_ms: u64) -> Result<Option<Action>, EngineError> {
         let contact_id = self.store.contact_id_for_key(peer);
         let Some(contact) = self.store.contact(&contact_id)? else { return Ok(None) };
-        if contact.blocked || contact.one_time_prekey.is_some() || self.store.session(&contact_id)?.is_some() {
-            return Ok(None);
-        }
-        if self.prekeys_asked.get(&contact_id).is_some_and(|at| now_ms < at + prekeys::FETCH_EVERY_MS) {
+        // The cheap checks first: this runs on every connection event.
+        if contact.blocked
+            || contact.one_time_prekey.is_some()
+            || self.prekeys_asked.get(&contact_id).is_some_and(|at| now_ms < at + prekeys::FETCH_EVERY_MS)
+            || self.store.session(&contact_id)?.is_some()
+        {
             return Ok(None);
         }
         if self.prekeys_asked.len() >= 4_096 {
@@ -607,10 +609,11 @@ impl Engine {
         if contact.blocked {
             return Err(EngineError::Blocked(contact.display_name));
         }
-        let (mut state, mut session) = if self.waits_for_prekeys(contact_id, &contact, now_ms)? {
+        let stored = self.store.session(contact_id)?;
+        let (mut state, mut session) = if self.waits_for_prekeys(contact_id, &contact, stored.is_some(), now_ms)? {
             (None, None)
         } else {
-            let (state, session) = self.sending_session(contact_id, &contact, rng)?;
+            let (state, session) = self.sending_session(contact_id, &contact, stored, false, rng)?;
             (state, Some(session))
         };
         let first_seq = self.store.conversation(contact_id)?.next_seq;
@@ -671,6 +674,7 @@ impl Engine {
         &mut self,
         contact_id: &ContactId,
         contact: &Contact,
+        has_session: bool,
         now_ms: u64,
     ) -> Result<bool, EngineError> {
         let wait = self.config.prekey_wait_ms;
@@ -685,7 +689,7 @@ impl Engine {
         if self.sealing.contains_key(contact_id) {
             return Ok(true);
         }
-        if self.store.session(contact_id)?.is_some() {
+        if has_session {
             return Ok(false);
         }
         let deadline = match self.prekeys_asked.get(contact_id) {
@@ -736,38 +740,27 @@ impl Engine {
         self.seal(&contact_id, now_ms, rng)
     }
 
-    /// The session to encrypt to `contact` with, and the stored state it came
-    /// from: the current one, or a new one started from the contact's
-    /// prekeys. A one-time prekey fetched online is forgotten (durably)
-    /// before its first use, so it is never used twice; without one, X3DH
-    /// runs on the signed prekey alone.
+    /// The session to encrypt to `contact` with, given its stored `state`
+    /// (read once by the caller), and that state: the current session, or a
+    /// new one started from the contact's prekeys. A one-time prekey fetched
+    /// online is forgotten (durably) before its first use, so it is never
+    /// used twice; without one, X3DH runs on the signed prekey alone.
+    /// `fresh`: a new session even if there is one (the current one becomes
+    /// the newest previous, so what is in flight under it still decrypts),
+    /// when the contact has a signed prekey.
     fn sending_session<R: CryptoRng + ?Sized>(
         &mut self,
         contact_id: &ContactId,
         contact: &Contact,
-        rng: &mut R,
-    ) -> Result<(Option<SessionState>, Session), EngineError> {
-        self.sending_session_fresh(contact_id, contact, false, rng)
-    }
-
-    /// [`Engine::sending_session`]; `fresh`: a new session even if there is
-    /// one (the current one becomes the newest previous, so what is in
-    /// flight under it still decrypts), when the contact has a signed
-    /// prekey.
-    fn sending_session_fresh<R: CryptoRng + ?Sized>(
-        &mut self,
-        contact_id: &ContactId,
-        contact: &Contact,
+        mut state: Option<SessionState>,
         fresh: bool,
         rng: &mut R,
     ) -> Result<(Option<SessionState>, Session), EngineError> {
-        let mut state = self.store.session(contact_id)?;
         if fresh && contact.signed_prekey.is_some() {
-            if let Some(state) = state.as_mut() {
-                state.previous.insert(0, state.current.clone());
-                state.previous.truncate(kabar_storage::MAX_PREVIOUS_SESSIONS);
-            }
             let session = self.initiate_session(contact_id, contact, rng)?;
+            if let Some(state) = state.as_mut() {
+                state.replace_current(session.snapshot());
+            }
             return Ok((state, session));
         }
         let session = match &state {
@@ -868,7 +861,8 @@ impl Engine {
             }
             let Some(record) = record else { continue };
             if session.is_none() {
-                session = Some(self.sending_session_fresh(contact_id, &contact, fresh, rng)?);
+                let stored = self.store.session(contact_id)?;
+                session = Some(self.sending_session(contact_id, &contact, stored, fresh, rng)?);
             }
             let Some((_, current)) = session.as_mut() else { continue };
             let envelope = current.encrypt(&record.body, rng)?;

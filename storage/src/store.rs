@@ -983,16 +983,20 @@ impl ProfileStore {
                 index.remove(record.id.as_slice())?;
             }
         }
-        // Everything queued to it, under whatever envelope id.
-        let entries: Vec<(Vec<u8>, OutboxEntry)> = self.all_sealed(&tx.open_table(OUTBOX)?, OUTBOX_NAME)?;
+        // What is queued to it: under the record's id, or (encrypted again)
+        // under one of its aliases.
+        let outgoing = found.iter().filter(|(_, r)| r.direction == Direction::Outgoing).map(|(_, r)| r.id);
+        let aliases = alias_keys.iter().filter_map(|k| <[u8; 16]>::try_from(&k[24..]).ok());
         let mut outbox = tx.open_table(OUTBOX)?;
         let mut deposited = tx.open_table(DEPOSITED)?;
         let mut removed = Vec::new();
-        for (key, entry) in entries {
-            if entry.contact == *id {
-                outbox.remove(key.as_slice())?;
-                deposited.remove(key.as_slice())?;
-                removed.push(entry.message_id);
+        for wire in outgoing.chain(aliases) {
+            let queued_here =
+                self.get_sealed::<OutboxEntry>(&outbox, OUTBOX_NAME, &wire)?.is_some_and(|e| e.contact == *id);
+            if queued_here {
+                outbox.remove(wire.as_slice())?;
+                deposited.remove(wire.as_slice())?;
+                removed.push(wire);
             }
         }
         Ok(removed)
