@@ -85,6 +85,16 @@ impl Party {
     }
 }
 
+/// Alice and Bob (personal), each holding the other's card: Alice's id of
+/// Bob, Bob's id of Alice.
+fn alice_and_bob() -> (Party, Party, ContactId, ContactId) {
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    let a_bob = a.knows(&mut b, "Bob");
+    let b_alice = b.knows(&mut a, "Alice");
+    (a, b, a_bob, b_alice)
+}
+
 /// One transmission: recipient, message ids, envelopes.
 type Transmission = (PeerKey, Vec<[u8; 16]>, Vec<Vec<u8>>);
 
@@ -160,10 +170,7 @@ fn status(p: &mut Party, id: &[u8; 16]) -> MessageStatus {
 
 #[test]
 fn messages_go_both_ways_and_reach_delivered_then_read() {
-    let mut a = Party::new("alice", ProfileKind::Personal);
-    let mut b = Party::new("bob", ProfileKind::Personal);
-    let a_bob = a.knows(&mut b, "Bob");
-    let b_alice = b.knows(&mut a, "Alice");
+    let (mut a, mut b, a_bob, b_alice) = alice_and_bob();
 
     let (id, actions) = a.e().send(&a_bob, Content::text("hi Bob"), T0, &mut rand::rng()).unwrap();
     assert_eq!(status(&mut a, &id), MessageStatus::Sent);
@@ -186,10 +193,7 @@ fn messages_go_both_ways_and_reach_delivered_then_read() {
 
 #[test]
 fn lost_requests_are_retried_with_backoff_and_survive_a_restart() {
-    let mut a = Party::new("alice", ProfileKind::Personal);
-    let mut b = Party::new("bob", ProfileKind::Personal);
-    let a_bob = a.knows(&mut b, "Bob");
-    let b_alice = b.knows(&mut a, "Alice");
+    let (mut a, mut b, a_bob, b_alice) = alice_and_bob();
     let (id, actions) = a.e().send(&a_bob, Content::text("are you there?"), T0, &mut rand::rng()).unwrap();
     let (_, ids, _) = transmits(&actions).remove(0);
     // The request is lost.
@@ -219,10 +223,7 @@ fn lost_requests_are_retried_with_backoff_and_survive_a_restart() {
 
 #[test]
 fn duplicates_are_acknowledged_and_stored_once_and_order_is_the_senders() {
-    let mut a = Party::new("alice", ProfileKind::Personal);
-    let mut b = Party::new("bob", ProfileKind::Personal);
-    let a_bob = a.knows(&mut b, "Bob");
-    let b_alice = b.knows(&mut a, "Alice");
+    let (mut a, mut b, a_bob, b_alice) = alice_and_bob();
     let mut all = Vec::new();
     for i in 0..5 {
         let (id, actions) = a.e().send(&a_bob, Content::text(format!("m{i}")), T0 + i, &mut rand::rng()).unwrap();
@@ -421,10 +422,7 @@ fn a_message_fails_only_after_the_expiry() {
 
 #[test]
 fn both_sides_starting_a_session_at_once_lose_nothing() {
-    let mut a = Party::new("alice", ProfileKind::Personal);
-    let mut b = Party::new("bob", ProfileKind::Personal);
-    let a_bob = a.knows(&mut b, "Bob");
-    let b_alice = b.knows(&mut a, "Alice");
+    let (mut a, mut b, a_bob, b_alice) = alice_and_bob();
     let (ak, bk) = (a.key(), b.key());
     // Each sends before hearing from the other: two X3DH sessions cross.
     let mut from_a = Vec::new();
@@ -468,10 +466,7 @@ fn both_sides_starting_a_session_at_once_lose_nothing() {
 
 #[test]
 fn a_retransmission_long_after_is_still_acknowledged_as_a_duplicate() {
-    let mut a = Party::new("alice", ProfileKind::Personal);
-    let mut b = Party::new("bob", ProfileKind::Personal);
-    let a_bob = a.knows(&mut b, "Bob");
-    let b_alice = b.knows(&mut a, "Alice");
+    let (mut a, mut b, a_bob, b_alice) = alice_and_bob();
     let (_, actions) = a.e().send(&a_bob, Content::text("first"), T0, &mut rand::rng()).unwrap();
     let (_, _, envs) = transmits(&actions).remove(0);
     let alice = a.key();
@@ -489,10 +484,7 @@ fn a_retransmission_long_after_is_still_acknowledged_as_a_duplicate() {
 
 #[test]
 fn a_batch_of_sends_commits_together_and_arrives_in_order() {
-    let mut a = Party::new("alice", ProfileKind::Personal);
-    let mut b = Party::new("bob", ProfileKind::Personal);
-    let a_bob = a.knows(&mut b, "Bob");
-    let b_alice = b.knows(&mut a, "Alice");
+    let (mut a, mut b, a_bob, b_alice) = alice_and_bob();
     let contents: Vec<Content> = (0..50).map(|i| Content::text(format!("batch {i}"))).collect();
     let (ids, actions) = a.e().send_many(&a_bob, contents, T0, &mut rand::rng()).unwrap();
     assert_eq!(ids.len(), 50);
@@ -609,10 +601,7 @@ fn offline_deliver(from: &mut Party, mailbox: &mut FakeMailbox, actions: Vec<Act
 
 #[test]
 fn never_online_together_messages_go_through_mailboxes_with_delivery_receipts() {
-    let mut alice = Party::new("alice", ProfileKind::Personal);
-    let mut bob = Party::new("bob", ProfileKind::Personal);
-    let bob_id = alice.knows(&mut bob, "Bob");
-    let alice_id = bob.knows(&mut alice, "Alice");
+    let (mut alice, mut bob, bob_id, alice_id) = alice_and_bob();
     // Both register a mailbox while online; contacts hear of it inside the session.
     let a = add_mailbox(&mut bob, HOST);
     assert_eq!(transmits(&a).len(), 1, "one mailbox update, to Alice");
@@ -675,10 +664,7 @@ fn never_online_together_messages_go_through_mailboxes_with_delivery_receipts() 
 
 #[test]
 fn a_full_mailbox_keeps_the_rest_waiting_and_blocking_revokes_the_tag() {
-    let mut alice = Party::new("alice", ProfileKind::Personal);
-    let mut bob = Party::new("bob", ProfileKind::Personal);
-    let bob_id = alice.knows(&mut bob, "Bob");
-    let alice_id = bob.knows(&mut alice, "Alice");
+    let (mut alice, mut bob, bob_id, alice_id) = alice_and_bob();
     let a = add_mailbox(&mut bob, HOST);
     pump(&mut bob, &mut alice, a, T0);
     let (ids, actions) = alice
@@ -996,10 +982,7 @@ fn session_starts_from_fresh_identities_are_held_to_the_profile_budget() {
 
 #[test]
 fn forged_card_tag_items_cannot_spend_a_contacts_budget_and_busy_items_stay_in_the_mailbox() {
-    let mut alice = Party::new("alice", ProfileKind::Personal);
-    let mut bob = Party::new("bob", ProfileKind::Personal);
-    let bob_id = alice.knows(&mut bob, "Bob");
-    let alice_id = bob.knows(&mut alice, "Alice");
+    let (mut alice, mut bob, bob_id, alice_id) = alice_and_bob();
     let (_, actions) = alice.e().send(&bob_id, Content::text("hi"), T0, &mut rand::rng()).unwrap();
     pump(&mut alice, &mut bob, actions, T0);
     let key = kabar_node::mailbox::OwnerKey::generate(&mut rand::rng());
@@ -1088,10 +1071,7 @@ fn evict_a_message(a: &mut Party, b: &mut Party, a_bob: &ContactId, b_alice: &Co
 /// plaintext again under the current session, and it arrives, once.
 #[test]
 fn a_message_whose_skipped_key_was_evicted_is_encrypted_again_and_delivered() {
-    let mut a = Party::new("alice", ProfileKind::Personal);
-    let mut b = Party::new("bob", ProfileKind::Personal);
-    let a_bob = a.knows(&mut b, "Bob");
-    let b_alice = b.knows(&mut a, "Alice");
+    let (mut a, mut b, a_bob, b_alice) = alice_and_bob();
     let (_, act) = a.e().send(&a_bob, Content::text("hello"), T0, &mut rand::rng()).unwrap();
     pump(&mut a, &mut b, act, T0);
     let (_, act) = b.e().send(&b_alice, Content::text("hi"), T0, &mut rand::rng()).unwrap();
@@ -1281,10 +1261,7 @@ fn a_session_start_that_races_a_rotation_still_opens_within_the_grace() {
 /// `retry`, and Alice, reading the receipt, encrypts it again.
 #[test]
 fn a_mailbox_item_whose_key_is_gone_comes_back_through_a_retry_receipt() {
-    let mut a = Party::new("alice", ProfileKind::Personal);
-    let mut b = Party::new("bob", ProfileKind::Personal);
-    let a_bob = a.knows(&mut b, "Bob");
-    let b_alice = b.knows(&mut a, "Alice");
+    let (mut a, mut b, a_bob, b_alice) = alice_and_bob();
     let act = add_mailbox(&mut b, HOST);
     pump(&mut b, &mut a, act, T0);
     let (_, act) = a.e().send(&a_bob, Content::text("hello"), T0, &mut rand::rng()).unwrap();
@@ -1437,10 +1414,7 @@ fn a_session_start_with_a_one_time_prekey_the_contact_no_longer_holds_recovers()
 /// session. Bob sees it once.
 #[test]
 fn a_sender_restored_from_a_backup_gets_its_next_message_through() {
-    let mut a = Party::new("alice", ProfileKind::Personal);
-    let mut b = Party::new("bob", ProfileKind::Personal);
-    let a_bob = a.knows(&mut b, "Bob");
-    let b_alice = b.knows(&mut a, "Alice");
+    let (mut a, mut b, a_bob, b_alice) = alice_and_bob();
     let (_, act) = a.e().send(&a_bob, Content::text("hello"), T0, &mut rand::rng()).unwrap();
     pump(&mut a, &mut b, act, T0);
     let (_, act) = b.e().send(&b_alice, Content::text("hi"), T0, &mut rand::rng()).unwrap();
