@@ -4,7 +4,9 @@
 //! (docs/api.md). The only crate that prints for humans.
 //!
 //! Exit codes: 0 success (also when the reader of standard output closed
-//! it early), 1 error, 2 bad usage, 3 no node running, 4 `--wait` timed out.
+//! it early), 1 error, 2 bad usage, 3 no node running, 4 `--wait` timed out,
+//! 5 a store is damaged (`node run` refused to start, `store check` found
+//! damage).
 //!
 //! Standard output is written only through [`out`] (`println!` panics on a
 //! closed pipe, hence `print_stdout` stays denied), and peer text only after
@@ -18,6 +20,7 @@ mod out;
 mod output;
 mod reach;
 mod safe;
+mod store;
 mod testnet;
 
 use std::io::{BufRead, IsTerminal};
@@ -72,9 +75,12 @@ enum Command {
     /// Run, inspect or stop the node.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// List, create or show profiles.
+    /// List, create, show or remove profiles.
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// Check the profile databases for damage (node stopped).
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Print this profile's contact card (a kabar: URI) to give to others.
     ///
     /// Example: kabar card --qr
@@ -324,6 +330,16 @@ enum ProfileCommand {
     ///
     /// Example: kabar --profile shop profile show
     Show,
+    /// Remove a profile (stop the node first), e.g. a damaged one so the others run: its database moves to removed/ in the data directory and its key leaves the header. Copy the data directory first.
+    ///
+    /// Example: kabar profile remove work --yes
+    Remove {
+        /// Profile name.
+        name: String,
+        /// Confirm: without a copy of the data directory made before, the profile's messages are gone for good.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -605,6 +621,8 @@ fn main() -> ExitCode {
             }
             if error.downcast_ref::<NoNode>().is_some() {
                 ExitCode::from(EXIT_NO_NODE)
+            } else if store::is_damage(&error) {
+                ExitCode::from(store::EXIT_DAMAGED)
             } else if error.downcast_ref::<TimedOut>().is_some() {
                 ExitCode::from(EXIT_TIMEOUT)
             } else {
@@ -706,6 +724,10 @@ fn run(cli: Cli) -> Result<()> {
                 outln!("created {kind} profile {} ({peer}); start the node to use it", safe::printable(name))
             })
         }
+        Command::Profile(ProfileCommand::Remove { name, yes }) => {
+            store::remove_profile(&data_dir(&cli)?, name, *yes, json)
+        }
+        Command::Store(command) => store::run(&data_dir(&cli)?, command, json),
         Command::Profile(ProfileCommand::Show) => {
             let info = Client::connect(&data_dir(&cli)?)?.call("node.info", json!({}))?;
             let prof = info["profiles"]

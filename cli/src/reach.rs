@@ -177,6 +177,10 @@ pub(crate) fn relay(dir: &Path, command: &RelayCommand, profile: &str, json: boo
 pub(crate) fn print_node_info(v: &Value) -> Result<()> {
     for p in v["profiles"].as_array().into_iter().flatten() {
         outln!("{} ({}) {}", cell(&p["name"]), cell(&p["kind"]), cell(&p["peer_id"]))?;
+        if p["failed"].is_string() {
+            outln!("  FAILED        {}", cell(&p["failed"]))?;
+            continue;
+        }
         outln!("  reachability  {} (DHT {})", cell(&p["nat"]), cell(&p["dht"]))?;
         for a in p["advertised"].as_array().into_iter().flatten() {
             outln!("  reachable at  {}", cell(a))?;

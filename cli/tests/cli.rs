@@ -509,3 +509,86 @@ fn escape_sequences_from_a_peer_are_shown_not_run() {
     let error: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(error["error"]["message"], format!("{EVIL_NAME} is blocked"));
 }
+
+/// Every file under `root` and its bytes.
+fn snapshot(root: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                out.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// The recovery paths of docs/cli.md, "Damaged profiles": `store check`
+/// finds a damaged profile (exit 5) without changing a byte, `node run`
+/// refuses to start (exit 5, naming the file); the profile's file restored
+/// from a backup checks healthy again; damaged again, `profile remove
+/// --yes` moves it aside, then the check passes and the node runs the
+/// other profile; `store check` refuses while the node runs.
+#[test]
+fn a_damaged_profile_is_checked_refused_removed_and_the_rest_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = init(tmp.path(), "d", Some("shop"));
+    let v = ok_json(&dir, &["store", "check"]);
+    assert_eq!(v["healthy"], true, "{v}");
+    assert_eq!(v["profiles"].as_array().unwrap().len(), 2);
+
+    // A backup, then damage to the shop's meta table (every copy of a key
+    // in it).
+    let shop = dir.join("profiles/shop.redb");
+    let backup = std::fs::read(&shop).unwrap();
+    let mut bytes = backup.clone();
+    let needle = b"schema_version";
+    let hits: Vec<usize> =
+        (0..=bytes.len() - needle.len()).filter(|&i| &bytes[i..i + needle.len()] == needle).collect();
+    assert!(!hits.is_empty());
+    for i in hits {
+        bytes[i] ^= 0x20;
+    }
+    std::fs::write(&shop, &bytes).unwrap();
+    let before = snapshot(&dir);
+
+    let out = kabar(&dir, &["--json", "store", "check"]);
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["healthy"], false);
+    assert_eq!(v["profiles"][0]["profile"], "personal");
+    assert_eq!(v["profiles"][0]["healthy"], true);
+    assert_eq!(v["profiles"][1]["profile"], "shop");
+    assert_eq!(v["profiles"][1]["healthy"], false);
+    assert!(v["profiles"][1]["error"].as_str().unwrap().contains("corrupted"), "{v}");
+    let human = kabar(&dir, &["store", "check"]);
+    assert_eq!(human.status.code(), Some(5));
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("personal: healthy") && text.contains("shop: DAMAGED"), "{text}");
+    assert!(String::from_utf8_lossy(&human.stderr).contains("Damaged profiles"));
+    assert!(!String::from_utf8_lossy(&human.stderr).contains("panicked"), "no panic message");
+    assert_eq!(snapshot(&dir), before, "the check changed a file");
+
+    fails(&dir, &["node", "run", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"], 5, &shop.display().to_string());
+    assert_eq!(snapshot(&dir), before, "the refused start changed a file");
+
+    std::fs::write(&shop, &backup).unwrap();
+    assert_eq!(ok_json(&dir, &["store", "check"])["healthy"], true, "restored from the backup");
+    std::fs::write(&shop, &bytes).unwrap();
+
+    fails(&dir, &["profile", "remove", "shop"], 1, "--yes");
+    let v = ok_json(&dir, &["profile", "remove", "shop", "--yes"]);
+    let moved = PathBuf::from(v["moved_to"].as_str().unwrap());
+    assert!(moved.starts_with(dir.join("removed")), "{moved:?}");
+    assert_eq!(std::fs::read(&moved).unwrap(), bytes);
+    assert_eq!(ok_json(&dir, &["store", "check"])["healthy"], true);
+
+    let node = RunningNode::start(&dir);
+    fails(&dir, &["store", "check"], 1, "node is running");
+    fails(&dir, &["profile", "remove", "personal", "--yes"], 1, "node is running");
+    assert!(node.terminate().success());
+}

@@ -88,6 +88,10 @@ pub mod codes {
     /// The connection was idle too long and is closed (sent with `id`
     /// `null` before closing).
     pub const IDLE: i64 = -32011;
+    /// The profile's store is damaged (a page or record that does not read
+    /// back): the profile stopped, `node.info` shows it `failed`, and its
+    /// other calls are refused with this code.
+    pub const DAMAGED: i64 = -32012;
 }
 
 impl RpcError {
@@ -105,6 +109,7 @@ impl From<kabar_storage::StoreError> for RpcError {
     fn from(e: kabar_storage::StoreError) -> Self {
         use kabar_storage::StoreError as S;
         let code = match &e {
+            e if e.is_damage() => codes::DAMAGED,
             S::NotFound(_) | S::UnknownProfile(_) => codes::NOT_FOUND,
             S::Invalid(_) | S::InvalidProfileName(_) | S::DuplicateProfile(_) => codes::INVALID_VALUE,
             S::NotBusiness(_) => codes::NOT_BUSINESS,
@@ -558,13 +563,37 @@ async fn on_profile(state: &ControlState, params: &Value, job: EngineJob) -> Res
         .find(|(n, _)| *n == name)
         .map(|(_, h)| h.clone())
         .ok_or_else(|| RpcError::new(codes::NOT_FOUND, format!("no profile named {name:?}")))?;
+    ask(&name, &handle, |tx| Command::Job(job, tx)).await?
+}
+
+/// Sends a profile's task a command carrying a reply channel, and waits for
+/// the reply.
+async fn ask<T>(
+    name: &str,
+    handle: &ProfileHandle,
+    command: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, RpcError> {
     let (tx, rx) = oneshot::channel();
-    handle
-        .commands
-        .send(Command::Job(job, tx))
-        .await
-        .map_err(|_| RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down"))?;
-    rx.await.map_err(|_| RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down"))?
+    if handle.commands.send(command(tx)).await.is_err() {
+        return Err(gone(name, handle).await);
+    }
+    match rx.await {
+        Ok(reply) => Ok(reply),
+        Err(_) => Err(gone(name, handle).await),
+    }
+}
+
+/// Why a profile's task no longer answers: it failed (the reason
+/// `node.info` shows), or the node is stopping. Waits until the task has
+/// said which (its status channel closes when it ends).
+async fn gone(name: &str, handle: &ProfileHandle) -> RpcError {
+    let mut status = handle.status.clone();
+    match status.wait_for(|s| s.failed.is_some()).await {
+        Ok(s) => {
+            RpcError::new(codes::DAMAGED, format!("profile {name} stopped: {}", s.failed.as_deref().unwrap_or("")))
+        }
+        Err(_) => RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down"),
+    }
 }
 
 /// The profile named by `params.profile`; without one, the only profile.
@@ -633,8 +662,9 @@ async fn call(
             // From one profile only: dialling from all at once would show
             // the peer that they run on one node.
             let (name, handle) = one_profile(state, params)?;
-            let shutting = || RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down");
-            handle.commands.send(Command::Dial(addr.clone())).await.map_err(|_| shutting())?;
+            if handle.commands.send(Command::Dial(addr.clone())).await.is_err() {
+                return Err(gone(&name, &handle).await);
+            }
             return Ok(json!({"dialing": addr.to_string(), "profile": name}));
         }
         "relay.add" | "relay.remove" => {
@@ -650,10 +680,7 @@ async fn call(
             };
             let mut out = serde_json::Map::new();
             for (name, handle) in selected_profiles(state, params)? {
-                let (tx, rx) = oneshot::channel();
-                let shutting = || RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down");
-                handle.commands.send(Command::Relay(change.clone(), tx)).await.map_err(|_| shutting())?;
-                let list = rx.await.map_err(|_| shutting())??;
+                let list = ask(&name, &handle, |tx| Command::Relay(change.clone(), tx)).await??;
                 out.insert(name, json!(list));
             }
             return Ok(json!({"relays": out}));
@@ -671,21 +698,15 @@ async fn call(
                 crate::network::MailboxChange::Remove(address.to_string())
             };
             let (name, handle) = one_profile(state, params)?;
-            let (tx, rx) = oneshot::channel();
-            let shutting = || RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down");
-            handle.commands.send(Command::Mailbox(change, tx)).await.map_err(|_| shutting())?;
-            let list = rx.await.map_err(|_| shutting())??;
+            let list = ask(&name, &handle, |tx| Command::Mailbox(change, tx)).await??;
             return Ok(json!({"profile": name, "mailboxes": list}));
         }
         "mailbox.fetch" => {
             let (name, handle) = one_profile(state, params)?;
-            let (tx, rx) = oneshot::channel();
             let (answer, fetched) = oneshot::channel();
-            let shutting = || RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down");
             let change = crate::network::MailboxChange::Fetch(answer);
-            handle.commands.send(Command::Mailbox(change, tx)).await.map_err(|_| shutting())?;
-            rx.await.map_err(|_| shutting())??;
-            let mut result = fetched.await.map_err(|_| shutting())?;
+            ask(&name, &handle, |tx| Command::Mailbox(change, tx)).await??;
+            let Ok(mut result) = fetched.await else { return Err(gone(&name, &handle).await) };
             result["profile"] = json!(name);
             return Ok(result);
         }
@@ -718,9 +739,7 @@ async fn call(
             let card = ContactCard::from_uri(str_param(&p, "card")?)
                 .map_err(|e| RpcError::new(codes::BAD_CARD, e.to_string()))?;
             let name = opt_str(&p, "name")?.map(str::to_string).unwrap_or_else(|| card.display_name.clone());
-            if name.trim().is_empty() || name.chars().count() > 64 {
-                return Err(RpcError::new(codes::INVALID_VALUE, "a contact name needs 1 to 64 characters"));
-            }
+            crate::engine::check_contact_name(&name)?;
             let store = engine.store();
             if store.identity()?.public().signing == card.identity.signing {
                 return Err(RpcError::new(codes::INVALID_VALUE, "that is this profile's own card"));
@@ -743,16 +762,13 @@ async fn call(
                 added_at_ms: now_ms(),
                 request: false,
             };
-            let (id, change) = store.upsert_contact(contact)?;
-            // Adding someone's card settles a stranger with that identity.
-            engine.settle(&id)?;
-            let store = engine.store();
-            if !card.mailboxes.is_empty() {
-                store.update_contact_mailboxes(&id, |m| m.theirs = card.mailboxes.clone())?;
-            }
-            let stored = store.contact(&id)?.ok_or_else(|| RpcError::new(codes::INTERNAL, "contact vanished"))?;
+            // Adding someone's card settles a stranger with that identity
+            // (one transaction with the contact and its mailboxes).
+            let (id, changed) = engine.add_contact(contact, &card.mailboxes)?;
+            let stored =
+                engine.store().contact(&id)?.ok_or_else(|| RpcError::new(codes::INTERNAL, "contact vanished"))?;
             let mut v = contact_json(&stored);
-            v["identity_change_warning"] = json!(change.is_some());
+            v["identity_change_warning"] = json!(changed);
             let actions = engine.on_peer_reachable(&card.identity.signing, now_ms())?;
             Ok((v, actions))
         }),
@@ -797,14 +813,7 @@ async fn call(
         "request.accept" => Box::new(move |engine, _| {
             let (id, _) = contact_by(engine, str_param(&p, "name")?)?;
             let rename = opt_str(&p, "rename")?.map(str::to_string);
-            let c = engine.store().update_contact(&id, |c| {
-                c.request = false;
-                if let Some(n) = rename {
-                    c.display_name = n;
-                }
-            })?;
-            engine.settle(&id)?;
-            ok(contact_json(&c))
+            ok(contact_json(&engine.accept_request(&id, rename)?))
         }),
         "message.send" => Box::new(move |engine, _| {
             let (id, _) = contact_by(engine, str_param(&p, "to")?)?;

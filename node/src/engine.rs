@@ -20,9 +20,9 @@ use std::collections::{HashMap, HashSet};
 
 use kabar_crypto::{CryptoError, Envelope, IdentityKeyPair, ProfileKind, Session};
 use kabar_storage::{
-    AwaySchedule, Contact, ContactId, ContactMailbox, DEFAULT_STRANGER_LIMITS, Direction, IncomingMessage,
-    MAX_PREVIOUS_SESSIONS, MessageRecord, MessageStatus, OutgoingMessage, OwnMailbox, ProfileStore, ReceiveOutcome,
-    SessionState, StoreError, StrangerLimits,
+    AwaySchedule, Contact, ContactId, ContactMailbox, DEFAULT_STRANGER_LIMITS, Direction, Inbound, IncomingMessage,
+    MAX_PREVIOUS_SESSIONS, MessageRecord, MessageStatus, OutgoingMessage, OwnMailbox, ProfileStore, Receipt,
+    ReceiveOutcome, SessionState, StoreError, StrangerLimits,
 };
 use rand_core::CryptoRng;
 use serde::Serialize;
@@ -42,6 +42,8 @@ pub type PeerKey = [u8; 32];
 pub const GREETING_SILENCE_MS: u64 = 14 * 24 * 3_600_000;
 /// Label applied to a business's new customers.
 pub const NEW_CUSTOMER_LABEL: &str = "New customer";
+/// The colour the [`NEW_CUSTOMER_LABEL`] label is created with.
+const NEW_CUSTOMER_COLOUR: &str = "#2e7d32";
 /// Direct retries of a message a mailbox holds come at most this often.
 pub const STORED_RETRY_MS: u64 = 5 * 60_000;
 /// After a refused or failed deposit, the next try for that contact waits
@@ -323,6 +325,58 @@ impl Working {
     fn state(&self) -> SessionState {
         SessionState { current: self.current.snapshot(), previous: self.previous.clone() }
     }
+}
+
+/// Encrypts automatic replies to `contact` on the working session, numbered
+/// from `first_seq`; each carries the session state after it. A reply that
+/// cannot be encrypted (a catalog too large for one envelope) is left out,
+/// with a warning. Returns the replies and, if the away message is among
+/// them, the away period it answers.
+fn seal_replies<R: CryptoRng + ?Sized>(
+    contact: &ContactId,
+    first_seq: u64,
+    replies: Vec<(Content, Option<u64>)>,
+    working: &mut Working,
+    now_ms: u64,
+    rng: &mut R,
+) -> (Vec<OutgoingMessage>, Option<u64>) {
+    let mut sealed = Vec::with_capacity(replies.len());
+    let mut away_for = None;
+    for (content, away) in replies {
+        let seq = first_seq + sealed.len() as u64;
+        let body = Message { v: crate::content::CONTENT_VERSION, seq, sent_at_ms: now_ms, content }.encode();
+        let envelope = match working.current.encrypt(&body, rng) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                tracing::warn!(error = %e, "an automatic reply does not fit an envelope; left out");
+                continue;
+            }
+        };
+        let message = MessageRecord {
+            id: envelope.message_id().0,
+            direction: Direction::Outgoing,
+            sent_at_ms: now_ms,
+            received_at_ms: None,
+            status: MessageStatus::Queued,
+            body,
+        };
+        sealed.push(OutgoingMessage {
+            contact: *contact,
+            session: Some(working.state()),
+            message,
+            envelope: envelope.encode(),
+        });
+        away_for = away_for.or(away);
+    }
+    (sealed, away_for)
+}
+
+/// A contact name: 1 to 64 characters, not only spaces.
+pub fn check_contact_name(name: &str) -> Result<(), StoreError> {
+    if name.trim().is_empty() || name.chars().count() > 64 {
+        return Err(StoreError::Invalid("a contact name needs 1 to 64 characters".into()));
+    }
+    Ok(())
 }
 
 /// True if an acknowledgement reports an envelope that should not have been
@@ -1545,35 +1599,73 @@ impl Engine {
         }
         let Some(last) = batch.last_mut() else { return Ok((acks, Vec::new())) };
         last.session = sessions.as_ref().map(Working::state);
-        // A new stranger is recorded as pending before anything of it is
-        // stored: a crash or an error after this point leaves a pending
-        // stranger (counted, evictable), never a settled contact nobody
-        // accepted.
-        let mut dropped = Vec::new();
-        if sender == Sender::Stranger && !self.strangers.contains(&contact_id) {
-            dropped = self.store.admit_stranger(&contact_id, 0, self.config.strangers)?;
-            self.strangers.insert(contact_id);
-            self.strangers_dropped += dropped.len() as u64;
-            for gone in &dropped {
-                self.forget_locally(gone);
-            }
-        }
-        // The contact record goes first: a stranger becomes a contact (or a
-        // known contact's new identity is recorded) only with its message.
+        // Everything this request changes goes into ONE transaction: the
+        // contact record (a stranger becomes a contact only with its
+        // messages), the messages, receipts, mailbox and address updates,
+        // the automatic replies with their conversation changes, and the
+        // stranger accounting. A crash leaves all of it or none of it.
+        let reply_seq = conversation_before.next_seq + batch.iter().filter(|m| m.message.is_some()).count() as u64;
+        let mut inbound = Inbound::new(contact_id);
+        inbound.messages = batch;
         if let Some(c) = &contact
             && (new_contact.is_some() || identity_changed)
         {
-            let to_store =
-                if new_contact.is_some() { c.clone() } else { Contact { display_name: String::new(), ..c.clone() } };
-            if let Err(e) = self.store.upsert_contact(to_store) {
-                tracing::warn!(error = %e, "could not store contact");
-                for i in &batch_index {
-                    acks[*i] = Ack::Rejected(RejectReason::Storage);
+            inbound.record = Some(if new_contact.is_some() {
+                c.clone()
+            } else {
+                Contact { display_name: String::new(), ..c.clone() }
+            });
+        }
+        if sender == Sender::Stranger {
+            inbound.stranger = Some(self.config.strangers);
+        }
+        let ids = |list: &[String]| -> Vec<[u8; 16]> {
+            list.iter()
+                .filter_map(|h| kabar_crypto::hex::decode(h))
+                .filter_map(|b| <[u8; 16]>::try_from(b).ok())
+                .collect()
+        };
+        let mut retries = Vec::new();
+        let mut visible_received = false;
+        let mut catalog_requested = false;
+        for content in contents.iter().flatten().map(|m| &m.content) {
+            match content {
+                Content::Receipt { read, delivered, retry } => {
+                    inbound.receipts.push(Receipt { read: ids(read), delivered: ids(delivered) });
+                    retries.extend(ids(retry));
                 }
-                return Ok((acks, Vec::new()));
+                Content::Mailboxes { mailboxes } => inbound.mailboxes = Some(offline::accept_offers(mailboxes)),
+                // An empty list changes nothing (the last non-empty one wins).
+                Content::Addresses { addresses } if !addresses.is_empty() => {
+                    inbound.addresses = Some(addresses.clone());
+                }
+                Content::Addresses { .. } => {}
+                content => {
+                    visible_received = true;
+                    catalog_requested |= matches!(content, Content::CatalogRequest);
+                }
             }
         }
-        let outcomes = match self.store.commit_incoming(&batch, now_ms) {
+        if self.store.kind() == ProfileKind::Business
+            && visible_received
+            && let Some(working) = sessions.as_mut()
+        {
+            if new_contact.is_some() {
+                inbound.label = Some((NEW_CUSTOMER_LABEL.into(), NEW_CUSTOMER_COLOUR.into()));
+            }
+            let stranger = sender == Sender::Stranger;
+            // An automatic reply that cannot be made is left out; it never
+            // costs the messages their acknowledgement.
+            match self.automatic_replies(stranger, &conversation_before, catalog_requested, now_ms) {
+                Ok(replies) => {
+                    let (sealed, away) = seal_replies(&contact_id, reply_seq, replies, working, now_ms, rng);
+                    inbound.replies = sealed;
+                    inbound.away_sent_for_ms = away;
+                }
+                Err(e) => tracing::warn!(profile = %self.store.name(), error = %e, "automatic replies not made"),
+            }
+        }
+        let outcome = match self.store.commit_inbound(&inbound, now_ms) {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "could not store received messages");
@@ -1583,6 +1675,13 @@ impl Engine {
                 return Ok((acks, Vec::new()));
             }
         };
+        // Durable from here on: nothing below may turn into a refusal.
+        for (result, &i) in outcome.messages.iter().zip(&batch_index) {
+            acks[i] = match result {
+                ReceiveOutcome::Stored { .. } => Ack::Accepted,
+                ReceiveOutcome::Duplicate => Ack::Duplicate,
+            };
+        }
         let name = contact.as_ref().map(|c| c.display_name.clone()).unwrap_or_default();
         let mut actions = Vec::new();
         if identity_changed {
@@ -1594,99 +1693,83 @@ impl Engine {
         if new_contact.as_ref().is_some_and(|c| c.request) {
             actions.push(Action::Notify(NodeEvent::MessageRequest { profile: self.profile(), contact: name.clone() }));
         }
-        let mut visible_received = false;
-        let mut catalog_requested = false;
-        for ((outcome, &i), (item, parsed)) in outcomes.iter().zip(&batch_index).zip(batch.iter().zip(&contents)) {
-            acks[i] = match outcome {
-                ReceiveOutcome::Stored { .. } => Ack::Accepted,
-                ReceiveOutcome::Duplicate => Ack::Duplicate,
-            };
-            if !matches!(outcome, ReceiveOutcome::Stored { .. }) {
+        for (id, shown, status) in &outcome.receipts {
+            self.deposited.remove(id);
+            self.outbox.remove(id);
+            actions.push(Action::Notify(NodeEvent::StatusChanged {
+                profile: self.profile(),
+                message_id: hex(shown),
+                status: *status,
+            }));
+        }
+        if let Some(mailboxes) = &inbound.mailboxes {
+            self.deposit_backoff.remove(&contact_id);
+            actions.push(Action::Notify(NodeEvent::ContactMailboxesChanged {
+                profile: self.profile(),
+                contact: name.clone(),
+                mailboxes: mailboxes.len(),
+            }));
+        }
+        if outcome.addresses_changed {
+            actions.push(Action::Notify(NodeEvent::ContactAddressesChanged {
+                profile: self.profile(),
+                contact: name.clone(),
+            }));
+        }
+        let stored = outcome.messages.iter().zip(inbound.messages.iter().zip(&contents));
+        for (_, (item, parsed)) in stored.filter(|(o, _)| matches!(o, ReceiveOutcome::Stored { .. })) {
+            let Some(content) = parsed.as_ref().map(|m| &m.content) else { continue };
+            if matches!(content, Content::Receipt { .. } | Content::Mailboxes { .. } | Content::Addresses { .. }) {
                 continue;
             }
-            match parsed.as_ref().map(|m| &m.content) {
-                Some(Content::Receipt { read, delivered, retry }) => {
-                    // Only our own messages to this contact, in one
-                    // transaction (none if nothing applies).
-                    let ids = |list: &[String]| -> Vec<[u8; 16]> {
-                        list.iter()
-                            .filter_map(|h| kabar_crypto::hex::decode(h))
-                            .filter_map(|b| <[u8; 16]>::try_from(b).ok())
-                            .collect()
-                    };
-                    for (id, shown, status) in self.store.apply_receipt(&contact_id, &ids(read), &ids(delivered))? {
-                        self.deposited.remove(&id);
-                        self.outbox.remove(&id);
-                        actions.push(Action::Notify(NodeEvent::StatusChanged {
-                            profile: self.profile(),
-                            message_id: hex(&shown),
-                            status,
-                        }));
-                    }
-                    if !retry.is_empty() {
-                        actions.extend(self.resend(&contact_id, &ids(retry), now_ms, rng)?);
-                    }
-                }
-                Some(Content::Mailboxes { mailboxes }) => {
-                    let theirs = offline::accept_offers(mailboxes);
-                    let count = theirs.len();
-                    self.store.update_contact_mailboxes(&contact_id, |m| m.theirs = theirs)?;
-                    self.deposit_backoff.remove(&contact_id);
-                    actions.push(Action::Notify(NodeEvent::ContactMailboxesChanged {
-                        profile: self.profile(),
-                        contact: name.clone(),
-                        mailboxes: count,
-                    }));
-                }
-                Some(Content::Addresses { addresses }) if self.set_contact_addresses(&contact_id, addresses)? => {
-                    actions.push(Action::Notify(NodeEvent::ContactAddressesChanged {
-                        profile: self.profile(),
-                        contact: name.clone(),
-                    }));
-                }
-                Some(Content::Addresses { .. }) => {}
-                Some(content) => {
-                    visible_received = true;
-                    catalog_requested |= matches!(content, Content::CatalogRequest);
-                    actions.push(Action::Notify(NodeEvent::MessageReceived {
-                        profile: self.profile(),
-                        contact: name.clone(),
-                        message_id: hex(&item.message.as_ref().map_or([0; 16], |m| m.id)),
-                        kind: content.kind().to_string(),
-                    }));
-                }
-                None => {}
-            }
+            actions.push(Action::Notify(NodeEvent::MessageReceived {
+                profile: self.profile(),
+                contact: name.clone(),
+                message_id: hex(&item.message.as_ref().map_or([0; 16], |m| m.id)),
+                kind: content.kind().to_string(),
+            }));
         }
         if sender == Sender::Stranger {
-            // A pending stranger: counted, and the oldest evicted beyond the
-            // limits (this one alone, if it is over its own share).
-            let bytes: u64 = outcomes
-                .iter()
-                .zip(&batch)
-                .filter(|(o, _)| matches!(o, ReceiveOutcome::Stored { .. }))
-                .filter_map(|(_, item)| item.message.as_ref().map(|m| m.body.len() as u64))
-                .sum();
-            let evicted = self.store.admit_stranger(&contact_id, bytes, self.config.strangers)?;
             self.strangers.insert(contact_id);
-            self.strangers_dropped += evicted.len() as u64;
-            for gone in &evicted {
+            self.strangers_dropped += outcome.evicted.len() as u64;
+            for gone in &outcome.evicted {
                 self.forget_locally(gone);
             }
-            let count = dropped.len() + evicted.len();
-            if count > 0 {
-                tracing::info!(profile = %self.store.name(), dropped = count, "pending strangers over the limit: the oldest dropped");
-                actions.push(Action::Notify(NodeEvent::RequestsDropped { profile: self.profile(), dropped: count }));
+            if !outcome.evicted.is_empty() {
+                let dropped = outcome.evicted.len();
+                tracing::info!(profile = %self.store.name(), dropped, "pending strangers over the limit: the oldest dropped");
+                actions.push(Action::Notify(NodeEvent::RequestsDropped { profile: self.profile(), dropped }));
             }
-            if evicted.contains(&contact_id) {
+            if outcome.evicted.contains(&contact_id) {
                 return Ok((acks, actions));
             }
         }
-        if self.store.kind() == ProfileKind::Business && visible_received {
-            if new_contact.is_some() {
-                self.label_new_customer(&contact_id)?;
+        for (reply, &seq) in inbound.replies.iter().zip(&outcome.replies) {
+            let id = reply.message.id;
+            let queued = Queued {
+                id,
+                seq,
+                queued_at_ms: now_ms,
+                attempts: 0,
+                next_attempt_at_ms: now_ms,
+                shown: id,
+                unsealed: false,
+            };
+            self.outbox.insert(contact_id, queued);
+        }
+        // A lost retry request costs nothing: the message stays queued, its
+        // next attempt meets `key_gone` again, and that re-encrypts it.
+        if !retries.is_empty() {
+            match self.resend(&contact_id, &retries, now_ms, rng) {
+                Ok(more) => actions.extend(more),
+                Err(e) => tracing::warn!(profile = %self.store.name(), error = %e, "re-encrypting on request failed"),
             }
-            actions.extend(self.automations(&contact_id, &conversation_before, catalog_requested, now_ms, rng)?);
+        }
+        if !inbound.replies.is_empty() {
+            match self.flush_peer(peer, now_ms) {
+                Ok(more) => actions.extend(more),
+                Err(e) => tracing::warn!(profile = %self.store.name(), error = %e, "sending automatic replies failed"),
+            }
         }
         Ok((acks, actions))
     }
@@ -1822,10 +1905,17 @@ impl Engine {
                 {
                     retry.push(hex(&id));
                 }
-                if *ack != Ack::Accepted {
+                // A duplicate too: fetched again after a crash that came
+                // between storing it and queueing this receipt (the host
+                // deletes only after both). The sender applies it once.
+                if !matches!(ack, Ack::Accepted | Ack::Duplicate) {
                     continue;
                 }
-                if self.store.message(&id)?.is_some_and(|(_, _, m)| m.direction == Direction::Incoming) {
+                let stored_from_them = self
+                    .store
+                    .message(&id)?
+                    .is_some_and(|(from, _, m)| from == contact_id && m.direction == Direction::Incoming);
+                if stored_from_them {
                     delivered.push(hex(&id));
                 }
             }
@@ -1981,59 +2071,34 @@ impl Engine {
         }
     }
 
-    fn label_new_customer(&self, contact: &ContactId) -> Result<(), EngineError> {
-        let labels = self.store.labels()?;
-        let label = match labels.into_iter().find(|l| l.name == NEW_CUSTOMER_LABEL) {
-            Some(l) => l,
-            None => match self.store.add_label(NEW_CUSTOMER_LABEL, "#2e7d32") {
-                Ok(l) => l,
-                // At the label limit: leave the conversation unlabelled.
-                Err(StoreError::Invalid(_)) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            },
-        };
-        self.store.update_conversation(contact, |c| {
-            if !c.labels.contains(&label.id) {
-                c.labels.push(label.id);
-            }
-        })?;
-        Ok(())
-    }
-
-    /// Greeting, away message and catalog answers of a business profile.
-    fn automations<R: CryptoRng + ?Sized>(
-        &mut self,
-        contact: &ContactId,
+    /// The greeting, away message and catalog a business answers a
+    /// customer's messages with; the away message comes with the period it
+    /// answers (one away message per period). Reads only; nothing is
+    /// committed.
+    fn automatic_replies(
+        &self,
+        stranger: bool,
         before: &kabar_storage::Conversation,
         catalog_requested: bool,
         now_ms: u64,
-        rng: &mut R,
-    ) -> Result<Vec<Action>, EngineError> {
-        if self.strangers.contains(contact) && self.queued_to_strangers() >= MAX_STRANGER_QUEUE {
+    ) -> Result<Vec<(Content, Option<u64>)>, EngineError> {
+        if stranger && self.queued_to_strangers() >= MAX_STRANGER_QUEUE {
             tracing::debug!(profile = %self.store.name(), "automatic replies to strangers at their limit; not answering");
             return Ok(Vec::new());
         }
         let settings = self.store.automations()?;
-        let mut queued = false;
+        let mut replies = Vec::new();
         let first_or_silent = before.last_incoming_ms.is_none_or(|t| now_ms.saturating_sub(t) >= GREETING_SILENCE_MS);
         if let Some(greeting) = &settings.greeting
             && first_or_silent
         {
-            self.queue(
-                contact,
-                Content::Text { text: greeting.clone(), automatic: Some("greeting".into()) },
-                now_ms,
-                rng,
-            )?;
-            queued = true;
+            replies.push((Content::Text { text: greeting.clone(), automatic: Some("greeting".into()) }, None));
         }
         if let Some(away) = &settings.away_message
             && let Some(period) = self.away_period(settings.away_schedule, now_ms)?
             && before.away_sent_for_ms != Some(period)
         {
-            self.queue(contact, Content::Text { text: away.clone(), automatic: Some("away".into()) }, now_ms, rng)?;
-            self.store.update_conversation(contact, |c| c.away_sent_for_ms = Some(period))?;
-            queued = true;
+            replies.push((Content::Text { text: away.clone(), automatic: Some("away".into()) }, Some(period)));
         }
         if catalog_requested {
             let items = self
@@ -2049,14 +2114,9 @@ impl Engine {
                     available: i.available,
                 })
                 .collect();
-            self.queue(contact, Content::Catalog { items }, now_ms, rng)?;
-            queued = true;
+            replies.push((Content::Catalog { items }, None));
         }
-        if !queued {
-            return Ok(Vec::new());
-        }
-        let peer = self.contact_or_err(contact)?.identity.signing;
-        self.flush_peer(&peer, now_ms)
+        Ok(replies)
     }
 
     /// If the business is away at `now_ms`, the start of the current away
@@ -2189,11 +2249,8 @@ impl Engine {
             .filter(|(_, m)| m.direction == Direction::Incoming && m.status == MessageStatus::Delivered)
             .map(|(_, m)| m.id)
             .collect();
-        for id in &ids {
-            self.store.set_message_status(id, MessageStatus::Read)?;
-        }
-        self.store.update_conversation(contact, |c| c.unread = 0)?;
         if ids.is_empty() {
+            self.store.mark_read(contact, &ids)?;
             return Ok(Vec::new());
         }
         // One receipt per MAX_RECEIPT_IDS ids.
@@ -2205,13 +2262,56 @@ impl Engine {
                 retry: Vec::new(),
             })
             .collect();
-        // Reading is not answering: a pending stranger stays pending.
-        match self.send_contents(contact, receipts, now_ms, rng) {
-            Ok((_, actions)) => Ok(actions),
-            // No way to send a receipt (blocked, no prekey): reading still counts.
-            Err(EngineError::Blocked(_) | EngineError::NoPrekey(_)) => Ok(Vec::new()),
-            Err(e) => Err(e),
+        // Reading is not answering: a pending stranger stays pending. The
+        // receipts are queued first, then the messages marked read (one
+        // transaction each): a crash between them leaves the messages
+        // unread, and reading them again queues the receipts again, which
+        // the sender applies once (statuses only move forward).
+        let actions = match self.send_contents(contact, receipts, now_ms, rng) {
+            Ok((_, actions)) => actions,
+            // No way to send a receipt (blocked, no prekey, a session that
+            // does not open): reading still counts.
+            Err(e) => {
+                tracing::debug!(profile = %self.store.name(), error = %e, "no read receipt");
+                Vec::new()
+            }
+        };
+        self.store.mark_read(contact, &ids)?;
+        Ok(actions)
+    }
+
+    /// Adds (or updates) a contact from its card, with its mailboxes, and
+    /// settles it if it was a pending stranger, in one transaction. Returns
+    /// its id and whether its identity changed.
+    pub fn add_contact(
+        &mut self,
+        contact: Contact,
+        mailboxes: &[ContactMailbox],
+    ) -> Result<(ContactId, bool), EngineError> {
+        let (id, change) = self.store.add_contact(contact, mailboxes)?;
+        self.strangers.remove(&id);
+        Ok((id, change.is_some()))
+    }
+
+    /// Accepts a message request (optionally under a new name, checked as
+    /// every contact name is), settling it, in one transaction.
+    pub fn accept_request(&mut self, id: &ContactId, rename: Option<String>) -> Result<Contact, EngineError> {
+        if let Some(name) = &rename {
+            check_contact_name(name)?;
+            if let Some((other, _)) = self.store.contact_by_name(name)?
+                && other != *id
+            {
+                return Err(StoreError::Invalid(format!("another contact is already named {name:?}")).into());
+            }
         }
+        let contact = self.store.settle_contact(id, |c| {
+            c.request = false;
+            if let Some(name) = rename {
+                c.display_name = name;
+            }
+        })?;
+        self.strangers.remove(id);
+        Ok(contact)
     }
 
     /// Groups consecutive transmissions per peer (helper for callers that

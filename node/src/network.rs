@@ -380,6 +380,10 @@ pub struct ProfileStatus {
     pub frames_refused: u64,
     /// Its prekeys (`/kabar/prekey/1`).
     pub prekeys: PrekeyStatus,
+    /// Why the profile stopped while the node runs on, naming its database
+    /// file: its store turned out damaged (a page or record that does not
+    /// read back), or its task failed. `None` while it runs.
+    pub failed: Option<String>,
 }
 
 /// A profile's prekeys, as `node info` shows them.
@@ -533,7 +537,8 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
         Err(_) => None,
     };
     let Some(keypair) = keypair else {
-        tracing::error!(profile = %engine.store().name(), "cannot read the profile's identity");
+        let reason = damage_reason(engine.store(), "cannot read the profile's identity");
+        stop_damaged(engine, &status_tx, status_tx.borrow().clone(), reason);
         return;
     };
     let mut reach = Reach {
@@ -587,6 +592,9 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
     // Ticks since the prekey counts were read; they are read again when
     // something may have changed them, or every PREKEY_STATUS_EVERY_TICKS.
     let mut prekey_status_age: u32 = 0;
+    // Store damage found while running: the profile stops (see
+    // `stop_damaged`).
+    let mut failure: Option<String> = None;
 
     // Say hello to contacts (at most 64, newest first): they learn our new
     // address, and messages queued before a restart go out as soon as
@@ -610,7 +618,11 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                             let _ = reply.send(Ok(value));
                             actions
                         }
-                        Err(e) => {
+                        Err(mut e) => {
+                            if e.code == crate::control::codes::DAMAGED {
+                                e.message = damage_reason(engine.store(), &e.message);
+                                failure.get_or_insert_with(|| e.message.clone());
+                            }
                             let _ = reply.send(Err(e));
                             Vec::new()
                         }
@@ -631,15 +643,17 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
             Some(event) = courier_events.recv() => {
                 // Fetched envelopes may start sessions with our one-time prekeys.
                 prekey_status_age = PREKEY_STATUS_EVERY_TICKS;
-                on_courier_event(&mut engine, &mut courier, event, &mut rng)
+                on_courier_event(&mut engine, &mut courier, event, &mut failure, &mut rng)
             }
             _ = tick.tick() => {
                 let mut actions = engine.on_tick(now_ms(), &mut rng).unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "retry tick failed");
+                    note_damage(&mut failure, &engine, &e);
                     Vec::new()
                 });
                 if let Err(e) = engine.maintain_prekeys(now_ms(), &mut rng) {
                     tracing::warn!(error = %e, "prekey maintenance failed");
+                    note_damage(&mut failure, &engine, &e);
                 }
                 prekey_status_age += 1;
                 if prekey_status_age >= PREKEY_STATUS_EVERY_TICKS {
@@ -668,6 +682,7 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                     status: &mut status,
                     reach: &mut reach,
                     courier: &mut courier,
+                    failure: &mut failure,
                 };
                 handle_event(&mut swarm, &mut engine, &mut ctx, event, &mut rng)
             }
@@ -731,8 +746,45 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
             }
             changed
         });
+        if let Some(reason) = failure.take() {
+            stop_damaged(engine, &status_tx, status, reason);
+            return;
+        }
     }
     tracing::info!(profile = %engine.store().name(), "profile stopped");
+}
+
+/// Why a profile stops on store damage: `message`, naming the database
+/// file if it does not already.
+fn damage_reason(store: &kabar_storage::ProfileStore, message: &str) -> String {
+    let path = store.path().display().to_string();
+    if message.contains(&path) { message.to_string() } else { format!("{path}: {message}") }
+}
+
+/// Records in `failure` the store damage `e` reports, if it is damage.
+fn note_damage(failure: &mut Option<String>, engine: &Engine, e: &crate::engine::EngineError) {
+    if let crate::engine::EngineError::Store(s) = e
+        && s.is_damage()
+    {
+        failure.get_or_insert_with(|| damage_reason(engine.store(), &s.to_string()));
+    }
+}
+
+/// Stops a profile whose store turned out damaged while the node runs:
+/// `node info` shows it failed with `reason`, its commands are refused
+/// (the control socket answers with the reason), its swarm closes. The
+/// store is not closed: redb's close writes (its allocator state), and a
+/// damaged file is left as it is for `kabar store check` and recovery; it
+/// stays locked until the node exits.
+fn stop_damaged(engine: Engine, status_tx: &watch::Sender<ProfileStatus>, mut status: ProfileStatus, reason: String) {
+    tracing::error!(profile = %engine.store().name(), %reason, "the profile's store is damaged; the profile stopped");
+    status.failed = Some(reason);
+    status.listen_addrs.clear();
+    status.advertised.clear();
+    status.peers.clear();
+    status.connected_peers = 0;
+    status_tx.send_replace(status);
+    std::mem::forget(engine);
 }
 
 /// Handles what the courier's tasks report.
@@ -740,20 +792,20 @@ fn on_courier_event<R: rand_core::CryptoRng + ?Sized>(
     engine: &mut Engine,
     courier: &mut Courier,
     event: CourierEvent,
+    failure: &mut Option<String>,
     rng: &mut R,
 ) -> Vec<Action> {
-    let logged = |what: &'static str| {
-        move |e: crate::engine::EngineError| {
-            tracing::warn!(error = %e, "{what}");
-            Vec::new()
-        }
-    };
     match event {
         CourierEvent::Deposited { peer, message_ids, result } => {
             courier.deposit_done(result.as_ref().map_or(0, |o| o.accepted));
-            engine
-                .on_deposit_result(&peer, &message_ids, result, now_ms())
-                .unwrap_or_else(logged("recording a deposit failed"))
+            match engine.on_deposit_result(&peer, &message_ids, result, now_ms()) {
+                Ok(actions) => actions,
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording a deposit failed");
+                    note_damage(failure, engine, &e);
+                    Vec::new()
+                }
+            }
         }
         CourierEvent::Page { address, items, reply } => {
             match engine.on_mailbox_items(&address, &items, now_ms(), rng) {
@@ -764,6 +816,7 @@ fn on_courier_event<R: rand_core::CryptoRng + ?Sized>(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "storing fetched envelopes failed; they stay in the mailbox");
+                    note_damage(failure, engine, &e);
                     let _ = reply.send(Vec::new());
                     Vec::new()
                 }
@@ -1093,6 +1146,8 @@ fn reachable(engine: &mut Engine, peer: &PeerId) -> Vec<Action> {
 
 /// The loop's state that events update.
 struct LoopState<'a> {
+    /// Store damage found while handling the event (the profile stops).
+    failure: &'a mut Option<String>,
     pending: &'a mut HashMap<OutboundRequestId, (PeerKey, Vec<[u8; 16]>)>,
     limits: &'a mut BucketMap<PeerId>,
     /// Inbound prekey requests per peer.
@@ -1284,6 +1339,7 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "receiving failed");
+                            note_damage(ctx.failure, engine, &e);
                             let _ = swarm
                                 .behaviour_mut()
                                 .envelope
@@ -1295,6 +1351,7 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
                 request_response::Message::Response { request_id, response } => match ctx.pending.remove(&request_id) {
                     Some((peer, ids)) => engine.on_acks(&peer, &ids, &response, now_ms(), rng).unwrap_or_else(|e| {
                         tracing::warn!(error = %e, "recording acknowledgements failed");
+                        note_damage(ctx.failure, engine, &e);
                         Vec::new()
                     }),
                     None => Vec::new(),
@@ -1312,6 +1369,7 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
                     // peer's mailbox.
                     Some((key, ids)) => engine.on_transmit_failed(&key, &ids, now_ms()).unwrap_or_else(|e| {
                         tracing::warn!(error = %e, "recording a failed transmission failed");
+                        note_damage(ctx.failure, engine, &e);
                         Vec::new()
                     }),
                     None => Vec::new(),
@@ -1361,7 +1419,10 @@ fn on_prekey_event<R: rand_core::CryptoRng + ?Sized>(
                         tracing::debug!(profile = %engine.store().name(), %peer, "prekeys served");
                         let _ = swarm.behaviour_mut().prekey.send_response(channel, bytes);
                     }
-                    Err(e) => tracing::debug!(%peer, error = %e, "prekey request not answered"),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "prekey request not answered");
+                        note_damage(ctx.failure, engine, &e);
+                    }
                 }
             }
             request_response::Message::Response { response, .. } => {
@@ -1371,7 +1432,10 @@ fn on_prekey_event<R: rand_core::CryptoRng + ?Sized>(
                         ctx.status.prekeys.fetched += 1;
                         return actions;
                     }
-                    Err(e) => tracing::debug!(%peer, error = %e, "prekey response refused"),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "prekey response refused");
+                        note_damage(ctx.failure, engine, &e);
+                    }
                 }
             }
         },
@@ -1381,6 +1445,7 @@ fn on_prekey_event<R: rand_core::CryptoRng + ?Sized>(
             let Some(key) = signing_key_of(&peer) else { return Vec::new() };
             return engine.on_prekeys_failed(&key, now_ms(), rng).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "encrypting what waited for prekeys failed");
+                note_damage(ctx.failure, engine, &e);
                 Vec::new()
             });
         }

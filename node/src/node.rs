@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use kabar_storage::DataDir;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::control::{self, ControlState, ProfileHandle};
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, NodeEvent};
 use crate::network::{self, NetworkConfig, ProfileStatus};
 
 /// What a node needs to start. `Debug` shows everything but the passphrase.
@@ -58,6 +59,26 @@ pub enum NodeError {
     NoProfiles(PathBuf),
 }
 
+/// What [`Node::start_profiles`] starts: the stop switch, the profile
+/// tasks, their handles and the event channel.
+type Started = (watch::Sender<bool>, Vec<JoinHandle<()>>, Vec<(String, ProfileHandle)>, broadcast::Sender<NodeEvent>);
+
+/// Runs a profile's task; if it panics (redb on a page damaged while the
+/// node runs, or a bug), the node runs on and the profile shows `failed`
+/// in `node info` with the panic's message. The unwinding drops its store
+/// without writing (redb does not write while a thread panics).
+async fn supervised(name: String, file: PathBuf, run: impl Future<Output = ()>, status: watch::Sender<ProfileStatus>) {
+    if let Err(panic) = std::panic::AssertUnwindSafe(run).catch_unwind().await {
+        let reason = format!(
+            "{}: the profile stopped on an internal error (a damaged page, or a bug): {}",
+            file.display(),
+            kabar_storage::check::panic_text(panic.as_ref())
+        );
+        tracing::error!(profile = %name, %reason, "profile stopped");
+        status.send_modify(|s| s.failed = Some(reason));
+    }
+}
+
 /// A running node.
 pub struct Node {
     stop: watch::Sender<bool>,
@@ -71,26 +92,41 @@ pub struct Node {
 impl Node {
     /// Opens the data directory, starts one swarm per profile and the
     /// control socket.
+    ///
+    /// Every profile's store is verified before any file is written
+    /// ([`DataDir::open_profiles`]): if one is damaged the node does not
+    /// start, the error names the file and the damage, and no byte of any
+    /// file has changed (the control socket it bound is removed again).
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let (listener, socket) = control::bind(&config.data_dir).await?;
         let socket_id = control::SocketId::of(&socket);
-        let dir = match DataDir::open(&config.data_dir, &config.passphrase) {
-            Ok(d) if d.profiles().is_empty() => {
-                control::remove_if_ours(&socket, socket_id);
-                return Err(NodeError::NoProfiles(config.data_dir.clone()));
-            }
-            Ok(d) => d,
+        let started = Self::start_profiles(&config).await;
+        let (stop, mut tasks, profiles, events) = match started {
+            Ok(started) => started,
             Err(e) => {
                 control::remove_if_ours(&socket, socket_id);
-                return Err(e.into());
+                return Err(e);
             }
         };
+        let idle_ms = std::sync::atomic::AtomicU64::new(control::IDLE_TIMEOUT.as_millis() as u64);
+        let state = Arc::new(ControlState { profiles, events, stop: stop.clone(), idle_ms });
+        tasks.push(tokio::spawn(control::serve(listener, state.clone())));
+        Ok(Node { stop, tasks, socket, socket_id, state })
+    }
+
+    /// Opens every profile and starts its task.
+    async fn start_profiles(config: &NodeConfig) -> Result<Started, NodeError> {
+        let dir = DataDir::open(&config.data_dir, &config.passphrase)?;
+        if dir.profiles().is_empty() {
+            return Err(NodeError::NoProfiles(config.data_dir.clone()));
+        }
+        let stores = dir.open_profiles()?;
         let (stop, _) = watch::channel(false);
         let (events, _) = broadcast::channel(1024);
         let mut tasks = Vec::new();
         let mut profiles = Vec::new();
-        for entry in dir.profiles() {
-            let store = dir.open_profile(&entry.name)?;
+        for (entry, store) in dir.profiles().iter().zip(stores) {
+            let file = store.path().to_path_buf();
             let seed = store.identity()?.signing_seed();
             let inflight = crate::wire::InflightBudget::default();
             let swarm = network::build_swarm(&seed, &config.network, inflight.clone())?;
@@ -111,7 +147,8 @@ impl Node {
             engine.upgrade_outbox(now_ms, &mut rand::rng())?;
             let (cmd_tx, cmd_rx) = mpsc::channel(64);
             let (status_tx, status_rx) = watch::channel(status);
-            tasks.push(tokio::spawn(network::run_profile(
+            let on_panic = status_tx.clone();
+            let run = network::run_profile(
                 swarm,
                 engine,
                 config.network.clone(),
@@ -122,13 +159,11 @@ impl Node {
                     shutdown: stop.subscribe(),
                     inflight,
                 },
-            )));
+            );
+            tasks.push(tokio::spawn(supervised(entry.name.clone(), file, run, on_panic)));
             profiles.push((entry.name.clone(), ProfileHandle { commands: cmd_tx, status: status_rx }));
         }
-        let idle_ms = std::sync::atomic::AtomicU64::new(control::IDLE_TIMEOUT.as_millis() as u64);
-        let state = Arc::new(ControlState { profiles, events, stop: stop.clone(), idle_ms });
-        tasks.push(tokio::spawn(control::serve(listener, state.clone())));
-        Ok(Node { stop, tasks, socket, socket_id, state })
+        Ok((stop, tasks, profiles, events))
     }
 
     /// Sets how long an idle control connection stays open (default
@@ -158,7 +193,7 @@ impl Node {
     pub async fn wait_listening(&self) {
         for (_, handle) in &self.state.profiles {
             let mut status = handle.status.clone();
-            let _ = status.wait_for(|s| !s.listen_addrs.is_empty()).await;
+            let _ = status.wait_for(|s| !s.listen_addrs.is_empty() || s.failed.is_some()).await;
         }
     }
 

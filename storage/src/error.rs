@@ -1,6 +1,6 @@
 //! Error type of kabar-storage.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
@@ -46,7 +46,7 @@ pub enum StoreError {
         supported: u32,
     },
     /// The database file is damaged (truncated, corrupted, or not a database).
-    #[error("profile database {path} is corrupted: {reason}")]
+    #[error("{}", corrupted_text(path, reason))]
     Corrupted {
         /// Database path (empty for in-memory stores).
         path: PathBuf,
@@ -94,9 +94,42 @@ pub enum StoreError {
     Database(String),
 }
 
+fn corrupted_text(path: &Path, reason: &str) -> String {
+    let file = if path.as_os_str().is_empty() { String::new() } else { format!(" {}", path.display()) };
+    format!(
+        "profile database{file} is damaged: {reason} (`kabar store check` reports what is damaged; recovery: docs/cli.md, \"Damaged profiles\")"
+    )
+}
+
 impl StoreError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         StoreError::Io { context: context.into(), source }
+    }
+
+    /// Whether this error says stored bytes are damaged: a database file
+    /// (or its header) that does not verify, or a record that fails
+    /// authentication or does not decode. The store, or the record, cannot
+    /// be trusted; other errors (in use, wrong passphrase, I/O) say nothing
+    /// about the bytes.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupted { .. }
+                | StoreError::TamperedRecord { .. }
+                | StoreError::MalformedRecord { .. }
+                | StoreError::BadHeader { .. }
+        )
+    }
+
+    /// The same error, naming `path` if it is a [`StoreError::Corrupted`]
+    /// that names no file (redb's errors do not know it).
+    pub(crate) fn in_file(self, path: &Path) -> Self {
+        match self {
+            StoreError::Corrupted { path: p, reason } if p.as_os_str().is_empty() => {
+                StoreError::Corrupted { path: path.to_path_buf(), reason }
+            }
+            other => other,
+        }
     }
 }
 

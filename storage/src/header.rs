@@ -4,6 +4,7 @@
 //! <data dir>/
 //!   kabar-header.json         profile names and kinds, KDF salt and parameters, wrapped keys
 //!   profiles/<name>.redb      one encrypted database per profile
+//!   removed/<name>-<t>.redb   databases of removed profiles (`kabar profile remove`)
 //! ```
 //!
 //! The header holds no secret in the clear: each profile's random 256-bit data
@@ -22,6 +23,7 @@ use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::check::ProfileReport;
 use crate::error::StoreError;
 use crate::seal::random_bytes;
 use crate::store::ProfileStore;
@@ -30,6 +32,8 @@ use crate::store::ProfileStore;
 pub const HEADER_FILE: &str = "kabar-header.json";
 /// Subdirectory holding the profile databases.
 pub const PROFILES_DIR: &str = "profiles";
+/// Subdirectory where removed profiles' databases are moved.
+pub const REMOVED_DIR: &str = "removed";
 const HEADER_FORMAT: &str = "kabar-data-dir";
 const HEADER_VERSION: u32 = 1;
 const VERIFIER_AAD: &[u8] = b"KABAR-VERIFIER-V1";
@@ -270,8 +274,8 @@ impl DataDir {
         Ok(store)
     }
 
-    /// Opens profile `name`.
-    pub fn open_profile(&self, name: &str) -> Result<ProfileStore, StoreError> {
+    /// A profile's entry and its data key.
+    fn profile_key(&self, name: &str) -> Result<(&ProfileEntry, Zeroizing<[u8; 32]>), StoreError> {
         let entry = self
             .header
             .profiles
@@ -282,8 +286,109 @@ impl DataDir {
             .ok_or_else(|| bad_header(&self.root, "a wrapped profile key does not open (header tampered?)"))?;
         let data_key: [u8; 32] =
             key.as_slice().try_into().map_err(|_| bad_header(&self.root, "a wrapped key has the wrong length"))?;
-        let data_key = Zeroizing::new(data_key);
+        Ok((entry, Zeroizing::new(data_key)))
+    }
+
+    /// Opens profile `name`. Its file is verified first without writing to
+    /// it: a damaged file is refused, unchanged.
+    pub fn open_profile(&self, name: &str) -> Result<ProfileStore, StoreError> {
+        let (entry, data_key) = self.profile_key(name)?;
         ProfileStore::open(&self.root.join(&entry.file), &entry.name, entry.kind, &data_key)
+    }
+
+    /// Opens every profile, in creation order, for a node start: ALL are
+    /// verified (every page's checksum, the schema and key check, a
+    /// migration in memory) before ANY file is written, so a start refused
+    /// because one profile is damaged changes no byte of any file. Then each
+    /// is opened (and migrated) for real.
+    pub fn open_profiles(&self) -> Result<Vec<ProfileStore>, StoreError> {
+        for entry in &self.header.profiles {
+            let (entry, data_key) = self.profile_key(&entry.name)?;
+            let path = self.root.join(&entry.file);
+            crate::check::close(ProfileStore::open_unwritten(&path, &entry.name, entry.kind, &data_key, true)?);
+        }
+        let mut stores = Vec::with_capacity(self.header.profiles.len());
+        for entry in &self.header.profiles {
+            let (entry, data_key) = self.profile_key(&entry.name)?;
+            stores.push(ProfileStore::open_verified(&self.root.join(&entry.file), &entry.name, entry.kind, &data_key)?);
+        }
+        Ok(stores)
+    }
+
+    /// Checks profile `name` without writing to any file (`kabar store
+    /// check`): redb's integrity check, then every row of every table read
+    /// and every record opened ([`crate::check`]). Damage is in the report;
+    /// an error means the check could not run (the file is in use, a newer
+    /// schema, an I/O error).
+    pub fn check_profile(&self, name: &str) -> Result<ProfileReport, StoreError> {
+        let path = self.root.join(format!("{PROFILES_DIR}/{name}.redb"));
+        let (entry, data_key) = match self.profile_key(name) {
+            Ok(found) => found,
+            Err(e) if e.is_damage() => return Ok(ProfileReport::unreadable(name, &path, &e)),
+            Err(e) => return Err(e),
+        };
+        let path = self.root.join(&entry.file);
+        let open = |verify| ProfileStore::open_unwritten(&path, &entry.name, entry.kind, &data_key, verify);
+        let damage = match open(true) {
+            Ok(store) => {
+                let report = crate::check::check_store(&store, None);
+                crate::check::close(store);
+                return Ok(report);
+            }
+            Err(e) if e.is_damage() => e,
+            Err(e) => return Err(e),
+        };
+        // The file does not verify: read what can still be read without
+        // the integrity check, to say where the damage shows.
+        Ok(match open(false) {
+            Ok(store) => {
+                let report = crate::check::check_store(&store, Some(&damage));
+                crate::check::close(store);
+                report
+            }
+            Err(_) => ProfileReport::unreadable(name, &path, &damage),
+        })
+    }
+
+    /// Removes profile `name` (the node must be stopped): its database file
+    /// moves to `removed/<name>-<now>.redb` in the data directory, then its
+    /// entry (and data key) leaves the header. The moved file can only be
+    /// read again with a copy of the header made before. Returns where the
+    /// file went (`None` if it was missing). `now` is Unix seconds.
+    pub fn remove_profile(&mut self, name: &str, now: u64) -> Result<Option<PathBuf>, StoreError> {
+        let index = self
+            .header
+            .profiles
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| StoreError::UnknownProfile(name.to_string()))?;
+        let file = self.root.join(&self.header.profiles[index].file);
+        let moved = if file.exists() {
+            let removed = self.root.join(REMOVED_DIR);
+            fs::create_dir_all(&removed).map_err(|e| StoreError::io(format!("creating {}", removed.display()), e))?;
+            restrict_dir(&removed)?;
+            let mut to = removed.join(format!("{name}-{now}.redb"));
+            for n in 2.. {
+                if !to.exists() {
+                    break;
+                }
+                to = removed.join(format!("{name}-{now}-{n}.redb"));
+            }
+            fs::rename(&file, &to)
+                .map_err(|e| StoreError::io(format!("moving {} to {}", file.display(), to.display()), e))?;
+            Some(to)
+        } else {
+            None
+        };
+        let entry = self.header.profiles.remove(index);
+        if let Err(e) = self.write_header() {
+            self.header.profiles.insert(index, entry);
+            if let Some(to) = &moved {
+                let _ = fs::rename(to, &file);
+            }
+            return Err(e);
+        }
+        Ok(moved)
     }
 
     /// Changes the passphrase: a new salt and key-encryption key, every data

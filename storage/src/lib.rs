@@ -17,6 +17,9 @@
 //! - [`schema`]: every table, and the schema version with its migrations.
 //! - `seal`: record encryption (XChaCha20-Poly1305, table and key as
 //!   associated data) and opaque lookup keys.
+//! - [`check`]: damaged stores: opening a file without writing to it
+//!   (redb's integrity check over a memory layer, panics contained) and
+//!   checking every table and record ([`ProfileReport`]).
 //! - [`error`]: the error type, [`StoreError`].
 //!
 //! ## Separation
@@ -24,6 +27,7 @@
 //! profile's file names or references another profile (the tests check the
 //! raw bytes). On-disk format: `docs/protocol.md`, "Storage".
 
+pub mod check;
 pub mod error;
 pub mod header;
 pub mod model;
@@ -31,7 +35,10 @@ pub mod schema;
 mod seal;
 pub mod store;
 
+pub use check::{DamagedRow, ProfileReport, TableReport};
 pub use error::StoreError;
 pub use header::{DataDir, KdfParams, ProfileEntry, validate_profile_name};
 pub use model::*;
-pub use store::{IncomingMessage, OutgoingMessage, ProfileStore, ReceiptChange, ReceiveOutcome};
+pub use store::{
+    Inbound, InboundOutcome, IncomingMessage, OutgoingMessage, ProfileStore, Receipt, ReceiptChange, ReceiveOutcome,
+};

@@ -99,6 +99,83 @@ pub enum ReceiveOutcome {
     Duplicate,
 }
 
+/// Everything one inbound request from one contact changes, committed by
+/// [`ProfileStore::commit_inbound`] in ONE durable transaction: a crash
+/// leaves all of it or none of it.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// The sender.
+    pub contact: ContactId,
+    /// Its contact record, upserted first: a new stranger, or a known
+    /// contact's new identity (empty name: the name stays).
+    pub record: Option<Contact>,
+    /// The decrypted messages (as for [`ProfileStore::commit_incoming`]).
+    pub messages: Vec<IncomingMessage>,
+    /// Receipts among them (as for [`ProfileStore::apply_receipt`]).
+    pub receipts: Vec<Receipt>,
+    /// The sender's mailboxes, replacing those known.
+    pub mailboxes: Option<Vec<ContactMailbox>>,
+    /// The sender's addresses, replacing those known (ignored if empty).
+    pub addresses: Option<Vec<String>>,
+    /// Automatic replies (a business's greeting, away message, catalog),
+    /// committed as by [`ProfileStore::commit_outgoing`] after the messages;
+    /// the session of the last one is the one written.
+    pub replies: Vec<OutgoingMessage>,
+    /// The away period the replies answered (one away message per period).
+    pub away_sent_for_ms: Option<u64>,
+    /// A label `(name, colour)` to put on the conversation, created if no
+    /// label has that name (none if the business is at [`MAX_LABELS`]).
+    pub label: Option<(String, String)>,
+    /// The sender is a pending stranger: counted with the bytes of what was
+    /// stored, within these limits (as by [`ProfileStore::admit_stranger`]).
+    pub stranger: Option<StrangerLimits>,
+}
+
+/// A receipt's ids of our messages: read, and delivered.
+#[derive(Debug, Clone, Default)]
+pub struct Receipt {
+    /// Ids read.
+    pub read: Vec<[u8; 16]>,
+    /// Ids delivered.
+    pub delivered: Vec<[u8; 16]>,
+}
+
+impl Inbound {
+    /// Nothing yet from `contact`.
+    pub fn new(contact: ContactId) -> Self {
+        Inbound {
+            contact,
+            record: None,
+            messages: Vec::new(),
+            receipts: Vec::new(),
+            mailboxes: None,
+            addresses: None,
+            replies: Vec::new(),
+            away_sent_for_ms: None,
+            label: None,
+            stranger: None,
+        }
+    }
+}
+
+/// What [`ProfileStore::commit_inbound`] did.
+#[derive(Debug, Clone, Default)]
+pub struct InboundOutcome {
+    /// One outcome per message.
+    pub messages: Vec<ReceiveOutcome>,
+    /// The record upserted recorded a new identity.
+    pub identity_change: Option<IdentityChange>,
+    /// What the receipts changed.
+    pub receipts: Vec<ReceiptChange>,
+    /// The known addresses changed.
+    pub addresses_changed: bool,
+    /// Each reply's sequence number.
+    pub replies: Vec<u64>,
+    /// Pending strangers forgotten to stay within the limits (possibly the
+    /// sender itself, with everything just stored).
+    pub evicted: Vec<ContactId>,
+}
+
 /// What a batch commit writes once per contact at its end: the session after
 /// the contact's last message in the batch, and the conversation state.
 #[derive(Default)]
@@ -109,8 +186,8 @@ struct BatchState<'a> {
 
 /// One profile's encrypted database.
 pub struct ProfileStore {
-    db: Database,
-    keys: RecordKeys,
+    pub(crate) db: Database,
+    pub(crate) keys: RecordKeys,
     name: String,
     kind: ProfileKind,
     path: PathBuf,
@@ -126,16 +203,20 @@ impl std::fmt::Debug for ProfileStore {
     }
 }
 
+/// The key check in [`META`]: which profile the file belongs to.
 #[derive(Serialize, serde::Deserialize)]
-struct ProfileCheck {
-    name: String,
-    kind: ProfileKind,
+pub(crate) struct ProfileCheck {
+    pub(crate) name: String,
+    pub(crate) kind: ProfileKind,
 }
 
-fn map_open_error(path: &Path, error: DatabaseError) -> StoreError {
+pub(crate) fn map_open_error(path: &Path, error: DatabaseError) -> StoreError {
     match error {
         DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.to_path_buf()),
-        DatabaseError::Storage(redb::StorageError::Io(io)) if io.kind() == std::io::ErrorKind::InvalidData => {
+        // Not a database, or shorter than the database it holds says.
+        DatabaseError::Storage(redb::StorageError::Io(io))
+            if matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof) =>
+        {
             StoreError::Corrupted { path: path.to_path_buf(), reason: io.to_string() }
         }
         DatabaseError::Storage(redb::StorageError::Io(io)) => StoreError::io(format!("opening {}", path.display()), io),
@@ -258,19 +339,58 @@ impl ProfileStore {
         Ok(store)
     }
 
-    /// Opens an existing profile database, migrating an older schema.
+    /// Opens an existing profile database, migrating an older schema. The
+    /// file is verified first without writing to it
+    /// ([`ProfileStore::open_unwritten`]): a damaged file is refused with
+    /// every byte as it was.
     pub(crate) fn open(path: &Path, name: &str, kind: ProfileKind, data_key: &[u8; 32]) -> Result<Self, StoreError> {
-        if !path.exists() {
-            return Err(StoreError::Corrupted {
-                path: path.into(),
-                reason: "the profile database file is missing".into(),
-            });
-        }
-        let db = Database::open(path).map_err(|e| map_open_error(path, e))?;
+        crate::check::close(Self::open_unwritten(path, name, kind, data_key, true)?);
+        Self::open_verified(path, name, kind, data_key)
+    }
+
+    /// Opens the database at `path` without writing a byte to it: redb
+    /// works on a memory layer over the file (`check.rs`), so whatever this
+    /// store writes, a migration included, never reaches the file. With
+    /// `verify`, redb first checks the checksum of every page. Then the
+    /// schema version and the key check are read, and an older schema is
+    /// migrated (in memory), so a file this accepts opens and migrates for
+    /// real. Damage is [`StoreError::Corrupted`] naming the file, never a
+    /// panic.
+    pub(crate) fn open_unwritten(
+        path: &Path,
+        name: &str,
+        kind: ProfileKind,
+        data_key: &[u8; 32],
+        verify: bool,
+    ) -> Result<Self, StoreError> {
+        let db = crate::check::open_unwritten(path, verify)?;
         let store =
             ProfileStore { db, keys: RecordKeys::derive(data_key)?, name: name.into(), kind, path: path.into() };
-        let corrupted = |reason: &str| StoreError::Corrupted { path: path.into(), reason: reason.into() };
-        let tx = store.db.begin_read()?;
+        crate::check::contained(path, || store.check_and_migrate())?;
+        Ok(store)
+    }
+
+    /// Opens for real a database [`ProfileStore::open_unwritten`] accepted,
+    /// migrating an older schema.
+    pub(crate) fn open_verified(
+        path: &Path,
+        name: &str,
+        kind: ProfileKind,
+        data_key: &[u8; 32],
+    ) -> Result<Self, StoreError> {
+        let db = crate::check::contained(path, || Database::open(path).map_err(|e| map_open_error(path, e)))?;
+        let store =
+            ProfileStore { db, keys: RecordKeys::derive(data_key)?, name: name.into(), kind, path: path.into() };
+        crate::check::contained(path, || store.check_and_migrate())?;
+        Ok(store)
+    }
+
+    /// Reads the schema version (refusing a newer one) and the key check
+    /// (the file is this profile's, and the data key opens it), then
+    /// migrates an older schema.
+    fn check_and_migrate(&self) -> Result<(), StoreError> {
+        let corrupted = |reason: &str| StoreError::Corrupted { path: self.path.clone(), reason: reason.into() };
+        let tx = self.db.begin_read()?;
         let meta = tx.open_table(META).map_err(|_| corrupted("not a Kabar profile database (no meta table)"))?;
         let version =
             meta.get(META_SCHEMA)?.and_then(|v| u32_value(v.value())).ok_or_else(|| corrupted("no schema version"))?;
@@ -278,16 +398,18 @@ impl ProfileStore {
             return Err(StoreError::UnsupportedSchema { found: version, supported: SCHEMA_VERSION });
         }
         let check = meta.get(META_PROFILE)?.ok_or_else(|| corrupted("no profile check record"))?;
-        let check: ProfileCheck = store.keys.open(META_NAME, META_PROFILE.as_bytes(), check.value())?;
-        if check.name != name || check.kind != kind {
+        let check: ProfileCheck = self.keys.open(META_NAME, META_PROFILE.as_bytes(), check.value()).map_err(|_| {
+            corrupted("its key check does not open with this profile's key (damaged, or from another data directory)")
+        })?;
+        if check.name != self.name || check.kind != self.kind {
             return Err(corrupted("the database belongs to another profile"));
         }
         drop(meta);
         drop(tx);
         if version < SCHEMA_VERSION {
-            store.migrate(version)?;
+            self.migrate(version)?;
         }
-        Ok(store)
+        Ok(())
     }
 
     /// Brings a database from `from` up to [`SCHEMA_VERSION`] in one
@@ -811,47 +933,56 @@ impl ProfileStore {
     /// name in the same transaction.
     pub fn upsert_contact(&self, contact: Contact) -> Result<(ContactId, Option<IdentityChange>), StoreError> {
         contact.identity.verify().map_err(|e| StoreError::Invalid(format!("contact identity: {e}")))?;
+        self.write(|tx| self.upsert_contact_in(tx, contact))
+    }
+
+    /// [`ProfileStore::upsert_contact`] inside `tx` (the identity is checked
+    /// by the caller).
+    fn upsert_contact_in(
+        &self,
+        tx: &WriteTransaction,
+        contact: Contact,
+    ) -> Result<(ContactId, Option<IdentityChange>), StoreError> {
         let id = self.contact_id(&contact.identity);
-        self.write(|tx| {
-            let mut table = tx.open_table(CONTACTS)?;
-            let existing: Option<Contact> = self.get_sealed(&table, CONTACTS_NAME, &id.0)?;
-            let old_name = existing.as_ref().map(|c| c.display_name.clone());
-            let (stored, change) = match existing {
-                None => (contact, None),
-                Some(mut old) => {
-                    let mut change = None;
-                    let changed = old.identity != contact.identity;
-                    if changed {
-                        let c = IdentityChange { previous: old.identity, changed_at_ms: contact.added_at_ms };
-                        old.identity = contact.identity;
-                        old.verified = false;
-                        old.identity_change = Some(c.clone());
-                        // Prekeys of the previous identity mean nothing now.
-                        old.one_time_prekey = None;
-                        old.signed_prekey = None;
-                        change = Some(c);
-                    }
-                    if !contact.display_name.is_empty() {
-                        old.display_name = contact.display_name;
-                        old.request = old.request && contact.request;
-                    }
-                    // The newer signed prekey wins (a card is older than one
-                    // fetched online).
-                    if let Some(new) = contact.signed_prekey
-                        && old.signed_prekey.is_none_or(|o| o.created_at <= new.created_at)
-                    {
-                        old.signed_prekey = Some(new);
-                    }
-                    if !contact.addresses.is_empty() {
-                        old.addresses = contact.addresses;
-                    }
-                    (old, change)
+        let mut table = tx.open_table(CONTACTS)?;
+        let existing: Option<Contact> = self.get_sealed(&table, CONTACTS_NAME, &id.0)?;
+        let old_name = existing.as_ref().map(|c| c.display_name.clone());
+        let (stored, change) = match existing {
+            None => (contact, None),
+            Some(mut old) => {
+                let mut change = None;
+                let changed = old.identity != contact.identity;
+                if changed {
+                    let c = IdentityChange { previous: old.identity, changed_at_ms: contact.added_at_ms };
+                    old.identity = contact.identity;
+                    old.verified = false;
+                    old.identity_change = Some(c.clone());
+                    // Prekeys of the previous identity mean nothing now.
+                    old.one_time_prekey = None;
+                    old.signed_prekey = None;
+                    change = Some(c);
                 }
-            };
-            self.put_sealed(&mut table, CONTACTS_NAME, &id.0, &stored)?;
-            self.reindex_name(tx, &id, old_name.as_deref(), Some(&stored.display_name))?;
-            Ok((id, change))
-        })
+                if !contact.display_name.is_empty() {
+                    old.display_name = contact.display_name;
+                    old.request = old.request && contact.request;
+                }
+                // The newer signed prekey wins (a card is older than one
+                // fetched online).
+                if let Some(new) = contact.signed_prekey
+                    && old.signed_prekey.is_none_or(|o| o.created_at <= new.created_at)
+                {
+                    old.signed_prekey = Some(new);
+                }
+                if !contact.addresses.is_empty() {
+                    old.addresses = contact.addresses;
+                }
+                (old, change)
+            }
+        };
+        self.put_sealed(&mut table, CONTACTS_NAME, &id.0, &stored)?;
+        drop(table);
+        self.reindex_name(tx, &id, old_name.as_deref(), Some(&stored.display_name))?;
+        Ok((id, change))
     }
 
     /// A contact by id.
@@ -908,14 +1039,52 @@ impl ProfileStore {
     /// Changes a contact in place (verify, block, accept a request, rename…);
     /// a rename moves its name-index row in the same transaction.
     pub fn update_contact(&self, id: &ContactId, f: impl FnOnce(&mut Contact)) -> Result<Contact, StoreError> {
+        self.write(|tx| self.update_contact_in(tx, id, f))
+    }
+
+    fn update_contact_in(
+        &self,
+        tx: &WriteTransaction,
+        id: &ContactId,
+        f: impl FnOnce(&mut Contact),
+    ) -> Result<Contact, StoreError> {
+        let mut table = tx.open_table(CONTACTS)?;
+        let mut contact: Contact =
+            self.get_sealed(&table, CONTACTS_NAME, &id.0)?.ok_or_else(|| StoreError::NotFound("contact".into()))?;
+        let old_name = contact.display_name.clone();
+        f(&mut contact);
+        self.put_sealed(&mut table, CONTACTS_NAME, &id.0, &contact)?;
+        drop(table);
+        self.reindex_name(tx, id, Some(&old_name), Some(&contact.display_name))?;
+        Ok(contact)
+    }
+
+    /// Adds (or updates) a contact the user added by its card, with the
+    /// mailboxes the card names, and settles it if it was a pending
+    /// stranger: ONE durable transaction (see
+    /// [`ProfileStore::upsert_contact`]).
+    pub fn add_contact(
+        &self,
+        contact: Contact,
+        mailboxes: &[ContactMailbox],
+    ) -> Result<(ContactId, Option<IdentityChange>), StoreError> {
+        contact.identity.verify().map_err(|e| StoreError::Invalid(format!("contact identity: {e}")))?;
         self.write(|tx| {
-            let mut table = tx.open_table(CONTACTS)?;
-            let mut contact: Contact =
-                self.get_sealed(&table, CONTACTS_NAME, &id.0)?.ok_or_else(|| StoreError::NotFound("contact".into()))?;
-            let old_name = contact.display_name.clone();
-            f(&mut contact);
-            self.put_sealed(&mut table, CONTACTS_NAME, &id.0, &contact)?;
-            self.reindex_name(tx, id, Some(&old_name), Some(&contact.display_name))?;
+            let (id, change) = self.upsert_contact_in(tx, contact)?;
+            remove_stranger(tx, &id)?;
+            if !mailboxes.is_empty() {
+                self.update_contact_mailboxes_in(tx, &id, |m| m.theirs = mailboxes.to_vec())?;
+            }
+            Ok((id, change))
+        })
+    }
+
+    /// Changes a contact the user acted on (accepted, renamed) and settles it
+    /// if it was a pending stranger, in ONE durable transaction.
+    pub fn settle_contact(&self, id: &ContactId, f: impl FnOnce(&mut Contact)) -> Result<Contact, StoreError> {
+        self.write(|tx| {
+            let contact = self.update_contact_in(tx, id, f)?;
+            remove_stranger(tx, id)?;
             Ok(contact)
         })
     }
@@ -1022,44 +1191,53 @@ impl ProfileStore {
         bytes: u64,
         limits: StrangerLimits,
     ) -> Result<Vec<ContactId>, StoreError> {
-        self.write(|tx| {
-            let mut table = tx.open_table(STRANGERS)?;
-            let mut rows = stranger_rows(&table)?;
-            match rows.iter_mut().find(|r| r.contact == *id) {
-                Some(row) => {
-                    row.bytes = row.bytes.saturating_add(bytes);
-                    table.insert(stranger_key(row.admitted, id).as_slice(), row.bytes)?;
-                }
-                None => {
-                    let admitted = add_to_counter(tx, META_NEXT_STRANGER, 1)? - 1;
-                    table.insert(stranger_key(admitted, id).as_slice(), bytes)?;
-                    rows.push(StrangerRow { admitted, contact: *id, bytes });
-                }
+        self.write(|tx| self.admit_stranger_in(tx, id, bytes, limits))
+    }
+
+    /// [`ProfileStore::admit_stranger`] inside `tx`.
+    fn admit_stranger_in(
+        &self,
+        tx: &WriteTransaction,
+        id: &ContactId,
+        bytes: u64,
+        limits: StrangerLimits,
+    ) -> Result<Vec<ContactId>, StoreError> {
+        let mut table = tx.open_table(STRANGERS)?;
+        let mut rows = stranger_rows(&table)?;
+        match rows.iter_mut().find(|r| r.contact == *id) {
+            Some(row) => {
+                row.bytes = row.bytes.saturating_add(bytes);
+                table.insert(stranger_key(row.admitted, id).as_slice(), row.bytes)?;
             }
-            drop(table);
-            if rows.iter().any(|r| r.contact == *id && r.bytes > limits.max_bytes_each) {
-                self.forget_in(tx, id)?;
-                add_to_counter(tx, META_STRANGERS_EVICTED, 1)?;
-                return Ok(vec![*id]);
+            None => {
+                let admitted = add_to_counter(tx, META_NEXT_STRANGER, 1)? - 1;
+                table.insert(stranger_key(admitted, id).as_slice(), bytes)?;
+                rows.push(StrangerRow { admitted, contact: *id, bytes });
             }
-            let mut count = rows.len();
-            let mut total = rows.iter().fold(0u64, |sum, r| sum.saturating_add(r.bytes));
-            let oldest_first = rows.iter().filter(|r| r.contact != *id).chain(rows.iter().filter(|r| r.contact == *id));
-            let mut evicted = Vec::new();
-            for row in oldest_first {
-                if count <= limits.max_count && total <= limits.max_bytes {
-                    break;
-                }
-                self.forget_in(tx, &row.contact)?;
-                evicted.push(row.contact);
-                count -= 1;
-                total = total.saturating_sub(row.bytes);
+        }
+        drop(table);
+        if rows.iter().any(|r| r.contact == *id && r.bytes > limits.max_bytes_each) {
+            self.forget_in(tx, id)?;
+            add_to_counter(tx, META_STRANGERS_EVICTED, 1)?;
+            return Ok(vec![*id]);
+        }
+        let mut count = rows.len();
+        let mut total = rows.iter().fold(0u64, |sum, r| sum.saturating_add(r.bytes));
+        let oldest_first = rows.iter().filter(|r| r.contact != *id).chain(rows.iter().filter(|r| r.contact == *id));
+        let mut evicted = Vec::new();
+        for row in oldest_first {
+            if count <= limits.max_count && total <= limits.max_bytes {
+                break;
             }
-            if !evicted.is_empty() {
-                add_to_counter(tx, META_STRANGERS_EVICTED, evicted.len() as u64)?;
-            }
-            Ok(evicted)
-        })
+            self.forget_in(tx, &row.contact)?;
+            evicted.push(row.contact);
+            count -= 1;
+            total = total.saturating_sub(row.bytes);
+        }
+        if !evicted.is_empty() {
+            add_to_counter(tx, META_STRANGERS_EVICTED, evicted.len() as u64)?;
+        }
+        Ok(evicted)
     }
 
     /// The user acted on contact `id` (accepted it, renamed it, wrote to it,
@@ -1110,13 +1288,7 @@ impl ProfileStore {
         message: &MessageRecord,
         incoming: bool,
     ) -> Result<u64, StoreError> {
-        let conversation = match batch.conversations.entry(*contact) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let table = tx.open_table(CONVERSATIONS)?;
-                v.insert(self.get_sealed(&table, CONVERSATIONS_NAME, &contact.0)?.unwrap_or_default())
-            }
-        };
+        let conversation = self.conversation_in(tx, batch, contact)?;
         let seq = conversation.next_seq;
         conversation.next_seq += 1;
         conversation.status = ConversationStatus::Open;
@@ -1130,6 +1302,22 @@ impl ProfileStore {
         self.put_sealed(&mut tx.open_table(MESSAGES)?, MESSAGES_NAME, &key, message)?;
         tx.open_table(MESSAGE_INDEX)?.insert(message.id.as_slice(), key.as_slice())?;
         Ok(seq)
+    }
+
+    /// The conversation of `contact` in `batch`, read from `tx` the first time.
+    fn conversation_in<'b>(
+        &self,
+        tx: &WriteTransaction,
+        batch: &'b mut BatchState<'_>,
+        contact: &ContactId,
+    ) -> Result<&'b mut Conversation, StoreError> {
+        Ok(match batch.conversations.entry(*contact) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let table = tx.open_table(CONVERSATIONS)?;
+                v.insert(self.get_sealed(&table, CONVERSATIONS_NAME, &contact.0)?.unwrap_or_default())
+            }
+        })
     }
 
     /// Writes the last session state and the conversation state of each
@@ -1155,27 +1343,39 @@ impl ProfileStore {
             let mut state = BatchState::default();
             let mut seqs = Vec::with_capacity(batch.len());
             for item in batch {
-                if let Some(session) = &item.session {
-                    state.sessions.insert(item.contact, session);
-                }
-                let seq = self.store_message(tx, &mut state, &item.contact, &item.message, false)?;
-                seqs.push(seq);
-                let entry = OutboxEntry {
-                    contact: item.contact,
-                    message_id: item.message.id,
-                    seq,
-                    envelope: item.envelope.clone(),
-                    queued_at_ms: now_ms,
-                    attempts: 0,
-                    next_attempt_at_ms: now_ms,
-                    shown_as: None,
-                    resends: 0,
-                };
-                self.put_sealed(&mut tx.open_table(OUTBOX)?, OUTBOX_NAME, &item.message.id, &entry)?;
+                seqs.push(self.queue_in(tx, &mut state, item, now_ms)?);
             }
             self.finish_batch(tx, state)?;
             Ok(seqs)
         })
+    }
+
+    /// One outgoing message inside `tx`: its record, its outbox entry, and
+    /// its session in `state`. Returns its sequence number.
+    fn queue_in<'a>(
+        &self,
+        tx: &WriteTransaction,
+        state: &mut BatchState<'a>,
+        item: &'a OutgoingMessage,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        if let Some(session) = &item.session {
+            state.sessions.insert(item.contact, session);
+        }
+        let seq = self.store_message(tx, state, &item.contact, &item.message, false)?;
+        let entry = OutboxEntry {
+            contact: item.contact,
+            message_id: item.message.id,
+            seq,
+            envelope: item.envelope.clone(),
+            queued_at_ms: now_ms,
+            attempts: 0,
+            next_attempt_at_ms: now_ms,
+            shown_as: None,
+            resends: 0,
+        };
+        self.put_sealed(&mut tx.open_table(OUTBOX)?, OUTBOX_NAME, &item.message.id, &entry)?;
+        Ok(seq)
     }
 
     /// Replaces outbox entries by the same messages encrypted (again), in
@@ -1281,32 +1481,153 @@ impl ProfileStore {
     pub fn commit_incoming(&self, batch: &[IncomingMessage], now_ms: u64) -> Result<Vec<ReceiveOutcome>, StoreError> {
         self.write(|tx| {
             let mut state = BatchState::default();
-            let mut outcomes = Vec::with_capacity(batch.len());
-            for item in batch {
-                if let Some(session) = &item.session {
-                    state.sessions.insert(item.contact, session);
-                }
-                let mut received = tx.open_table(RECEIVED)?;
-                if received.get(item.id().as_slice())?.is_some() {
-                    outcomes.push(ReceiveOutcome::Duplicate);
-                    continue;
-                }
-                received.insert(item.id().as_slice(), now_ms)?;
-                drop(received);
-                if let Some(id) = item.consumed_one_time_prekey
-                    && tx.open_table(ONE_TIME_PREKEYS)?.remove(id)?.is_none()
-                {
-                    return Err(StoreError::PrekeyUsed(id));
-                }
-                let seq = match &item.message {
-                    Some(message) => Some(self.store_message(tx, &mut state, &item.contact, message, true)?),
-                    None => None,
-                };
-                outcomes.push(ReceiveOutcome::Stored { seq });
-            }
+            let outcomes = self.incoming_in(tx, &mut state, batch, now_ms)?;
             self.finish_batch(tx, state)?;
             Ok(outcomes)
         })
+    }
+
+    fn incoming_in<'a>(
+        &self,
+        tx: &WriteTransaction,
+        state: &mut BatchState<'a>,
+        batch: &'a [IncomingMessage],
+        now_ms: u64,
+    ) -> Result<Vec<ReceiveOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for item in batch {
+            if let Some(session) = &item.session {
+                state.sessions.insert(item.contact, session);
+            }
+            let mut received = tx.open_table(RECEIVED)?;
+            if received.get(item.id().as_slice())?.is_some() {
+                outcomes.push(ReceiveOutcome::Duplicate);
+                continue;
+            }
+            received.insert(item.id().as_slice(), now_ms)?;
+            drop(received);
+            if let Some(id) = item.consumed_one_time_prekey
+                && tx.open_table(ONE_TIME_PREKEYS)?.remove(id)?.is_none()
+            {
+                return Err(StoreError::PrekeyUsed(id));
+            }
+            let seq = match &item.message {
+                Some(message) => Some(self.store_message(tx, state, &item.contact, message, true)?),
+                None => None,
+            };
+            outcomes.push(ReceiveOutcome::Stored { seq });
+        }
+        Ok(outcomes)
+    }
+
+    /// Commits everything one inbound request from one contact changes (see
+    /// [`Inbound`]) in ONE durable transaction, in this order: the contact
+    /// record, the messages, the automatic replies and their conversation
+    /// changes, the receipts, the mailboxes and addresses, and last the
+    /// stranger accounting (which may forget the sender and all of it).
+    /// Call before acknowledging.
+    pub fn commit_inbound(&self, inbound: &Inbound, now_ms: u64) -> Result<InboundOutcome, StoreError> {
+        if let Some(record) = &inbound.record {
+            record.identity.verify().map_err(|e| StoreError::Invalid(format!("contact identity: {e}")))?;
+        }
+        let contact = &inbound.contact;
+        self.write(|tx| {
+            let mut out = InboundOutcome::default();
+            if let Some(record) = &inbound.record {
+                out.identity_change = self.upsert_contact_in(tx, record.clone())?.1;
+            }
+            let mut state = BatchState::default();
+            out.messages = self.incoming_in(tx, &mut state, &inbound.messages, now_ms)?;
+            let bytes: u64 = out
+                .messages
+                .iter()
+                .zip(&inbound.messages)
+                .filter(|(o, _)| matches!(o, ReceiveOutcome::Stored { .. }))
+                .filter_map(|(_, item)| item.message.as_ref().map(|m| m.body.len() as u64))
+                .sum();
+            for reply in &inbound.replies {
+                out.replies.push(self.queue_in(tx, &mut state, reply, now_ms)?);
+            }
+            let label = match &inbound.label {
+                Some((name, colour)) => self.label_named_in(tx, name, colour)?,
+                None => None,
+            };
+            if inbound.away_sent_for_ms.is_some() || label.is_some() {
+                let conversation = self.conversation_in(tx, &mut state, contact)?;
+                if let Some(period) = inbound.away_sent_for_ms {
+                    conversation.away_sent_for_ms = Some(period);
+                }
+                if let Some(label) = label
+                    && !conversation.labels.contains(&label)
+                {
+                    conversation.labels.push(label);
+                }
+            }
+            self.finish_batch(tx, state)?;
+            for receipt in &inbound.receipts {
+                let changes = self.receipt_changes(
+                    &tx.open_table(MESSAGE_INDEX)?,
+                    &tx.open_table(MESSAGES)?,
+                    contact,
+                    &receipt.read,
+                    &receipt.delivered,
+                )?;
+                self.apply_receipt_changes(tx, &changes)?;
+                for change in changes {
+                    out.receipts.retain(|(id, _, _)| *id != change.0);
+                    out.receipts.push(change);
+                }
+            }
+            if let Some(theirs) = &inbound.mailboxes {
+                let theirs: Vec<ContactMailbox> =
+                    theirs.iter().filter(|m| m.address.len() <= 512).take(MAX_MAILBOXES).cloned().collect();
+                self.update_contact_mailboxes_in(tx, contact, |m| m.theirs = theirs)?;
+            }
+            if let Some(addresses) = &inbound.addresses {
+                out.addresses_changed = self.set_addresses_in(tx, contact, addresses)?;
+            }
+            if let Some(limits) = inbound.stranger {
+                out.evicted = self.admit_stranger_in(tx, contact, bytes, limits)?;
+            }
+            Ok(out)
+        })
+    }
+
+    /// Replaces a contact's known addresses inside `tx`; whether they changed.
+    fn set_addresses_in(
+        &self,
+        tx: &WriteTransaction,
+        contact: &ContactId,
+        addresses: &[String],
+    ) -> Result<bool, StoreError> {
+        let existing: Option<Contact> = self.get_sealed(&tx.open_table(CONTACTS)?, CONTACTS_NAME, &contact.0)?;
+        let Some(existing) = existing else { return Ok(false) };
+        if existing.addresses == addresses || addresses.is_empty() {
+            return Ok(false);
+        }
+        let update =
+            Contact { display_name: String::new(), signed_prekey: None, addresses: addresses.to_vec(), ..existing };
+        self.upsert_contact_in(tx, update)?;
+        Ok(true)
+    }
+
+    /// The id of the label named `name`, created with `colour` if there is
+    /// none; `None` at [`MAX_LABELS`].
+    fn label_named_in(&self, tx: &WriteTransaction, name: &str, colour: &str) -> Result<Option<[u8; 16]>, StoreError> {
+        self.require_business()?;
+        let mut table = tx.open_table(LABELS)?;
+        let existing: Vec<(Vec<u8>, Label)> = self.all_sealed(&table, LABELS_NAME)?;
+        if let Some((_, label)) = existing.iter().find(|(_, l)| l.name == name) {
+            return Ok(Some(label.id));
+        }
+        if existing.len() >= MAX_LABELS {
+            return Ok(None);
+        }
+        let mut label = Label { id: [0; 16], name: name.into(), colour: colour.into() };
+        label.validate()?;
+        random_bytes(&mut label.id)?;
+        self.put_sealed(&mut table, LABELS_NAME, &label.id, &label)?;
+        Ok(Some(label.id))
     }
 
     fn message_position(&self, tx: &ReadTransaction, message_id: &[u8; 16]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -1366,6 +1687,26 @@ impl ProfileStore {
         read: &[[u8; 16]],
         delivered: &[[u8; 16]],
     ) -> Result<Vec<ReceiptChange>, StoreError> {
+        let changes = {
+            let tx = self.read()?;
+            self.receipt_changes(&tx.open_table(MESSAGE_INDEX)?, &tx.open_table(MESSAGES)?, contact, read, delivered)?
+        };
+        if !changes.is_empty() {
+            self.write(|tx| self.apply_receipt_changes(tx, &changes))?;
+        }
+        Ok(changes)
+    }
+
+    /// What a receipt from `contact` changes (see
+    /// [`ProfileStore::apply_receipt`]), read from `index` and `messages`.
+    fn receipt_changes(
+        &self,
+        index: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        messages: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        contact: &ContactId,
+        read: &[[u8; 16]],
+        delivered: &[[u8; 16]],
+    ) -> Result<Vec<ReceiptChange>, StoreError> {
         if read.len() + delivered.len() > MAX_RECEIPT_IDS {
             return Err(StoreError::Invalid(format!("a receipt names at most {MAX_RECEIPT_IDS} messages")));
         }
@@ -1375,36 +1716,30 @@ impl ProfileStore {
             .chain(read.iter().map(|id| (id, MessageStatus::Read)));
         // (id in the receipt, the record's own id, new status)
         let mut changes: Vec<ReceiptChange> = Vec::new();
-        {
-            let tx = self.read()?;
-            let messages = tx.open_table(MESSAGES)?;
-            for (id, status) in wanted {
-                let Some(key) = self.message_position(&tx, id)? else { continue };
-                if key.get(..16) != Some(contact.0.as_slice()) {
-                    continue;
-                }
-                let Some(record): Option<MessageRecord> = self.get_sealed(&messages, MESSAGES_NAME, &key)? else {
-                    continue;
-                };
-                let forward = record.status != MessageStatus::Failed && status > record.status;
-                if record.direction == Direction::Outgoing && forward {
-                    changes.retain(|(c, _, _)| c != id);
-                    changes.push((*id, record.id, status));
-                }
+        for (id, status) in wanted {
+            let Some(key) = index.get(id.as_slice())?.map(|v| v.value().to_vec()) else { continue };
+            if key.get(..16) != Some(contact.0.as_slice()) {
+                continue;
+            }
+            let Some(record): Option<MessageRecord> = self.get_sealed(messages, MESSAGES_NAME, &key)? else {
+                continue;
+            };
+            let forward = record.status != MessageStatus::Failed && status > record.status;
+            if record.direction == Direction::Outgoing && forward {
+                changes.retain(|(c, _, _)| c != id);
+                changes.push((*id, record.id, status));
             }
         }
-        if changes.is_empty() {
-            return Ok(changes);
-        }
-        self.write(|tx| {
-            for (id, _, status) in &changes {
-                tx.open_table(OUTBOX)?.remove(id.as_slice())?;
-                tx.open_table(DEPOSITED)?.remove(id.as_slice())?;
-                self.advance_status(tx, id, *status)?;
-            }
-            Ok(())
-        })?;
         Ok(changes)
+    }
+
+    fn apply_receipt_changes(&self, tx: &WriteTransaction, changes: &[ReceiptChange]) -> Result<(), StoreError> {
+        for (id, _, status) in changes {
+            tx.open_table(OUTBOX)?.remove(id.as_slice())?;
+            tx.open_table(DEPOSITED)?.remove(id.as_slice())?;
+            self.advance_status(tx, id, *status)?;
+        }
+        Ok(())
     }
 
     /// Moves a message's status forward (never back). Returns whether it changed.
@@ -1412,8 +1747,29 @@ impl ProfileStore {
         self.write(|tx| self.advance_status(tx, message_id, status))
     }
 
+    /// Marks messages of a conversation read and its unread count zero, in
+    /// ONE durable transaction.
+    pub fn mark_read(&self, contact: &ContactId, message_ids: &[[u8; 16]]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            for id in message_ids {
+                self.advance_status(tx, id, MessageStatus::Read)?;
+            }
+            let mut table = tx.open_table(CONVERSATIONS)?;
+            let mut conversation: Conversation =
+                self.get_sealed(&table, CONVERSATIONS_NAME, &contact.0)?.unwrap_or_default();
+            conversation.unread = 0;
+            self.put_sealed(&mut table, CONVERSATIONS_NAME, &contact.0, &conversation)?;
+            Ok(())
+        })
+    }
+
     /// The latest `limit` messages of a conversation before sequence number
     /// `before` (all if `None`), oldest first, with their sequence numbers.
+    ///
+    /// Never a partial history: a conversation's messages are numbered 0 to
+    /// its `next_seq - 1` and only ever removed all together, so a page
+    /// with a number missing or out of place is [`StoreError::Corrupted`];
+    /// a record that fails to open is an error too, never skipped.
     pub fn history(
         &self,
         contact: &ContactId,
@@ -1421,14 +1777,35 @@ impl ProfileStore {
         before: Option<u64>,
     ) -> Result<Vec<(u64, MessageRecord)>, StoreError> {
         let tx = self.read()?;
+        let next_seq = match tx.open_table(CONVERSATIONS)?.get(contact.0.as_slice())? {
+            Some(v) => self.keys.open::<Conversation>(CONVERSATIONS_NAME, &contact.0, v.value())?.next_seq,
+            None => 0,
+        };
+        let gap = |reason: String| StoreError::Corrupted {
+            path: self.path.clone(),
+            reason: format!("a conversation's history is incomplete: {reason}"),
+        };
         let table = tx.open_table(MESSAGES)?;
         let start = seq_key(contact, 0);
         let end = seq_key(contact, before.unwrap_or(u64::MAX));
+        // The numbers this page must hold, newest first: `below - 1` down.
+        let mut below = before.unwrap_or(u64::MAX).min(next_seq);
         let mut out = Vec::with_capacity(limit.min(1024));
         for row in table.range(start.as_slice()..end.as_slice())?.rev().take(limit) {
             let (key, value) = row?;
-            let seq = <[u8; 8]>::try_from(&key.value()[16..]).map(u64::from_be_bytes).unwrap_or(0);
-            out.push((seq, self.keys.open(MESSAGES_NAME, key.value(), value.value())?));
+            let seq = key.value().get(16..).and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes);
+            match seq {
+                Some(seq) if below > 0 && seq == below - 1 => below = seq,
+                Some(seq) if seq >= below => {
+                    return Err(gap(format!("message {seq} is out of place (the conversation counts {next_seq})")));
+                }
+                Some(_) => return Err(gap(format!("message {} is missing", below - 1))),
+                None => return Err(StoreError::MalformedRecord { table: MESSAGES_NAME }),
+            }
+            out.push((below, self.keys.open(MESSAGES_NAME, key.value(), value.value())?));
+        }
+        if out.len() < limit && below > 0 {
+            return Err(gap(format!("message {} is missing", below - 1)));
         }
         out.reverse();
         Ok(out)
@@ -1604,17 +1981,24 @@ impl ProfileStore {
         contact: &ContactId,
         f: impl FnOnce(&mut ContactMailboxes),
     ) -> Result<ContactMailboxes, StoreError> {
-        self.write(|tx| {
-            let mut table = tx.open_table(CONTACT_MAILBOXES)?;
-            let mut state: ContactMailboxes =
-                self.get_sealed(&table, CONTACT_MAILBOXES_NAME, &contact.0)?.unwrap_or_default();
-            f(&mut state);
-            if state.theirs.len() > MAX_MAILBOXES || state.theirs.iter().any(|m| m.address.len() > 512) {
-                return Err(StoreError::Invalid(format!("at most {MAX_MAILBOXES} mailboxes per contact")));
-            }
-            self.put_sealed(&mut table, CONTACT_MAILBOXES_NAME, &contact.0, &state)?;
-            Ok(state)
-        })
+        self.write(|tx| self.update_contact_mailboxes_in(tx, contact, f))
+    }
+
+    fn update_contact_mailboxes_in(
+        &self,
+        tx: &WriteTransaction,
+        contact: &ContactId,
+        f: impl FnOnce(&mut ContactMailboxes),
+    ) -> Result<ContactMailboxes, StoreError> {
+        let mut table = tx.open_table(CONTACT_MAILBOXES)?;
+        let mut state: ContactMailboxes =
+            self.get_sealed(&table, CONTACT_MAILBOXES_NAME, &contact.0)?.unwrap_or_default();
+        f(&mut state);
+        if state.theirs.len() > MAX_MAILBOXES || state.theirs.iter().any(|m| m.address.len() > 512) {
+            return Err(StoreError::Invalid(format!("at most {MAX_MAILBOXES} mailboxes per contact")));
+        }
+        self.put_sealed(&mut table, CONTACT_MAILBOXES_NAME, &contact.0, &state)?;
+        Ok(state)
     }
 
     // ---- conversations ------------------------------------------------------

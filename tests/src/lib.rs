@@ -144,6 +144,20 @@ impl TestNode {
         self.boot().await;
     }
 
+    /// Starts again after [`TestNode::stop`] or [`TestNode::kill`], giving
+    /// back the error if the node refuses to start.
+    pub async fn try_boot_again(&mut self) -> Result<(), kabar_node::NodeError> {
+        let node = Node::start(self.config()).await?;
+        tokio::time::timeout(TIMEOUT, node.wait_listening()).await.expect("node listens");
+        self.node = Some(node);
+        Ok(())
+    }
+
+    /// The passphrase of every test node's data directory.
+    pub fn passphrase() -> &'static [u8] {
+        PASSPHRASE
+    }
+
     /// The running node (panics if it is stopped).
     pub fn node(&self) -> &Node {
         self.node.as_ref().expect("the node is running")

@@ -12,6 +12,7 @@
 
 mod api;
 mod business;
+mod damage;
 mod hostile;
 mod mailbox;
 mod messaging;
