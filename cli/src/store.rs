@@ -35,7 +35,11 @@ impl std::error::Error for Damaged {}
 pub(crate) fn is_damage(error: &anyhow::Error) -> bool {
     error.downcast_ref::<Damaged>().is_some()
         || error.downcast_ref::<StoreError>().is_some_and(StoreError::is_damage)
-        || matches!(error.downcast_ref::<kabar_node::NodeError>(), Some(kabar_node::NodeError::Store(e)) if e.is_damage())
+        || match error.downcast_ref::<kabar_node::NodeError>() {
+            Some(kabar_node::NodeError::Store(e)) => e.is_damage(),
+            Some(kabar_node::NodeError::Engine(kabar_node::engine::EngineError::Store(e))) => e.is_damage(),
+            _ => false,
+        }
 }
 
 #[derive(Debug, Subcommand)]

@@ -109,7 +109,8 @@ impl From<kabar_storage::StoreError> for RpcError {
     fn from(e: kabar_storage::StoreError) -> Self {
         use kabar_storage::StoreError as S;
         let code = match &e {
-            e if e.is_damage() => codes::DAMAGED,
+            // Damaged, or unusable after an I/O error: the profile stops.
+            e if e.is_damage() || e.is_unusable() => codes::DAMAGED,
             S::NotFound(_) | S::UnknownProfile(_) => codes::NOT_FOUND,
             S::Invalid(_) | S::InvalidProfileName(_) | S::DuplicateProfile(_) => codes::INVALID_VALUE,
             S::NotBusiness(_) => codes::NOT_BUSINESS,

@@ -763,10 +763,19 @@ fn damage_reason(store: &kabar_storage::ProfileStore, message: &str) -> String {
 
 /// Records in `failure` the store damage `e` reports, if it is damage.
 fn note_damage(failure: &mut Option<String>, engine: &Engine, e: &crate::engine::EngineError) {
-    if let crate::engine::EngineError::Store(s) = e
-        && s.is_damage()
-    {
-        failure.get_or_insert_with(|| damage_reason(engine.store(), &s.to_string()));
+    if let crate::engine::EngineError::Store(s) = e {
+        if s.is_damage() {
+            failure.get_or_insert_with(|| damage_reason(engine.store(), &s.to_string()));
+        } else if s.is_unusable() {
+            // Not damage, but the profile cannot write any more: shown
+            // failed too, never a dead profile that looks alive.
+            failure.get_or_insert_with(|| {
+                format!(
+                    "profile database {} hit an I/O error (a full or failing disk?) and takes no more writes: {s}; restart the node once the disk is fixed",
+                    engine.store().path().display()
+                )
+            });
+        }
     }
 }
 

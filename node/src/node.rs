@@ -123,8 +123,9 @@ impl Node {
         let stores = dir.open_profiles()?;
         let (stop, _) = watch::channel(false);
         let (events, _) = broadcast::channel(1024);
-        let mut tasks = Vec::new();
-        let mut profiles = Vec::new();
+        // Every engine and swarm is built (reads only) before any profile
+        // writes or starts: an error here leaves every file as it was.
+        let mut built = Vec::with_capacity(stores.len());
         for (entry, store) in dir.profiles().iter().zip(stores) {
             let file = store.path().to_path_buf();
             let seed = store.identity()?.signing_seed();
@@ -137,7 +138,12 @@ impl Node {
                 nat: "unknown".into(),
                 ..Default::default()
             };
-            let mut engine = Engine::new(store, config.engine)?;
+            let engine = Engine::new(store, config.engine)?;
+            built.push((entry.name.clone(), file, swarm, status, engine, inflight));
+        }
+        let mut tasks = Vec::new();
+        let mut profiles = Vec::new();
+        for (name, file, swarm, status, mut engine, inflight) in built {
             // A store migrated from protocol version 1 holds version 1
             // envelopes in its outbox: encrypt them again now. The entries
             // are due at once, so the loop's first tick transmits them.
@@ -160,8 +166,8 @@ impl Node {
                     inflight,
                 },
             );
-            tasks.push(tokio::spawn(supervised(entry.name.clone(), file, run, on_panic)));
-            profiles.push((entry.name.clone(), ProfileHandle { commands: cmd_tx, status: status_rx }));
+            tasks.push(tokio::spawn(supervised(name.clone(), file, run, on_panic)));
+            profiles.push((name, ProfileHandle { commands: cmd_tx, status: status_rx }));
         }
         Ok((stop, tasks, profiles, events))
     }

@@ -121,6 +121,13 @@ impl StoreError {
         )
     }
 
+    /// Whether the database can no longer be used by this process: redb
+    /// refuses every further transaction after an I/O error during a write
+    /// (a full or failing disk) until the file is opened again.
+    pub fn is_unusable(&self) -> bool {
+        matches!(self, StoreError::Database(text) if text.starts_with("Previous I/O error"))
+    }
+
     /// The same error, naming `path` if it is a [`StoreError::Corrupted`]
     /// that names no file (redb's errors do not know it).
     pub(crate) fn in_file(self, path: &Path) -> Self {
@@ -156,3 +163,25 @@ from_redb!(
     redb::CompactionError,
     redb::SetDurabilityError
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// redb refuses every transaction after an I/O error during a write: the
+    /// node must see that as a profile that cannot go on (not as damage,
+    /// not as a passing error), whichever redb error carries it.
+    #[test]
+    fn a_previous_io_error_is_unusable_not_damage() {
+        let errors = [
+            StoreError::from(redb::StorageError::PreviousIo),
+            StoreError::from(redb::CommitError::Storage(redb::StorageError::PreviousIo)),
+            StoreError::from(redb::TransactionError::Storage(redb::StorageError::PreviousIo)),
+        ];
+        for e in errors {
+            assert!(e.is_unusable() && !e.is_damage(), "{e}");
+        }
+        let other = StoreError::from(redb::StorageError::Io(std::io::Error::other("disk full")));
+        assert!(!other.is_unusable() && !other.is_damage(), "{other}");
+    }
+}

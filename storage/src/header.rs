@@ -298,14 +298,18 @@ impl DataDir {
 
     /// Opens every profile, in creation order, for a node start: ALL are
     /// verified (every page's checksum, the schema and key check, a
-    /// migration in memory) before ANY file is written, so a start refused
+    /// migration in memory, every record the node reads at start) before
+    /// ANY file is written, so a start refused
     /// because one profile is damaged changes no byte of any file. Then each
     /// is opened (and migrated) for real.
     pub fn open_profiles(&self) -> Result<Vec<ProfileStore>, StoreError> {
         for entry in &self.header.profiles {
             let (entry, data_key) = self.profile_key(&entry.name)?;
             let path = self.root.join(&entry.file);
-            crate::check::close(ProfileStore::open_unwritten(&path, &entry.name, entry.kind, &data_key, true)?);
+            let store = ProfileStore::open_unwritten(&path, &entry.name, entry.kind, &data_key, true)?;
+            let reads = crate::check::contained(&path, || store.verify_start_reads());
+            crate::check::close(store);
+            reads?;
         }
         let mut stores = Vec::with_capacity(self.header.profiles.len());
         for entry in &self.header.profiles {

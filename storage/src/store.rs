@@ -385,6 +385,30 @@ impl ProfileStore {
         Ok(store)
     }
 
+    /// Opens every record a node reads when it starts a profile (identity,
+    /// current signed prekey, outbox, deposited marks, mailboxes, pending
+    /// strangers, relays): a damaged one is reported here, before any file
+    /// is written, as [`StoreError::Corrupted`] naming this file.
+    pub(crate) fn verify_start_reads(&self) -> Result<(), StoreError> {
+        let named = |e: StoreError| match e {
+            StoreError::Corrupted { .. } => e.in_file(&self.path),
+            e if e.is_damage() => StoreError::Corrupted { path: self.path.clone(), reason: e.to_string() },
+            e => e,
+        };
+        let reads = || -> Result<(), StoreError> {
+            self.identity()?;
+            self.current_signed_prekey()?;
+            self.outbox()?;
+            self.deposited()?;
+            self.mailboxes()?;
+            self.strangers()?;
+            self.strangers_evicted()?;
+            self.relays()?;
+            Ok(())
+        };
+        reads().map_err(named)
+    }
+
     /// Reads the schema version (refusing a newer one) and the key check
     /// (the file is this profile's, and the data key opens it), then
     /// migrates an older schema.

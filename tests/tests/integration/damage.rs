@@ -101,7 +101,8 @@ fn patch(path: &Path, offset: u64, bytes: &[u8]) {
 }
 
 /// Refused starts: a damaged profile store (the second of two, so the
-/// first is opened and checked before it), then a damaged header. Each
+/// first is opened and checked before it), damaged pages or a record that
+/// fails authentication, then a damaged header. Each
 /// error names the file and the damage; no byte of any file changes and no
 /// control socket is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,6 +148,34 @@ async fn a_damaged_store_or_header_refuses_the_start_and_changes_no_byte() {
         }
         assert_unchanged(&root, &before);
     }
+
+    // A record that fails authentication in a file whose pages are all
+    // sound (written through redb): the profile's identity, which the node
+    // reads only after opening every profile for real. It is found before
+    // any file is written too, and named with its file.
+    std::fs::write(&work, &pristine).unwrap();
+    {
+        let db = redb::Database::open(&work).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut secrets = tx.open_table(redb::TableDefinition::<&str, &[u8]>::new("secrets")).unwrap();
+            let mut sealed = redb::ReadableTable::get(&secrets, "identity").unwrap().unwrap().value().to_vec();
+            let last = sealed.len() - 1;
+            sealed[last] ^= 1;
+            secrets.insert("identity", sealed.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let before = snapshot(&root);
+    match node.try_boot_again().await {
+        Err(e @ NodeError::Store(StoreError::Corrupted { .. })) => {
+            let text = e.to_string();
+            assert!(text.contains(&work.display().to_string()) && text.contains("secrets"), "{text}");
+        }
+        Err(other) => panic!("a tampered identity: expected a damaged store naming the file, got {other}"),
+        Ok(()) => panic!("a node with a tampered identity started"),
+    }
+    assert_unchanged(&root, &before);
 
     std::fs::write(&work, &pristine).unwrap();
     let header = root.join(kabar_storage::header::HEADER_FILE);
