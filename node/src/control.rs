@@ -83,7 +83,9 @@ pub mod codes {
     /// [`super::MAX_REPLY`]): ask for less.
     pub const TOO_LARGE: i64 = -32009;
     /// Every control connection slot is taken: try again later (sent, with
-    /// `id` `null`, on a connection that is then closed).
+    /// `id` `null`, on a connection that is then closed). Also the answer to
+    /// a call a profile's engine refused without running it because it is
+    /// too far behind (with the call's id; the connection stays open).
     pub const BUSY: i64 = -32010;
     /// The connection was idle too long and is closed (sent with `id`
     /// `null` before closing).
@@ -584,18 +586,29 @@ async fn ask<T>(
     }
 }
 
-/// Why a profile's task no longer answers: it failed (the reason
-/// `node.info` shows), or the node is stopping. Waits until the task has
-/// said which (its status channel closes when it ends).
+/// Why a profile's task dropped a call unanswered: it failed (the reason
+/// `node.info` shows), the node is stopping (its status channel closes when
+/// the task ends), or, if neither shows within [`GONE_WAIT`], its engine is
+/// so far behind that it refused the call without running it
+/// ([`crate::worker::QUEUE_MAX`]).
 async fn gone(name: &str, handle: &ProfileHandle) -> RpcError {
     let mut status = handle.status.clone();
-    match status.wait_for(|s| s.failed.is_some()).await {
-        Ok(s) => {
+    match tokio::time::timeout(GONE_WAIT, status.wait_for(|s| s.failed.is_some())).await {
+        Ok(Ok(s)) => {
             RpcError::new(codes::DAMAGED, format!("profile {name} stopped: {}", s.failed.as_deref().unwrap_or("")))
         }
-        Err(_) => RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down"),
+        Ok(Err(_)) => RpcError::new(codes::SHUTTING_DOWN, "the node is shutting down"),
+        Err(_) => RpcError::new(
+            codes::BUSY,
+            format!(
+                "profile {name} is busy: its engine is too far behind (a slow disk?) and did not run this call; try again"
+            ),
+        ),
     }
 }
+
+/// How long [`gone`] waits to learn why a profile dropped a call.
+const GONE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The profile named by `params.profile`; without one, the only profile.
 /// (Mailboxes are per profile: registering one for every profile at once

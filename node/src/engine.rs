@@ -410,9 +410,10 @@ pub struct Engine {
     outbox: OutboxIndex,
     /// Outbox entries a mailbox holds (mirrors the store's `deposited`).
     deposited: HashSet<[u8; 16]>,
-    /// Contacts with a deposit under way (one at a time per contact: the
-    /// next batch goes when it ends).
-    depositing: HashSet<ContactId>,
+    /// Contacts with a deposit under way, since when (one at a time per
+    /// contact: the next batch goes when it ends, or when its result has
+    /// not come back after [`IN_FLIGHT_MAX_MS`]).
+    depositing: HashMap<ContactId, u64>,
     /// Per contact: no deposit before this time, and the mailbox to try.
     deposit_backoff: HashMap<ContactId, (u64, usize)>,
     /// Our own mailboxes (mirrors the store; read on every send).
@@ -468,7 +469,7 @@ impl Engine {
             in_flight: HashMap::new(),
             outbox,
             deposited,
-            depositing: HashSet::new(),
+            depositing: HashMap::new(),
             deposit_backoff: HashMap::new(),
             own_mailboxes,
             budgets: Budgets::new(0),
@@ -1235,7 +1236,9 @@ impl Engine {
     fn deposit(&mut self, peer: &PeerKey, now_ms: u64) -> Result<Vec<Action>, EngineError> {
         let contact_id = self.store.contact_id_for_key(peer);
         let (not_before, index) = self.deposit_backoff.get(&contact_id).copied().unwrap_or((0, 0));
-        if now_ms < not_before || self.depositing.contains(&contact_id) {
+        let under_way =
+            self.depositing.get(&contact_id).is_some_and(|since| now_ms < since.saturating_add(IN_FLIGHT_MAX_MS));
+        if now_ms < not_before || under_way {
             return Ok(Vec::new());
         }
         let theirs = self.store.contact_mailboxes(&contact_id)?.theirs;
@@ -1262,7 +1265,7 @@ impl Engine {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        self.depositing.insert(contact_id);
+        self.depositing.insert(contact_id, now_ms);
         Ok(vec![Action::Deposit { peer: *peer, mailbox, message_ids: ids, envelopes }])
     }
 

@@ -8,6 +8,8 @@
 //! - [`engine`]: the delivery engine of one profile — pure logic over the
 //!   profile's store: events in, actions out; tested without sockets.
 //! - [`network`]: one swarm per profile and its event loop.
+//! - [`worker`]: each profile's engine on its own thread, off the event
+//!   loop, with group commit.
 //! - [`wire`]: the `/kabar/envelope/1` request-response protocol and codec.
 //! - [`prekeys`]: the `/kabar/prekey/1` protocol (one-time prekeys handed
 //!   out online) and the signed prekey schedule; [`prekey_codec`]: its codec.
@@ -37,5 +39,6 @@ pub mod prekey_codec;
 pub mod prekeys;
 pub mod service;
 pub mod wire;
+pub mod worker;
 
 pub use node::{Node, NodeConfig, NodeError};

@@ -30,6 +30,7 @@ use crate::courier::{Courier, CourierEvent};
 use crate::engine::{Action, Engine, NodeEvent, PeerKey};
 use crate::prekey_codec::{PrekeyCodec, PrekeyRequest};
 use crate::wire::{Ack, EnvelopeCodec, InflightBudget, PROTOCOL, RejectReason};
+use crate::worker::{Report, Worker};
 
 /// Idle connections close after this long (libp2p's default, 10 s, would
 /// drop a conversation's connection between two messages).
@@ -538,7 +539,9 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
     };
     let Some(keypair) = keypair else {
         let reason = damage_reason(engine.store(), "cannot read the profile's identity");
-        stop_damaged(engine, &status_tx, status_tx.borrow().clone(), reason);
+        show_failed(&status_tx, status_tx.borrow().clone(), engine.store().name(), reason);
+        // Not closed: closing writes to the damaged file.
+        std::mem::forget(engine);
         return;
     };
     let mut reach = Reach {
@@ -606,27 +609,55 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
             dial(&mut swarm, &c.identity.signing, &c.addresses);
         }
     }
+    status.guard = engine.guard_status();
+    status.outbox = engine.queued();
+
+    // From here on the engine runs on its own thread: the loop never
+    // waits on the disk (see `crate::worker`).
+    let name = engine.store().name().to_string();
+    let mut mailboxes: Vec<kabar_storage::OwnMailbox> = engine.mailboxes().to_vec();
+    let (worker, mut reports): (EngineWorker, _) = match Worker::start(engine) {
+        Ok(started) => started,
+        Err(e) => {
+            status.failed = Some(format!("cannot start the profile's engine thread: {e}"));
+            status_tx.send_replace(status);
+            return;
+        }
+    };
+    // At most one tick's engine work in flight: a slow disk delays ticks,
+    // it never piles them up.
+    let mut tick_in_flight = false;
 
     loop {
         let actions: Vec<Action> = tokio::select! {
             _ = shutdown.changed() => break,
             command = commands.recv() => match command {
                 None => break,
-                Some(Command::Job(job, reply)) => {
-                    match job(&mut engine, &status) {
-                        Ok((value, actions)) => {
-                            let _ = reply.send(Ok(value));
-                            actions
-                        }
-                        Err(mut e) => {
+                Some(Command::Job(job, answer)) => {
+                    let snapshot = status.clone();
+                    let _ = worker.run(move |engine, _| {
+                        let result = job(engine, &snapshot).map_err(|mut e| {
                             if e.code == crate::control::codes::DAMAGED {
                                 e.message = damage_reason(engine.store(), &e.message);
-                                failure.get_or_insert_with(|| e.message.clone());
+                                engine.store().mark_broken(e.message.clone());
                             }
-                            let _ = reply.send(Err(e));
-                            Vec::new()
-                        }
-                    }
+                            e
+                        });
+                        reply(move |_, ctx| match result {
+                            Ok((value, actions)) => {
+                                let _ = answer.send(Ok(value));
+                                actions
+                            }
+                            Err(e) => {
+                                if e.code == crate::control::codes::DAMAGED {
+                                    ctx.failure.get_or_insert_with(|| e.message.clone());
+                                }
+                                let _ = answer.send(Err(e));
+                                Vec::new()
+                            }
+                        })
+                    });
+                    Vec::new()
                 }
                 Some(Command::Dial(addr)) => {
                     if let Err(e) = swarm.dial(addr) {
@@ -634,38 +665,96 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                     }
                     Vec::new()
                 }
-                Some(Command::Relay(change, reply)) => {
-                    let _ = reply.send(change_relays(&mut swarm, &mut reach, &engine, change));
+                Some(Command::Relay(change, answer)) => {
+                    change_relays(&mut swarm, &mut reach, &worker, change, answer);
                     Vec::new()
                 }
-                Some(Command::Mailbox(change, reply)) => change_mailboxes(&mut engine, &mut courier, change, reply, &mut rng),
+                Some(Command::Mailbox(change, answer)) => {
+                    change_mailboxes(&worker, &mut courier, &mailboxes, change, answer);
+                    Vec::new()
+                }
             },
             Some(event) = courier_events.recv() => {
                 // Fetched envelopes may start sessions with our one-time prekeys.
                 prekey_status_age = PREKEY_STATUS_EVERY_TICKS;
-                on_courier_event(&mut engine, &mut courier, event, &mut failure, &mut rng)
+                on_courier_event(&worker, &mut courier, &mailboxes, event);
+                Vec::new()
             }
             _ = tick.tick() => {
-                let mut actions = engine.on_tick(now_ms(), &mut rng).unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "retry tick failed");
-                    note_damage(&mut failure, &engine, &e);
-                    Vec::new()
-                });
-                if let Err(e) = engine.maintain_prekeys(now_ms(), &mut rng) {
-                    tracing::warn!(error = %e, "prekey maintenance failed");
-                    note_damage(&mut failure, &engine, &e);
-                }
                 prekey_status_age += 1;
-                if prekey_status_age >= PREKEY_STATUS_EVERY_TICKS {
-                    prekey_status_age = 0;
-                    refresh_prekey_status(&engine, &mut status.prekeys);
+                let refresh = prekey_status_age >= PREKEY_STATUS_EVERY_TICKS;
+                if !tick_in_flight {
+                    if refresh {
+                        prekey_status_age = 0;
+                    }
+                    let queued = worker.run(move |engine, rng| {
+                        let now = now_ms();
+                        let result = engine.on_tick(now, rng);
+                        let maintained = engine.maintain_prekeys(now, rng);
+                        let counts = if refresh { prekey_counts(engine) } else { None };
+                        let mut damage = result.as_ref().err().and_then(|e| damage_of(engine, e));
+                        if let Err(e) = &result {
+                            tracing::warn!(error = %e, "retry tick failed");
+                        }
+                        if let Err(e) = &maintained {
+                            tracing::warn!(error = %e, "prekey maintenance failed");
+                            damage = damage.or_else(|| damage_of(engine, e));
+                        }
+                        reply(move |_, ctx| {
+                            *ctx.tick_in_flight = false;
+                            if let Some(d) = damage {
+                                ctx.failure.get_or_insert(d);
+                            }
+                            if let Some((signed_prekey_id, one_time_prekeys, one_time_prekeys_held)) = counts {
+                                ctx.status.prekeys.signed_prekey_id = signed_prekey_id;
+                                ctx.status.prekeys.one_time_prekeys = one_time_prekeys;
+                                ctx.status.prekeys.one_time_prekeys_held = one_time_prekeys_held;
+                            }
+                            result.unwrap_or_default()
+                        })
+                    });
+                    // Refused (the engine is far behind): the next tick tries.
+                    tick_in_flight = queued;
                 }
-                actions.extend(on_reach_tick(&mut swarm, &mut reach, &mut engine, &mut rng));
+                on_reach_tick(&mut swarm, &mut reach, &worker);
                 if courier.fetch_due() {
-                    courier.fetch_all(engine.mailboxes());
+                    courier.fetch_all(&mailboxes);
                 }
-                actions
+                Vec::new()
             }
+            report = reports.recv() => match report {
+                // The worker ended without saying why: never a profile that
+                // looks alive and answers nothing.
+                None => {
+                    failure.get_or_insert_with(|| "the profile's engine stopped unexpectedly".to_string());
+                    Vec::new()
+                }
+                Some(Report::Done(reply)) => {
+                    let mut ctx = LoopState {
+                        pending: &mut pending,
+                        limits: &mut limits,
+                        prekey_limits: &mut prekey_limits,
+                        status: &mut status,
+                        reach: &mut reach,
+                        courier: &mut courier,
+                        failure: &mut failure,
+                        mailboxes: &mut mailboxes,
+                        tick_in_flight: &mut tick_in_flight,
+                        inflight: &inflight,
+                        name: &name,
+                    };
+                    reply(&mut swarm, &mut ctx)
+                }
+                Some(Report::Counters { guard, queued }) => {
+                    status.guard = guard;
+                    status.outbox = queued;
+                    Vec::new()
+                }
+                Some(Report::Failed(reason)) => {
+                    failure.get_or_insert(reason);
+                    Vec::new()
+                }
+            },
             event = swarm.select_next_some() => {
                 if matches!(
                     event,
@@ -683,8 +772,12 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                     reach: &mut reach,
                     courier: &mut courier,
                     failure: &mut failure,
+                    mailboxes: &mut mailboxes,
+                    tick_in_flight: &mut tick_in_flight,
+                    inflight: &inflight,
+                    name: &name,
                 };
-                handle_event(&mut swarm, &mut engine, &mut ctx, event, &mut rng)
+                handle_event(&mut swarm, &worker, &mut ctx, event)
             }
         };
         for action in actions {
@@ -722,8 +815,6 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
             status.mailboxes = courier.states().to_vec();
         }
         status.deposited = courier.deposited();
-        status.guard = engine.guard_status();
-        status.outbox = engine.queued();
         status.frames_refused = inflight.refused();
         status_tx.send_if_modified(|s| {
             let changed = s.listen_addrs != status.listen_addrs
@@ -747,11 +838,99 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
             changed
         });
         if let Some(reason) = failure.take() {
-            stop_damaged(engine, &status_tx, status, reason);
+            stop_damaged(&worker, &status_tx, status, &name, reason);
             return;
         }
     }
-    tracing::info!(profile = %engine.store().name(), "profile stopped");
+    // The engine finishes what was queued, and its store is closed before
+    // the node reports it stopped (a restart in this process opens it).
+    // What it answers meanwhile still reaches control clients: a send it
+    // committed is answered as sent, never "shutting down" (a client told
+    // that would send it again). Nothing more goes on the network: what
+    // waits to be sent stays in the outbox for the next start.
+    let stopping = worker.stop();
+    tokio::pin!(stopping);
+    let mut last = |report: Report<Reply>, swarm: &mut Swarm<Behaviour>| {
+        let Report::Done(reply) = report else { return };
+        let mut ctx = LoopState {
+            pending: &mut pending,
+            limits: &mut limits,
+            prekey_limits: &mut prekey_limits,
+            status: &mut status,
+            reach: &mut reach,
+            courier: &mut courier,
+            failure: &mut failure,
+            mailboxes: &mut mailboxes,
+            tick_in_flight: &mut tick_in_flight,
+            inflight: &inflight,
+            name: &name,
+        };
+        for action in reply(swarm, &mut ctx) {
+            if let Action::Notify(event) = action {
+                let _ = events.send(event);
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            () = &mut stopping => break,
+            Some(report) = reports.recv() => last(report, &mut swarm),
+        }
+    }
+    while let Ok(report) = reports.try_recv() {
+        last(report, &mut swarm);
+    }
+    tracing::info!(profile = %name, "profile stopped");
+}
+
+/// What comes back from the engine's thread, applied on the loop once the
+/// engine's writes are durable: it may answer a peer or a control client,
+/// and returns the actions to carry out.
+type Reply = Box<dyn for<'a, 'b> FnOnce(&'a mut Swarm<Behaviour>, &'a mut LoopState<'b>) -> Vec<Action> + Send>;
+
+/// The engine of a profile, on its own thread.
+type EngineWorker = Worker<Reply>;
+
+fn reply(
+    f: impl for<'a, 'b> FnOnce(&'a mut Swarm<Behaviour>, &'a mut LoopState<'b>) -> Vec<Action> + Send + 'static,
+) -> Reply {
+    Box::new(f)
+}
+
+/// The engine's actions, or on an error a warning `what` (and the profile
+/// stopped if the store is damaged).
+fn outcome(engine: &Engine, what: &'static str, result: Result<Vec<Action>, crate::engine::EngineError>) -> Reply {
+    match result {
+        Ok(actions) => reply(move |_, _| actions),
+        Err(e) => {
+            tracing::warn!(profile = %engine.store().name(), error = %e, "{what}");
+            let damage = damage_of(engine, &e);
+            reply(move |_, ctx| {
+                if let Some(d) = damage {
+                    ctx.failure.get_or_insert(d);
+                }
+                Vec::new()
+            })
+        }
+    }
+}
+
+impl EngineWorker {
+    /// Runs `f` on the engine; its actions (or its error, see [`outcome`])
+    /// come back to the loop.
+    fn act(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&mut Engine, &mut rand::rngs::StdRng) -> Result<Vec<Action>, crate::engine::EngineError>
+        + Send
+        + 'static,
+    ) {
+        // Refused work is harmless to lose (see the worker's notes).
+        let _ = self.run(move |engine, rng| {
+            let result = f(engine, rng);
+            outcome(engine, what, result)
+        });
+    }
 }
 
 /// Why a profile stops on store damage: `message`, naming the database
@@ -762,74 +941,82 @@ fn damage_reason(store: &kabar_storage::ProfileStore, message: &str) -> String {
 }
 
 /// Records in `failure` the store damage `e` reports, if it is damage.
-fn note_damage(failure: &mut Option<String>, engine: &Engine, e: &crate::engine::EngineError) {
-    if let crate::engine::EngineError::Store(s) = e {
-        if s.is_damage() {
-            failure.get_or_insert_with(|| damage_reason(engine.store(), &s.to_string()));
-        } else if s.is_unusable() {
-            // Not damage, but the profile cannot write any more: shown
-            // failed too, never a dead profile that looks alive.
-            failure.get_or_insert_with(|| {
-                format!(
-                    "profile database {} hit an I/O error (a full or failing disk?) and takes no more writes: {s}; restart the node once the disk is fixed",
-                    engine.store().path().display()
-                )
-            });
-        }
+fn damage_of(engine: &Engine, e: &crate::engine::EngineError) -> Option<String> {
+    let crate::engine::EngineError::Store(s) = e else { return None };
+    let reason = if s.is_damage() {
+        Some(damage_reason(engine.store(), &s.to_string()))
+    } else if s.is_unusable() {
+        // Not damage, but the profile cannot write any more: shown failed
+        // too, never a dead profile that looks alive.
+        Some(format!(
+            "profile database {} hit an I/O error (a full or failing disk?) and takes no more writes: {s}; restart the node once the disk is fixed",
+            engine.store().path().display()
+        ))
+    } else {
+        None
+    };
+    // The worker stops before anything else is written (see
+    // `worker::group`).
+    if let Some(r) = &reason {
+        engine.store().mark_broken(r.clone());
     }
+    reason
 }
 
-/// Stops a profile whose store turned out damaged while the node runs:
-/// `node info` shows it failed with `reason`, its commands are refused
-/// (the control socket answers with the reason), its swarm closes. The
-/// store is not closed: redb's close writes (its allocator state), and a
-/// damaged file is left as it is for `kabar store check` and recovery; it
-/// stays locked until the node exits.
-fn stop_damaged(engine: Engine, status_tx: &watch::Sender<ProfileStatus>, mut status: ProfileStatus, reason: String) {
-    tracing::error!(profile = %engine.store().name(), %reason, "the profile's store is damaged; the profile stopped");
+/// Shows a profile failed with `reason`: `node info` shows it, its commands
+/// are refused (the control socket answers with the reason), its swarm
+/// closes.
+fn show_failed(status_tx: &watch::Sender<ProfileStatus>, mut status: ProfileStatus, name: &str, reason: String) {
+    tracing::error!(profile = %name, %reason, "the profile's store is damaged or unusable; the profile stopped");
     status.failed = Some(reason);
     status.listen_addrs.clear();
     status.advertised.clear();
     status.peers.clear();
     status.connected_peers = 0;
     status_tx.send_replace(status);
-    std::mem::forget(engine);
+}
+
+/// Stops a profile whose store turned out damaged (or unusable) while the
+/// node runs ([`show_failed`]). The store is not closed: redb's close
+/// writes (its allocator state), and a damaged file is left as it is for
+/// `kabar store check` and recovery; it stays locked until the node exits.
+fn stop_damaged(
+    worker: &EngineWorker,
+    status_tx: &watch::Sender<ProfileStatus>,
+    status: ProfileStatus,
+    name: &str,
+    reason: String,
+) {
+    show_failed(status_tx, status, name, reason);
+    worker.abandon();
 }
 
 /// Handles what the courier's tasks report.
-fn on_courier_event<R: rand_core::CryptoRng + ?Sized>(
-    engine: &mut Engine,
+fn on_courier_event(
+    worker: &EngineWorker,
     courier: &mut Courier,
+    mailboxes: &[kabar_storage::OwnMailbox],
     event: CourierEvent,
-    failure: &mut Option<String>,
-    rng: &mut R,
-) -> Vec<Action> {
+) {
     match event {
         CourierEvent::Deposited { peer, message_ids, result } => {
             courier.deposit_done(result.as_ref().map_or(0, |o| o.accepted));
-            match engine.on_deposit_result(&peer, &message_ids, result, now_ms()) {
-                Ok(actions) => actions,
-                Err(e) => {
-                    tracing::warn!(error = %e, "recording a deposit failed");
-                    note_damage(failure, engine, &e);
-                    Vec::new()
-                }
-            }
+            worker.act("recording a deposit failed", move |engine, _| {
+                engine.on_deposit_result(&peer, &message_ids, result, now_ms())
+            });
         }
-        CourierEvent::Page { address, items, reply } => {
-            match engine.on_mailbox_items(&address, &items, now_ms(), rng) {
-                Ok((deletable, actions)) => {
-                    // Committed: the host may delete these now.
-                    let _ = reply.send(deletable);
+        CourierEvent::Page { address, items, reply: answer } => {
+            let _ = worker.run(move |engine, rng| match engine.on_mailbox_items(&address, &items, now_ms(), rng) {
+                Ok((deletable, actions)) => reply(move |_, _| {
+                    // Committed and durable: the host may delete these now.
+                    let _ = answer.send(deletable);
                     actions
-                }
+                }),
                 Err(e) => {
-                    tracing::warn!(error = %e, "storing fetched envelopes failed; they stay in the mailbox");
-                    note_damage(failure, engine, &e);
-                    let _ = reply.send(Vec::new());
-                    Vec::new()
+                    let _ = answer.send(Vec::new());
+                    outcome(engine, "storing fetched envelopes failed; they stay in the mailbox", Err(e))
                 }
-            }
+            });
         }
         CourierEvent::Fetched { address, result } => {
             if let Err(e) = &result {
@@ -837,88 +1024,102 @@ fn on_courier_event<R: rand_core::CryptoRng + ?Sized>(
             }
             if courier.fetched(&address, &result) {
                 // Someone waits for a round that starts after their call.
-                courier.fetch_mailbox(engine.mailboxes(), &address);
+                courier.fetch_mailbox(mailboxes, &address);
             }
-            Vec::new()
         }
-        CourierEvent::Registered { mailbox, result, reply } => {
+        CourierEvent::Registered { mailbox, result, reply: answer } => {
             if let Err(e) = result {
                 let _ =
-                    reply.send(Err(crate::control::RpcError::new(crate::control::codes::UNAVAILABLE, e.to_string())));
-                return Vec::new();
+                    answer.send(Err(crate::control::RpcError::new(crate::control::codes::UNAVAILABLE, e.to_string())));
+                return;
             }
             let address = mailbox.address.clone();
-            match engine.add_mailbox(mailbox, now_ms(), rng) {
+            let _ = worker.run(move |engine, rng| match engine.add_mailbox(mailbox, now_ms(), rng) {
                 Ok(actions) => {
-                    courier.set_mailboxes(engine.mailboxes());
-                    courier.fetch_mailbox(engine.mailboxes(), &address);
-                    let _ = reply.send(Ok(courier.states().iter().map(|s| s.address.clone()).collect()));
-                    actions
+                    let own = engine.mailboxes().to_vec();
+                    reply(move |_, ctx| {
+                        ctx.courier.set_mailboxes(&own);
+                        ctx.courier.fetch_mailbox(&own, &address);
+                        let _ = answer.send(Ok(ctx.courier.states().iter().map(|s| s.address.clone()).collect()));
+                        *ctx.mailboxes = own;
+                        actions
+                    })
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(e.into()));
-                    Vec::new()
+                    let _ = answer.send(Err(e.into()));
+                    reply(|_, _| Vec::new())
                 }
-            }
+            });
         }
     }
 }
 
 /// Adds (registers on the host, in a task) or removes a mailbox.
-fn change_mailboxes<R: rand_core::CryptoRng + ?Sized>(
-    engine: &mut Engine,
+fn change_mailboxes(
+    worker: &EngineWorker,
     courier: &mut Courier,
+    mailboxes: &[kabar_storage::OwnMailbox],
     change: MailboxChange,
-    reply: crate::courier::MailboxReply,
-    rng: &mut R,
-) -> Vec<Action> {
+    answer: crate::courier::MailboxReply,
+) {
     use crate::control::{RpcError, codes};
     match change {
         MailboxChange::Add(address) => {
-            let own = engine.mailboxes();
             let text = address.to_string();
-            if own.iter().any(|m| m.address == text) {
-                let _ = reply.send(Ok(own.iter().map(|m| m.address.clone()).collect()));
-                return Vec::new();
+            if mailboxes.iter().any(|m| m.address == text) {
+                let _ = answer.send(Ok(mailboxes.iter().map(|m| m.address.clone()).collect()));
+                return;
             }
-            if own.len() >= kabar_storage::MAX_MAILBOXES {
+            if mailboxes.len() >= kabar_storage::MAX_MAILBOXES {
                 let max = kabar_storage::MAX_MAILBOXES;
-                let _ = reply.send(Err(RpcError::new(codes::INVALID_VALUE, format!("at most {max} mailboxes"))));
-                return Vec::new();
+                let _ = answer.send(Err(RpcError::new(codes::INVALID_VALUE, format!("at most {max} mailboxes"))));
+                return;
             }
-            let key = crate::mailbox::OwnerKey::generate(rng);
-            let revoke = match engine.blocked_tags(&key.to_bytes()) {
-                Ok(tags) => tags,
+            let _ = worker.run(move |engine, rng| {
+                let key = crate::mailbox::OwnerKey::generate(rng);
+                match engine.blocked_tags(&key.to_bytes()) {
+                    Ok(revoke) => {
+                        let mailbox =
+                            kabar_storage::OwnMailbox { address: text, key: key.to_bytes(), added_at_ms: now_ms() };
+                        reply(move |_, ctx| {
+                            ctx.courier.register(mailbox, revoke, answer);
+                            Vec::new()
+                        })
+                    }
+                    Err(e) => {
+                        let _ = answer.send(Err(e.into()));
+                        reply(|_, _| Vec::new())
+                    }
+                }
+            });
+        }
+        MailboxChange::Fetch(fetched) => {
+            let _ = answer.send(Ok(Vec::new()));
+            courier.fetch_now(mailboxes, fetched);
+        }
+        MailboxChange::Remove(address) => {
+            let _ = worker.run(move |engine, rng| match engine.remove_mailbox(&address, now_ms(), rng) {
+                Ok((removed, actions)) => {
+                    let own = engine.mailboxes().to_vec();
+                    reply(move |_, ctx| {
+                        if let Some(m) = removed {
+                            ctx.courier.unregister(m);
+                            ctx.courier.set_mailboxes(&own);
+                            let _ = answer.send(Ok(ctx.courier.states().iter().map(|s| s.address.clone()).collect()));
+                        } else {
+                            let _ =
+                                answer.send(Err(RpcError::new(codes::NOT_FOUND, format!("no mailbox at {address}"))));
+                        }
+                        *ctx.mailboxes = own;
+                        actions
+                    })
+                }
                 Err(e) => {
-                    let _ = reply.send(Err(e.into()));
-                    return Vec::new();
+                    let _ = answer.send(Err(e.into()));
+                    reply(|_, _| Vec::new())
                 }
-            };
-            let mailbox = kabar_storage::OwnMailbox { address: text, key: key.to_bytes(), added_at_ms: now_ms() };
-            courier.register(mailbox, revoke, reply);
-            Vec::new()
+            });
         }
-        MailboxChange::Fetch(answer) => {
-            let _ = reply.send(Ok(Vec::new()));
-            courier.fetch_now(engine.mailboxes(), answer);
-            Vec::new()
-        }
-        MailboxChange::Remove(address) => match engine.remove_mailbox(&address, now_ms(), rng) {
-            Ok((removed, actions)) => {
-                if let Some(m) = removed {
-                    courier.unregister(m);
-                    courier.set_mailboxes(engine.mailboxes());
-                    let _ = reply.send(Ok(courier.states().iter().map(|s| s.address.clone()).collect()));
-                } else {
-                    let _ = reply.send(Err(RpcError::new(codes::NOT_FOUND, format!("no mailbox at {address}"))));
-                }
-                actions
-            }
-            Err(e) => {
-                let _ = reply.send(Err(e.into()));
-                Vec::new()
-            }
-        },
     }
 }
 
@@ -953,43 +1154,50 @@ fn add_relay(swarm: &mut Swarm<Behaviour>, reach: &mut Reach, address: Multiaddr
 fn change_relays(
     swarm: &mut Swarm<Behaviour>,
     reach: &mut Reach,
-    engine: &Engine,
+    worker: &EngineWorker,
     change: RelayChange,
-) -> Result<Vec<String>, crate::control::RpcError> {
+    answer: oneshot::Sender<Result<Vec<String>, crate::control::RpcError>>,
+) {
     use crate::control::{RpcError, codes};
-    match change {
+    let refused = match change {
         RelayChange::Add(address) => {
             if reach.relays.len() >= 16 && !reach.relays.iter().any(|r| r.address == address) {
-                return Err(RpcError::new(codes::INVALID_VALUE, "at most 16 relays"));
-            }
-            if !add_relay(swarm, reach, address) {
-                return Err(RpcError::new(codes::INVALID_VALUE, "a relay address must end in /p2p/<relay PeerId>"));
+                Some(RpcError::new(codes::INVALID_VALUE, "at most 16 relays"))
+            } else if !add_relay(swarm, reach, address) {
+                Some(RpcError::new(codes::INVALID_VALUE, "a relay address must end in /p2p/<relay PeerId>"))
+            } else {
+                None
             }
         }
-        RelayChange::Remove(address) => {
-            let Some(index) = reach.relays.iter().position(|r| r.address == address) else {
-                return Err(RpcError::new(codes::NOT_FOUND, format!("{address} is not one of this profile's relays")));
-            };
-            let relay = reach.relays.remove(index);
-            if let Some(listener) = relay.listener {
-                reach.release(swarm, relay.peer, listener, relay.reserved);
+        RelayChange::Remove(address) => match reach.relays.iter().position(|r| r.address == address) {
+            None => Some(RpcError::new(codes::NOT_FOUND, format!("{address} is not one of this profile's relays"))),
+            Some(index) => {
+                let relay = reach.relays.remove(index);
+                if let Some(listener) = relay.listener {
+                    reach.release(swarm, relay.peer, listener, relay.reserved);
+                }
+                reach.announce_at = Some(Instant::now() + ANNOUNCE_AFTER);
+                None
             }
-            reach.announce_at = Some(Instant::now() + ANNOUNCE_AFTER);
-        }
+        },
+    };
+    if let Some(e) = refused {
+        let _ = answer.send(Err(e));
+        return;
     }
     let list: Vec<String> = reach.relays.iter().map(|r| r.address.to_string()).collect();
-    engine.store().set_relays(&list)?;
-    Ok(list)
+    let _ = worker.run(move |engine, _| {
+        let stored = engine.store().set_relays(&list).map(|()| list).map_err(Into::into);
+        reply(move |_, _| {
+            let _ = answer.send(stored);
+            Vec::new()
+        })
+    });
 }
 
 /// Timers of reachability: reserve on relays (with backoff), close relayed
 /// connections made redundant by direct ones, announce and publish addresses.
-fn on_reach_tick<R: rand_core::CryptoRng + ?Sized>(
-    swarm: &mut Swarm<Behaviour>,
-    reach: &mut Reach,
-    engine: &mut Engine,
-    rng: &mut R,
-) -> Vec<Action> {
+fn on_reach_tick(swarm: &mut Swarm<Behaviour>, reach: &mut Reach, worker: &EngineWorker) {
     let now = Instant::now();
     if !reach.public {
         for relay in reach.relays.iter_mut().filter(|r| r.listener.is_none() && r.retry_at <= now) {
@@ -1010,14 +1218,10 @@ fn on_reach_tick<R: rand_core::CryptoRng + ?Sized>(
             swarm.close_connection(id);
         }
     }
-    let mut actions = Vec::new();
     if reach.announce_at.is_some_and(|t| t <= now) {
         reach.announce_at = None;
         let addrs: Vec<String> = reach.advertised.iter().map(|a| a.to_string()).collect();
-        match engine.announce_addresses(&addrs, now_ms(), rng) {
-            Ok(a) => actions = a,
-            Err(e) => tracing::warn!(error = %e, "announcing addresses failed"),
-        }
+        worker.act("announcing addresses failed", move |engine, rng| engine.announce_addresses(&addrs, now_ms(), rng));
         reach.publish_at = Some(now);
     }
     if reach.publish_at.is_some_and(|t| t <= now) {
@@ -1029,7 +1233,6 @@ fn on_reach_tick<R: rand_core::CryptoRng + ?Sized>(
             tracing::debug!(error = ?e, "cannot publish the address record");
         }
     }
-    actions
 }
 
 /// Recomputes what the profile advertises; schedules an announcement if it
@@ -1129,31 +1332,34 @@ fn prekey_request_buckets() -> BucketMap<PeerId> {
     BucketMap::new(crate::budget::MAX_TRACKED_PEERS, PEER_PREKEY_REQUESTS_PER_SECOND, PEER_PREKEY_REQUESTS_BURST)
 }
 
-/// Reads the prekey counts of `node info` from the store (the `fetched`
-/// counter is kept by the loop).
-fn refresh_prekey_status(engine: &Engine, status: &mut PrekeyStatus) {
+/// The prekey counts of `node info` from the store: current signed prekey
+/// id, one-time prekeys that can be handed out, one-time prekeys held (the
+/// `fetched` counter is kept by the loop).
+fn prekey_counts(engine: &Engine) -> Option<(u32, u64, u64)> {
     let store = engine.store();
     let read = || -> Result<(u32, u64, u64), kabar_storage::StoreError> {
         Ok((store.current_signed_prekey()?.id(), store.offerable_one_time_prekeys()?, store.one_time_prekey_count()?))
     };
-    match read() {
-        Ok((signed_prekey_id, one_time_prekeys, one_time_prekeys_held)) => {
-            status.signed_prekey_id = signed_prekey_id;
-            status.one_time_prekeys = one_time_prekeys;
-            status.one_time_prekeys_held = one_time_prekeys_held;
-        }
-        Err(e) => tracing::debug!(error = %e, "cannot read the prekey counts"),
+    read().map_err(|e| tracing::debug!(error = %e, "cannot read the prekey counts")).ok()
+}
+
+/// Reads the prekey counts of `node info` into `status`.
+fn refresh_prekey_status(engine: &Engine, status: &mut PrekeyStatus) {
+    if let Some((signed_prekey_id, one_time_prekeys, one_time_prekeys_held)) = prekey_counts(engine) {
+        status.signed_prekey_id = signed_prekey_id;
+        status.one_time_prekeys = one_time_prekeys;
+        status.one_time_prekeys_held = one_time_prekeys_held;
     }
 }
 
-fn reachable(engine: &mut Engine, peer: &PeerId) -> Vec<Action> {
-    match signing_key_of(peer) {
-        Some(key) => engine.on_peer_reachable(&key, now_ms()).unwrap_or_default(),
-        None => Vec::new(),
+/// `peer` is reachable now: what waits for it goes.
+fn reachable(worker: &EngineWorker, peer: &PeerId) {
+    if let Some(key) = signing_key_of(peer) {
+        worker.act("flushing to a reachable peer failed", move |engine, _| engine.on_peer_reachable(&key, now_ms()));
     }
 }
 
-/// The loop's state that events update.
+/// The loop's state that events and the engine's replies update.
 struct LoopState<'a> {
     /// Store damage found while handling the event (the profile stops).
     failure: &'a mut Option<String>,
@@ -1164,23 +1370,36 @@ struct LoopState<'a> {
     status: &'a mut ProfileStatus,
     reach: &'a mut Reach,
     courier: &'a mut Courier,
+    /// The profile's own mailboxes (the engine's, as of its last change).
+    mailboxes: &'a mut Vec<kabar_storage::OwnMailbox>,
+    /// The tick's engine work has not come back yet.
+    tick_in_flight: &'a mut bool,
+    /// The profile's inbound budget (see [`crate::wire::InflightBudget`]).
+    inflight: &'a crate::wire::InflightBudget,
+    /// The profile's name, for logs.
+    name: &'a str,
 }
 
-fn handle_event<R: rand_core::CryptoRng + ?Sized>(
+/// Handles one swarm event; what needs the engine goes to its thread and
+/// comes back as a reply. Returns the actions to carry out now.
+fn handle_event(
     swarm: &mut Swarm<Behaviour>,
-    engine: &mut Engine,
+    worker: &EngineWorker,
     ctx: &mut LoopState<'_>,
     event: SwarmEvent<BehaviourEvent>,
-    rng: &mut R,
 ) -> Vec<Action> {
     match event {
         SwarmEvent::NewListenAddr { address, .. } => {
-            tracing::info!(profile = %engine.store().name(), %address, "listening");
+            tracing::info!(profile = %ctx.name, %address, "listening");
             if !addresses::is_relayed(&address)
                 && let Some((transport, port)) = transport_port(&address)
-                && let Err(e) = engine.store().set_listen_port(transport, port)
             {
-                tracing::warn!(error = %e, "cannot remember the listen port");
+                let _ = worker.run(move |engine, _| {
+                    if let Err(e) = engine.store().set_listen_port(transport, port) {
+                        tracing::warn!(error = %e, "cannot remember the listen port");
+                    }
+                    reply(|_, _| Vec::new())
+                });
             }
             ctx.status.listen_addrs.push(address.to_string());
             refresh_advertised(swarm, ctx.reach, ctx.status);
@@ -1244,9 +1463,10 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
             }
             if let Some(address) = ctx.courier.hosted_by(&peer_id).cloned() {
                 // Back in touch with one of our mailbox hosts: fetch.
-                ctx.courier.fetch_mailbox(engine.mailboxes(), &address);
+                ctx.courier.fetch_mailbox(ctx.mailboxes, &address);
             }
-            reachable(engine, &peer_id)
+            reachable(worker, &peer_id);
+            Vec::new()
         }
         SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
             ctx.reach.connections.remove(&connection_id);
@@ -1303,7 +1523,7 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
                 autonat::NatStatus::Private => ("private", false),
                 autonat::NatStatus::Unknown => ("unknown", false),
             };
-            tracing::info!(profile = %engine.store().name(), nat, "reachability changed");
+            tracing::info!(profile = %ctx.name, nat, "reachability changed");
             ctx.reach.nat = nat;
             ctx.reach.public = public;
             if !ctx.reach.kad_server {
@@ -1328,7 +1548,7 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
         SwarmEvent::Behaviour(BehaviourEvent::Envelope(event)) => match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    tracing::debug!(profile = %engine.store().name(), %peer, envelopes = request.len(), "request");
+                    tracing::debug!(profile = %ctx.name, %peer, envelopes = request.len(), "request");
                     let Some(key) = signing_key_of(&peer) else {
                         let _ = swarm
                             .behaviour_mut()
@@ -1340,31 +1560,45 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
                         tracing::debug!(%peer, "request over the per-peer rate; dropped");
                         return Vec::new();
                     }
-                    match engine.on_request(&key, &request, now_ms(), rng) {
-                        Ok((acks, actions)) => {
-                            // Everything is durable now: acknowledge.
+                    // Its bytes stay charged to the profile's inbound budget
+                    // until it is answered: requests waiting for a slow disk
+                    // are bounded in bytes, not only in number.
+                    let bytes = request.iter().map(|e| 4 + e.len()).sum::<usize>();
+                    let Some(held) = ctx.inflight.hold(bytes) else {
+                        tracing::debug!(%peer, "profile busy: inbound bytes waiting for the engine at the limit; dropped");
+                        return Vec::new();
+                    };
+                    let _ = worker.run(move |engine, rng| match engine.on_request(&key, &request, now_ms(), rng) {
+                        // Sent once the group is durable: acknowledge.
+                        Ok((acks, actions)) => reply(move |swarm, _| {
+                            drop(held);
                             let _ = swarm.behaviour_mut().envelope.send_response(channel, acks);
                             actions
-                        }
+                        }),
                         Err(e) => {
                             tracing::warn!(error = %e, "receiving failed");
-                            note_damage(ctx.failure, engine, &e);
-                            let _ = swarm
-                                .behaviour_mut()
-                                .envelope
-                                .send_response(channel, vec![Ack::Rejected(RejectReason::Storage); request.len()]);
-                            Vec::new()
+                            let damage = damage_of(engine, &e);
+                            reply(move |swarm, ctx| {
+                                drop(held);
+                                if let Some(d) = damage {
+                                    ctx.failure.get_or_insert(d);
+                                }
+                                let refused = vec![Ack::Rejected(RejectReason::Storage); request.len()];
+                                let _ = swarm.behaviour_mut().envelope.send_response(channel, refused);
+                                Vec::new()
+                            })
                         }
-                    }
+                    });
+                    Vec::new()
                 }
-                request_response::Message::Response { request_id, response } => match ctx.pending.remove(&request_id) {
-                    Some((peer, ids)) => engine.on_acks(&peer, &ids, &response, now_ms(), rng).unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "recording acknowledgements failed");
-                        note_damage(ctx.failure, engine, &e);
-                        Vec::new()
-                    }),
-                    None => Vec::new(),
-                },
+                request_response::Message::Response { request_id, response } => {
+                    if let Some((peer, ids)) = ctx.pending.remove(&request_id) {
+                        worker.act("recording acknowledgements failed", move |engine, rng| {
+                            engine.on_acks(&peer, &ids, &response, now_ms(), rng)
+                        });
+                    }
+                    Vec::new()
+                }
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 tracing::debug!(%peer, %error, "request failed");
@@ -1373,33 +1607,37 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
                     // peer's signed address record.
                     lookup(swarm, ctx.reach, peer);
                 }
-                match ctx.pending.remove(&request_id) {
-                    // Unreachable: what no mailbox holds yet goes to the
-                    // peer's mailbox.
-                    Some((key, ids)) => engine.on_transmit_failed(&key, &ids, now_ms()).unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "recording a failed transmission failed");
-                        note_damage(ctx.failure, engine, &e);
-                        Vec::new()
-                    }),
-                    None => Vec::new(),
+                // Unreachable: what no mailbox holds yet goes to the peer's
+                // mailbox.
+                if let Some((key, ids)) = ctx.pending.remove(&request_id) {
+                    worker.act("recording a failed transmission failed", move |engine, _| {
+                        engine.on_transmit_failed(&key, &ids, now_ms())
+                    });
                 }
+                Vec::new()
             }
             _ => Vec::new(),
         },
-        SwarmEvent::Behaviour(BehaviourEvent::Prekey(event)) => on_prekey_event(swarm, engine, ctx, event, rng),
+        SwarmEvent::Behaviour(BehaviourEvent::Prekey(event)) => {
+            on_prekey_event(worker, ctx, event);
+            Vec::new()
+        }
         SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
             add_dht_server(&mut swarm.behaviour_mut().kad, peer_id, info);
-            reachable(engine, &peer_id)
+            reachable(worker, &peer_id);
+            Vec::new()
         }
-        SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => on_kad(swarm, engine, ctx.reach, event),
+        SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
+            on_kad(swarm, worker, ctx.reach, event);
+            Vec::new()
+        }
         SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
-            let mut actions = Vec::new();
             for (peer, addr) in list {
                 swarm.add_peer_address(peer, addr.clone());
                 swarm.behaviour_mut().kad.add_address(&peer, addr);
-                actions.extend(reachable(engine, &peer));
+                reachable(worker, &peer);
             }
-            actions
+            Vec::new()
         }
         _ => Vec::new(),
     }
@@ -1407,70 +1645,68 @@ fn handle_event<R: rand_core::CryptoRng + ?Sized>(
 
 /// `/kabar/prekey/1`: answers requests (within the per-peer budget; a
 /// refused request is closed unanswered) and records responses.
-fn on_prekey_event<R: rand_core::CryptoRng + ?Sized>(
-    swarm: &mut Swarm<Behaviour>,
-    engine: &mut Engine,
+fn on_prekey_event(
+    worker: &EngineWorker,
     ctx: &mut LoopState<'_>,
     event: request_response::Event<PrekeyRequest, Vec<u8>>,
-    rng: &mut R,
-) -> Vec<Action> {
+) {
     match event {
         request_response::Event::Message { peer, message, .. } => match message {
             request_response::Message::Request { channel, .. } => {
                 // Dropping `channel` closes the stream without an answer.
-                let Some(key) = signing_key_of(&peer) else { return Vec::new() };
+                let Some(key) = signing_key_of(&peer) else { return };
                 if !ctx.prekey_limits.get(&peer, now_ms()).take(now_ms()) {
                     tracing::debug!(%peer, "prekey request over the per-peer rate; not answered");
-                    return Vec::new();
+                    return;
                 }
-                match engine.serve_prekeys(&key, now_ms()) {
-                    Ok(bytes) => {
-                        tracing::debug!(profile = %engine.store().name(), %peer, "prekeys served");
+                let _ = worker.run(move |engine, _| match engine.serve_prekeys(&key, now_ms()) {
+                    // The one-time prekey handed out is marked durably
+                    // before the answer leaves.
+                    Ok(bytes) => reply(move |swarm, ctx| {
+                        tracing::debug!(profile = %ctx.name, %peer, "prekeys served");
                         let _ = swarm.behaviour_mut().prekey.send_response(channel, bytes);
-                    }
+                        Vec::new()
+                    }),
                     Err(e) => {
-                        tracing::debug!(%peer, error = %e, "prekey request not answered");
-                        note_damage(ctx.failure, engine, &e);
+                        drop(channel);
+                        outcome(engine, "prekey request not answered", Err(e))
                     }
-                }
+                });
             }
             request_response::Message::Response { response, .. } => {
-                let Some(key) = signing_key_of(&peer) else { return Vec::new() };
-                match engine.on_prekeys(&key, &response, now_ms(), rng) {
-                    Ok(actions) => {
+                let Some(key) = signing_key_of(&peer) else { return };
+                let _ = worker.run(move |engine, rng| match engine.on_prekeys(&key, &response, now_ms(), rng) {
+                    Ok(actions) => reply(move |_, ctx| {
                         ctx.status.prekeys.fetched += 1;
-                        return actions;
-                    }
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "prekey response refused");
-                        note_damage(ctx.failure, engine, &e);
-                    }
-                }
+                        actions
+                    }),
+                    Err(e) => outcome(engine, "prekey response refused", Err(e)),
+                });
             }
         },
         request_response::Event::OutboundFailure { peer, error, .. } => {
             tracing::debug!(%peer, %error, "prekey request failed");
             // What waited for these prekeys goes without them.
-            let Some(key) = signing_key_of(&peer) else { return Vec::new() };
-            return engine.on_prekeys_failed(&key, now_ms(), rng).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "encrypting what waited for prekeys failed");
-                note_damage(ctx.failure, engine, &e);
-                Vec::new()
+            let Some(key) = signing_key_of(&peer) else { return };
+            worker.act("encrypting what waited for prekeys failed", move |engine, rng| {
+                engine.on_prekeys_failed(&key, now_ms(), rng)
             });
         }
         _ => {}
     }
-    Vec::new()
 }
 
-fn on_kad(swarm: &mut Swarm<Behaviour>, engine: &mut Engine, reach: &mut Reach, event: kad::Event) -> Vec<Action> {
+fn on_kad(swarm: &mut Swarm<Behaviour>, worker: &EngineWorker, reach: &mut Reach, event: kad::Event) -> Vec<Action> {
     match event {
         kad::Event::RoutingUpdated { peer, .. } => {
             if reach.publish_at.is_none() && !reach.advertised.is_empty() {
                 // First DHT peer: publish our record now.
                 reach.publish_at = Some(Instant::now());
             }
-            if swarm.is_connected(&peer) { Vec::new() } else { reachable(engine, &peer) }
+            if !swarm.is_connected(&peer) {
+                reachable(worker, &peer);
+            }
+            Vec::new()
         }
         kad::Event::InboundRequest { request: kad::InboundRequest::PutRecord { record, .. } } => {
             on_inbound_put(&mut swarm.behaviour_mut().kad, record);
@@ -1513,10 +1749,10 @@ fn on_kad(swarm: &mut Swarm<Behaviour>, engine: &mut Engine, reach: &mut Reach, 
                 let addrs: Vec<String> = record.addresses.iter().map(|a| a.to_string()).collect();
                 tracing::info!(peer = %wanted, addresses = addrs.len(), "found on the DHT");
                 dial(swarm, &key, &addrs);
-                engine.on_addresses_found(&key, &addrs, now_ms()).unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "cannot record found addresses");
-                    Vec::new()
-                })
+                worker.act("cannot record found addresses", move |engine, _| {
+                    engine.on_addresses_found(&key, &addrs, now_ms())
+                });
+                Vec::new()
             }
             _ => Vec::new(),
         },

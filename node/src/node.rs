@@ -179,6 +179,26 @@ impl Node {
         self.state.idle_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Runs `f` on the engine of `profile`, on the engine's thread, in turn
+    /// with everything else the engine does (for tests and embedders: the
+    /// control API is the interface). `None` if there is no such profile or
+    /// it stopped before `f` ran.
+    pub async fn with_engine<T: Send + 'static>(
+        &self,
+        profile: &str,
+        f: impl FnOnce(&mut Engine) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (_, handle) = self.state.profiles.iter().find(|(n, _)| n == profile)?;
+        let (result_tx, result_rx) = tokio::sync::oneshot::channel();
+        let job: network::EngineJob = Box::new(move |engine, _| {
+            let _ = result_tx.send(f(engine));
+            Ok((serde_json::Value::Null, Vec::new()))
+        });
+        let (answer, _) = tokio::sync::oneshot::channel();
+        handle.commands.send(network::Command::Job(job, answer)).await.ok()?;
+        result_rx.await.ok()
+    }
+
     /// The control socket's path.
     pub fn socket(&self) -> &std::path::Path {
         &self.socket

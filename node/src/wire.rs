@@ -24,7 +24,11 @@
 //! everything when [`EnvelopeCodec`]'s `read_request` returns, fails or is
 //! dropped. A read that cannot reserve fails at once ("profile busy"), its
 //! stream is reset and [`InflightBudget::refused`] counts it; the sender
-//! retries later. The same budget holds at most [`DEFAULT_INFLIGHT_STREAMS`]
+//! retries later. A request read whole is charged again to the same
+//! budget ([`InflightBudget::hold`]) while it waits for the profile's
+//! engine, until its acknowledgements are sent, so requests queued for a
+//! slow disk count too; one that does not fit is dropped unanswered and
+//! counted the same way. The same budget holds at most [`DEFAULT_INFLIGHT_STREAMS`]
 //! frames being read at once (each connection also has at most 16 streams,
 //! each peer 4 connections). Without the budget, 1024 connections × 16
 //! streams × 4 MiB could be held. Responses are at most [`MAX_RESPONSE_BYTES`] and are not
@@ -128,6 +132,19 @@ impl InflightBudget {
         self.inner.in_use.fetch_sub(n, Ordering::AcqRel);
     }
 
+    /// Holds `bytes` of the budget for a request that has been read and
+    /// waits for the engine (the profile's loop holds it until the
+    /// request's acknowledgements are sent); `None`, counted as refused,
+    /// when they do not fit.
+    pub fn hold(&self, bytes: usize) -> Option<Held> {
+        if self.try_reserve(bytes) {
+            Some(Held { budget: self.clone(), bytes })
+        } else {
+            self.inner.refused.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+
     /// Takes a frame slot if one is free.
     fn try_stream(&self) -> bool {
         let max = self.inner.max_streams;
@@ -142,6 +159,20 @@ impl Default for InflightBudget {
     /// A budget of [`DEFAULT_INFLIGHT_BYTES`].
     fn default() -> Self {
         InflightBudget::new(DEFAULT_INFLIGHT_BYTES)
+    }
+}
+
+/// Bytes of a budget held by a request waiting for the engine
+/// ([`InflightBudget::hold`]); released when dropped.
+#[derive(Debug)]
+pub struct Held {
+    budget: InflightBudget,
+    bytes: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
     }
 }
 

@@ -771,6 +771,26 @@ fn a_full_mailbox_keeps_the_rest_waiting_and_blocking_revokes_the_tag() {
 }
 
 #[test]
+fn a_deposit_whose_result_never_comes_back_is_tried_again_after_the_in_flight_limit() {
+    let (mut alice, mut bob, bob_id, _) = alice_and_bob();
+    let a = add_mailbox(&mut bob, HOST);
+    pump(&mut bob, &mut alice, a, T0);
+    let (_, actions) = alice.e().send(&bob_id, Content::text("m0"), T0, &mut rand::rng()).unwrap();
+    let (peer, sent, _) = transmits(&actions).remove(0);
+    let deposits = alice.e().on_transmit_failed(&peer, &sent, T0).unwrap();
+    assert!(matches!(deposits.first(), Some(Action::Deposit { .. })), "{deposits:?}");
+    // The deposit's result is lost (never reported): none is started again
+    // while it may still be under way…
+    let limit = kabar_node::engine::IN_FLIGHT_MAX_MS;
+    let soon = alice.e().on_transmit_failed(&peer, &sent, T0 + limit - 1).unwrap();
+    assert!(!soon.iter().any(|a| matches!(a, Action::Deposit { .. })), "{soon:?}");
+    // …and it is once the limit has passed: the contact is not stuck.
+    let later = alice.e().on_transmit_failed(&peer, &sent, T0 + limit).unwrap();
+    let Some(Action::Deposit { message_ids, .. }) = later.first() else { panic!("no deposit: {later:?}") };
+    assert_eq!(message_ids, &sent);
+}
+
+#[test]
 fn garbage_from_a_mailbox_is_deleted_and_changes_nothing() {
     let mut bob = Party::new("bob", ProfileKind::Personal);
     let mut alice = Party::new("alice", ProfileKind::Personal);

@@ -191,6 +191,12 @@ pub struct ProfileStore {
     name: String,
     kind: ProfileKind,
     path: PathBuf,
+    /// Inside a commit group ([`ProfileStore::begin_group`]): writes are
+    /// not durable until [`ProfileStore::end_group`].
+    grouped: std::sync::atomic::AtomicBool,
+    /// Why the store may not be written any more (damage, or an I/O error
+    /// redb does not recover from), once its owner found out.
+    broken: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for ProfileStore {
@@ -311,8 +317,15 @@ impl ProfileStore {
                 .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?,
         );
         let db = Database::create(path).map_err(|e| map_open_error(path, e))?;
-        let store =
-            ProfileStore { db, keys: RecordKeys::derive(data_key)?, name: name.into(), kind, path: path.into() };
+        let store = ProfileStore {
+            db,
+            keys: RecordKeys::derive(data_key)?,
+            name: name.into(),
+            kind,
+            path: path.into(),
+            grouped: std::sync::atomic::AtomicBool::new(false),
+            broken: std::sync::Mutex::new(None),
+        };
         let identity = IdentityKeyPair::generate(kind, rng);
         let spk = SignedPrekey::generate(&identity, 1, now, rng);
         let opks = OneTimePrekey::generate_batch(1, INITIAL_ONE_TIME_PREKEYS, rng);
@@ -364,8 +377,15 @@ impl ProfileStore {
         verify: bool,
     ) -> Result<Self, StoreError> {
         let db = crate::check::open_unwritten(path, verify)?;
-        let store =
-            ProfileStore { db, keys: RecordKeys::derive(data_key)?, name: name.into(), kind, path: path.into() };
+        let store = ProfileStore {
+            db,
+            keys: RecordKeys::derive(data_key)?,
+            name: name.into(),
+            kind,
+            path: path.into(),
+            grouped: std::sync::atomic::AtomicBool::new(false),
+            broken: std::sync::Mutex::new(None),
+        };
         crate::check::contained(path, || store.check_and_migrate())?;
         Ok(store)
     }
@@ -379,8 +399,15 @@ impl ProfileStore {
         data_key: &[u8; 32],
     ) -> Result<Self, StoreError> {
         let db = crate::check::contained(path, || Database::open(path).map_err(|e| map_open_error(path, e)))?;
-        let store =
-            ProfileStore { db, keys: RecordKeys::derive(data_key)?, name: name.into(), kind, path: path.into() };
+        let store = ProfileStore {
+            db,
+            keys: RecordKeys::derive(data_key)?,
+            name: name.into(),
+            kind,
+            path: path.into(),
+            grouped: std::sync::atomic::AtomicBool::new(false),
+            broken: std::sync::Mutex::new(None),
+        };
         crate::check::contained(path, || store.check_and_migrate())?;
         Ok(store)
     }
@@ -533,9 +560,50 @@ impl ProfileStore {
 
     // ---- transactions -----------------------------------------------------
 
-    /// Runs `f` in one durable write transaction; commits only if `f` succeeds.
+    /// Runs `f` in one durable write transaction; commits only if `f`
+    /// succeeds. Inside a commit group the transaction commits at once but
+    /// becomes durable only with the group ([`ProfileStore::end_group`]).
     fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        self.write_with(redb::Durability::Immediate, f)
+        let durability = if self.grouped.load(std::sync::atomic::Ordering::Relaxed) {
+            redb::Durability::None
+        } else {
+            redb::Durability::Immediate
+        };
+        self.write_with(durability, f)
+    }
+
+    /// Starts a commit group (group commit, as databases do with their
+    /// logs): the transactions that follow commit in order, each visible to
+    /// the next, but none is durable until [`ProfileStore::end_group`] makes
+    /// them all durable with one fsync. The caller holds back everything
+    /// that depends on them (acknowledgements, envelopes, replies) until
+    /// then; a crash before it loses the whole group and nothing else.
+    pub fn begin_group(&self) {
+        self.grouped.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records that the store was found damaged or unusable (`reason`, the
+    /// first one kept): its owner stops using it, and [`ProfileStore::end_group`]
+    /// refuses to make anything durable.
+    pub fn mark_broken(&self, reason: impl Into<String>) {
+        let mut broken = self.broken.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        broken.get_or_insert_with(|| reason.into());
+    }
+
+    /// Why the store was marked broken ([`ProfileStore::mark_broken`]).
+    pub fn broken(&self) -> Option<String> {
+        self.broken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Ends a commit group: one durable commit makes every transaction since
+    /// [`ProfileStore::begin_group`] durable. An error means none of them
+    /// may be relied on (nothing that depends on them may leave).
+    pub fn end_group(&self) -> Result<(), StoreError> {
+        self.grouped.store(false, std::sync::atomic::Ordering::Relaxed);
+        if let Some(reason) = self.broken() {
+            return Err(StoreError::Database(format!("not made durable: the store was found broken: {reason}")));
+        }
+        self.write_with(redb::Durability::Immediate, |_| Ok(()))
     }
 
     /// Runs `f` in one write transaction with the given durability.

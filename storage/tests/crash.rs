@@ -4,8 +4,10 @@
 //! [`crash_child`] test) sends messages in a loop as the node would: a real
 //! ratchet step per message, the session, message record and outbox entry
 //! committed together by `commit_outgoing` (batches of 1–8), with delivery
-//! attempts and acknowledgements now and then. It reports each commit on
-//! stdout only after the commit returned. The parent SIGKILLs it at random
+//! attempts and acknowledgements now and then, half the time inside one
+//! commit group (`begin_group` … `end_group`). It reports each commit on
+//! stdout only after the commit returned, or for a group after
+//! `end_group` returned. The parent SIGKILLs it at random
 //! moments, many times over, and after every kill reopens the store and
 //! checks it:
 //! - every message the child reported committed is in the history exactly
@@ -103,7 +105,7 @@ fn run_child(root: &Path) -> ! {
     outbox.sort_by_key(|e| e.seq);
     let mut pending: VecDeque<[u8; 16]> = outbox.into_iter().map(|e| e.message_id).collect();
     let stdout = std::io::stdout();
-    let report = |lines: &[String]| {
+    let report_now = |lines: &[String]| {
         let mut out = stdout.lock();
         for line in lines {
             writeln!(out, "{MARK} {line}").unwrap();
@@ -112,6 +114,20 @@ fn run_child(root: &Path) -> ! {
     };
 
     loop {
+        // Half the iterations run as one commit group: their reports wait
+        // for the group's durable commit, as the node's acknowledgements do.
+        let grouped = rng.random_bool(0.5);
+        let mut held: Vec<String> = Vec::new();
+        if grouped {
+            store.begin_group();
+        }
+        let mut report = |lines: &[String]| {
+            if grouped {
+                held.extend(lines.iter().cloned());
+            } else {
+                report_now(lines);
+            }
+        };
         let count = rng.random_range(1..=8u64);
         let mut batch = Vec::new();
         for counter in next..next + count {
@@ -153,6 +169,10 @@ fn run_child(root: &Path) -> ! {
             }
             store.acknowledge(&ids).unwrap();
             report(&ids.iter().map(|id| format!("acked {}", hex(id))).collect::<Vec<_>>());
+        }
+        if grouped {
+            store.end_group().unwrap();
+            report_now(&held);
         }
     }
 }

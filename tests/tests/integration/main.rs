@@ -13,6 +13,7 @@
 mod api;
 mod business;
 mod damage;
+mod disk;
 mod hostile;
 mod mailbox;
 mod messaging;
