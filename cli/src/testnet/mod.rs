@@ -30,8 +30,12 @@
 //!   the phases (start, reserve relay slots, introduce, connect, traffic, let
 //!   hole punching settle, count) and the report.
 //! - `network`: where the nodes run (`Network`: loopback, or a `NatLab`) and
-//!   how a node process starts there; `NodeProc`: one node process,
-//!   restartable; `RelayProc`: a `kabar serve` in the lab.
+//!   how a node process starts there; `start_nodes`: the network's nodes,
+//!   started in parallel; `NodeProc`: one node process, restartable;
+//!   `RelayProc`: a `kabar serve` in the lab.
+//! - `driver`: how the driver works on many nodes at once, bounded
+//!   (`concurrently`: a task per node on a few threads; `Senders`: the
+//!   traffic, several `message.send` calls in flight per node).
 //! - `offline`: the traffic plan with offline rounds (pure: `plan`,
 //!   `down_at_once`) and the offline part of the report.
 //! - `hostile`: the hostile actors of `--hostile K` (their own libp2p
@@ -64,12 +68,14 @@ use serde_json::{Value, json};
 use crate::client::Client;
 use crate::out::outln;
 
+mod driver;
 mod hostile;
 mod network;
 mod offline;
 mod soak;
 mod tally;
 
+use driver::*;
 use network::*;
 use offline::*;
 use tally::*;
@@ -182,12 +188,11 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
             .progress_chars("=> "),
     );
 
-    // 1. The lab (with --nat), data directories and node processes. The
-    // seeded RNG draws the NAT types (with --nat), then the contacts, the
-    // offline rounds and the traffic, so a seed repeats a run's plan; keys
-    // always come from the OS.
+    // 1. The lab (with --nat), data directories and node processes (in
+    // parallel, see `start_nodes`). The seeded RNG draws the NAT types (with
+    // --nat), then the contacts, the offline rounds and the traffic, so a
+    // seed repeats a run's plan; keys always come from the OS.
     let started = Instant::now();
-    let mut key_rng = rand::rng();
     let seed = opts.seed.unwrap_or_else(|| rand::rng().random());
     let mut rng = StdRng::seed_from_u64(seed);
     let (interrupt, mut net) = match &opts.nat {
@@ -200,34 +205,13 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         }
     };
     progress.set_message("starting nodes");
-    let mut nodes: Vec<NodeProc> = Vec::with_capacity(opts.nodes);
-    let mut failed_to_start = Vec::new();
-    for i in 0..opts.nodes {
-        interrupt.check()?;
-        let dir = root.join(format!("node-{i:02}"));
-        if !dir.join(kabar_storage::header::HEADER_FILE).exists() {
-            let mut data = DataDir::create(&dir, PASSPHRASE.as_bytes(), KdfParams::TESTNET)?;
-            data.create_profile("personal", ProfileKind::Personal, 1_700_000_000, &mut key_rng)?;
-            data.create_profile("shop", ProfileKind::Business, 1_700_000_000, &mut key_rng)?;
-        }
-        match NodeProc::start(i, &dir, &mut net) {
-            Ok(n) => {
-                net.started(&n);
-                nodes.push(n);
-            }
-            Err(e) => {
-                failed_to_start.push(format!("node {i}: {e:#}"));
-                if i == 0 && matches!(net, Network::Loopback { .. }) {
-                    bail!("the bootstrap node failed to start: {e:#}");
-                }
-            }
-        }
-        progress.inc(1);
-    }
+    let (mut nodes, failed_to_start) =
+        start_nodes(opts.nodes, &root, &mut net, Instant::now() + opts.timeout, &interrupt, &progress)?;
     let n = nodes.len();
     if n < 2 {
         bail!("fewer than 2 nodes started: {}", failed_to_start.join("; "));
     }
+    let started_after = started.elapsed();
 
     // 1b. With --nat: every profile holds a relay slot, so cards carry
     // circuit addresses.
@@ -281,17 +265,28 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
     }
 
     // 2. Contact cards: each personal profile knows FRIENDS others; each
-    // business has CUSTOMERS customers.
+    // business has CUSTOMERS customers. Every node's part runs in parallel
+    // (AT_ONCE at a time).
     progress.set_message("introducing contacts");
     progress.set_position(0);
     progress.set_length(n as u64);
-    let mut cards: HashMap<(usize, &str), String> = HashMap::new();
-    for node in &nodes {
+    let fetched = concurrently(&nodes, AT_ONCE, |node| -> Result<Vec<String>> {
+        interrupt.check()?;
         let mut c = node.client()?;
-        for profile in ["personal", "shop"] {
-            let card =
-                c.call("card.get", json!({"profile": profile, "name": format!("{profile}-{:02}", node.index)}))?;
-            cards.insert((node.index, profile), card["card"].as_str().unwrap_or_default().to_string());
+        ["personal", "shop"]
+            .into_iter()
+            .map(|profile| {
+                let name = format!("{profile}-{:02}", node.index);
+                let card = c.call("card.get", json!({"profile": profile, "name": name}))?;
+                Ok(card["card"].as_str().unwrap_or_default().to_string())
+            })
+            .collect::<Result<_>>()
+            .with_context(|| format!("node {}: taking its cards", node.index))
+    });
+    let mut cards: HashMap<(usize, &str), String> = HashMap::new();
+    for (node, node_cards) in nodes.iter().zip(fetched) {
+        for (profile, card) in ["personal", "shop"].into_iter().zip(node_cards?) {
+            cards.insert((node.index, profile), card);
         }
     }
     let mut friends: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -308,40 +303,62 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         others.shuffle(&mut rng);
         customers_of[i] = others.into_iter().take(CUSTOMERS.min(n - 1)).collect();
     }
-    for (i, node) in nodes.iter().enumerate() {
+    let positions: Vec<usize> = (0..n).collect();
+    let introduced = concurrently(&positions, AT_ONCE, |&i| -> Result<()> {
         interrupt.check()?;
+        let node = &nodes[i];
         let mut c = node.client()?;
+        let mut add = |j: usize, profile: &str, name: String| {
+            c.call(
+                "contact.add",
+                json!({"profile": "personal", "card": cards[&(nodes[j].index, profile)], "name": name}),
+            )
+            .map(drop)
+            .with_context(|| format!("node {}: adding node {}'s {profile} card", node.index, nodes[j].index))
+        };
         for &j in &friends[i] {
-            c.call("contact.add", json!({"profile": "personal", "card": cards[&(nodes[j].index, "personal")], "name": format!("friend-{:02}", nodes[j].index)}))?;
+            add(j, "personal", format!("friend-{:02}", nodes[j].index))?;
         }
         for (b, shop_customers) in customers_of.iter().enumerate() {
             if shop_customers.contains(&i) {
-                c.call("contact.add", json!({"profile": "personal", "card": cards[&(nodes[b].index, "shop")], "name": format!("shop-{:02}", nodes[b].index)}))?;
+                add(b, "shop", format!("shop-{:02}", nodes[b].index))?;
             }
         }
         progress.inc(1);
-    }
+        Ok(())
+    });
+    introduced.into_iter().collect::<Result<()>>()?;
+    let introduced_after = started.elapsed();
 
     // 3. Wait until every node is connected (to the bootstrap node at least;
-    // with --nat, to its relay).
+    // with --nat, to its relay): each node watched on its own connection,
+    // AT_ONCE at a time.
     progress.set_message("connecting");
+    progress.set_position(0);
     let connect_deadline = Instant::now() + opts.timeout;
-    loop {
-        interrupt.check()?;
-        let mut all = true;
-        for node in &nodes {
-            let info = node.client()?.call("node.info", json!({}))?;
-            if info["profiles"][0]["connected_peers"].as_u64().unwrap_or(0) == 0 {
-                all = false;
+    let connected = concurrently(&nodes, AT_ONCE, |node| -> Result<bool> {
+        let mut c = node.client()?;
+        loop {
+            interrupt.check()?;
+            let info = c.call("node.info", json!({}))?;
+            if info["profiles"][0]["connected_peers"].as_u64().unwrap_or(0) > 0 {
+                progress.inc(1);
+                return Ok(true);
             }
+            if Instant::now() > connect_deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        if all {
-            break;
+    });
+    let mut unconnected = Vec::new();
+    for (node, ok) in nodes.iter().zip(connected) {
+        if !ok.with_context(|| format!("node {}: waiting for a connection", node.index))? {
+            unconnected.push(format!("node {}", node.index));
         }
-        if Instant::now() > connect_deadline {
-            bail!("the network did not connect within {:?}", opts.timeout);
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !unconnected.is_empty() {
+        bail!("the network did not connect within {:?}: no connection on {}", opts.timeout, unconnected.join(", "));
     }
     let connected_after = started.elapsed();
 
@@ -380,7 +397,11 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
     }
 
     // 5. Traffic: M messages per node to random contacts; with
-    // --offline-rate in rounds, with some nodes offline in each.
+    // --offline-rate in rounds, with some nodes offline in each. This thread
+    // draws each message (the seeded plan, in order) and hands it to the
+    // senders (several calls in flight per node, see `driver`); before a
+    // node stops, is killed or the hostile half begins, every send so far
+    // is answered first.
     let total = n * opts.messages;
     progress.set_message("sending");
     progress.set_position(0);
@@ -395,11 +416,12 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
     let mut stretches: Vec<Stretch> = Vec::new();
     let traffic_start = Instant::now();
     let mut round_start = traffic_start;
-    let mut clients: Vec<Option<Client>> = nodes.iter().map(|nd| nd.client().ok()).collect();
+    let senders = Senders::start(&nodes, &progress)?;
+    let in_flight_max = SEND_WORKERS.min(n * CONNECTIONS_PER_NODE);
     let mut k = 0usize;
-    // The last message sent (sender, id), and those whose sender went
-    // offline right after.
-    let mut last_sent: Option<(usize, String)> = None;
+    // The last message sent (its place in the traffic, sender, id), and
+    // those whose sender went offline right after.
+    let mut last_sent: Option<(usize, usize, String)> = None;
     let mut last_words: HashSet<String> = HashSet::new();
     // With --hostile: the actors start halfway through the traffic; the peak
     // RSS of the calm half is taken then.
@@ -415,12 +437,13 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
             Step::Send(i) => i,
             Step::Down(v) => {
                 progress.set_message(format!("sending (node {:02} down)", nodes[v].index));
-                if let Some((from, id)) = last_sent.take()
+                file_taken(senders.settle(&interrupt)?, &mut sent, &mut last_sent);
+                if let Some((_, from, id)) = last_sent.take()
                     && from == v
                 {
                     last_words.insert(id);
                 }
-                clients[v] = None;
+                senders.forget(v);
                 nodes[v].stop(STOP_GRACE);
                 down_since[v] = Some(Instant::now());
                 continue;
@@ -429,7 +452,7 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
                 nodes[v].spawn(&mut net)?;
                 nodes[v].restarts += 1;
                 spawn_reader(&nodes[v], seen.clone())?;
-                clients[v] = nodes[v].client().ok();
+                senders.forget(v);
                 if let Some(since) = down_since[v].take() {
                     let at = |t: Instant| t.saturating_duration_since(traffic_start).as_secs_f64();
                     stretches.push(Stretch { node: nodes[v].index, from_s: at(since), to_s: at(Instant::now()) });
@@ -450,12 +473,13 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         if opts.kill_rate > 0.0 && rng.random::<f64>() < opts.kill_rate {
             let victim = rng.random_range(1..n);
             if down_since[victim].is_none() {
+                file_taken(senders.settle(&interrupt)?, &mut sent, &mut last_sent);
+                senders.forget(victim);
                 nodes[victim].kill();
                 kills += 1;
                 nodes[victim].spawn(&mut net)?;
                 nodes[victim].restarts += 1;
                 spawn_reader(&nodes[victim], seen.clone())?;
-                clients[victim] = nodes[victim].client().ok();
             }
         }
         if opts.hostile > 0 {
@@ -468,6 +492,7 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         }
         if k == hostile_from && hostile.is_none() {
             progress.set_message("sending (hostile actors attacking)");
+            file_taken(senders.settle(&interrupt)?, &mut sent, &mut last_sent);
             for node in &mut nodes {
                 node.sample_rss();
             }
@@ -488,24 +513,11 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         let tag = format!("tn-{k}-{}", rng.random::<u32>());
         k += 1;
         let text = format!("{tag} {}", "x".repeat(64));
-        let at = Instant::now();
-        let Some(client) = clients[i].as_mut() else { continue };
-        match client.call("message.send", json!({"profile": "personal", "to": name, "text": text})) {
-            Ok(v) => {
-                let id = v["message_id"].as_str().unwrap_or_default().to_string();
-                last_sent = Some((i, id.clone()));
-                sent.insert(
-                    id,
-                    Sent { from: i, to_node, to_profile, to_name: name, tag, at, hostile: hostile.is_some() },
-                );
-            }
-            Err(e) => {
-                progress.println(format!("node {i}: send failed: {e:#}"));
-                clients[i] = nodes[i].client().ok();
-            }
-        }
-        progress.inc(1);
+        let sent_as =
+            Sent { from: i, to_node, to_profile, to_name: name, tag, at: Instant::now(), hostile: hostile.is_some() };
+        senders.send(SendJob { k, text, sent: sent_as }, &interrupt)?;
     }
+    file_taken(senders.finish(&interrupt)?, &mut sent, &mut last_sent);
     let send_phase = traffic_start.elapsed();
 
     // 6. Wait for deliveries.
@@ -631,14 +643,22 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
     for s in sent.values() {
         by_receiver.entry((s.to_node, s.to_profile)).or_default().push(s);
     }
-    for ((node, profile), msgs) in &by_receiver {
-        let mut c = nodes[*node].client()?;
+    // Each receiving profile's histories with its senders, AT_ONCE
+    // receivers at a time; a sender is found by its PeerId.
+    let peer_ids = concurrently(&nodes, AT_ONCE, |node| -> Result<String> {
+        let info = node.client()?.call("node.info", json!({}))?;
+        Ok(info["profiles"][0]["peer_id"].as_str().unwrap_or_default().to_string())
+    });
+    let peer_ids: Vec<String> = peer_ids.into_iter().collect::<Result<_>>()?;
+    let receivers: Vec<(&(usize, &str), &Vec<&Sent>)> = by_receiver.iter().collect();
+    let counted = concurrently(&receivers, AT_ONCE, |&(&(node, profile), msgs)| -> Result<(usize, usize)> {
+        let mut c = nodes[node].client()?;
         let mut counts: HashMap<String, usize> = HashMap::new();
         let mut senders: Vec<usize> = msgs.iter().map(|s| s.from).collect();
         senders.sort_unstable();
         senders.dedup();
         for from in senders {
-            let with = cards_name(&mut c, profile, &nodes[from])?;
+            let with = cards_name(&mut c, profile, &peer_ids[from], &nodes[from])?;
             let h = c.call("message.history", json!({"profile": profile, "with": with, "limit": 1000}))?;
             for m in h["messages"].as_array().into_iter().flatten() {
                 if let Some(text) = m["content"]["text"].as_str()
@@ -648,6 +668,7 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
                 }
             }
         }
+        let (mut lost, mut duplicated) = (0, 0);
         for s in msgs {
             match counts.get(&s.tag).copied().unwrap_or(0) {
                 0 => lost += 1,
@@ -655,6 +676,12 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
                 _ => duplicated += 1,
             }
         }
+        Ok((lost, duplicated))
+    });
+    for c in counted {
+        let (l, d) = c?;
+        lost += l;
+        duplicated += d;
     }
     for node in &mut nodes {
         node.sample_rss();
@@ -676,6 +703,8 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         "kills": kills,
         "restarts_per_node": nodes.iter().map(|nd| nd.restarts).collect::<Vec<_>>(),
         "time_to_connect_ms": connected_after.as_millis() as u64,
+        "connect_phases_ms": {"started": started_after.as_millis() as u64, "introduced": introduced_after.as_millis() as u64, "connected": connected_after.as_millis() as u64},
+        "calls_in_flight": {"max": in_flight_max, "per_node": CONNECTIONS_PER_NODE},
         "send_phase_ms": send_phase.as_millis() as u64,
         "traffic_ms": traffic_elapsed.as_millis() as u64,
         "latency_ms": {"p50": percentile(&latencies, 50.0), "p95": percentile(&latencies, 95.0), "p99": percentile(&latencies, 99.0), "max": latencies.last()},
@@ -758,7 +787,13 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         for f in &failed_to_start {
             outln!("  failed: {f}")?;
         }
-        outln!("  connected after       {:.2} s", connected_after.as_secs_f64())?;
+        outln!(
+            "  connected after       {:.2} s  (from the first spawn: all started {:.2} s, contacts introduced {:.2} s, every node connected {:.2} s)",
+            connected_after.as_secs_f64(),
+            started_after.as_secs_f64(),
+            introduced_after.as_secs_f64(),
+            connected_after.as_secs_f64()
+        )?;
         outln!("  messages sent         {}", sent.len())?;
         outln!(
             "  messages delivered    {delivered_count} ({:.2} %)",
@@ -777,7 +812,9 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
             percentile(&latencies, 95.0),
             percentile(&latencies, 99.0)
         )?;
-        outln!("  throughput            {throughput:.0} messages/s")?;
+        outln!(
+            "  throughput            {throughput:.0} messages/s  (sends with up to {in_flight_max} calls in flight, {CONNECTIONS_PER_NODE} per node)"
+        )?;
         if let Some(off) = report.get("offline") {
             print_offline(off)?;
         }
@@ -824,6 +861,18 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
     Ok(())
 }
 
+/// Files the messages the senders' nodes took into `sent`, and the latest
+/// of them (by place in the traffic) into `last_sent` as (place, sender,
+/// id).
+fn file_taken(taken: Vec<Taken>, sent: &mut HashMap<String, Sent>, last_sent: &mut Option<(usize, usize, String)>) {
+    for t in taken {
+        if last_sent.as_ref().is_none_or(|(k, _, _)| t.k > *k) {
+            *last_sent = Some((t.k, t.sent.from, t.id.clone()));
+        }
+        sent.insert(t.id, t.sent);
+    }
+}
+
 /// Per sender (position in `nodes`): the status of each message it sent,
 /// by id, from its `message.history` with each contact it wrote to.
 fn sender_history(nodes: &[NodeProc], sent: &HashMap<String, Sent>) -> HashMap<usize, Result<HashMap<String, String>>> {
@@ -831,25 +880,21 @@ fn sender_history(nodes: &[NodeProc], sent: &HashMap<String, Sent>) -> HashMap<u
     for s in sent.values() {
         pairs.entry(s.from).or_default().insert(&s.to_name);
     }
-    pairs
-        .into_iter()
-        .map(|(from, names)| {
-            let statuses = (|| {
-                let mut c = nodes[from].client()?;
-                let mut out = HashMap::new();
-                for name in names {
-                    let h = c.call("message.history", json!({"profile": "personal", "with": name, "limit": 1000}))?;
-                    for m in h["messages"].as_array().into_iter().flatten().filter(|m| m["direction"] == "out") {
-                        if let (Some(id), Some(status)) = (m["id"].as_str(), m["status"].as_str()) {
-                            out.insert(id.to_string(), status.to_string());
-                        }
-                    }
+    let pairs: Vec<(usize, HashSet<&str>)> = pairs.into_iter().collect();
+    let statuses = concurrently(&pairs, AT_ONCE, |(from, names)| -> Result<HashMap<String, String>> {
+        let mut c = nodes[*from].client()?;
+        let mut out = HashMap::new();
+        for name in names {
+            let h = c.call("message.history", json!({"profile": "personal", "with": name, "limit": 1000}))?;
+            for m in h["messages"].as_array().into_iter().flatten().filter(|m| m["direction"] == "out") {
+                if let (Some(id), Some(status)) = (m["id"].as_str(), m["status"].as_str()) {
+                    out.insert(id.to_string(), status.to_string());
                 }
-                Ok(out)
-            })();
-            (from, statuses)
-        })
-        .collect()
+            }
+        }
+        Ok(out)
+    });
+    pairs.iter().map(|(from, _)| *from).zip(statuses).collect()
 }
 
 /// The text form of the report's `offline` part.
@@ -894,11 +939,9 @@ fn print_offline(off: &Value) -> Result<()> {
     Ok(())
 }
 
-/// The name node `reader` filed `sender` under (friend-NN, or the
-/// customer's automatic name in a shop).
-fn cards_name(client: &mut Client, profile: &str, sender: &NodeProc) -> Result<String> {
-    let info = Client::connect(&sender.dir)?.call("node.info", json!({}))?;
-    let peer = info["profiles"][0]["peer_id"].as_str().unwrap_or_default().to_string();
+/// The name node `reader` filed `sender` (its personal profile's PeerId
+/// `peer`) under (friend-NN, or the customer's automatic name in a shop).
+fn cards_name(client: &mut Client, profile: &str, peer: &str, sender: &NodeProc) -> Result<String> {
     let contacts = client.call("contact.list", json!({"profile": profile}))?;
     contacts
         .as_array()

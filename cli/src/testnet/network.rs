@@ -1,7 +1,17 @@
 //! Where the test network's nodes run (loopback, or a network lab behind
 //! NATs with relays) and the node, relay and mailbox host processes.
 
+use std::io;
+use std::process::ChildStdout;
+use std::sync::mpsc::{RecvTimeoutError, SyncSender};
+
 use super::*;
+
+/// Nodes launched and not yet ready at most, while the network starts.
+const START_AT_ONCE: usize = 16;
+/// Longest a node may take from its launch to its start report (the first
+/// line of its output; the node prints it once it listens).
+pub(super) const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) enum Network {
     /// On loopback; every node bootstraps from the first one that started.
@@ -46,23 +56,21 @@ impl Network {
     }
 
     /// Starts `cmd` (from [`Network::node_command`]) and returns the
-    /// process with its first line of output.
-    pub(super) fn spawn(&mut self, cmd: &mut Command) -> Result<(NodeChild, String)> {
-        match self {
+    /// process with its output, which the node's start report comes on.
+    pub(super) fn launch(&mut self, cmd: &mut Command) -> Result<(NodeChild, ChildStdout)> {
+        let (child, stdout) = match self {
             Network::Loopback { .. } => {
                 let mut child = cmd.spawn().context("starting a node process")?;
-                let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"));
-                let child = NodeChild::Local(child);
-                let mut line = String::new();
-                BufReader::new(stdout?).read_line(&mut line)?;
-                Ok((child, line))
+                let stdout = child.stdout.take();
+                (NodeChild::Local(child), stdout)
             }
             Network::Lab(lab) => {
                 let mut process = lab.lab.spawn(cmd).context("starting a node process in the lab")?;
-                let line = process.stdout_lines()?.next_within(LAB_START_TIMEOUT)?;
-                Ok((NodeChild::Lab(process), line))
+                let stdout = process.take_stdout();
+                (NodeChild::Lab(process), stdout)
             }
-        }
+        };
+        Ok((child, stdout.ok_or_else(|| anyhow!("no stdout"))?))
     }
 
     /// Notes a node that started: on loopback, the first one is everyone's
@@ -74,6 +82,107 @@ impl Network {
             *bootstrap = Some(node.personal_addr.clone());
         }
     }
+}
+
+/// Starts nodes `0..count`, each on its data directory under `root` (made
+/// when missing): on loopback node 0 first and alone (it is everyone's
+/// bootstrap peer), then all the others in parallel, at most
+/// [`START_AT_ONCE`] launched and not yet ready at a time. A node that has
+/// not reported within [`NODE_START_TIMEOUT`] of its launch, or by
+/// `deadline`, is killed and named in the second list, with those that
+/// failed otherwise. The nodes that started come back in index order.
+pub(super) fn start_nodes(
+    count: usize,
+    root: &Path,
+    net: &mut Network,
+    deadline: Instant,
+    interrupt: &Interrupt,
+    progress: &ProgressBar,
+) -> Result<(Vec<NodeProc>, Vec<String>)> {
+    let mut key_rng = rand::rng();
+    let (tx, reports) = std::sync::mpsc::sync_channel(count.max(1));
+    let mut started: Vec<NodeProc> = Vec::with_capacity(count);
+    let mut failed = Vec::new();
+    // Launched, not yet ready: the node and when it was launched.
+    let mut starting: BTreeMap<usize, (NodeProc, Instant)> = BTreeMap::new();
+    let mut next = 0;
+    while next < count || !starting.is_empty() {
+        interrupt.check()?;
+        let bootstrap_first = matches!(net, Network::Loopback { bootstrap: None });
+        let at_once = if bootstrap_first { 1 } else { START_AT_ONCE };
+        while starting.len() < at_once && next < count {
+            let i = next;
+            next += 1;
+            let dir = root.join(format!("node-{i:02}"));
+            let launched = prepare_dir(&dir, &mut key_rng).and_then(|()| NodeProc::launch(i, &dir, net, &tx));
+            match launched {
+                Ok(node) => {
+                    starting.insert(i, (node, Instant::now()));
+                }
+                Err(e) => {
+                    if bootstrap_first {
+                        bail!("the bootstrap node failed to start: {e:#}");
+                    }
+                    failed.push(format!("node {i}: {e:#}"));
+                    progress.inc(1);
+                }
+            }
+        }
+        let Some(oldest) = starting.values().map(|(_, at)| *at).min() else { continue };
+        let until = deadline.min(oldest + NODE_START_TIMEOUT);
+        let wait = until.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+        match reports.recv_timeout(wait) {
+            Ok((i, report)) => {
+                let Some((mut node, _)) = starting.remove(&i) else { continue };
+                match node.ready(report) {
+                    Ok(()) => {
+                        net.started(&node);
+                        started.push(node);
+                    }
+                    Err(e) if bootstrap_first => bail!("the bootstrap node failed to start: {e:#}"),
+                    Err(e) => failed.push(format!("node {i}: {e:#}")),
+                }
+                progress.inc(1);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let now = Instant::now();
+                let late: Vec<usize> = starting
+                    .iter()
+                    .filter(|(_, (_, at))| now >= deadline || now >= *at + NODE_START_TIMEOUT)
+                    .map(|(i, _)| *i)
+                    .collect();
+                for i in late {
+                    let Some((node, at)) = starting.remove(&i) else { continue };
+                    let why = format!(
+                        "no start report {:.1} s after its launch; see {}",
+                        now.duration_since(at).as_secs_f64(),
+                        node.log_path().display()
+                    );
+                    // Dropping the node kills its process.
+                    drop(node);
+                    if bootstrap_first {
+                        bail!("the bootstrap node failed to start: {why}");
+                    }
+                    failed.push(format!("node {i}: {why}"));
+                    progress.inc(1);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => bail!("the start reports' channel closed"),
+        }
+    }
+    started.sort_by_key(|n| n.index);
+    Ok((started, failed))
+}
+
+/// Makes a node's data directory (a personal and a business profile) unless
+/// it exists.
+fn prepare_dir(dir: &Path, key_rng: &mut rand::rngs::ThreadRng) -> Result<()> {
+    if !dir.join(kabar_storage::header::HEADER_FILE).exists() {
+        let mut data = DataDir::create(dir, PASSPHRASE.as_bytes(), KdfParams::TESTNET)?;
+        data.create_profile("personal", ProfileKind::Personal, 1_700_000_000, key_rng)?;
+        data.create_profile("shop", ProfileKind::Business, 1_700_000_000, key_rng)?;
+    }
+    Ok(())
 }
 
 /// The lab of `--nat`: relays on public hosts, and one home per node, each
@@ -241,7 +350,15 @@ pub(super) struct NodeProc {
 }
 
 impl NodeProc {
-    pub(super) fn start(index: usize, dir: &Path, net: &mut Network) -> Result<NodeProc> {
+    /// Starts node `index`'s process; it is ready once its start report
+    /// comes on `reports` (tagged with `index`) and [`NodeProc::ready`]
+    /// takes it.
+    pub(super) fn launch(
+        index: usize,
+        dir: &Path,
+        net: &mut Network,
+        reports: &SyncSender<(usize, io::Result<String>)>,
+    ) -> Result<NodeProc> {
         let mut node = NodeProc {
             index,
             dir: dir.to_path_buf(),
@@ -251,12 +368,13 @@ impl NodeProc {
             peak_rss_kib: 0,
             restarts: 0,
         };
-        node.spawn(net)?;
+        node.relaunch(net, reports)?;
         Ok(node)
     }
 
-    pub(super) fn spawn(&mut self, net: &mut Network) -> Result<()> {
-        let log_path = self.dir.join("node.log");
+    /// Starts the node's process (again), as [`NodeProc::launch`].
+    fn relaunch(&mut self, net: &mut Network, reports: &SyncSender<(usize, io::Result<String>)>) -> Result<()> {
+        let log_path = self.log_path();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let mut cmd = net.node_command(self.index, &self.dir)?;
         cmd.env("KABAR_PASSPHRASE", PASSPHRASE)
@@ -264,13 +382,55 @@ impl NodeProc {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
-        let did_not_start = || format!("node {} did not start; see {}", self.index, log_path.display());
-        let (child, line) = net.spawn(&mut cmd).with_context(did_not_start)?;
-        let started: Value = serde_json::from_str(&line).with_context(did_not_start)?;
-        self.personal_addr = started["profiles"][0]["listen_addrs"][0].as_str().unwrap_or_default().to_string();
+        let (child, stdout) = net.launch(&mut cmd).with_context(|| self.did_not_start())?;
         self.pid = child.id();
         self.child = Some(child);
+        // One line, then the pipe closes (the node carries on). The thread
+        // ends with it, or when the process ends (killed if never ready).
+        let (index, reports) = (self.index, reports.clone());
+        std::thread::Builder::new()
+            .name(format!("testnet-start-{index}"))
+            .spawn(move || {
+                let mut line = String::new();
+                let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+                let _ = reports.send((index, read));
+            })
+            .context("starting a thread to read a node's start report")?;
         Ok(())
+    }
+
+    /// Takes the node's start report (the first line of its output).
+    pub(super) fn ready(&mut self, report: io::Result<String>) -> Result<()> {
+        let started: Value = report
+            .map_err(anyhow::Error::from)
+            .and_then(|line| serde_json::from_str(&line).map_err(anyhow::Error::from))
+            .with_context(|| self.did_not_start())?;
+        self.personal_addr = started["profiles"][0]["listen_addrs"][0].as_str().unwrap_or_default().to_string();
+        Ok(())
+    }
+
+    /// Starts the node's process again (after a kill or a stop) and waits
+    /// for its start report, at most [`NODE_START_TIMEOUT`].
+    pub(super) fn spawn(&mut self, net: &mut Network) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.relaunch(net, &tx)?;
+        let report = match rx.recv_timeout(NODE_START_TIMEOUT) {
+            Ok((_, report)) => report,
+            Err(_) => {
+                self.kill();
+                return Err(anyhow!("no start report within {NODE_START_TIMEOUT:?}"))
+                    .with_context(|| self.did_not_start());
+            }
+        };
+        self.ready(report).inspect_err(|_| self.kill())
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("node.log")
+    }
+
+    fn did_not_start(&self) -> String {
+        format!("node {} did not start; see {}", self.index, self.log_path().display())
     }
 
     pub(super) fn sample_rss(&mut self) {
