@@ -72,6 +72,13 @@ impl Client {
         Ok(Client { reader: BufReader::new(stream), writer, next_id: 1 })
     }
 
+    /// Gives up on a reply after `limit` (none by default): a call that
+    /// takes longer fails with a timeout error.
+    pub(crate) fn set_timeout(&self, limit: std::time::Duration) -> Result<()> {
+        self.reader.get_ref().set_read_timeout(Some(limit))?;
+        Ok(())
+    }
+
     fn read_value(&mut self) -> Result<Value> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {

@@ -10,7 +10,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout, missing_docs)]
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -156,30 +155,40 @@ async fn bare_latencies(client: &mut Bare, server: PeerId) -> Vec<f64> {
 // The storage floor: bare redb.
 
 /// Bare redb, `Durability::Immediate`: `messages` 1 KiB values in commits of
-/// `per_commit`, twice over (two databases, as the two ends of a delivery
-/// each commit once per batch), as messages/s delivered.
-fn bare_redb(dir: &Path, messages: usize, per_commit: usize) -> f64 {
+/// `per_commit`, at two ends at once (two databases in a fresh directory,
+/// a thread each, as the sender and the receiver of a delivery commit
+/// side by side), as messages/s through the slower end.
+fn bare_redb(messages: usize, per_commit: usize) -> f64 {
     const TABLE: TableDefinition<'static, &[u8], &[u8]> = TableDefinition::new("messages");
-    let ends: Vec<Database> =
-        ["sender.redb", "receiver.redb"].iter().map(|f| Database::create(dir.join(f)).unwrap()).collect();
-    let body = text().into_bytes();
-    let start = Instant::now();
-    let mut seq = 0u64;
-    while (seq as usize) < messages {
-        for db in &ends {
-            let mut tx = db.begin_write().unwrap();
-            tx.set_durability(Durability::Immediate).unwrap();
-            {
-                let mut t = tx.open_table(TABLE).unwrap();
-                for i in 0..per_commit as u64 {
-                    t.insert((seq + i).to_be_bytes().as_slice(), body.as_slice()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let end = |file: &str| {
+        let db = Database::create(dir.path().join(file)).unwrap();
+        let body = text().into_bytes();
+        move || {
+            let start = Instant::now();
+            let mut seq = 0u64;
+            while (seq as usize) < messages {
+                let mut tx = db.begin_write().unwrap();
+                tx.set_durability(Durability::Immediate).unwrap();
+                {
+                    let mut t = tx.open_table(TABLE).unwrap();
+                    for i in 0..per_commit as u64 {
+                        t.insert((seq + i).to_be_bytes().as_slice(), body.as_slice()).unwrap();
+                    }
                 }
+                tx.commit().unwrap();
+                seq += per_commit as u64;
             }
-            tx.commit().unwrap();
+            (seq, start.elapsed())
         }
-        seq += per_commit as u64;
-    }
-    seq as f64 / start.elapsed().as_secs_f64()
+    };
+    let (sender, receiver) = (end("sender.redb"), end("receiver.redb"));
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(sender);
+        let b = s.spawn(receiver);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    a.0.min(b.0) as f64 / a.1.max(b.1).as_secs_f64()
 }
 
 // ---------------------------------------------------------------------------
@@ -215,6 +224,9 @@ struct Delivered {
     ids: Arc<Mutex<HashSet<String>>>,
     /// The stream lagged (events were dropped): ask for each status.
     lagged: Arc<std::sync::atomic::AtomicBool>,
+    /// Times it lagged (reported with the round: those waits include a
+    /// `message.status` call per message still pending).
+    lags: Arc<std::sync::atomic::AtomicUsize>,
     changed: Arc<Notify>,
 }
 
@@ -227,6 +239,7 @@ impl Delivered {
                 let e = events.wait_for("events", |_| true).await;
                 if e["event"] == "lagged" {
                     d2.lagged.store(true, std::sync::atomic::Ordering::SeqCst);
+                    d2.lags.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 } else if e["event"] == "status_changed" && (e["status"] == "delivered" || e["status"] == "read") {
                     d2.ids.lock().unwrap().insert(e["message_id"].as_str().unwrap().to_string());
                 } else {
@@ -238,8 +251,9 @@ impl Delivered {
         (d, task)
     }
 
-    /// Waits until every id of `ids` is delivered (in any order).
-    async fn wait(&self, conn: &mut Conn, ids: &[String]) {
+    /// Waits until every id of `ids` is delivered (in any order); panics if
+    /// the task following the events has ended (its stream closed).
+    async fn wait(&self, conn: &mut Conn, ids: &[String], follower: &tokio::task::JoinHandle<()>) {
         let deadline = Instant::now() + RUN_TIMEOUT;
         let mut pending: Vec<&String> = ids.iter().collect();
         loop {
@@ -262,6 +276,7 @@ impl Delivered {
                 pending = still;
                 continue;
             }
+            assert!(!follower.is_finished(), "the event stream ended");
             assert!(Instant::now() < deadline, "{} messages not delivered in time", pending.len());
             let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
         }
@@ -277,6 +292,8 @@ struct KabarRound {
     back_to_back: f64,
     batched: f64,
     clients: f64,
+    /// Times the event stream lagged.
+    lags: usize,
 }
 
 /// Kabar: two real nodes (durable stores, encryption), driven through the
@@ -290,14 +307,14 @@ async fn kabar_round() -> KabarRound {
     let body = text();
     // Warm up (X3DH, connection).
     let first = id_of(&conn.call("message.send", json!({"to": "Bob", "text": "hello"})).await);
-    delivered.wait(&mut conn, &[first]).await;
+    delivered.wait(&mut conn, &[first], &follower).await;
 
     // Latency: one message at a time, from the call to its delivery.
     let mut latencies = Vec::with_capacity(LATENCY_MESSAGES);
     for _ in 0..LATENCY_MESSAGES {
         let t = Instant::now();
         let id = id_of(&conn.call("message.send", json!({"to": "Bob", "text": body})).await);
-        delivered.wait(&mut conn, &[id]).await;
+        delivered.wait(&mut conn, &[id], &follower).await;
         latencies.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     latencies.sort_by(|a, b| a.total_cmp(b));
@@ -309,7 +326,7 @@ async fn kabar_round() -> KabarRound {
     for _ in 0..MESSAGES {
         ids.push(id_of(&conn.call("message.send", json!({"to": "Bob", "text": body})).await));
     }
-    delivered.wait(&mut conn, &ids).await;
+    delivered.wait(&mut conn, &ids, &follower).await;
     let back_to_back = MESSAGES as f64 / start.elapsed().as_secs_f64();
 
     // `message.send_batch` of BATCH, back to back.
@@ -320,7 +337,7 @@ async fn kabar_round() -> KabarRound {
         let r = conn.call("message.send_batch", json!({"to": "Bob", "texts": batch})).await;
         ids.extend(r["message_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()));
     }
-    delivered.wait(&mut conn, &ids).await;
+    delivered.wait(&mut conn, &ids, &follower).await;
     let batched = ids.len() as f64 / start.elapsed().as_secs_f64();
 
     // CLIENTS clients at once, each on its own connection calling
@@ -341,10 +358,11 @@ async fn kabar_round() -> KabarRound {
         }
     });
     let ids: Vec<String> = futures::future::join_all(sends).await.into_iter().flatten().collect();
-    delivered.wait(&mut conn, &ids).await;
+    delivered.wait(&mut conn, &ids, &follower).await;
     let clients = ids.len() as f64 / start.elapsed().as_secs_f64();
     follower.abort();
-    KabarRound { latencies, back_to_back, batched, clients }
+    let lags = delivered.lags.load(std::sync::atomic::Ordering::SeqCst);
+    KabarRound { latencies, back_to_back, batched, clients, lags }
 }
 
 #[derive(Default)]
@@ -383,6 +401,7 @@ fn main() {
     const R_ONE: usize = 9;
     const K_P99: usize = 10;
     const B_P99: usize = 11;
+    const R_CLIENTS: usize = 12;
     let mut m = Medians::default();
     for round in 0..rounds() {
         let (b_lat, b_b2b, b_batch, b_clients) = runtime.block_on(async {
@@ -394,10 +413,9 @@ fn main() {
             task.abort();
             (lat, b2b, batch, clients)
         });
-        let dir = tempfile::tempdir().unwrap();
-        let r_batch = bare_redb(dir.path(), MESSAGES, BATCH);
-        let r_one = bare_redb(dir.path(), MESSAGES / 8, 1);
-        drop(dir);
+        let r_batch = bare_redb(MESSAGES, BATCH);
+        let r_one = bare_redb(MESSAGES / 8, 1);
+        let r_clients = bare_redb(MESSAGES / 2, CLIENTS);
         let k = runtime.block_on(kabar_round());
         m.push(K_LAT, pct(&k.latencies, 50.0));
         m.push(K_P99, pct(&k.latencies, 99.0));
@@ -411,18 +429,21 @@ fn main() {
         m.push(K_CLIENTS, k.clients);
         m.push(B_CLIENTS, b_clients);
         m.push(R_ONE, r_one);
+        m.push(R_CLIENTS, r_clients);
         println!(
-            "round {round}: kabar p50 {:.3} ms (bare {:.3}); back to back {:.0}/s (bare {:.0}); batched {:.0}/s (bare {:.0}, redb {:.0}); {CLIENTS} clients {:.0}/s (bare {:.0}, redb one per commit {:.0})",
+            "round {round}: kabar p50 {:.3} ms (bare {:.3}); back to back {:.0}/s (bare {:.0}, redb 1 per commit {:.0}); batched {:.0}/s (bare {:.0}, redb {:.0}); {CLIENTS} clients {:.0}/s (bare {:.0}, redb {CLIENTS} per commit {:.0}); event stream lagged {} times",
             pct(&k.latencies, 50.0),
             pct(&b_lat, 50.0),
             k.back_to_back,
             b_b2b,
+            r_one,
             k.batched,
             b_batch,
             r_batch,
             k.clients,
             b_clients,
-            r_one
+            r_clients,
+            k.lags
         );
     }
     println!("\n| row | what it measures | messages/s | latency p50 | latency p99 |");
@@ -446,6 +467,10 @@ fn main() {
         m.get(B_B2B)
     );
     println!(
+        "| floor: bare redb, one per commit | a durable commit of 1 × 1 KiB at each end (two databases, side by side) | {:.0} | — | — |",
+        m.get(R_ONE)
+    );
+    println!(
         "| Kabar, `message.send_batch` of {BATCH} | {} calls back to back; ends when every id is delivered | {:.0} | — | — |",
         MESSAGES / BATCH,
         m.get(K_BATCH)
@@ -455,7 +480,7 @@ fn main() {
         m.get(B_BATCH)
     );
     println!(
-        "| floor: bare redb, batched | a durable commit of {BATCH} × 1 KiB at each end (two databases) | {:.0} | — | — |",
+        "| floor: bare redb, batched | a durable commit of {BATCH} × 1 KiB at each end (two databases, side by side) | {:.0} | — | — |",
         m.get(R_BATCH)
     );
     println!(
@@ -467,8 +492,8 @@ fn main() {
         m.get(B_CLIENTS)
     );
     println!(
-        "| floor: bare redb, one per commit | a durable commit of 1 × 1 KiB at each end (two databases) | {:.0} | — | — |",
-        m.get(R_ONE)
+        "| floor: bare redb, {CLIENTS} per commit | a durable commit of {CLIENTS} × 1 KiB at each end (two databases, side by side) | {:.0} | — | — |",
+        m.get(R_CLIENTS)
     );
     println!("\nRounds (messages/s or ms):");
     for (name, row) in [
@@ -482,6 +507,7 @@ fn main() {
         ("Kabar clients", K_CLIENTS),
         ("bare clients", B_CLIENTS),
         ("redb one per commit", R_ONE),
+        ("redb clients per commit", R_CLIENTS),
     ] {
         println!("- {name}: {}", m.rounds(row));
     }

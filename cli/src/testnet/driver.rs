@@ -27,6 +27,9 @@ const QUEUED: usize = 2 * SEND_WORKERS;
 /// A node closes a control connection after 60 s without a request: an
 /// idle connection older than this is closed rather than used again.
 const REUSE_WITHIN: Duration = Duration::from_secs(45);
+/// A `message.send` not answered within this fails (the node hangs):
+/// nothing waits for ever.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a wait for the workers looks at Ctrl-C.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
@@ -129,16 +132,18 @@ impl Senders {
             }),
             changed: Condvar::new(),
         });
-        let mut workers = Vec::with_capacity(SEND_WORKERS);
+        // Built first, so that if a thread fails to start, dropping it
+        // closes those already started.
+        let mut senders = Senders { shared, workers: Vec::with_capacity(SEND_WORKERS) };
         for w in 0..SEND_WORKERS.min(nodes.len() * CONNECTIONS_PER_NODE) {
-            let (shared, progress) = (shared.clone(), progress.clone());
+            let (shared, progress) = (senders.shared.clone(), progress.clone());
             let worker = std::thread::Builder::new()
                 .name(format!("testnet-send-{w}"))
                 .spawn(move || work(&shared, &progress))
                 .context("starting a sender thread")?;
-            workers.push(worker);
+            senders.workers.push(worker);
         }
-        Ok(Senders { shared, workers })
+        Ok(senders)
     }
 
     /// Queues a send; waits while [`QUEUED`] sends are waiting already.
@@ -187,9 +192,14 @@ impl Senders {
 }
 
 impl Drop for Senders {
-    /// Idle workers end; one stuck in a call is left to the process's end.
+    /// The run ended early (an error, Ctrl-C): sends still queued are
+    /// dropped, idle workers end, and one in a call ends with it (at most
+    /// [`CALL_TIMEOUT`]).
     fn drop(&mut self) {
-        self.shared.lock().closing = true;
+        let mut st = self.shared.lock();
+        st.closing = true;
+        st.queue.clear();
+        drop(st);
         self.shared.changed.notify_all();
     }
 }
@@ -201,6 +211,10 @@ fn work(shared: &Shared, progress: &ProgressBar) {
         let mut st = shared.lock();
         let (mut job, dir, client) = loop {
             let State { queue, lanes, in_flight, closing, .. } = &mut *st;
+            if *closing && !queue.is_empty() {
+                // Dropped (see `Drop`); `finish` closes with an empty queue.
+                return;
+            }
             if let Some(pos) = queue.iter().position(|j| lanes[j.sent.from].in_flight < CONNECTIONS_PER_NODE)
                 && let Some(job) = queue.remove(pos)
             {
@@ -227,6 +241,7 @@ fn work(shared: &Shared, progress: &ProgressBar) {
         let from = job.sent.from;
         let params = json!({"profile": "personal", "to": job.sent.to_name, "text": job.text});
         let result = client.map_or_else(|| Client::connect(&dir), Ok).and_then(|mut c| {
+            c.set_timeout(CALL_TIMEOUT)?;
             job.sent.at = Instant::now();
             c.call("message.send", params).map(|v| (c, v))
         });

@@ -205,8 +205,7 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         }
     };
     progress.set_message("starting nodes");
-    let (mut nodes, failed_to_start) =
-        start_nodes(opts.nodes, &root, &mut net, Instant::now() + opts.timeout, &interrupt, &progress)?;
+    let (mut nodes, failed_to_start) = start_nodes(opts.nodes, &root, &mut net, &interrupt, &progress)?;
     let n = nodes.len();
     if n < 2 {
         bail!("fewer than 2 nodes started: {}", failed_to_start.join("; "));

@@ -88,14 +88,12 @@ impl Network {
 /// when missing): on loopback node 0 first and alone (it is everyone's
 /// bootstrap peer), then all the others in parallel, at most
 /// [`START_AT_ONCE`] launched and not yet ready at a time. A node that has
-/// not reported within [`NODE_START_TIMEOUT`] of its launch, or by
-/// `deadline`, is killed and named in the second list, with those that
-/// failed otherwise. The nodes that started come back in index order.
+/// not reported within [`NODE_START_TIMEOUT`] of its launch is killed and
+/// named in the second list, with those that failed otherwise. The nodes that started come back in index order.
 pub(super) fn start_nodes(
     count: usize,
     root: &Path,
     net: &mut Network,
-    deadline: Instant,
     interrupt: &Interrupt,
     progress: &ProgressBar,
 ) -> Result<(Vec<NodeProc>, Vec<String>)> {
@@ -129,7 +127,7 @@ pub(super) fn start_nodes(
             }
         }
         let Some(oldest) = starting.values().map(|(_, at)| *at).min() else { continue };
-        let until = deadline.min(oldest + NODE_START_TIMEOUT);
+        let until = oldest + NODE_START_TIMEOUT;
         let wait = until.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
         match reports.recv_timeout(wait) {
             Ok((i, report)) => {
@@ -146,11 +144,8 @@ pub(super) fn start_nodes(
             }
             Err(RecvTimeoutError::Timeout) => {
                 let now = Instant::now();
-                let late: Vec<usize> = starting
-                    .iter()
-                    .filter(|(_, (_, at))| now >= deadline || now >= *at + NODE_START_TIMEOUT)
-                    .map(|(i, _)| *i)
-                    .collect();
+                let late: Vec<usize> =
+                    starting.iter().filter(|(_, (_, at))| now >= *at + NODE_START_TIMEOUT).map(|(i, _)| *i).collect();
                 for i in late {
                     let Some((node, at)) = starting.remove(&i) else { continue };
                     let why = format!(
