@@ -67,6 +67,11 @@ pub const REPUBLISH_RETRY: Duration = Duration::from_secs(15);
 pub const LOOKUP_EVERY: Duration = Duration::from_secs(20);
 /// At most this many DHT lookups in flight.
 pub const MAX_LOOKUPS: usize = 32;
+/// On swarm events, the reachability part of a profile's status (NAT,
+/// relays, peers, hole punching) is rebuilt at most this often; every other
+/// source (control commands, the engine's answers, the 500 ms retry tick)
+/// rebuilds it at once.
+pub const STATUS_REFRESH: Duration = Duration::from_millis(100);
 /// A relayed connection to a peer is closed this long after a direct
 /// connection to the same peer appears (hole punching finishes first).
 pub const CLOSE_RELAYED_AFTER: Duration = Duration::from_secs(2);
@@ -434,6 +439,12 @@ struct Reach {
     last_lookup: HashMap<PeerId, Instant>,
     hole_punch: HolePunchStatus,
     record_published: bool,
+    /// The connections and relays the peer list in the status was last
+    /// built from (rebuilt only when they change: it names every peer by
+    /// its base58 PeerId).
+    peers_shown: Option<(u64, Vec<PeerId>)>,
+    /// Bumped whenever `connections` changes.
+    connections_changed: u64,
     /// Relay listeners to remove once their reservation is accepted (or
     /// their listener closes): removing one while its reservation is
     /// pending makes libp2p-relay 0.22 panic when the acceptance arrives
@@ -460,12 +471,23 @@ impl Reach {
         self.relays.iter().any(|r| &r.peer == peer)
     }
 
-    fn status(&self, status: &mut ProfileStatus) {
+    fn status(&mut self, status: &mut ProfileStatus) {
         status.nat = self.nat.to_string();
         status.dht = if self.kad_server || self.public { "server" } else { "client" }.to_string();
         status.advertised = self.advertised.iter().map(|a| a.to_string()).collect();
         status.relays =
             self.relays.iter().map(|r| RelayStatus { address: r.address.to_string(), reserved: r.reserved }).collect();
+        let relays: Vec<PeerId> = self.relays.iter().map(|r| r.peer).collect();
+        if self
+            .peers_shown
+            .as_ref()
+            .is_some_and(|(changed, shown)| *changed == self.connections_changed && *shown == relays)
+        {
+            status.hole_punch = self.hole_punch.clone();
+            status.address_record_published = self.record_published;
+            return;
+        }
+        self.peers_shown = Some((self.connections_changed, relays));
         let mut peers: HashMap<PeerId, bool> = HashMap::new();
         for (peer, relayed) in self.connections.values() {
             if !self.is_relay(peer) {
@@ -561,6 +583,8 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
         last_lookup: HashMap::new(),
         hole_punch: HolePunchStatus::default(),
         record_published: false,
+        peers_shown: None,
+        connections_changed: 0,
     };
     // Relays remembered in the store, plus those given on the command line.
     let mut relay_list = engine.store().relays().unwrap_or_default();
@@ -627,8 +651,17 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
     // At most one tick's engine work in flight: a slow disk delays ticks,
     // it never piles them up.
     let mut tick_in_flight = false;
+    // When the reachability part of the status was last rebuilt (it lists
+    // every peer by PeerId: too dear to rebuild on every event of a busy
+    // profile).
+    let mut reach_shown = Instant::now().checked_sub(STATUS_REFRESH).unwrap_or_else(Instant::now);
 
     loop {
+        // A swarm event (the busy source) refreshes the reachability part of
+        // the status at most every STATUS_REFRESH; anything else (a control
+        // command, the engine's answer, the courier, the tick) at once, so
+        // what a control call changed is in `node.info` when it answers.
+        let mut swarm_event = false;
         let actions: Vec<Action> = tokio::select! {
             _ = shutdown.changed() => break,
             command = commands.recv() => match command {
@@ -756,6 +789,7 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                 }
             },
             event = swarm.select_next_some() => {
+                swarm_event = true;
                 if matches!(
                     event,
                     SwarmEvent::Behaviour(BehaviourEvent::Envelope(_) | BehaviourEvent::Prekey(_))
@@ -810,7 +844,10 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
             }
         }
         status.connected_peers = swarm.connected_peers().count();
-        reach.status(&mut status);
+        if !swarm_event || reach_shown.elapsed() >= STATUS_REFRESH {
+            reach.status(&mut status);
+            reach_shown = Instant::now();
+        }
         if status.mailboxes != courier.states() {
             status.mailboxes = courier.states().to_vec();
         }
@@ -1454,6 +1491,7 @@ fn handle_event(
         SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
             let relayed = endpoint.is_relayed();
             ctx.reach.connections.insert(connection_id, (peer_id, relayed));
+            ctx.reach.connections_changed += 1;
             if relayed {
                 ctx.reach.relayed_since.entry(peer_id).or_insert_with(Instant::now);
             } else if ctx.reach.connections.values().any(|(p, r)| *p == peer_id && *r) {
@@ -1470,6 +1508,7 @@ fn handle_event(
         }
         SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
             ctx.reach.connections.remove(&connection_id);
+            ctx.reach.connections_changed += 1;
             if !ctx.reach.connections.values().any(|(p, r)| *p == peer_id && *r) {
                 ctx.reach.relayed_since.remove(&peer_id);
             }
