@@ -24,7 +24,7 @@ impl Network {
     /// The command that runs node `index` (`kabar node run` on `dir`, with
     /// the network flags of where it runs).
     pub(super) fn node_command(&self, index: usize, dir: &Path) -> Result<Command> {
-        let exe = std::env::current_exe()?;
+        let exe = node_exe()?;
         let mut cmd = match self {
             Network::Loopback { .. } => Command::new(exe),
             Network::Lab(lab) => lab.homes[index].command(exe),
@@ -81,6 +81,15 @@ impl Network {
         {
             *bootstrap = Some(node.personal_addr.clone());
         }
+    }
+}
+
+/// The program the nodes run: this one, or `KABAR_TESTNET_NODE_EXE` (to
+/// compare two builds of the node under the same driver).
+fn node_exe() -> Result<PathBuf> {
+    match std::env::var_os("KABAR_TESTNET_NODE_EXE") {
+        Some(exe) => Ok(PathBuf::from(exe)),
+        None => Ok(std::env::current_exe()?),
     }
 }
 
