@@ -21,7 +21,11 @@
 //! - a receipt whose message was recorded as received has been applied (the
 //!   replies are `read`), and one that was not has not; every outgoing
 //!   message is in the outbox exactly while it is `queued` or `sent`, and
-//!   what the customer acknowledged is at least `delivered`;
+//!   what the customer acknowledged is at least `delivered`, except for
+//!   the last customer's: an acknowledgement is not made durable on its own
+//!   (`ProfileStore::acknowledge`), so the last one before the kill may be
+//!   lost, its message back to `sent` (or `queued`) in the outbox, to be
+//!   sent again and acknowledged as a duplicate;
 //! - a customer message the shop read (`mark_read`) has its read receipt
 //!   queued and is no longer counted unread; an unread one is counted;
 //! - everything the child reported stored or applied is there.
@@ -177,6 +181,11 @@ struct Ledger {
     read: HashSet<u64>,
     /// Customers whose transmissions were reported acknowledged.
     acked: HashSet<u64>,
+    /// The customer of the last step reported (only its acknowledgement may
+    /// be lost by a kill).
+    last: Option<u64>,
+    /// Acknowledgements a kill lost (their messages back to `sent`).
+    lost_acks: usize,
 }
 
 impl Ledger {
@@ -184,6 +193,9 @@ impl Ledger {
     fn record(&mut self, line: &str) -> bool {
         let Some((_, report)) = line.split_once(MARK) else { return false };
         let words: Vec<&str> = report.split_whitespace().collect();
+        if let Some(n) = words.get(1).and_then(|n| n.parse().ok()) {
+            self.last = Some(n);
+        }
         match words.as_slice() {
             ["stored", n, id] => {
                 let n: u64 = n.parse().unwrap();
@@ -268,7 +280,7 @@ fn queued_as_status(n: u64, message: &MessageRecord, outbox: &HashSet<[u8; 16]>,
 
 /// Reopens the store and checks every invariant against what the children
 /// reported. Returns the number of customers stored.
-fn verify(root: &Path, ledger: &Ledger) -> usize {
+fn verify(root: &Path, ledger: &mut Ledger) -> usize {
     let store = DataDir::open(root, PASS)
         .unwrap()
         .open_profile(PROFILE)
@@ -280,6 +292,7 @@ fn verify(root: &Path, ledger: &Ledger) -> usize {
     let label = store.labels().unwrap().into_iter().find(|l| l.name == NEW_CUSTOMER_LABEL).map(|l| l.id);
     let outbox: HashSet<[u8; 16]> = store.outbox().unwrap().into_iter().map(|e| e.message_id).collect();
     let mut queued = 0;
+    let mut lost_acks = 0;
     let mut customers: HashMap<u64, ContactId> = HashMap::new();
     for (contact, _) in &contacts {
         let history = store.history(contact, usize::MAX, None).unwrap();
@@ -338,8 +351,19 @@ fn verify(root: &Path, ledger: &Ledger) -> usize {
             } else {
                 assert_ne!(reply.status, MessageStatus::Read, "customer {n}: a reply read without its receipt");
             }
-            if ledger.acked.contains(&n) {
-                assert!(reply.status >= MessageStatus::Delivered, "customer {n}: acknowledged, yet {:?}", reply.status);
+            if ledger.acked.contains(&n) && reply.status < MessageStatus::Delivered {
+                // Only the last step's acknowledgement can be lost: any
+                // later step committed durably, and so made it durable.
+                assert_eq!(Some(n), ledger.last, "customer {n}: acknowledged, yet {:?}", reply.status);
+                // Back to `sent`, or `queued` (the record of the attempt is
+                // not made durable on its own either): in the outbox, to be
+                // sent again (`queued_as_status` checks it is there).
+                assert!(
+                    matches!(reply.status, MessageStatus::Sent | MessageStatus::Queued),
+                    "customer {n}: an acknowledgement lost, and its message {:?}",
+                    reply.status
+                );
+                lost_acks += 1;
             }
             queued_as_status(n, reply, &outbox, &mut queued);
         }
@@ -348,6 +372,14 @@ fn verify(root: &Path, ledger: &Ledger) -> usize {
         }
     }
     assert_eq!(outbox.len(), queued, "outbox entries that belong to nothing");
+    if lost_acks > 0 {
+        // Its messages stay `sent` (this test's customer never sends them
+        // again): from now on they are not acknowledged.
+        if let Some(last) = ledger.last {
+            ledger.acked.remove(&last);
+        }
+        ledger.lost_acks += 1;
+    }
     for (n, id) in &ledger.stored {
         assert!(customers.contains_key(n), "customer {n} was acknowledged but is missing");
         assert!(store.is_received(id).unwrap(), "customer {n}'s message id not recorded as received");
@@ -421,7 +453,7 @@ fn a_killed_shop_keeps_each_inbound_request_whole_strangers_receipts_and_automat
         for line in lines.iter() {
             ledger.record(&line);
         }
-        let customers = verify(&root, &ledger);
+        let customers = verify(&root, &mut ledger);
         println!(
             "round {round:2}: killed after {seen:2} read reports; {customers} customers, {} reported stored, {} receipts applied",
             ledger.stored.len(),
@@ -430,5 +462,5 @@ fn a_killed_shop_keeps_each_inbound_request_whole_strangers_receipts_and_automat
     }
     assert!(!ledger.stored.is_empty(), "no child ever stored anything");
     assert!(!ledger.applied.is_empty(), "no child ever applied a receipt");
-    println!("{ROUNDS} kills in {:.1?}", started.elapsed());
+    println!("{ROUNDS} kills in {:.1?}; {} lost the last acknowledgement", started.elapsed(), ledger.lost_acks);
 }

@@ -1968,8 +1968,17 @@ impl ProfileStore {
 
     /// The recipient acknowledged these messages: their outbox entries go and
     /// their status becomes `Delivered`, in one transaction.
+    ///
+    /// Not made durable on its own (`Durability::None`): it becomes durable
+    /// with the next durable commit of this store. A crash before that loses
+    /// only acknowledgements, and losing one is harmless: the message is
+    /// back in the outbox as `sent`, is sent again, and the recipient, which
+    /// stored it durably before acknowledging and keeps its id, answers
+    /// `duplicate` without storing it again; the status then becomes
+    /// `delivered` again. So `delivered` can be reported without waiting for
+    /// an fsync of its own.
     pub fn acknowledge(&self, message_ids: &[[u8; 16]]) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.write_with(redb::Durability::None, |tx| {
             for id in message_ids {
                 tx.open_table(OUTBOX)?.remove(id.as_slice())?;
                 tx.open_table(DEPOSITED)?.remove(id.as_slice())?;

@@ -7,7 +7,8 @@
 //! attempts and acknowledgements now and then, half the time inside one
 //! commit group (`begin_group` … `end_group`). It reports each commit on
 //! stdout only after the commit returned, or for a group after
-//! `end_group` returned. The parent SIGKILLs it at random
+//! `end_group` returned; an acknowledgement (not durable on its own, see
+//! `ProfileStore::acknowledge`) only after a later durable commit. The parent SIGKILLs it at random
 //! moments, many times over, and after every kill reopens the store and
 //! checks it:
 //! - every message the child reported committed is in the history exactly
@@ -113,6 +114,9 @@ fn run_child(root: &Path) -> ! {
         out.flush().unwrap();
     };
 
+    // Acknowledgements recorded and not yet known durable: `acknowledge`
+    // is not durable on its own; the next durable commit makes it so.
+    let mut acks_waiting: Vec<String> = Vec::new();
     loop {
         // Half the iterations run as one commit group: their reports wait
         // for the group's durable commit, as the node's acknowledgements do.
@@ -148,8 +152,10 @@ fn run_child(root: &Path) -> ! {
             });
         }
         store.commit_outgoing(&batch, now_ms()).unwrap();
-        let lines: Vec<String> =
+        let mut lines: Vec<String> =
             (next..).zip(&batch).map(|(counter, m)| format!("committed {counter} {}", hex(&m.message.id))).collect();
+        // Durable now (or with the group): so is every acknowledgement before.
+        lines.append(&mut acks_waiting);
         report(&lines);
         next += count;
         pending.extend(batch.iter().map(|m| m.message.id));
@@ -168,7 +174,12 @@ fn run_child(root: &Path) -> ! {
                 ids.extend(pending.remove(at));
             }
             store.acknowledge(&ids).unwrap();
-            report(&ids.iter().map(|id| format!("acked {}", hex(id))).collect::<Vec<_>>());
+            let lines: Vec<String> = ids.iter().map(|id| format!("acked {}", hex(id))).collect();
+            if grouped {
+                report(&lines);
+            } else {
+                acks_waiting.extend(lines);
+            }
         }
         if grouped {
             store.end_group().unwrap();
