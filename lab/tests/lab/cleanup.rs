@@ -37,6 +37,14 @@ fn dropping_the_lab_removes_namespaces_and_kills_processes() {
     let tracked_pid = tracked.process.id();
     // Not spawned through the lab: the lab still kills it, because it runs in one of its namespaces.
     let mut untracked = home.command("sleep").arg("600").stdout(Stdio::null()).spawn().unwrap();
+    // `ip netns exec` enters the namespace, then execs `sleep`: once the
+    // child is `sleep`, it is inside (before that, a cleanup cannot see it).
+    let comm = format!("/proc/{}/comm", untracked.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&comm).map(|c| c.trim() != "sleep").unwrap_or(true) {
+        assert!(Instant::now() < deadline, "the untracked process never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // A command from outside the lab is refused.
     assert!(matches!(lab.spawn(&mut Command::new("true")), Err(LabError::NotInLab(_))));
 
