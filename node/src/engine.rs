@@ -1316,6 +1316,9 @@ impl Engine {
         self.outbox.attempted(&visible, now_ms + STORED_RETRY_MS);
         self.deposited.extend(visible.iter().copied());
         self.store.acknowledge(&done)?;
+        // The mailbox, not the recipient, took these: lost, they would be
+        // deposited again (the host keeps no ids), so they are made durable.
+        self.store.make_durable()?;
         for id in &done {
             self.outbox.remove(id);
         }
@@ -1447,7 +1450,18 @@ impl Engine {
         let contact_id = self.store.contact_id_for_key(peer);
         let mut contact = self.store.contact(&contact_id)?;
         if contact.as_ref().is_some_and(|c| c.blocked) {
-            return Ok((vec![Ack::Rejected(RejectReason::Blocked); envelopes.len()], Vec::new()));
+            // What was stored before the block is still a duplicate: a
+            // sender whose acknowledgement was lost (it is not made durable
+            // on its own) must not see a delivered message fail.
+            let mut acks = Vec::with_capacity(envelopes.len());
+            for bytes in envelopes {
+                let received = match Envelope::decode(bytes) {
+                    Ok(envelope) => self.store.is_received(&envelope.message_id().0)?,
+                    Err(_) => false,
+                };
+                acks.push(if received { Ack::Duplicate } else { Ack::Rejected(RejectReason::Blocked) });
+            }
+            return Ok((acks, Vec::new()));
         }
         let sender =
             if contact.is_some() && !self.strangers.contains(&contact_id) { Sender::Settled } else { Sender::Stranger };

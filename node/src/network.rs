@@ -724,6 +724,9 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                         let now = now_ms();
                         let result = engine.on_tick(now, rng);
                         let maintained = engine.maintain_prekeys(now, rng);
+                        // What committed without an fsync (acknowledgements,
+                        // attempts) is durable within a tick.
+                        let maintained = maintained.and_then(|m| engine.store().make_durable().map(|_| m).map_err(Into::into));
                         let counts = if refresh { prekey_counts(engine) } else { None };
                         let mut damage = result.as_ref().err().and_then(|e| damage_of(engine, e));
                         if let Err(e) = &result {

@@ -880,6 +880,7 @@ fn blocking_drops_what_is_queued_to_the_contact_and_refuses_what_it_sends() {
     // (the stranger never answers).
     let (_, actions) = stranger.e().send(&to_shop, Content::text("hi"), T0, &mut rand::rng()).unwrap();
     let (_, _, envs) = transmits(&actions).remove(0);
+    let envs_first = envs.clone();
     let stranger_key = stranger.key();
     let (acks, replies) = shop.e().on_request(&stranger_key, &envs, T0, &mut rand::rng()).unwrap();
     assert_eq!(acks, [Ack::Accepted]);
@@ -904,6 +905,16 @@ fn blocking_drops_what_is_queued_to_the_contact_and_refuses_what_it_sends() {
     let (acks, follow) = shop.e().on_request(&stranger_key, &envs, T0 + 1, &mut rand::rng()).unwrap();
     assert_eq!(acks, [Ack::Rejected(RejectReason::Blocked)]);
     assert!(follow.is_empty());
+    assert_eq!(texts(&mut shop, &them).len(), before);
+
+    // A message stored before the block and sent again (its sender lost the
+    // acknowledgement, which is not made durable on its own) is still a
+    // duplicate, never "blocked": a delivered message must not fail.
+    let (acks, _) = shop
+        .e()
+        .on_request(&stranger_key, &[envs_first[0].clone(), envs[0].clone()], T0 + 2, &mut rand::rng())
+        .unwrap();
+    assert_eq!(acks, [Ack::Duplicate, Ack::Rejected(RejectReason::Blocked)]);
     assert_eq!(texts(&mut shop, &them).len(), before);
 }
 

@@ -197,6 +197,9 @@ pub struct ProfileStore {
     /// Why the store may not be written any more (damage, or an I/O error
     /// redb does not recover from), once its owner found out.
     broken: std::sync::Mutex<Option<String>>,
+    /// A commit outside a group was not made durable, and no durable commit
+    /// has followed it yet ([`ProfileStore::make_durable`]).
+    not_durable: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for ProfileStore {
@@ -325,6 +328,7 @@ impl ProfileStore {
             path: path.into(),
             grouped: std::sync::atomic::AtomicBool::new(false),
             broken: std::sync::Mutex::new(None),
+            not_durable: std::sync::atomic::AtomicBool::new(false),
         };
         let identity = IdentityKeyPair::generate(kind, rng);
         let spk = SignedPrekey::generate(&identity, 1, now, rng);
@@ -385,6 +389,7 @@ impl ProfileStore {
             path: path.into(),
             grouped: std::sync::atomic::AtomicBool::new(false),
             broken: std::sync::Mutex::new(None),
+            not_durable: std::sync::atomic::AtomicBool::new(false),
         };
         crate::check::contained(path, || store.check_and_migrate())?;
         Ok(store)
@@ -407,6 +412,7 @@ impl ProfileStore {
             path: path.into(),
             grouped: std::sync::atomic::AtomicBool::new(false),
             broken: std::sync::Mutex::new(None),
+            not_durable: std::sync::atomic::AtomicBool::new(false),
         };
         crate::check::contained(path, || store.check_and_migrate())?;
         Ok(store)
@@ -616,7 +622,28 @@ impl ProfileStore {
         tx.set_durability(durability)?;
         let out = f(&tx)?;
         tx.commit()?;
+        let grouped = self.grouped.load(std::sync::atomic::Ordering::Relaxed);
+        if matches!(durability, redb::Durability::Immediate) {
+            self.not_durable.store(false, std::sync::atomic::Ordering::Relaxed);
+        } else if !grouped {
+            self.not_durable.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(out)
+    }
+
+    /// Makes durable what committed without an fsync outside a commit
+    /// group (acknowledgements, delivery attempts), with one empty durable
+    /// commit; nothing to do if nothing waits, or inside a group (its end
+    /// does it). Returns whether it committed. The node calls it on every
+    /// retry tick, so such a commit stays at risk for about 500 ms at most.
+    pub fn make_durable(&self) -> Result<bool, StoreError> {
+        if self.grouped.load(std::sync::atomic::Ordering::Relaxed)
+            || !self.not_durable.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(false);
+        }
+        self.write_with(redb::Durability::Immediate, |_| Ok(()))?;
+        Ok(true)
     }
 
     fn read(&self) -> Result<ReadTransaction, StoreError> {
@@ -2362,6 +2389,24 @@ mod tests {
             request,
         };
         store.upsert_contact(c).unwrap().0
+    }
+
+    #[test]
+    fn what_committed_without_an_fsync_is_made_durable_once_and_groups_wait_for_their_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, store) = store(&dir);
+        assert!(!store.make_durable().unwrap(), "nothing waits after durable commits");
+        store.acknowledge(&[[7; 16]]).unwrap();
+        assert!(store.make_durable().unwrap(), "an acknowledgement waits for a durable commit");
+        assert!(!store.make_durable().unwrap(), "and only once");
+        store.acknowledge(&[[8; 16]]).unwrap();
+        contact(&store, "Alice");
+        assert!(!store.make_durable().unwrap(), "a durable commit after it made it durable");
+        store.begin_group();
+        store.acknowledge(&[[9; 16]]).unwrap();
+        assert!(!store.make_durable().unwrap(), "inside a group, its end does it");
+        store.end_group().unwrap();
+        assert!(!store.make_durable().unwrap());
     }
 
     #[test]
