@@ -651,6 +651,25 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
     // At most one tick's engine work in flight: a slow disk delays ticks,
     // it never piles them up.
     let mut tick_in_flight = false;
+    // The loop's state as the replies and event handlers see it (borrowed
+    // afresh where it is needed).
+    macro_rules! loop_state {
+        () => {
+            LoopState {
+                pending: &mut pending,
+                limits: &mut limits,
+                prekey_limits: &mut prekey_limits,
+                status: &mut status,
+                reach: &mut reach,
+                courier: &mut courier,
+                failure: &mut failure,
+                mailboxes: &mut mailboxes,
+                tick_in_flight: &mut tick_in_flight,
+                inflight: &inflight,
+                name: &name,
+            }
+        };
+    }
     // When the reachability part of the status was last rebuilt (it lists
     // every peer by PeerId: too dear to rebuild on every event of a busy
     // profile).
@@ -766,19 +785,7 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                     Vec::new()
                 }
                 Some(Report::Done(reply)) => {
-                    let mut ctx = LoopState {
-                        pending: &mut pending,
-                        limits: &mut limits,
-                        prekey_limits: &mut prekey_limits,
-                        status: &mut status,
-                        reach: &mut reach,
-                        courier: &mut courier,
-                        failure: &mut failure,
-                        mailboxes: &mut mailboxes,
-                        tick_in_flight: &mut tick_in_flight,
-                        inflight: &inflight,
-                        name: &name,
-                    };
+                    let mut ctx = loop_state!();
                     reply(&mut swarm, &mut ctx)
                 }
                 Some(Report::Counters { guard, queued }) => {
@@ -801,19 +808,7 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                     // prekeys; prekey requests hand them out.
                     prekey_status_age = PREKEY_STATUS_EVERY_TICKS;
                 }
-                let mut ctx = LoopState {
-                    pending: &mut pending,
-                    limits: &mut limits,
-                    prekey_limits: &mut prekey_limits,
-                    status: &mut status,
-                    reach: &mut reach,
-                    courier: &mut courier,
-                    failure: &mut failure,
-                    mailboxes: &mut mailboxes,
-                    tick_in_flight: &mut tick_in_flight,
-                    inflight: &inflight,
-                    name: &name,
-                };
+                let mut ctx = loop_state!();
                 handle_event(&mut swarm, &worker, &mut ctx, event)
             }
         };
@@ -892,19 +887,7 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
     tokio::pin!(stopping);
     let mut last = |report: Report<Reply>, swarm: &mut Swarm<Behaviour>| {
         let Report::Done(reply) = report else { return };
-        let mut ctx = LoopState {
-            pending: &mut pending,
-            limits: &mut limits,
-            prekey_limits: &mut prekey_limits,
-            status: &mut status,
-            reach: &mut reach,
-            courier: &mut courier,
-            failure: &mut failure,
-            mailboxes: &mut mailboxes,
-            tick_in_flight: &mut tick_in_flight,
-            inflight: &inflight,
-            name: &name,
-        };
+        let mut ctx = loop_state!();
         for action in reply(swarm, &mut ctx) {
             if let Action::Notify(event) = action {
                 let _ = events.send(event);

@@ -320,16 +320,7 @@ impl ProfileStore {
                 .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?,
         );
         let db = Database::create(path).map_err(|e| map_open_error(path, e))?;
-        let store = ProfileStore {
-            db,
-            keys: RecordKeys::derive(data_key)?,
-            name: name.into(),
-            kind,
-            path: path.into(),
-            grouped: std::sync::atomic::AtomicBool::new(false),
-            broken: std::sync::Mutex::new(None),
-            not_durable: std::sync::atomic::AtomicBool::new(false),
-        };
+        let store = ProfileStore::assemble(db, path, name, kind, data_key)?;
         let identity = IdentityKeyPair::generate(kind, rng);
         let spk = SignedPrekey::generate(&identity, 1, now, rng);
         let opks = OneTimePrekey::generate_batch(1, INITIAL_ONE_TIME_PREKEYS, rng);
@@ -373,15 +364,15 @@ impl ProfileStore {
     /// migrated (in memory), so a file this accepts opens and migrates for
     /// real. Damage is [`StoreError::Corrupted`] naming the file, never a
     /// panic.
-    pub(crate) fn open_unwritten(
+    /// The store over an opened database, with nothing in flight.
+    fn assemble(
+        db: Database,
         path: &Path,
         name: &str,
         kind: ProfileKind,
         data_key: &[u8; 32],
-        verify: bool,
     ) -> Result<Self, StoreError> {
-        let db = crate::check::open_unwritten(path, verify)?;
-        let store = ProfileStore {
+        Ok(ProfileStore {
             db,
             keys: RecordKeys::derive(data_key)?,
             name: name.into(),
@@ -390,7 +381,18 @@ impl ProfileStore {
             grouped: std::sync::atomic::AtomicBool::new(false),
             broken: std::sync::Mutex::new(None),
             not_durable: std::sync::atomic::AtomicBool::new(false),
-        };
+        })
+    }
+
+    pub(crate) fn open_unwritten(
+        path: &Path,
+        name: &str,
+        kind: ProfileKind,
+        data_key: &[u8; 32],
+        verify: bool,
+    ) -> Result<Self, StoreError> {
+        let db = crate::check::open_unwritten(path, verify)?;
+        let store = ProfileStore::assemble(db, path, name, kind, data_key)?;
         crate::check::contained(path, || store.check_and_migrate())?;
         Ok(store)
     }
@@ -404,16 +406,7 @@ impl ProfileStore {
         data_key: &[u8; 32],
     ) -> Result<Self, StoreError> {
         let db = crate::check::contained(path, || Database::open(path).map_err(|e| map_open_error(path, e)))?;
-        let store = ProfileStore {
-            db,
-            keys: RecordKeys::derive(data_key)?,
-            name: name.into(),
-            kind,
-            path: path.into(),
-            grouped: std::sync::atomic::AtomicBool::new(false),
-            broken: std::sync::Mutex::new(None),
-            not_durable: std::sync::atomic::AtomicBool::new(false),
-        };
+        let store = ProfileStore::assemble(db, path, name, kind, data_key)?;
         crate::check::contained(path, || store.check_and_migrate())?;
         Ok(store)
     }
