@@ -84,6 +84,15 @@ impl Bucket {
         }
     }
 
+    /// When the next token is there (Unix ms): `now_ms` if one is left.
+    pub fn ready_at(&mut self, now_ms: u64) -> u64 {
+        self.refill(now_ms);
+        if self.tokens >= 1.0 || self.per_ms <= 0.0 {
+            return now_ms;
+        }
+        now_ms + ((1.0 - self.tokens) / self.per_ms).ceil() as u64
+    }
+
     /// Takes one token even into debt (a cost already paid).
     pub fn charge(&mut self, now_ms: u64) {
         self.refill(now_ms);

@@ -32,6 +32,7 @@ use crate::content::{CatalogEntry, Content, Message};
 use crate::mailbox::{DepositOutcome, Item, MailboxError, Status};
 use crate::offline::{self, MailboxOffer};
 use crate::outbox::{OutboxIndex, Queued};
+use crate::pace::{Gate, Pacer};
 use crate::prekeys::{self, PrekeyBudgets, PrekeyResponse};
 use crate::wire::{Ack, RejectReason};
 
@@ -87,17 +88,23 @@ pub struct EngineConfig {
     /// unencrypted, for its prekeys (`/kabar/prekey/1`) so the session start
     /// can use a one-time prekey; 0: never wait (use what is in hand).
     pub prekey_wait_ms: u64,
+    /// Requests per second to one peer, sustained ([`crate::pace`]).
+    pub requests_per_second: f64,
+    /// Requests to one peer at once.
+    pub request_burst: f64,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            max_batch: 64,
+            max_batch: crate::wire::MAX_BATCH,
             retry_base_ms: 1_000,
             retry_max_ms: 5 * 60_000,
             expiry_ms: 7 * 24 * 3_600_000,
             strangers: DEFAULT_STRANGER_LIMITS,
             prekey_wait_ms: prekeys::PREKEY_WAIT_MS,
+            requests_per_second: crate::pace::REQUESTS_PER_SECOND,
+            request_burst: crate::pace::REQUEST_BURST,
         }
     }
 }
@@ -105,6 +112,16 @@ impl Default for EngineConfig {
 /// What the network layer must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
+    /// Flush `peer`'s outbox ([`Engine::flush_peer`]) at `at_ms` (Unix ms):
+    /// requests to it are paced ([`crate::pace`]) and the next may leave
+    /// then. A later `FlushAt` for the same peer replaces an earlier one
+    /// only if it is sooner.
+    FlushAt {
+        /// The peer.
+        peer: PeerKey,
+        /// When (Unix ms).
+        at_ms: u64,
+    },
     /// Send these envelopes to `peer` in one request, then report back with
     /// [`Engine::on_acks`] or [`Engine::on_transmit_failed`].
     Transmit {
@@ -434,6 +451,13 @@ pub struct Engine {
     /// Contacts whose first messages wait unencrypted for their prekeys,
     /// and until when at the latest.
     sealing: HashMap<ContactId, u64>,
+    /// Requests per peer: paced to what the receiver answers, a window in
+    /// flight ([`crate::pace`]).
+    pacer: Pacer,
+    /// Inside a group of work ([`Engine::defer_flushes`]): the peers whose
+    /// outbox is flushed once, at the group's end, and whether each was
+    /// found reachable.
+    deferred: Option<HashMap<PeerKey, bool>>,
 }
 
 /// What the bounds against strangers did (for `node info`).
@@ -447,6 +471,22 @@ pub struct GuardStatus {
     pub strangers_dropped: u64,
     /// Envelopes refused as `busy` (over a budget) since the profile started.
     pub refused_envelopes: u64,
+}
+
+/// How many of envelopes of these lengths, in order, fit in one request
+/// ([`crate::wire::MAX_REQUEST_BYTES`]); at least one (any one envelope
+/// fits).
+fn fitting(lengths: impl Iterator<Item = usize>) -> usize {
+    let mut total = 2;
+    let mut n = 0;
+    for len in lengths {
+        total += 4 + len;
+        if n > 0 && total > crate::wire::MAX_REQUEST_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -479,6 +519,8 @@ impl Engine {
             prekeys_asked: HashMap::new(),
             next_prekey_maintenance_ms: 0,
             sealing: HashMap::new(),
+            pacer: Pacer::new(config.requests_per_second, config.request_burst),
+            deferred: None,
         })
     }
 
@@ -1036,6 +1078,33 @@ impl Engine {
     }
 
     fn flush(&mut self, peer: &PeerKey, now_ms: u64, reachable: bool) -> Result<Vec<Action>, EngineError> {
+        if let Some(deferred) = &mut self.deferred {
+            *deferred.entry(*peer).or_default() |= reachable;
+            return Ok(Vec::new());
+        }
+        self.flush_now(peer, now_ms, reachable)
+    }
+
+    /// From now until [`Engine::flush_deferred`], flushing a peer's outbox
+    /// only notes the peer: the worker runs a group of work (many sends,
+    /// many answers) and then flushes each peer once, so what the group
+    /// queued for one peer leaves in one request.
+    pub fn defer_flushes(&mut self) {
+        self.deferred.get_or_insert_with(HashMap::new);
+    }
+
+    /// Flushes the peers noted since [`Engine::defer_flushes`], and flushes
+    /// at once again from now on.
+    pub fn flush_deferred(&mut self, now_ms: u64) -> Result<Vec<Action>, EngineError> {
+        let Some(peers) = self.deferred.take() else { return Ok(Vec::new()) };
+        let mut actions = Vec::new();
+        for (peer, reachable) in peers {
+            actions.extend(self.flush_now(&peer, now_ms, reachable)?);
+        }
+        Ok(actions)
+    }
+
+    fn flush_now(&mut self, peer: &PeerKey, now_ms: u64, reachable: bool) -> Result<Vec<Action>, EngineError> {
         let contact_id = self.store.contact_id_for_key(peer);
         let mut actions = Vec::new();
         if self.sealing.contains_key(&contact_id) {
@@ -1053,8 +1122,19 @@ impl Engine {
         if chosen.is_empty() {
             return Ok(actions);
         }
-        let ids: Vec<[u8; 16]> = chosen.iter().map(|e| e.id).collect();
-        let entries = self.store.outbox_entries(&ids)?;
+        match self.pacer.gate(peer, now_ms) {
+            Gate::Go => {}
+            // They wait queued, and leave together in the next request.
+            Gate::At(at_ms) => {
+                actions.push(Action::FlushAt { peer: *peer, at_ms });
+                return Ok(actions);
+            }
+            // An answer coming back flushes again (`on_acks`), a failure
+            // leaves them to their retry time.
+            Gate::WindowFull => return Ok(actions),
+        }
+        let mut ids: Vec<[u8; 16]> = chosen.iter().map(|e| e.id).collect();
+        let mut entries = self.store.outbox_entries(&ids)?;
         if entries.len() != ids.len() {
             // The index and the store disagree (they never should): trust
             // the store for these entries.
@@ -1066,6 +1146,13 @@ impl Engine {
             }
             return Ok(actions);
         }
+        // One request holds at most MAX_REQUEST_BYTES: the rest leave in
+        // the next (large messages, a catalog, fill a request long before
+        // the batch limit).
+        let fits = fitting(entries.iter().map(|e| e.envelope.len()));
+        entries.truncate(fits);
+        ids.truncate(fits);
+        let chosen = &chosen[..fits];
         let contact = self.contact_or_err(&contact_id)?;
         let attempts = chosen.iter().map(|e| e.attempts).max().unwrap_or(0);
         let mut delay = self.backoff(attempts, &ids[0]);
@@ -1076,6 +1163,7 @@ impl Engine {
         self.store.record_attempts(&ids, now_ms + delay)?;
         self.outbox.attempted(&ids, now_ms + delay);
         self.in_flight.extend(ids.iter().map(|id| (*id, now_ms)));
+        self.pacer.sent(peer, ids[0], now_ms);
         actions.extend(
             ids.iter()
                 .zip(&entries)
@@ -1117,6 +1205,7 @@ impl Engine {
         for id in message_ids {
             self.in_flight.remove(id);
         }
+        self.pacer.settled(peer, message_ids);
         for (i, id) in message_ids.iter().enumerate() {
             match acks.get(i) {
                 Some(Ack::Accepted | Ack::Duplicate) => delivered.push(*id),
@@ -1226,6 +1315,7 @@ impl Engine {
         for id in message_ids {
             self.in_flight.remove(id);
         }
+        self.pacer.settled(peer, message_ids);
         self.deposit(peer, now_ms)
     }
 

@@ -35,6 +35,7 @@ pub mod network;
 pub mod node;
 pub mod offline;
 mod outbox;
+pub mod pace;
 pub mod prekey_codec;
 pub mod prekeys;
 pub mod service;

@@ -640,7 +640,16 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
     // waits on the disk (see `crate::worker`).
     let name = engine.store().name().to_string();
     let mut mailboxes: Vec<kabar_storage::OwnMailbox> = engine.mailboxes().to_vec();
-    let (worker, mut reports): (EngineWorker, _) = match Worker::start(engine) {
+    // Each group's flushes, deferred to its end: what it queued for one
+    // peer leaves in one request.
+    let flush_group: crate::worker::GroupEnd<Reply> = Box::new(|engine| {
+        let result = engine.flush_deferred(now_ms());
+        match result {
+            Ok(actions) if actions.is_empty() => None,
+            result => Some(outcome(engine, "flushing the outbox failed", result)),
+        }
+    });
+    let (worker, mut reports): (EngineWorker, _) = match Worker::start_with(engine, flush_group) {
         Ok(started) => started,
         Err(e) => {
             status.failed = Some(format!("cannot start the profile's engine thread: {e}"));
@@ -674,6 +683,11 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
     // every peer by PeerId: too dear to rebuild on every event of a busy
     // profile).
     let mut reach_shown = Instant::now().checked_sub(STATUS_REFRESH).unwrap_or_else(Instant::now);
+    // Peers whose next request is paced (`Action::FlushAt`), and when.
+    let mut paced: HashMap<PeerKey, u64> = HashMap::new();
+    let pace_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(pace_timer);
+    let mut pace_armed: Option<u64> = None;
 
     loop {
         // A swarm event (the busy source) refreshes the reachability part of
@@ -798,6 +812,22 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                     Vec::new()
                 }
             },
+            () = &mut pace_timer, if pace_armed.is_some() => {
+                pace_armed = None;
+                let now = now_ms();
+                let due: Vec<PeerKey> = paced.iter().filter(|(_, at)| **at <= now).map(|(p, _)| *p).collect();
+                paced.retain(|_, at| *at > now);
+                if !due.is_empty() {
+                    worker.act("paced flush failed", move |engine, _| {
+                        let mut actions = Vec::new();
+                        for peer in &due {
+                            actions.extend(engine.flush_peer(peer, now_ms())?);
+                        }
+                        Ok(actions)
+                    });
+                }
+                Vec::new()
+            }
             event = swarm.select_next_some() => {
                 swarm_event = true;
                 if matches!(
@@ -831,6 +861,10 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                     courier.deposit(peer, mailbox, message_ids, envelopes);
                 }
                 Action::Revoke { mailbox, tag, revoked } => courier.revoke(mailbox, tag, revoked),
+                Action::FlushAt { peer, at_ms } => {
+                    let at = paced.entry(peer).or_insert(at_ms);
+                    *at = (*at).min(at_ms);
+                }
                 Action::FetchPrekeys { peer, addresses } => {
                     let peer_id = peer_id_of(&peer);
                     if !swarm.is_connected(&peer_id) {
@@ -840,6 +874,15 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                     swarm.behaviour_mut().prekey.send_request(&peer_id, PrekeyRequest);
                 }
             }
+        }
+        // The pace timer at the soonest paced peer (bounded: one entry per
+        // peer with queued messages).
+        if let Some(soonest) = paced.values().min().copied()
+            && pace_armed != Some(soonest)
+        {
+            let wait = Duration::from_millis(soonest.saturating_sub(now_ms()));
+            pace_timer.as_mut().reset(tokio::time::Instant::now() + wait);
+            pace_armed = Some(soonest);
         }
         status.connected_peers = swarm.connected_peers().count();
         if !swarm_event || reach_shown.elapsed() >= STATUS_REFRESH {

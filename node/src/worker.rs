@@ -59,6 +59,12 @@ pub const REPORTS_MAX: usize = 256;
 /// after the group's durable commit.
 type Work<R> = Box<dyn FnOnce(&mut Engine, &mut StdRng) -> R + Send>;
 
+/// What runs at the end of every group, before its durable commit: the
+/// outbox flushes the group's work deferred ([`Engine::defer_flushes`]),
+/// so what it queued for one peer leaves in one request. Its result, if
+/// any, is reported after the group's.
+pub type GroupEnd<R> = Box<dyn FnMut(&mut Engine) -> Option<R> + Send>;
+
 /// What the loop tells the worker besides work.
 #[derive(Default)]
 struct Flags {
@@ -99,12 +105,23 @@ impl<R: Send + 'static> Worker<R> {
     /// Starts the worker thread for `engine`; returns it and the channel of
     /// its reports.
     pub fn start(engine: Engine) -> std::io::Result<(Self, mpsc::Receiver<Report<R>>)> {
+        Self::launch(engine, None)
+    }
+
+    /// [`Worker::start`], with `end` run at the end of every group (see
+    /// [`GroupEnd`]).
+    pub fn start_with(engine: Engine, end: GroupEnd<R>) -> std::io::Result<(Self, mpsc::Receiver<Report<R>>)> {
+        Self::launch(engine, Some(end))
+    }
+
+    fn launch(engine: Engine, end: Option<GroupEnd<R>>) -> std::io::Result<(Self, mpsc::Receiver<Report<R>>)> {
         let (jobs, queue) = std_mpsc::sync_channel(QUEUE_MAX);
         let (reports, received) = mpsc::channel(REPORTS_MAX);
         let name = format!("kabar-engine-{}", engine.store().name());
         let flags = Arc::new(Flags::default());
         let shared = flags.clone();
-        let thread = std::thread::Builder::new().name(name).spawn(move || work(engine, queue, reports, &shared))?;
+        let thread =
+            std::thread::Builder::new().name(name).spawn(move || work(engine, end, queue, reports, &shared))?;
         Ok((Worker { jobs, flags, thread: Some(thread) }, received))
     }
 
@@ -165,12 +182,13 @@ impl<R: Send + 'static> Drop for Worker<R> {
 
 fn work<R: Send + 'static>(
     engine: Engine,
+    mut end: Option<GroupEnd<R>>,
     queue: std_mpsc::Receiver<Work<R>>,
     reports: mpsc::Sender<Report<R>>,
     flags: &Flags,
 ) {
     let mut engine = Some(engine);
-    run(&mut engine, &queue, &reports, flags);
+    run(&mut engine, &mut end, &queue, &reports, flags);
     if let Some(engine) = engine {
         if flags.abandon.load(Ordering::Acquire) {
             std::mem::forget(engine);
@@ -184,6 +202,7 @@ fn work<R: Send + 'static>(
 /// engine was leaked).
 fn run<R: Send + 'static>(
     slot: &mut Option<Engine>,
+    end: &mut Option<GroupEnd<R>>,
     queue: &std_mpsc::Receiver<Work<R>>,
     reports: &mpsc::Sender<Report<R>>,
     flags: &Flags,
@@ -198,7 +217,7 @@ fn run<R: Send + 'static>(
                 Err(_) => break,
             }
         }
-        let (done, failed) = group(engine, jobs, &mut rng, flags);
+        let (done, failed) = group(engine, end, jobs, &mut rng, flags);
         if let Some(reason) = failed {
             tracing::error!(profile = %engine.store().name(), %reason, "the profile's engine stopped");
             let _ = reports.blocking_send(Report::Failed(reason));
@@ -225,8 +244,9 @@ fn run<R: Send + 'static>(
     }
 }
 
-/// Runs one group of work: each piece in order, then (with more than one)
-/// the group's durable commit, then the engine's counters. Returns the
+/// Runs one group of work: each piece in order (flushes deferred), the
+/// group's end ([`GroupEnd`]), then (with more than one piece) the group's
+/// durable commit, then the engine's counters. Returns the
 /// results and counters, or why the engine must stop: a piece of work, the
 /// durable commit or the counters panicked, the commit failed, or a piece
 /// of work found the store broken ([`kabar_storage::ProfileStore::mark_broken`]:
@@ -235,6 +255,7 @@ fn run<R: Send + 'static>(
 #[allow(clippy::type_complexity)]
 fn group<R>(
     engine: &mut Engine,
+    end: &mut Option<GroupEnd<R>>,
     jobs: Vec<Work<R>>,
     rng: &mut StdRng,
     flags: &Flags,
@@ -250,7 +271,10 @@ fn group<R>(
     if grouped {
         engine.store().begin_group();
     }
-    let mut done = Vec::with_capacity(jobs.len());
+    if end.is_some() {
+        engine.defer_flushes();
+    }
+    let mut done = Vec::with_capacity(jobs.len() + 1);
     for f in jobs {
         if flags.halt.load(Ordering::Acquire) {
             // Unanswered, as in a crash; what committed stays.
@@ -265,12 +289,21 @@ fn group<R>(
         }
     }
     let finish = catch_unwind(AssertUnwindSafe(|| {
+        let tail = end.as_mut().and_then(|end| end(engine));
+        if let Some(reason) = engine.store().broken() {
+            return Err(reason);
+        }
         let durable = if grouped { engine.store().end_group() } else { Ok(()) };
-        durable.map(|()| (engine.guard_status(), engine.queued()))
+        durable
+            .map(|()| (tail, engine.guard_status(), engine.queued()))
+            .map_err(|e| format!("profile database {path} could not make its last writes durable: {e}"))
     }));
     match finish {
-        Ok(Ok((guard, queued))) => (Some((done, guard, queued)), None),
-        Ok(Err(e)) => (None, Some(format!("profile database {path} could not make its last writes durable: {e}"))),
+        Ok(Ok((tail, guard, queued))) => {
+            done.extend(tail);
+            (Some((done, guard, queued)), None)
+        }
+        Ok(Err(reason)) => (None, Some(reason)),
         Err(panic) => (None, Some(stopped(panic))),
     }
 }

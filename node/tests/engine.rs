@@ -1571,3 +1571,110 @@ fn content_that_does_not_decode_is_refused_not_acknowledged() {
     assert_eq!(status(&mut a, &id), MessageStatus::Failed);
     assert!(a.store().outbox().unwrap().is_empty());
 }
+
+/// Each transmission in `actions` delivered to `to` and answered at `now`;
+/// returns the sender's follow-up actions.
+fn answer_all(from: &mut Party, to: &mut Party, actions: &[Action], now: u64) -> Vec<Action> {
+    let (from_key, to_key) = (from.key(), to.key());
+    let mut follow = Vec::new();
+    for (_, ids, envs) in transmits(actions) {
+        let (acks, _) = to.e().on_request(&from_key, &envs, now, &mut rand::rng()).unwrap();
+        follow.extend(from.e().on_acks(&to_key, &ids, &acks, now, &mut rand::rng()).unwrap());
+    }
+    follow
+}
+
+#[test]
+fn requests_to_a_peer_are_paced_to_what_it_answers_and_what_waits_leaves_together() {
+    let (mut a, mut b, a_bob, _) = alice_and_bob();
+    let burst = kabar_node::pace::REQUEST_BURST as usize;
+    // One message at a time, each answered at once (the window never
+    // fills): one request each, up to the burst, all in the same
+    // millisecond.
+    let mut requests = 0;
+    let mut paced_at = None;
+    for i in 0..burst + 20 {
+        let (_, actions) = a.e().send(&a_bob, Content::text(format!("m{i}")), T0, &mut rand::rng()).unwrap();
+        requests += transmits(&actions).len();
+        for action in &actions {
+            if let Action::FlushAt { at_ms, .. } = action {
+                paced_at = Some(*at_ms);
+            }
+        }
+        answer_all(&mut a, &mut b, &actions, T0);
+    }
+    assert_eq!(requests, burst, "more requests than the receiver answers per peer");
+    let at = paced_at.expect("the messages past the burst say when they may leave");
+    assert!(at > T0 && at <= T0 + 20, "next request at +{} ms", at - T0);
+    assert_eq!(a.e().queued(), 20);
+    // When the timer fires, the 20 that waited leave in one request.
+    let key = b.key();
+    let actions = a.e().flush_peer(&key, at).unwrap();
+    let sent = transmits(&actions);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.len(), 20);
+    answer_all(&mut a, &mut b, &actions, at);
+    assert_eq!(a.e().queued(), 0);
+    let b_alice = b.contact_of(&mut a);
+    assert_eq!(b.e().store().history(&b_alice, 1_000, None).unwrap().len(), burst + 20);
+}
+
+#[test]
+fn at_most_a_window_of_requests_is_in_flight_and_an_answer_sends_what_waited() {
+    let (mut a, mut b, a_bob, _) = alice_and_bob();
+    let window = kabar_node::pace::WINDOW;
+    let mut in_flight = Vec::new();
+    for i in 0..window + 5 {
+        let (_, actions) = a.e().send(&a_bob, Content::text(format!("m{i}")), T0, &mut rand::rng()).unwrap();
+        in_flight.extend(actions.into_iter().filter(|a| matches!(a, Action::Transmit { .. })));
+    }
+    assert_eq!(in_flight.len(), window, "requests in flight past the window");
+    // The first answer sends the 5 that waited, together.
+    let follow = answer_all(&mut a, &mut b, &in_flight[..1], T0);
+    let sent = transmits(&follow);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.len(), 5);
+}
+
+#[test]
+fn flushes_deferred_over_a_group_leave_as_one_request() {
+    let (mut a, mut b, a_bob, _) = alice_and_bob();
+    a.e().defer_flushes();
+    for i in 0..16 {
+        let (_, actions) = a.e().send(&a_bob, Content::text(format!("m{i}")), T0, &mut rand::rng()).unwrap();
+        assert!(transmits(&actions).is_empty(), "a send inside a group transmitted at once");
+    }
+    let actions = a.e().flush_deferred(T0).unwrap();
+    let sent = transmits(&actions);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.len(), 16);
+    // After the group, flushes are immediate again.
+    answer_all(&mut a, &mut b, &actions, T0);
+    let (_, actions) = a.e().send(&a_bob, Content::text("after"), T0, &mut rand::rng()).unwrap();
+    assert_eq!(transmits(&actions).len(), 1);
+}
+
+#[test]
+fn a_request_never_exceeds_the_byte_limit_however_large_its_messages() {
+    let (mut a, mut b, a_bob, _) = alice_and_bob();
+    let big = "x".repeat(30 * 1024);
+    a.e().defer_flushes();
+    for _ in 0..200 {
+        a.e().send(&a_bob, Content::text(big.clone()), T0, &mut rand::rng()).unwrap();
+    }
+    let actions = a.e().flush_deferred(T0).unwrap();
+    let sent = transmits(&actions);
+    assert_eq!(sent.len(), 1);
+    let bytes: usize = 2 + sent[0].2.iter().map(|e| 4 + e.len()).sum::<usize>();
+    assert!(bytes <= kabar_node::wire::MAX_REQUEST_BYTES, "{bytes} bytes in one request");
+    assert!(sent[0].1.len() < 200 && sent[0].1.len() > 64, "{} envelopes", sent[0].1.len());
+    // Each answer sends more, until all 200 arrived.
+    let mut actions = actions;
+    for _ in 0..10 {
+        if transmits(&actions).is_empty() {
+            break;
+        }
+        actions = answer_all(&mut a, &mut b, &actions, T0);
+    }
+    assert_eq!(a.e().queued(), 0);
+}

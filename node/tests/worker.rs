@@ -127,3 +127,68 @@ fn describe(r: &Option<Report<u32>>) -> String {
         Some(Report::Counters { .. }) => "Counters".into(),
     }
 }
+
+#[test]
+fn what_one_group_queues_for_a_peer_leaves_in_one_request_after_the_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ours = DataDir::create(tmp.path(), b"pw", KdfParams::TESTNET).unwrap();
+    let store = ours.create_profile("personal", ProfileKind::Personal, 1_700_000_000, &mut rand::rng()).unwrap();
+    // A contact to send to: another profile's public keys.
+    let other = tempfile::tempdir().unwrap();
+    let mut dir = DataDir::create(other.path(), b"pw", KdfParams::TESTNET).unwrap();
+    let bob = dir.create_profile("bob", ProfileKind::Personal, 1_700_000_000, &mut rand::rng()).unwrap();
+    let identity = bob.identity().unwrap().public();
+    let contact = kabar_storage::Contact {
+        peer_id: identity.signing.to_vec(),
+        identity,
+        signed_prekey: Some(bob.current_signed_prekey().unwrap().public()),
+        one_time_prekey: None,
+        addresses: vec![],
+        display_name: "Bob".into(),
+        verified: false,
+        blocked: false,
+        identity_change: None,
+        added_at_ms: 0,
+        request: false,
+    };
+    let (bob_id, _) = store.upsert_contact(contact).unwrap();
+    // No waiting for Bob's one-time prekeys: there is no network here.
+    let config = kabar_node::engine::EngineConfig { prekey_wait_ms: 0, ..Default::default() };
+    let engine = Engine::new(store, config).unwrap();
+    // The group's end reports its requests as 1000 × requests + envelopes.
+    let end: kabar_node::worker::GroupEnd<u32> = Box::new(|engine| {
+        let actions = engine.flush_deferred(1_700_000_000_000).unwrap();
+        let sent: Vec<usize> = actions
+            .iter()
+            .filter_map(|a| match a {
+                kabar_node::engine::Action::Transmit { envelopes, .. } => Some(envelopes.len()),
+                _ => None,
+            })
+            .collect();
+        (!sent.is_empty()).then(|| 1000 * sent.len() as u32 + sent.iter().sum::<usize>() as u32)
+    });
+    let (worker, mut reports) = Worker::<u32>::start_with(engine, end).unwrap();
+    let release = hold(&worker);
+    for i in 0..16 {
+        assert!(worker.run(move |engine, rng| {
+            let text = kabar_node::content::Content::text(format!("m{i}"));
+            let (_, actions) = engine.send(&bob_id, text, 1_700_000_000_000, rng).unwrap();
+            // Inside the group nothing leaves yet.
+            actions.iter().filter(|a| matches!(a, kabar_node::engine::Action::Transmit { .. })).count() as u32
+        }));
+    }
+    drop(release);
+    let mut done = Vec::new();
+    while done.len() < 18 {
+        match next(&mut reports) {
+            Some(Report::Done(v)) => done.push(v),
+            other => panic!("expected results, got {}", describe(&other)),
+        }
+    }
+    // The hold ran alone (the first group; it flushed nothing); the 16
+    // sends made the second group: none transmitted, and its end sent one
+    // request of 16.
+    assert_eq!(done[0], 0);
+    assert_eq!(&done[1..17], &[0; 16]);
+    assert_eq!(done[17], 1016);
+}
