@@ -3,8 +3,8 @@
 //! system temp dir for every row), both with `Durability::Immediate` (an
 //! fsync per commit).
 //!
-//! Rows (every group has `kabar` and `bare_redb`; the insert groups also
-//! `kabar_outgoing`):
+//! Rows (every group has `bare_redb`; the insert and history groups
+//! `kabar`, the insert groups also `kabar_outgoing`; `status_64` its own):
 //!
 //! - `kabar`: [`ProfileStore::commit_incoming`]. Per message, in the one
 //!   transaction: the received id, the session snapshot (of a freshly
@@ -36,6 +36,15 @@
 //!   redb a reverse range scan copying the 50 values out. Each iteration
 //!   opens its own read transaction. The database stays open between
 //!   iterations, so this is a warm-cache page read.
+//! - `status_64`: 64 status changes in one durable commit
+//!   (`Throughput::Elements(64)`); the 64 messages (one conversation) are
+//!   committed before timing. `kabar_mark_read`:
+//!   [`ProfileStore::mark_read`] of 64 incoming messages (and the
+//!   conversation's unread count); `kabar_acknowledge`:
+//!   [`ProfileStore::acknowledge`] of 64 outgoing messages (outbox entries
+//!   removed, status `Delivered`) followed by
+//!   [`ProfileStore::make_durable`], its fsync; `bare_redb`: 64 one-byte
+//!   values written under 16-byte ids in one durable commit.
 //!
 //! The insert rows keep appending to the same database across iterations
 //! (criterion's warm-up included), so they run against a database of some
@@ -196,6 +205,7 @@ impl Kabar {
 // ---------------------------------------------------------------------------
 
 const BARE_MESSAGES: TableDefinition<'static, &[u8], &[u8]> = TableDefinition::new("messages");
+const BARE_STATUS: TableDefinition<'static, &[u8], &[u8]> = TableDefinition::new("status");
 
 fn bare_key(conversation: &[u8; 16], seq: u64) -> [u8; 24] {
     let mut key = [0u8; 24];
@@ -219,9 +229,23 @@ impl Bare {
         let db = Database::create(dir.path().join("bare.redb")).unwrap();
         let tx = db.begin_write().unwrap();
         tx.open_table(BARE_MESSAGES).unwrap();
+        tx.open_table(BARE_STATUS).unwrap();
         tx.commit().unwrap();
         let conversations = (0..conversations).map(|_| (rand::random(), 0)).collect();
         Bare { db, conversations, body: body(), _dir: dir }
+    }
+
+    /// Writes a one-byte status under each id, in one durable commit.
+    fn set_statuses(&self, ids: &[[u8; 16]], status: u8) {
+        let mut tx = self.db.begin_write().unwrap();
+        tx.set_durability(Durability::Immediate).unwrap();
+        {
+            let mut table = tx.open_table(BARE_STATUS).unwrap();
+            for id in ids {
+                table.insert(id.as_slice(), [status].as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
     }
 
     /// Appends `n` messages, round-robin over the conversations, in one
@@ -352,5 +376,55 @@ fn history_page(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, insert_one_per_commit, insert_batched, history_page);
+fn status_changes(c: &mut Criterion) {
+    let mut group = c.benchmark_group("status_64");
+    group.sample_size(20).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(BATCH as u64));
+    {
+        let kabar = Kabar::new(1);
+        let contact = kabar.peers[0].0;
+        group.bench_function("kabar_mark_read", |b| {
+            b.iter_batched(
+                || {
+                    let messages = kabar.incoming(BATCH);
+                    kabar.store.commit_incoming(&messages, NOW_MS).unwrap();
+                    messages.iter().map(IncomingMessage::id).collect::<Vec<_>>()
+                },
+                |ids| kabar.store.mark_read(&contact, &ids).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    {
+        let kabar = Kabar::new(1);
+        group.bench_function("kabar_acknowledge", |b| {
+            b.iter_batched(
+                || {
+                    let messages = kabar.outgoing(BATCH);
+                    kabar.store.commit_outgoing(&messages, NOW_MS).unwrap();
+                    messages.iter().map(|m| m.message.id).collect::<Vec<_>>()
+                },
+                |ids| {
+                    kabar.store.acknowledge(&ids).unwrap();
+                    assert!(kabar.store.make_durable().unwrap());
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    {
+        let bare = Bare::new(1);
+        let ids: Vec<[u8; 16]> = (0..BATCH).map(|_| rand::random()).collect();
+        let mut status = 0u8;
+        group.bench_function("bare_redb", |b| {
+            b.iter(|| {
+                status = status.wrapping_add(1);
+                bare.set_statuses(&ids, status)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, insert_one_per_commit, insert_batched, history_page, status_changes);
 criterion_main!(benches);

@@ -20,9 +20,10 @@
 //! naming the file: the store boundary never unwinds into its caller.
 //!
 //! `check_store` reads every row of every table, opens (decrypts and
-//! decodes) every sealed record, checks the shape of the clear ones, and
-//! checks that each conversation's messages are numbered 0 to `next_seq - 1`
-//! with none missing: a [`ProfileReport`].
+//! decodes) every sealed record, checks the shape of the clear ones (every
+//! `message_index` row, every `message_status` row and every message
+//! agreeing on positions), and checks that each conversation's messages
+//! are numbered 0 to `next_seq - 1` with none missing: a [`ProfileReport`].
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -39,6 +40,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::StoreError;
+use crate::index::{IndexRow, MessageState};
 use crate::model::*;
 use crate::schema::*;
 use crate::store::ProfileStore;
@@ -418,8 +420,22 @@ pub(crate) fn check_store(store: &ProfileStore, error: Option<&StoreError>) -> P
     report.tables.push(scan.table((CONTACT_NAMES_NAME, CONTACT_NAMES), slice_key, unit, |key, _| key_len(key, 32)));
     report.tables.push(scan.table((STRANGERS_NAME, STRANGERS), slice_key, u64_value, |key, _| key_len(key, 24)));
     report.tables.push(scan.sealed_table::<SessionState>(SESSIONS, SESSIONS_NAME, 16));
+    // Whether a row is in `table` (messages, statuses: keyed by position).
+    let stored_messages = contained(path, || Ok(tx.open_table(MESSAGES)?));
+    let stored_statuses = contained(path, || Ok(tx.open_table(MESSAGE_STATUS)?));
+    let has = |table: &Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError>,
+               name: &str,
+               position: &[u8]|
+     -> Result<bool, String> {
+        match table {
+            Ok(table) => {
+                contained(path, || Ok(redb::ReadableTable::get(table, position)?.is_some())).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(format!("the {name} table cannot be read: {}", damage_text(e))),
+        }
+    };
     // Messages: each conversation's sequence numbers, to compare with its
-    // `next_seq` below.
+    // `next_seq` below; each has its status row.
     let mut numbered: HashMap<[u8; 16], (u64, u64)> = HashMap::new();
     let mut messages = scan.table((MESSAGES_NAME, MESSAGES), slice_key, bytes, |key, value| {
         key_len(key, 24)?;
@@ -428,33 +444,35 @@ pub(crate) fn check_store(store: &ProfileStore, error: Option<&StoreError>) -> P
         let (count, top) = numbered.entry(contact).or_insert((0, 0));
         *count += 1;
         *top = (*top).max(seq);
+        if !has(&stored_statuses, MESSAGE_STATUS_NAME, key)? {
+            return Err("has no message_status row".into());
+        }
         Ok(())
     });
-    // Each index row points at a stored message (rows leave with their
-    // message, when its conversation is forgotten).
-    let stored_messages = contained(path, || Ok(tx.open_table(MESSAGES)?));
-    let stored = |position: &[u8]| -> Result<bool, StoreError> {
-        match &stored_messages {
-            Ok(table) => contained(path, || Ok(redb::ReadableTable::get(table, position)?.is_some())),
-            Err(e) => Err(StoreError::Invalid(format!("the messages table cannot be read: {}", damage_text(e)))),
-        }
-    };
+    // Each index row has one of the known shapes, and one naming a message
+    // points at a stored one (rows leave with their message, when its
+    // conversation is forgotten).
     report.tables.push(scan.table((MESSAGE_INDEX_NAME, MESSAGE_INDEX), slice_key, bytes, |key, value| {
         key_len(key, 16)?;
-        if value.len() != 24 {
-            return Err(format!("points at a {}-byte position (not 24)", value.len()));
-        }
-        match stored(value) {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                Err(format!("points at message position {}, which is not stored", kabar_crypto::hex::encode(value)))
+        let row = IndexRow::decode(value).ok_or_else(|| format!("a {}-byte value of no known shape", value.len()))?;
+        match row.position() {
+            Some(position) if !has(&stored_messages, MESSAGES_NAME, &position)? => {
+                Err(format!("points at message position {}, which is not stored", kabar_crypto::hex::encode(&position)))
             }
-            Err(e) => Err(e.to_string()),
+            _ => Ok(()),
         }
+    }));
+    // Each status row opens, and belongs to a stored message.
+    report.tables.push(scan.table((MESSAGE_STATUS_NAME, MESSAGE_STATUS), slice_key, bytes, |key, value| {
+        key_len(key, 24)?;
+        scan.sealed::<MessageState>(MESSAGE_STATUS_NAME, key, value)?;
+        if !has(&stored_messages, MESSAGES_NAME, key)? {
+            return Err("the status of a message that is not stored".into());
+        }
+        Ok(())
     }));
     report.tables.push(scan.table((MESSAGE_ALIASES_NAME, MESSAGE_ALIASES), slice_key, unit, |key, _| key_len(key, 40)));
     report.tables.push(scan.sealed_table::<OutboxEntry>(OUTBOX, OUTBOX_NAME, 16));
-    report.tables.push(scan.table((RECEIVED_NAME, RECEIVED), slice_key, u64_value, |key, _| key_len(key, 16)));
     report.tables.push(scan.table((DEPOSITED_NAME, DEPOSITED), slice_key, u64_value, |key, _| key_len(key, 16)));
     report.tables.push(scan.sealed_table::<ContactMailboxes>(CONTACT_MAILBOXES, CONTACT_MAILBOXES_NAME, 16));
     let mut conversations = HashMap::new();

@@ -9,12 +9,16 @@
 //!   kinds, Argon2id parameters and salt, wrapped data keys) and passphrase
 //!   handling: [`DataDir`].
 //! - [`store`]: [`ProfileStore`], one profile's database: identity and
-//!   prekeys, contacts (with a keyed name index), sessions, messages,
-//!   outbox, received ids, conversations, pending strangers (bounded by
+//!   prekeys, contacts (with a keyed name index), sessions, messages and
+//!   their statuses, outbox, received ids (pruned after
+//!   [`RECEIVED_WINDOW_MS`]), conversations, pending strangers (bounded by
 //!   [`StrangerLimits`]) and business data; the atomic send and receive
 //!   commits, and forgetting a contact.
 //! - [`model`]: the record types and their validation rules.
 //! - [`schema`]: every table, and the schema version with its migrations.
+//! - `index`: what a message id names (`message_index` rows: messages,
+//!   aliases, received ids) and the sealed status kept apart from a
+//!   message's body.
 //! - `seal`: record encryption (XChaCha20-Poly1305, table and key as
 //!   associated data) and opaque lookup keys.
 //! - [`check`]: damaged stores: opening a file without writing to it
@@ -30,6 +34,7 @@
 pub mod check;
 pub mod error;
 pub mod header;
+mod index;
 pub mod model;
 pub mod schema;
 mod seal;
@@ -38,6 +43,7 @@ pub mod store;
 pub use check::{DamagedRow, ProfileReport, TableReport};
 pub use error::StoreError;
 pub use header::{DataDir, KdfParams, ProfileEntry, validate_profile_name};
+pub use index::RECEIVED_WINDOW_MS;
 pub use model::*;
 pub use store::{
     Inbound, InboundOutcome, IncomingMessage, OutgoingMessage, ProfileStore, Receipt, ReceiptChange, ReceiveOutcome,

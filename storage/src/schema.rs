@@ -27,7 +27,16 @@ use redb::TableDefinition;
 ///   4 → 5 rewrites every contact, deletes every session (version 1
 ///   sessions cannot be used by version 2) and keeps the outbox, whose
 ///   version 1 envelopes the engine encrypts again from their plaintext.
-pub const SCHEMA_VERSION: u32 = 5;
+/// - 6: statuses apart from the sealed bodies, and one id table. New
+///   `message_status` (position → sealed direction and status: a status
+///   change seals two bytes, not the record); `message_index` values say
+///   what an id names (`index.rs`), received ids included, so `received` is
+///   gone; received ids with no stored message can be pruned after 30 days.
+///   Migration 5 → 6 writes a status row per message (from its record),
+///   rewrites every index row (aliases from `message_aliases`, received
+///   ones from `received`, with their times), keeps every other received id
+///   as a row of its own, and deletes `received`.
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// Key of the schema version (u32 BE, clear) in [`META`].
 pub(crate) const META_SCHEMA: &str = "schema_version";
@@ -81,8 +90,17 @@ tables! {
     SESSIONS / SESSIONS_NAME = "sessions": <&'static [u8], &'static [u8]>;
     /// Messages by conversation id ‖ sequence number (u64 BE) (sealed).
     MESSAGES / MESSAGES_NAME = "messages": <&'static [u8], &'static [u8]>;
-    /// Message id → conversation id ‖ sequence number (clear: opaque ids). Schema 2.
+    /// Message id → what it names (clear: a kind byte, opaque ids,
+    /// positions and receive times; see `index.rs`): our message, a message
+    /// received, another envelope id of our message, or a received id with
+    /// nothing stored (a duplicate until pruned). Schema 2; this layout
+    /// since schema 6 (before: the bare position).
     MESSAGE_INDEX / MESSAGE_INDEX_NAME = "message_index": <&'static [u8], &'static [u8]>;
+    /// Conversation id ‖ sequence number → the message's direction and
+    /// status (sealed `MessageState`), one row per message, written with it
+    /// and removed with it. Authoritative over the status inside the
+    /// message record. Schema 6.
+    MESSAGE_STATUS / MESSAGE_STATUS_NAME = "message_status": <&'static [u8], &'static [u8]>;
     /// The other envelope ids of messages encrypted again (or first
     /// encrypted after waiting for prekeys): contact id ‖ seq ‖ envelope id
     /// → () (clear: opaque ids), so forgetting a contact also removes their
@@ -90,8 +108,8 @@ tables! {
     MESSAGE_ALIASES / MESSAGE_ALIASES_NAME = "message_aliases": <&'static [u8], ()>;
     /// Envelopes awaiting acknowledgement, by message id (sealed).
     OUTBOX / OUTBOX_NAME = "outbox": <&'static [u8], &'static [u8]>;
-    /// Ids of messages received, with the time (Unix ms): duplicates are
-    /// acknowledged again and never stored twice.
+    /// Schema 5 and earlier: ids of messages received, with the time (Unix
+    /// ms). Merged into `message_index` and deleted by the migration to 6.
     RECEIVED / RECEIVED_NAME = "received": <&'static [u8], u64>;
     /// Outbox entries a recipient's mailbox holds: message id → when it was
     /// deposited (Unix ms, clear: opaque ids). Schema 3.

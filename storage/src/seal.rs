@@ -6,28 +6,47 @@
 //!
 //! Sealed value: `0x01 (version) ‖ nonce (24) ‖ ciphertext ‖ tag (16)`.
 //! Associated data: `"KABAR-REC-V1" ‖ u8(len(table)) ‖ table ‖ record key`.
+//!
+//! One cipher instance per store seals and opens every record, in place:
+//! one allocation per seal (the sealed value) and per open (the
+//! plaintext), the associated data on the stack.
 
 use std::fmt;
 
-use kabar_crypto::primitives::{XNONCE_LEN, hkdf_sha256, hmac_sha256, xchacha_open, xchacha_seal};
+use chacha20poly1305::aead::AeadInOut;
+use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
+use kabar_crypto::primitives::{TAG_LEN, XNONCE_LEN, hkdf_sha256, hmac_sha256};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use zeroize::{ZeroizeOnDrop, Zeroizing};
 
 use crate::error::StoreError;
 
 const SEAL_VERSION: u8 = 1;
 const AAD_PREFIX: &[u8] = b"KABAR-REC-V1";
 
+#[cfg(test)]
+thread_local! {
+    /// Seals made on this thread, and the plaintext bytes they sealed (tests
+    /// count what each operation seals).
+    pub(crate) static SEALED: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
 /// Fills `buf` from the operating system's random source.
 pub(crate) fn random_bytes(buf: &mut [u8]) -> Result<(), StoreError> {
     getrandom::fill(buf).map_err(|_| StoreError::Random)
 }
 
-/// The keys derived from a profile's data key.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+/// Longest associated data kept on the stack (prefix, table name, record
+/// key); longer (never, with our tables and keys) goes to the heap.
+const AAD_STACK: usize = 96;
+
+/// The keys derived from a profile's data key: the seal key, held by its
+/// cipher (which zeroizes it on drop), and the index key.
+#[derive(Clone, ZeroizeOnDrop)]
 pub(crate) struct RecordKeys {
-    seal: [u8; 32],
+    #[zeroize(skip)]
+    cipher: XChaCha20Poly1305,
     index: [u8; 32],
 }
 
@@ -40,30 +59,50 @@ impl fmt::Debug for RecordKeys {
 impl RecordKeys {
     /// `seal = HKDF(data key, "kabar records v1")`, `index = HKDF(data key, "kabar index v1")`.
     pub(crate) fn derive(data_key: &[u8; 32]) -> Result<Self, StoreError> {
-        let mut keys = RecordKeys { seal: [0; 32], index: [0; 32] };
-        hkdf_sha256(None, data_key, b"kabar records v1", &mut keys.seal).map_err(|_| StoreError::Random)?;
-        hkdf_sha256(None, data_key, b"kabar index v1", &mut keys.index).map_err(|_| StoreError::Random)?;
-        Ok(keys)
+        let mut seal = Zeroizing::new([0u8; 32]);
+        let mut index = [0u8; 32];
+        hkdf_sha256(None, data_key, b"kabar records v1", seal.as_mut()).map_err(|_| StoreError::Random)?;
+        hkdf_sha256(None, data_key, b"kabar index v1", &mut index).map_err(|_| StoreError::Random)?;
+        let cipher = XChaCha20Poly1305::new(&(*seal).into());
+        Ok(RecordKeys { cipher, index })
     }
 
-    fn aad(table: &str, key: &[u8]) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(AAD_PREFIX.len() + 1 + table.len() + key.len());
-        aad.extend_from_slice(AAD_PREFIX);
-        aad.push(u8::try_from(table.len()).unwrap_or(u8::MAX));
-        aad.extend_from_slice(table.as_bytes());
-        aad.extend_from_slice(key);
-        aad
+    /// Runs `f` with the associated data of `table`/`key`.
+    fn with_aad<T>(table: &str, key: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
+        let len = AAD_PREFIX.len() + 1 + table.len() + key.len();
+        let fill = |aad: &mut [u8]| {
+            let (prefix, rest) = aad.split_at_mut(AAD_PREFIX.len());
+            prefix.copy_from_slice(AAD_PREFIX);
+            rest[0] = u8::try_from(table.len()).unwrap_or(u8::MAX);
+            rest[1..1 + table.len()].copy_from_slice(table.as_bytes());
+            rest[1 + table.len()..].copy_from_slice(key);
+        };
+        if len <= AAD_STACK {
+            let mut aad = [0u8; AAD_STACK];
+            fill(&mut aad[..len]);
+            f(&aad[..len])
+        } else {
+            let mut aad = vec![0u8; len];
+            fill(&mut aad);
+            f(&aad)
+        }
     }
 
     /// Seals raw bytes for `table`/`key`.
     pub(crate) fn seal_bytes(&self, table: &str, key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
+        #[cfg(test)]
+        SEALED.with(|c| c.set((c.get().0 + 1, c.get().1 + plaintext.len() as u64)));
         let mut nonce = [0u8; XNONCE_LEN];
         random_bytes(&mut nonce)?;
-        let ct = xchacha_seal(&self.seal, &nonce, &Self::aad(table, key), plaintext);
-        let mut out = Vec::with_capacity(1 + XNONCE_LEN + ct.len());
+        let mut out = Vec::with_capacity(1 + XNONCE_LEN + plaintext.len() + TAG_LEN);
         out.push(SEAL_VERSION);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
+        out.extend_from_slice(plaintext);
+        let tag = Self::with_aad(table, key, |aad| {
+            self.cipher.encrypt_inout_detached(&XNonce::from(nonce), aad, (&mut out[1 + XNONCE_LEN..]).into())
+        })
+        .map_err(|_| StoreError::Database("sealing a record: too long".into()))?;
+        out.extend_from_slice(&tag);
         Ok(out)
     }
 
@@ -74,14 +113,20 @@ impl RecordKeys {
         key: &[u8],
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
-        if sealed.len() < 1 + XNONCE_LEN + 16 || sealed[0] != SEAL_VERSION {
+        if sealed.len() < 1 + XNONCE_LEN + TAG_LEN || sealed[0] != SEAL_VERSION {
             return Err(StoreError::TamperedRecord { table });
         }
-        let mut nonce = [0u8; XNONCE_LEN];
-        nonce.copy_from_slice(&sealed[1..1 + XNONCE_LEN]);
-        xchacha_open(&self.seal, &nonce, &Self::aad(table, key), &sealed[1 + XNONCE_LEN..])
-            .map(Zeroizing::new)
-            .map_err(|_| StoreError::TamperedRecord { table })
+        let (nonce, rest) = sealed[1..].split_at(XNONCE_LEN);
+        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let (Ok(nonce), Ok(tag)) = (XNonce::try_from(nonce), Tag::try_from(tag)) else {
+            return Err(StoreError::TamperedRecord { table });
+        };
+        let mut plain = Zeroizing::new(ciphertext.to_vec());
+        Self::with_aad(table, key, |aad| {
+            self.cipher.decrypt_inout_detached(&nonce, aad, plain.as_mut_slice().into(), &tag)
+        })
+        .map_err(|_| StoreError::TamperedRecord { table })?;
+        Ok(plain)
     }
 
     /// Serializes (postcard) and seals a value.
@@ -135,6 +180,25 @@ mod tests {
         flipped[last] ^= 1;
         assert!(keys.open::<String>("contacts", b"k1", &flipped).is_err());
         assert!(keys.open::<String>("contacts", b"k1", &sealed[..10]).is_err());
+    }
+
+    /// The format is that of one-shot XChaCha20-Poly1305 (kabar-crypto's
+    /// primitives) both ways, for any associated data length.
+    #[test]
+    fn in_place_sealing_matches_the_one_shot_primitive() {
+        use kabar_crypto::primitives::{xchacha_open, xchacha_seal};
+        let keys = RecordKeys::derive(&[9; 32]).unwrap();
+        let mut seal_key = [0u8; 32];
+        hkdf_sha256(None, &[9; 32], b"kabar records v1", &mut seal_key).unwrap();
+        for key in [vec![], vec![1; 24], vec![2; 200]] {
+            let aad = [AAD_PREFIX, &[8], b"messages", &key].concat();
+            let sealed = keys.seal_bytes("messages", &key, b"body").unwrap();
+            let nonce: [u8; XNONCE_LEN] = sealed[1..1 + XNONCE_LEN].try_into().unwrap();
+            assert_eq!(xchacha_open(&seal_key, &nonce, &aad, &sealed[1 + XNONCE_LEN..]).unwrap(), b"body");
+            let one_shot = [&[SEAL_VERSION][..], &nonce, &xchacha_seal(&seal_key, &nonce, &aad, b"body")].concat();
+            assert_eq!(one_shot, sealed);
+            assert_eq!(keys.open_bytes("messages", &key, &one_shot).unwrap().as_slice(), b"body");
+        }
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //!   outbox entry in ONE durable transaction, committed before the envelope
 //!   leaves the node;
 //! - [`ProfileStore::commit_incoming`]: decrypted message, ratchet state,
-//!   received id (and the consumed one-time prekey) in ONE durable
-//!   transaction, committed before the acknowledgement goes out; a duplicate
-//!   id is reported, never stored twice.
+//!   received id (its `message_index` row) and the consumed one-time prekey
+//!   in ONE durable transaction, committed before the acknowledgement goes
+//!   out; a duplicate id is reported, never stored twice.
 //!
 //! Both take batches, so many messages share one fsync.
 //!
@@ -16,6 +16,11 @@
 //!   names, renames or forgets a contact;
 //! - [`ProfileStore::forget_contact`] removes a contact and everything about
 //!   it (but its received ids) in one transaction;
+//! - a message's status lives in `message_status` (written with the
+//!   message, changed alone: a few sealed bytes), never re-sealed into the
+//!   message record;
+//! - [`ProfileStore::prune_received`] drops received ids with no stored
+//!   message after [`RECEIVED_WINDOW_MS`], a bounded number per call.
 //! - [`ProfileStore::admit_stranger`] keeps pending strangers within
 //!   [`StrangerLimits`], forgetting the oldest in the same transaction.
 
@@ -32,6 +37,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::StoreError;
+use crate::index::{IndexRow, MessageState, Position, RECEIVED_WINDOW_MS};
 use crate::model::*;
 use crate::schema::*;
 use crate::seal::{RecordKeys, random_bytes};
@@ -200,6 +206,9 @@ pub struct ProfileStore {
     /// A commit outside a group was not made durable, and no durable commit
     /// has followed it yet ([`ProfileStore::make_durable`]).
     not_durable: std::sync::atomic::AtomicBool,
+    /// The last `message_index` key [`ProfileStore::prune_received`] read
+    /// (`None`: start from the first). In memory: a restart starts over.
+    prune_cursor: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for ProfileStore {
@@ -245,6 +254,38 @@ fn seq_key(contact: &ContactId, seq: u64) -> [u8; 24] {
     key[..16].copy_from_slice(&contact.0);
     key[16..].copy_from_slice(&seq.to_be_bytes());
     key
+}
+
+/// The `message_index` row of `id`, parsed; a row of no known shape is
+/// [`StoreError::MalformedRecord`].
+fn index_row(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    id: &[u8],
+) -> Result<Option<IndexRow>, StoreError> {
+    match table.get(id)? {
+        Some(v) => {
+            IndexRow::decode(v.value()).map(Some).ok_or(StoreError::MalformedRecord { table: MESSAGE_INDEX_NAME })
+        }
+        None => Ok(None),
+    }
+}
+
+/// The tables a status change reads and writes, opened once per
+/// transaction.
+struct StatusTables<'tx> {
+    index: redb::Table<'tx, &'static [u8], &'static [u8]>,
+    statuses: redb::Table<'tx, &'static [u8], &'static [u8]>,
+    messages: redb::Table<'tx, &'static [u8], &'static [u8]>,
+}
+
+impl<'tx> StatusTables<'tx> {
+    fn open(tx: &'tx WriteTransaction) -> Result<Self, StoreError> {
+        Ok(StatusTables {
+            index: tx.open_table(MESSAGE_INDEX)?,
+            statuses: tx.open_table(MESSAGE_STATUS)?,
+            messages: tx.open_table(MESSAGES)?,
+        })
+    }
 }
 
 fn u32_value(bytes: &[u8]) -> Option<u32> {
@@ -381,6 +422,7 @@ impl ProfileStore {
             grouped: std::sync::atomic::AtomicBool::new(false),
             broken: std::sync::Mutex::new(None),
             not_durable: std::sync::atomic::AtomicBool::new(false),
+            prune_cursor: std::sync::Mutex::new(None),
         })
     }
 
@@ -537,9 +579,74 @@ impl ProfileStore {
                     index.insert(record.id.as_slice(), key.value())?;
                 }
             }
+            if from < 6 {
+                // After 1 → 2: it needs the index in the schema 5 layout.
+                self.migrate_to_6(tx)?;
+            }
             tx.open_table(META)?.insert(META_SCHEMA, SCHEMA_VERSION.to_be_bytes().as_slice())?;
             Ok(())
         })
+    }
+
+    /// 5 → 6: a `message_status` row per message (its record's direction
+    /// and status); every `message_index` row in the schema 6 layout (an
+    /// id in `received` is a received message, one in `message_aliases`
+    /// another envelope id of ours, any other our message); every received
+    /// id with no index row a row of its own, with its time; `received`
+    /// deleted.
+    fn migrate_to_6(&self, tx: &WriteTransaction) -> Result<(), StoreError> {
+        let malformed = |table| StoreError::MalformedRecord { table };
+        // Each message's own id (the id the user knows), by position.
+        let mut own_ids: std::collections::HashMap<Vec<u8>, [u8; 16]> = std::collections::HashMap::new();
+        {
+            let messages = tx.open_table(MESSAGES)?;
+            let mut statuses = tx.open_table(MESSAGE_STATUS)?;
+            for row in messages.iter()? {
+                let (key, value) = row?;
+                let record: MessageRecord = self.keys.open(MESSAGES_NAME, key.value(), value.value())?;
+                let state = MessageState { direction: record.direction, status: record.status };
+                self.put_sealed(&mut statuses, MESSAGE_STATUS_NAME, key.value(), &state)?;
+                own_ids.insert(key.value().to_vec(), record.id);
+            }
+        }
+        let aliases: std::collections::HashSet<Vec<u8>> = tx
+            .open_table(MESSAGE_ALIASES)?
+            .iter()?
+            .map(|r| r.map(|(k, _)| k.value().to_vec()))
+            .collect::<Result<_, _>>()?;
+        let mut received: std::collections::BTreeMap<Vec<u8>, u64> = tx
+            .open_table(RECEIVED)?
+            .iter()?
+            .map(|r| r.map(|(k, v)| (k.value().to_vec(), v.value())))
+            .collect::<Result<_, _>>()?;
+        let mut index = tx.open_table(MESSAGE_INDEX)?;
+        let old: Vec<(Vec<u8>, Vec<u8>)> = index
+            .iter()?
+            .map(|r| r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+            .collect::<Result<_, _>>()?;
+        for (id, value) in old {
+            let position: Position = value.as_slice().try_into().map_err(|_| malformed(MESSAGE_INDEX_NAME))?;
+            let alias_key = [value.as_slice(), id.as_slice()].concat();
+            let row = if let Some(at) = received.remove(&id) {
+                IndexRow::Incoming(position, at)
+            } else if aliases.contains(&alias_key) {
+                let id: [u8; 16] = id.as_slice().try_into().map_err(|_| malformed(MESSAGE_INDEX_NAME))?;
+                IndexRow::Alias(position, own_ids.get(&value).copied().unwrap_or(id))
+            } else {
+                IndexRow::Outgoing(position)
+            };
+            index.insert(id.as_slice(), row.encode().as_slice())?;
+        }
+        // Received, nothing stored: receipts, and forgotten contacts' messages.
+        for (id, at) in received {
+            if id.len() != 16 {
+                return Err(malformed(RECEIVED_NAME));
+            }
+            index.insert(id.as_slice(), IndexRow::Received(at).encode().as_slice())?;
+        }
+        drop(index);
+        tx.delete_table(RECEIVED)?;
+        Ok(())
     }
 
     /// Profile name.
@@ -1205,8 +1312,10 @@ impl ProfileStore {
     /// its record and name-index row, session, conversation state, every
     /// message of the conversation with its index row, its outbox entries
     /// with their deposited marks, its mailbox state and its pending-stranger
-    /// row. Its received ids stay, so a replayed envelope is a duplicate, not
-    /// a new stranger. Returns the ids of the outbox entries removed (their
+    /// row. Its received ids stay (the index rows of its received messages
+    /// become rows of received ids with nothing stored, with their receive
+    /// times, pruned as any after [`RECEIVED_WINDOW_MS`]), so a replayed
+    /// envelope is a duplicate, not a new stranger. Returns the ids of the outbox entries removed (their
     /// messages are gone too). [`StoreError::NotFound`] if there is no such
     /// contact; then nothing changes.
     pub fn forget_contact(&self, id: &ContactId) -> Result<Vec<[u8; 16]>, StoreError> {
@@ -1248,20 +1357,33 @@ impl ProfileStore {
         for row in aliases.range(seq_key(id, 0).as_slice()..=alias_key_max(id).as_slice())? {
             alias_keys.push(row?.0.value().to_vec());
         }
+        let points_here = |row: Option<IndexRow>, key: &[u8]| row.and_then(|r| r.position()).is_some_and(|p| p == key);
         for key in &alias_keys {
             let Ok(alias) = <[u8; 16]>::try_from(&key[24..]) else { continue };
-            if index.get(alias.as_slice())?.is_some_and(|v| v.value() == &key[..24]) {
+            if points_here(index_row(&index, &alias)?, &key[..24]) {
                 index.remove(alias.as_slice())?;
             }
             aliases.remove(key.as_slice())?;
+        }
+        let mut statuses = tx.open_table(MESSAGE_STATUS)?;
+        let mut status_keys = Vec::new();
+        for row in statuses.range(seq_key(id, 0).as_slice()..=seq_key(id, u64::MAX).as_slice())? {
+            status_keys.push(row?.0.value().to_vec());
+        }
+        for key in &status_keys {
+            statuses.remove(key.as_slice())?;
         }
         for (key, record) in &found {
             messages.remove(key.as_slice())?;
             // Only rows that point here: another conversation's message with
             // the same id keeps its own.
-            let indexed_here = index.get(record.id.as_slice())?.is_some_and(|v| v.value() == key.as_slice());
-            if indexed_here {
-                index.remove(record.id.as_slice())?;
+            let row = index_row(&index, &record.id)?;
+            if points_here(row, key) {
+                match row.and_then(|r| r.received_at()) {
+                    // Still a duplicate: received, nothing stored.
+                    Some(at) => index.insert(record.id.as_slice(), IndexRow::Received(at).encode().as_slice())?,
+                    None => index.remove(record.id.as_slice())?,
+                };
             }
         }
         // What is queued to it: under the record's id, or (encrypted again)
@@ -1390,16 +1512,19 @@ impl ProfileStore {
         self.get_sealed(&table, SESSIONS_NAME, &contact.0)
     }
 
-    /// Writes a message and its index entry, and updates the conversation
-    /// in `batch` (written once per conversation by `finish_batch`).
+    /// Writes a message, its status row and its index row (a received one
+    /// if `received_at`, the time it was received), and updates the
+    /// conversation in `batch` (written once per conversation by
+    /// `finish_batch`).
     fn store_message(
         &self,
         tx: &WriteTransaction,
         batch: &mut BatchState<'_>,
         contact: &ContactId,
         message: &MessageRecord,
-        incoming: bool,
+        received_at: Option<u64>,
     ) -> Result<u64, StoreError> {
+        let incoming = received_at.is_some();
         let conversation = self.conversation_in(tx, batch, contact)?;
         let seq = conversation.next_seq;
         conversation.next_seq += 1;
@@ -1412,7 +1537,13 @@ impl ProfileStore {
         }
         let key = seq_key(contact, seq);
         self.put_sealed(&mut tx.open_table(MESSAGES)?, MESSAGES_NAME, &key, message)?;
-        tx.open_table(MESSAGE_INDEX)?.insert(message.id.as_slice(), key.as_slice())?;
+        let state = MessageState { direction: message.direction, status: message.status };
+        self.put_sealed(&mut tx.open_table(MESSAGE_STATUS)?, MESSAGE_STATUS_NAME, &key, &state)?;
+        let row = match received_at {
+            Some(at) => IndexRow::Incoming(key, at),
+            None => IndexRow::Outgoing(key),
+        };
+        tx.open_table(MESSAGE_INDEX)?.insert(message.id.as_slice(), row.encode().as_slice())?;
         Ok(seq)
     }
 
@@ -1474,7 +1605,7 @@ impl ProfileStore {
         if let Some(session) = &item.session {
             state.sessions.insert(item.contact, session);
         }
-        let seq = self.store_message(tx, state, &item.contact, &item.message, false)?;
+        let seq = self.store_message(tx, state, &item.contact, &item.message, None)?;
         let entry = OutboxEntry {
             contact: item.contact,
             message_id: item.message.id,
@@ -1516,14 +1647,12 @@ impl ProfileStore {
                     continue;
                 };
                 let mut index = tx.open_table(MESSAGE_INDEX)?;
-                let position = index
-                    .get(old.as_slice())?
-                    .map(|v| v.value().to_vec())
+                let position = index_row(&index, old)?
+                    .and_then(|r| r.position())
                     .ok_or(StoreError::MalformedRecord { table: MESSAGE_INDEX_NAME })?;
-                index.insert(new_id.as_slice(), position.as_slice())?;
+                index.insert(new_id.as_slice(), IndexRow::Alias(position, entry.shown_id()).encode().as_slice())?;
                 drop(index);
-                let mut alias = position.clone();
-                alias.extend_from_slice(new_id);
+                let alias = [position.as_slice(), new_id.as_slice()].concat();
                 tx.open_table(MESSAGE_ALIASES)?.insert(alias.as_slice(), ())?;
                 outbox.remove(old.as_slice())?;
                 let fresh = OutboxEntry {
@@ -1580,9 +1709,62 @@ impl ProfileStore {
         })
     }
 
-    /// True if a message with this id was received before.
+    /// True if a message with this id was received before (and, if nothing
+    /// of it is stored, less than [`RECEIVED_WINDOW_MS`] ago, or not pruned
+    /// yet: see [`ProfileStore::prune_received`]).
     pub fn is_received(&self, message_id: &[u8; 16]) -> Result<bool, StoreError> {
-        Ok(self.read()?.open_table(RECEIVED)?.get(message_id.as_slice())?.is_some())
+        let tx = self.read()?;
+        Ok(index_row(&tx.open_table(MESSAGE_INDEX)?, message_id)?.and_then(|r| r.received_at()).is_some())
+    }
+
+    /// Prunes received ids: drops the `message_index` rows of ids received
+    /// more than [`RECEIVED_WINDOW_MS`] before `now_ms` with nothing stored
+    /// under them (receipts' envelopes, messages of forgotten contacts). The
+    /// ids of stored messages stay as long as their messages. Bounded work:
+    /// reads at most `max_rows` index rows per call, going on after the last
+    /// row the previous call read (from the first again after the last, and
+    /// after a restart), and removes at most as many, in one transaction
+    /// that is not durable on its own (a crash only brings back rows a later
+    /// call removes again). Returns how many rows it removed. Meant for the
+    /// node's maintenance tick.
+    pub fn prune_received(&self, now_ms: u64, max_rows: usize) -> Result<usize, StoreError> {
+        let Some(cutoff) = now_ms.checked_sub(RECEIVED_WINDOW_MS) else { return Ok(0) };
+        let expired = |row: Option<IndexRow>| matches!(row, Some(IndexRow::Received(at)) if at < cutoff);
+        let mut cursor = self.prune_cursor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (old, next) = {
+            let tx = self.read()?;
+            let index = tx.open_table(MESSAGE_INDEX)?;
+            let rows = match cursor.as_deref() {
+                Some(after) => index.range::<&[u8]>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))?,
+                None => index.range::<&[u8]>(..)?,
+            };
+            let (mut old, mut last, mut read) = (Vec::new(), None, 0);
+            for row in rows.take(max_rows) {
+                let (key, value) = row?;
+                read += 1;
+                if expired(IndexRow::decode(value.value())) {
+                    old.push(key.value().to_vec());
+                }
+                last = Some(key.value().to_vec());
+            }
+            // Fewer rows than asked for: the end; the next call starts over.
+            (old, if read < max_rows { None } else { last })
+        };
+        *cursor = next;
+        if old.is_empty() {
+            return Ok(0);
+        }
+        self.write_with(redb::Durability::None, |tx| {
+            let mut index = tx.open_table(MESSAGE_INDEX)?;
+            let mut removed = 0;
+            for key in &old {
+                if expired(index_row(&index, key)?) {
+                    index.remove(key.as_slice())?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
     }
 
     /// Commits received messages: for each, the message, the session state
@@ -1611,20 +1793,24 @@ impl ProfileStore {
             if let Some(session) = &item.session {
                 state.sessions.insert(item.contact, session);
             }
-            let mut received = tx.open_table(RECEIVED)?;
-            if received.get(item.id().as_slice())?.is_some() {
+            let mut index = tx.open_table(MESSAGE_INDEX)?;
+            if index_row(&index, &item.id())?.and_then(|r| r.received_at()).is_some() {
                 outcomes.push(ReceiveOutcome::Duplicate);
                 continue;
             }
-            received.insert(item.id().as_slice(), now_ms)?;
-            drop(received);
+            // A stored message's index row is its received id (written
+            // with it below); anything else gets a row of its own.
+            if item.message.is_none() {
+                index.insert(item.id().as_slice(), IndexRow::Received(now_ms).encode().as_slice())?;
+            }
+            drop(index);
             if let Some(id) = item.consumed_one_time_prekey
                 && tx.open_table(ONE_TIME_PREKEYS)?.remove(id)?.is_none()
             {
                 return Err(StoreError::PrekeyUsed(id));
             }
             let seq = match &item.message {
-                Some(message) => Some(self.store_message(tx, state, &item.contact, message, true)?),
+                Some(message) => Some(self.store_message(tx, state, &item.contact, message, Some(now_ms))?),
                 None => None,
             };
             outcomes.push(ReceiveOutcome::Stored { seq });
@@ -1677,13 +1863,15 @@ impl ProfileStore {
             }
             self.finish_batch(tx, state)?;
             for receipt in &inbound.receipts {
-                let changes = self.receipt_changes(
-                    &tx.open_table(MESSAGE_INDEX)?,
-                    &tx.open_table(MESSAGES)?,
-                    contact,
-                    &receipt.read,
-                    &receipt.delivered,
-                )?;
+                let changes = {
+                    let tables = StatusTables::open(tx)?;
+                    self.receipt_changes(
+                        (&tables.index, &tables.statuses, &tables.messages),
+                        contact,
+                        &receipt.read,
+                        &receipt.delivered,
+                    )?
+                };
                 self.apply_receipt_changes(tx, &changes)?;
                 for change in changes {
                     out.receipts.retain(|(id, _, _)| *id != change.0);
@@ -1742,20 +1930,41 @@ impl ProfileStore {
         Ok(Some(label.id))
     }
 
-    fn message_position(&self, tx: &ReadTransaction, message_id: &[u8; 16]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(tx.open_table(MESSAGE_INDEX)?.get(message_id.as_slice())?.map(|v| v.value().to_vec()))
-    }
-
-    /// A message by id, with its conversation and sequence number.
+    /// A message by id (its own, or another envelope id of it), with its
+    /// conversation, sequence number and current status.
     pub fn message(&self, message_id: &[u8; 16]) -> Result<Option<(ContactId, u64, MessageRecord)>, StoreError> {
         let tx = self.read()?;
-        let Some(key) = self.message_position(&tx, message_id)? else { return Ok(None) };
-        let table = tx.open_table(MESSAGES)?;
-        let record: Option<MessageRecord> = self.get_sealed(&table, MESSAGES_NAME, &key)?;
-        let (Ok(contact), Ok(seq)) = (<[u8; 16]>::try_from(&key[..16]), <[u8; 8]>::try_from(&key[16..])) else {
+        let Some(key) = index_row(&tx.open_table(MESSAGE_INDEX)?, message_id)?.and_then(|r| r.position()) else {
+            return Ok(None);
+        };
+        let messages = tx.open_table(MESSAGES)?;
+        let Some(mut record): Option<MessageRecord> = self.get_sealed(&messages, MESSAGES_NAME, &key)? else {
+            return Ok(None);
+        };
+        if let Some(state) = self.message_state(&tx.open_table(MESSAGE_STATUS)?, &messages, &key)? {
+            record.status = state.status;
+        }
+        let (contact, seq) = key.split_at(16);
+        let (Ok(contact), Ok(seq)) = (<[u8; 16]>::try_from(contact), <[u8; 8]>::try_from(seq)) else {
             return Err(StoreError::MalformedRecord { table: MESSAGE_INDEX_NAME });
         };
-        Ok(record.map(|r| (ContactId(contact), u64::from_be_bytes(seq), r)))
+        Ok(Some((ContactId(contact), u64::from_be_bytes(seq), record)))
+    }
+
+    /// The direction and status of the message at `position`: its
+    /// `message_status` row or, without one (only in a damaged store), what
+    /// its record was written with. `None` if no message is there.
+    fn message_state(
+        &self,
+        statuses: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        messages: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        position: &[u8],
+    ) -> Result<Option<MessageState>, StoreError> {
+        if let Some(state) = self.get_sealed(statuses, MESSAGE_STATUS_NAME, position)? {
+            return Ok(Some(state));
+        }
+        let record: Option<MessageRecord> = self.get_sealed(messages, MESSAGES_NAME, position)?;
+        Ok(record.map(|r| MessageState { direction: r.direction, status: r.status }))
     }
 
     fn advance_status(
@@ -1764,26 +1973,30 @@ impl ProfileStore {
         message_id: &[u8; 16],
         status: MessageStatus,
     ) -> Result<bool, StoreError> {
-        let Some(key) = tx.open_table(MESSAGE_INDEX)?.get(message_id.as_slice())?.map(|v| v.value().to_vec()) else {
+        self.advance_in(&mut StatusTables::open(tx)?, message_id, status)
+    }
+
+    /// Moves the status of the message `message_id` names forward (see
+    /// [`MessageState::allows`]), writing only its `message_status` row.
+    /// Returns whether it changed.
+    fn advance_in(
+        &self,
+        tables: &mut StatusTables<'_>,
+        message_id: &[u8; 16],
+        status: MessageStatus,
+    ) -> Result<bool, StoreError> {
+        let Some(position) = index_row(&tables.index, message_id)?.and_then(|r| r.position()) else {
             return Ok(false);
         };
-        let mut table = tx.open_table(MESSAGES)?;
-        let Some(mut record): Option<MessageRecord> = self.get_sealed(&table, MESSAGES_NAME, &key)? else {
+        let Some(mut state) = self.message_state(&tables.statuses, &tables.messages, &position)? else {
             return Ok(false);
         };
-        // Statuses only move forward (queued → sent → stored → delivered →
-        // read); failed replaces queued, sent or stored only.
-        let forward = match status {
-            MessageStatus::Failed => {
-                matches!(record.status, MessageStatus::Queued | MessageStatus::Sent | MessageStatus::Stored)
-            }
-            s => record.status != MessageStatus::Failed && s > record.status,
-        };
-        if forward {
-            record.status = status;
-            self.put_sealed(&mut table, MESSAGES_NAME, &key, &record)?;
+        if !state.allows(status) {
+            return Ok(false);
         }
-        Ok(forward)
+        state.status = status;
+        self.put_sealed(&mut tables.statuses, MESSAGE_STATUS_NAME, &position, &state)?;
+        Ok(true)
     }
 
     /// Applies a receipt from `contact`: `delivered` ids become `Delivered`
@@ -1801,7 +2014,8 @@ impl ProfileStore {
     ) -> Result<Vec<ReceiptChange>, StoreError> {
         let changes = {
             let tx = self.read()?;
-            self.receipt_changes(&tx.open_table(MESSAGE_INDEX)?, &tx.open_table(MESSAGES)?, contact, read, delivered)?
+            let tables = (&tx.open_table(MESSAGE_INDEX)?, &tx.open_table(MESSAGE_STATUS)?, &tx.open_table(MESSAGES)?);
+            self.receipt_changes(tables, contact, read, delivered)?
         };
         if !changes.is_empty() {
             self.write(|tx| self.apply_receipt_changes(tx, &changes))?;
@@ -1810,11 +2024,11 @@ impl ProfileStore {
     }
 
     /// What a receipt from `contact` changes (see
-    /// [`ProfileStore::apply_receipt`]), read from `index` and `messages`.
-    fn receipt_changes(
+    /// [`ProfileStore::apply_receipt`]), read from `message_index`,
+    /// `message_status` and (only without a status row) `messages`.
+    fn receipt_changes<T: ReadableTable<&'static [u8], &'static [u8]>>(
         &self,
-        index: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        messages: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        (index, statuses, messages): (&T, &T, &T),
         contact: &ContactId,
         read: &[[u8; 16]],
         delivered: &[[u8; 16]],
@@ -1829,27 +2043,38 @@ impl ProfileStore {
         // (id in the receipt, the record's own id, new status)
         let mut changes: Vec<ReceiptChange> = Vec::new();
         for (id, status) in wanted {
-            let Some(key) = index.get(id.as_slice())?.map(|v| v.value().to_vec()) else { continue };
-            if key.get(..16) != Some(contact.0.as_slice()) {
+            let (position, shown) = match index_row(index, id)? {
+                Some(IndexRow::Outgoing(position)) => (position, *id),
+                Some(IndexRow::Alias(position, shown)) => (position, shown),
+                _ => continue,
+            };
+            if position[..16] != contact.0 {
                 continue;
             }
-            let Some(record): Option<MessageRecord> = self.get_sealed(messages, MESSAGES_NAME, &key)? else {
-                continue;
-            };
-            let forward = record.status != MessageStatus::Failed && status > record.status;
-            if record.direction == Direction::Outgoing && forward {
+            let Some(state) = self.message_state(statuses, messages, &position)? else { continue };
+            if state.direction == Direction::Outgoing && state.allows(status) {
                 changes.retain(|(c, _, _)| c != id);
-                changes.push((*id, record.id, status));
+                changes.push((*id, shown, status));
             }
         }
         Ok(changes)
     }
 
     fn apply_receipt_changes(&self, tx: &WriteTransaction, changes: &[ReceiptChange]) -> Result<(), StoreError> {
-        for (id, _, status) in changes {
-            tx.open_table(OUTBOX)?.remove(id.as_slice())?;
-            tx.open_table(DEPOSITED)?.remove(id.as_slice())?;
-            self.advance_status(tx, id, *status)?;
+        let ids: Vec<([u8; 16], MessageStatus)> = changes.iter().map(|(id, _, status)| (*id, *status)).collect();
+        self.settle_in(tx, &ids)
+    }
+
+    /// Removes these messages' outbox entries and deposited marks and moves
+    /// each one's status forward, opening each table once.
+    fn settle_in(&self, tx: &WriteTransaction, ids: &[([u8; 16], MessageStatus)]) -> Result<(), StoreError> {
+        let mut outbox = tx.open_table(OUTBOX)?;
+        let mut deposited = tx.open_table(DEPOSITED)?;
+        let mut tables = StatusTables::open(tx)?;
+        for (id, status) in ids {
+            outbox.remove(id.as_slice())?;
+            deposited.remove(id.as_slice())?;
+            self.advance_in(&mut tables, id, *status)?;
         }
         Ok(())
     }
@@ -1863,9 +2088,11 @@ impl ProfileStore {
     /// ONE durable transaction.
     pub fn mark_read(&self, contact: &ContactId, message_ids: &[[u8; 16]]) -> Result<(), StoreError> {
         self.write(|tx| {
+            let mut tables = StatusTables::open(tx)?;
             for id in message_ids {
-                self.advance_status(tx, id, MessageStatus::Read)?;
+                self.advance_in(&mut tables, id, MessageStatus::Read)?;
             }
+            drop(tables);
             let mut table = tx.open_table(CONVERSATIONS)?;
             let mut conversation: Conversation =
                 self.get_sealed(&table, CONVERSATIONS_NAME, &contact.0)?.unwrap_or_default();
@@ -1903,6 +2130,11 @@ impl ProfileStore {
         // The numbers this page must hold, newest first: `below - 1` down.
         let mut below = before.unwrap_or(u64::MAX).min(next_seq);
         let mut out = Vec::with_capacity(limit.min(1024));
+        // Status rows have the messages' keys: read them alongside, newest
+        // first too (`state`: the next row not matched yet).
+        let statuses = tx.open_table(MESSAGE_STATUS)?;
+        let mut states = statuses.range(start.as_slice()..end.as_slice())?.rev();
+        let mut state: Option<(Vec<u8>, Vec<u8>)> = None;
         for row in table.range(start.as_slice()..end.as_slice())?.rev().take(limit) {
             let (key, value) = row?;
             let seq = key.value().get(16..).and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes);
@@ -1914,7 +2146,25 @@ impl ProfileStore {
                 Some(_) => return Err(gap(format!("message {} is missing", below - 1))),
                 None => return Err(StoreError::MalformedRecord { table: MESSAGES_NAME }),
             }
-            out.push((below, self.keys.open(MESSAGES_NAME, key.value(), value.value())?));
+            let mut record: MessageRecord = self.keys.open(MESSAGES_NAME, key.value(), value.value())?;
+            loop {
+                if state.is_none() {
+                    state = match states.next() {
+                        Some(row) => row.map(|(k, v)| Some((k.value().to_vec(), v.value().to_vec())))?,
+                        None => break,
+                    };
+                }
+                // A row past this message has no message (only in a damaged
+                // store): skipped.
+                match &state {
+                    Some((k, _)) if k.as_slice() > key.value() => state = None,
+                    _ => break,
+                }
+            }
+            if let Some((k, v)) = state.take_if(|(k, _)| k.as_slice() == key.value()) {
+                record.status = self.keys.open::<MessageState>(MESSAGE_STATUS_NAME, &k, &v)?.status;
+            }
+            out.push((below, record));
         }
         if out.len() < limit && below > 0 {
             return Err(gap(format!("message {} is missing", below - 1)));
@@ -1972,15 +2222,15 @@ impl ProfileStore {
     /// restart) and the `sent` status (it shows `queued` until delivered).
     pub fn record_attempts(&self, message_ids: &[[u8; 16]], next_attempt_at_ms: u64) -> Result<(), StoreError> {
         self.write_with(redb::Durability::None, |tx| {
+            let mut table = tx.open_table(OUTBOX)?;
+            let mut tables = StatusTables::open(tx)?;
             for id in message_ids {
-                let mut table = tx.open_table(OUTBOX)?;
                 if let Some(mut entry) = self.get_sealed::<OutboxEntry>(&table, OUTBOX_NAME, id)? {
                     entry.attempts = entry.attempts.saturating_add(1);
                     entry.next_attempt_at_ms = next_attempt_at_ms;
                     self.put_sealed(&mut table, OUTBOX_NAME, id, &entry)?;
                 }
-                drop(table);
-                self.advance_status(tx, id, MessageStatus::Sent)?;
+                self.advance_in(&mut tables, id, MessageStatus::Sent)?;
             }
             Ok(())
         })
@@ -1998,14 +2248,9 @@ impl ProfileStore {
     /// `delivered` again. So `delivered` can be reported without waiting for
     /// an fsync of its own.
     pub fn acknowledge(&self, message_ids: &[[u8; 16]]) -> Result<(), StoreError> {
-        self.write_with(redb::Durability::None, |tx| {
-            for id in message_ids {
-                tx.open_table(OUTBOX)?.remove(id.as_slice())?;
-                tx.open_table(DEPOSITED)?.remove(id.as_slice())?;
-                self.advance_status(tx, id, MessageStatus::Delivered)?;
-            }
-            Ok(())
-        })
+        let ids: Vec<([u8; 16], MessageStatus)> =
+            message_ids.iter().map(|id| (*id, MessageStatus::Delivered)).collect();
+        self.write_with(redb::Durability::None, |tx| self.settle_in(tx, &ids))
     }
 
     /// Drops every outbox entry for `contact` in one transaction (the
@@ -2016,25 +2261,14 @@ impl ProfileStore {
         if ids.is_empty() {
             return Ok(ids);
         }
-        self.write(|tx| {
-            for id in &ids {
-                tx.open_table(OUTBOX)?.remove(id.as_slice())?;
-                tx.open_table(DEPOSITED)?.remove(id.as_slice())?;
-                self.advance_status(tx, id, MessageStatus::Failed)?;
-            }
-            Ok(())
-        })?;
+        let failed: Vec<([u8; 16], MessageStatus)> = ids.iter().map(|id| (*id, MessageStatus::Failed)).collect();
+        self.write(|tx| self.settle_in(tx, &failed))?;
         Ok(ids)
     }
 
     /// Gives up on a message: its outbox entry goes and its status becomes `Failed`.
     pub fn fail_message(&self, message_id: &[u8; 16]) -> Result<(), StoreError> {
-        self.write(|tx| {
-            tx.open_table(OUTBOX)?.remove(message_id.as_slice())?;
-            tx.open_table(DEPOSITED)?.remove(message_id.as_slice())?;
-            self.advance_status(tx, message_id, MessageStatus::Failed)?;
-            Ok(())
-        })
+        self.write(|tx| self.settle_in(tx, &[(*message_id, MessageStatus::Failed)]))
     }
 
     /// A recipient's mailbox took these outbox entries: they are marked
@@ -2340,7 +2574,7 @@ fn create_all_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(MESSAGE_INDEX)?;
     tx.open_table(MESSAGE_ALIASES)?;
     tx.open_table(OUTBOX)?;
-    tx.open_table(RECEIVED)?;
+    tx.open_table(MESSAGE_STATUS)?;
     tx.open_table(DEPOSITED)?;
     tx.open_table(CONTACT_MAILBOXES)?;
     tx.open_table(CONVERSATIONS)?;
@@ -2382,6 +2616,155 @@ mod tests {
             request,
         };
         store.upsert_contact(c).unwrap().0
+    }
+
+    /// A real session snapshot, as the node persists one.
+    fn test_session(store: &ProfileStore) -> SessionState {
+        let bob = IdentityKeyPair::generate(ProfileKind::Personal, &mut rand::rng());
+        let spk = SignedPrekey::generate(&bob, 1, 0, &mut rand::rng());
+        let bundle = PrekeyBundle { identity: bob.public(), signed_prekey: spk.public(), one_time_prekey: None };
+        let session = kabar_crypto::Session::initiate(&store.identity().unwrap(), &bundle, &mut rand::rng()).unwrap();
+        SessionState::new(session.snapshot())
+    }
+
+    /// Seals made by `f`, and the plaintext bytes they sealed.
+    fn seals(f: impl FnOnce()) -> (u64, u64) {
+        crate::seal::SEALED.with(|c| c.set((0, 0)));
+        f();
+        crate::seal::SEALED.with(std::cell::Cell::get)
+    }
+
+    /// What each step of a message's life seals (1 KiB body, a real session
+    /// snapshot, a 1,316-byte envelope); printed with `--nocapture`.
+    #[test]
+    #[allow(clippy::print_stderr)]
+    fn seals_per_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, store) = store(&dir);
+        let alice = contact(&store, "Alice");
+        let session = test_session(&store);
+        let record = |id: u8, direction: Direction, status: MessageStatus| MessageRecord {
+            id: [id; 16],
+            direction,
+            sent_at_ms: 1,
+            received_at_ms: None,
+            status,
+            body: vec![7; 1024],
+        };
+        let out = OutgoingMessage {
+            contact: alice,
+            session: Some(session.clone()),
+            message: record(1, Direction::Outgoing, MessageStatus::Queued),
+            envelope: vec![1; 1316],
+        };
+        let inc = IncomingMessage {
+            contact: alice,
+            session: Some(session.clone()),
+            message: Some(record(2, Direction::Incoming, MessageStatus::Delivered)),
+            consumed_one_time_prekey: None,
+            received_id: [2; 16],
+        };
+        let steps = [
+            ("sent: commit_outgoing", seals(|| drop(store.commit_outgoing(&[out], 1).unwrap()))),
+            ("sent: record_attempts", seals(|| store.record_attempts(&[[1; 16]], 2).unwrap())),
+            ("sent: acknowledge", seals(|| store.acknowledge(&[[1; 16]]).unwrap())),
+            ("sent: apply_receipt (read)", seals(|| drop(store.apply_receipt(&alice, &[[1; 16]], &[]).unwrap()))),
+            ("received: commit_incoming", seals(|| drop(store.commit_incoming(&[inc], 3).unwrap()))),
+            ("received: mark_read", seals(|| store.mark_read(&alice, &[[2; 16]]).unwrap())),
+        ];
+        for (step, (count, bytes)) in &steps {
+            eprintln!("{step:30} {count} seals, {bytes} bytes sealed");
+        }
+        // Schema 5: acknowledge, apply_receipt and mark_read re-sealed the
+        // whole record (1,046 bytes each). Now a status change seals its
+        // two-byte state; mark_read also seals the conversation.
+        assert_eq!(steps[2].1, (1, 2));
+        assert_eq!(steps[3].1, (1, 2));
+        assert_eq!(steps[5].1.0, 2);
+        assert!(steps[5].1.1 < 16);
+        // Each message is sealed once, with its status (2 bytes) beside it.
+        assert_eq!(steps[0].1.0, 5, "message, status, outbox entry, session, conversation");
+        assert_eq!(steps[4].1.0, 4, "message, status, session, conversation");
+        assert_eq!(store.message(&[1; 16]).unwrap().unwrap().2.status, MessageStatus::Read);
+        assert_eq!(store.message(&[2; 16]).unwrap().unwrap().2.status, MessageStatus::Read);
+    }
+
+    fn incoming_item(contact: ContactId, id: u8, shown: bool) -> IncomingMessage {
+        IncomingMessage {
+            contact,
+            session: None,
+            message: shown.then(|| MessageRecord {
+                id: [id; 16],
+                direction: Direction::Incoming,
+                sent_at_ms: 1,
+                received_at_ms: Some(1),
+                status: MessageStatus::Delivered,
+                body: b"hi".to_vec(),
+            }),
+            consumed_one_time_prekey: None,
+            received_id: [id; 16],
+        }
+    }
+
+    /// The rows of `message_index`, parsed.
+    fn index_rows(store: &ProfileStore) -> Vec<([u8; 16], IndexRow)> {
+        let tx = store.read().unwrap();
+        let table = tx.open_table(MESSAGE_INDEX).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (k.value().try_into().unwrap(), IndexRow::decode(v.value()).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn received_ids_are_index_rows_and_outlive_a_forgotten_contact() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, store) = store(&dir);
+        let dave = contact(&store, "Dave");
+        let items = [incoming_item(dave, 1, true), incoming_item(dave, 2, false), incoming_item(dave, 1, true)];
+        let outcomes = store.commit_incoming(&items, 100).unwrap();
+        assert_eq!(
+            outcomes,
+            [ReceiveOutcome::Stored { seq: Some(0) }, ReceiveOutcome::Stored { seq: None }, ReceiveOutcome::Duplicate]
+        );
+        assert_eq!(
+            index_rows(&store),
+            [([1; 16], IndexRow::Incoming(seq_key(&dave, 0), 100)), ([2; 16], IndexRow::Received(100))]
+        );
+        store.forget_contact(&dave).unwrap();
+        // Nothing of Dave is stored, but both ids are still received, with
+        // their receive times; no status row is left.
+        assert_eq!(index_rows(&store), [([1; 16], IndexRow::Received(100)), ([2; 16], IndexRow::Received(100))]);
+        assert_eq!(store.read().unwrap().open_table(MESSAGE_STATUS).unwrap().len().unwrap(), 0);
+        let dave = contact(&store, "Dave");
+        assert_eq!(store.commit_incoming(&[incoming_item(dave, 1, true)], 200).unwrap(), [ReceiveOutcome::Duplicate]);
+        assert!(store.history(&dave, 10, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_check_finds_damage_in_the_index_and_status_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, store) = store(&dir);
+        let alice = contact(&store, "Alice");
+        store.commit_incoming(&[incoming_item(alice, 1, true), incoming_item(alice, 2, true)], 100).unwrap();
+        assert!(crate::check::check_store(&store, None).healthy);
+        store
+            .write(|tx| {
+                tx.open_table(MESSAGE_STATUS)?.remove(seq_key(&alice, 0).as_slice())?;
+                tx.open_table(MESSAGE_INDEX)?.insert([2u8; 16].as_slice(), seq_key(&alice, 1).as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+        let report = crate::check::check_store(&store, None);
+        let damaged = |table: &str| report.tables.iter().find(|t| t.table == table).unwrap().damaged.clone();
+        assert_eq!(damaged(MESSAGES_NAME)[0].reason, "has no message_status row");
+        assert!(damaged(MESSAGE_INDEX_NAME)[0].reason.contains("no known shape"), "{report:#?}");
+        // Without its status row a message shows the status it was written with.
+        assert_eq!(store.message(&[1; 16]).unwrap().unwrap().2.status, MessageStatus::Delivered);
     }
 
     #[test]
@@ -2460,11 +2843,45 @@ mod tests {
         assert_eq!(v, 99u32.to_be_bytes());
     }
 
+    /// Rewrites messages, statuses and received ids in the layout schema 5
+    /// and earlier wrote: the status inside the record, a bare position in
+    /// `message_index`, received ids in `received`.
+    fn messages_to_v5_layout(store: &ProfileStore, tx: &WriteTransaction) -> Result<(), StoreError> {
+        let states: Vec<(Vec<u8>, MessageState)> =
+            store.all_sealed(&tx.open_table(MESSAGE_STATUS)?, MESSAGE_STATUS_NAME)?;
+        let mut messages = tx.open_table(MESSAGES)?;
+        for (key, state) in states {
+            let mut record: MessageRecord = store.get_sealed(&messages, MESSAGES_NAME, &key)?.unwrap();
+            record.status = state.status;
+            store.put_sealed(&mut messages, MESSAGES_NAME, &key, &record)?;
+        }
+        drop(messages);
+        tx.delete_table(MESSAGE_STATUS)?;
+        let rows: Vec<(Vec<u8>, IndexRow)> = tx
+            .open_table(MESSAGE_INDEX)?
+            .iter()?
+            .map(|r| r.map(|(k, v)| (k.value().to_vec(), IndexRow::decode(v.value()).unwrap())))
+            .collect::<Result<_, _>>()?;
+        let mut index = tx.open_table(MESSAGE_INDEX)?;
+        let mut received = tx.open_table(RECEIVED)?;
+        for (id, row) in rows {
+            match row.position() {
+                Some(position) => index.insert(id.as_slice(), position.as_slice())?,
+                None => index.remove(id.as_slice())?,
+            };
+            if let Some(at) = row.received_at() {
+                received.insert(id.as_slice(), at)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Turns a current database into what schema 1 wrote: no message index.
     fn downgrade_to_schema_1(store: &ProfileStore) {
         store
             .write(|tx| {
                 contacts_to_v4_layout(store, tx)?;
+                messages_to_v5_layout(store, tx)?;
                 tx.delete_table(MESSAGE_INDEX)?;
                 tx.open_table(META)?.insert(META_SCHEMA, 1u32.to_be_bytes().as_slice())?;
                 Ok(())
@@ -2578,6 +2995,7 @@ mod tests {
         store
             .write(|tx| {
                 contacts_to_v4_layout(store, tx)?;
+                messages_to_v5_layout(store, tx)?;
                 tx.delete_table(CONTACT_NAMES)?;
                 tx.delete_table(STRANGERS)?;
                 let mut meta = tx.open_table(META)?;
@@ -2660,6 +3078,7 @@ mod tests {
         store
             .write(|tx| {
                 contacts_to_v4_layout(&store, tx)?;
+                messages_to_v5_layout(&store, tx)?;
                 tx.open_table(META)?.insert(META_SCHEMA, 4u32.to_be_bytes().as_slice())?;
                 Ok(())
             })

@@ -1028,3 +1028,42 @@ fn umask_child() {
     dir.create_profile("shop", ProfileKind::Business, 1, &mut rand::rng()).unwrap();
     dir.change_passphrase(b"new", KdfParams::TESTNET).unwrap();
 }
+
+/// Received ids with nothing stored are dropped after the window, a
+/// bounded number per call; the id of a stored message is kept with it, so
+/// a copy of it stays a duplicate however late it comes. A copy of a
+/// receipt's envelope older than the window is taken as new (a receipt
+/// applies once: statuses only move forward).
+#[test]
+fn received_ids_are_pruned_after_the_window_a_few_at_a_time_and_stored_messages_stay_duplicates() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("personal", ProfileKind::Personal, 1, &mut rand::rng()).unwrap();
+    let (alice, alice_key) = new_contact(&store, "Alice");
+    let snapshot = session_with(&store, &alice_key).snapshot();
+    let receipt = |id: u8| IncomingMessage {
+        contact: alice,
+        session: None,
+        message: None,
+        consumed_one_time_prekey: None,
+        received_id: [id; 16],
+    };
+    let t0 = 1_000_000_000;
+    let mut first = vec![incoming(alice, snapshot.clone(), 1, "shown", None)];
+    first.extend((10..20).map(receipt));
+    store.commit_incoming(&first, t0).unwrap();
+    assert_eq!(store.prune_received(t0 + RECEIVED_WINDOW_MS, 100).unwrap(), 0, "not older than the window yet");
+    let later = t0 + RECEIVED_WINDOW_MS + 1;
+    let mut pruned = Vec::new();
+    for _ in 0..10 {
+        pruned.push(store.prune_received(later, 3).unwrap());
+    }
+    assert!(pruned.iter().all(|n| *n <= 3), "{pruned:?}");
+    assert_eq!(pruned.iter().sum::<usize>(), 10);
+    assert!(!store.is_received(&[10; 16]).unwrap());
+    assert!(store.is_received(&[1; 16]).unwrap());
+    let again =
+        store.commit_incoming(&[incoming(alice, snapshot.clone(), 1, "shown", None), receipt(10)], later).unwrap();
+    assert_eq!(again, [ReceiveOutcome::Duplicate, ReceiveOutcome::Stored { seq: None }]);
+    assert_eq!(store.history(&alice, 10, None).unwrap().len(), 1, "never stored twice");
+    assert!(store.is_received(&[10; 16]).unwrap(), "received again, kept for another window");
+}
