@@ -5,19 +5,27 @@
 //! notification and gets no response. `subscribe` turns the connection into
 //! an event stream: the server then also sends `{"jsonrpc":"2.0","method":"event","params":{…}}`
 //! lines.
+//!
+//! Requests are pipelined: a connection reads on while earlier lines run
+//! (up to [`PIPELINE_WINDOW`] in flight, [`MAX_IN_FLIGHT`] on the node) and
+//! answers each as it completes; lines hand their work to profiles in the
+//! order they were read (see `connection`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use kabar_crypto::{ProfileKind, SafetyNumber};
 use kabar_storage::{
     AwaySchedule, BusinessHours, BusinessProfile, CatalogItem, ContactId, ConversationStatus, Direction, QuickReply,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 
 use crate::card::ContactCard;
 use crate::content::{Content, Message, OrderLine};
@@ -36,10 +44,22 @@ pub const MAX_BATCH_REQUESTS: usize = 64;
 /// Largest reply line (a response or a batch of them). A batch stops
 /// running requests once its replies reach this; the rest are answered
 /// [`codes::TOO_LARGE`]. With [`MAX_LINE`] in and [`MAX_HISTORY_LIMIT`]
-/// messages per call, it bounds a connection's memory to a few tens of MiB.
+/// messages per call, it bounds what one line in flight holds to a few tens
+/// of MiB, and [`MAX_IN_FLIGHT`] bounds the lines in flight on the node.
 pub const MAX_REPLY: usize = 16 * 1024 * 1024;
 /// Most messages one `message.history` call returns.
 pub const MAX_HISTORY_LIMIT: u64 = 1_000;
+/// Most lines (requests or batches) one connection has in flight: at this
+/// many it stops reading until one is answered.
+pub const PIPELINE_WINDOW: usize = 16;
+/// Most lines in flight on all connections together, each counted from
+/// the moment it is read until its reply is written: what the node holds
+/// for its clients (replies included) stays what 64 connections with one
+/// call each held.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// A reply or event the client does not take within this long closes its
+/// connection: a client that never reads cannot pin the node's memory.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A JSON-RPC error object.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -215,7 +235,27 @@ pub fn remove_if_ours(path: &Path, ours: Option<SocketId>) {
 }
 
 /// Accepts control connections until `stop` flips.
-pub async fn serve(listener: UnixListener, state: std::sync::Arc<ControlState>) {
+pub async fn serve(listener: UnixListener, state: Arc<ControlState>) {
+    serve_with(listener, state, Limits::DEFAULT).await;
+}
+
+/// How connections are bounded: [`Limits::DEFAULT`] in a node, smaller in
+/// tests.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// [`PIPELINE_WINDOW`].
+    window: usize,
+    /// [`MAX_IN_FLIGHT`].
+    in_flight: usize,
+    /// [`WRITE_TIMEOUT`].
+    write_timeout: Duration,
+}
+
+impl Limits {
+    const DEFAULT: Limits = Limits { window: PIPELINE_WINDOW, in_flight: MAX_IN_FLIGHT, write_timeout: WRITE_TIMEOUT };
+}
+
+async fn serve_with(listener: UnixListener, state: Arc<ControlState>, limits: Limits) {
     let mut stop = state.stop.subscribe();
     // A stop sent before this task first ran is already the current value
     // (a new receiver never sees it as a change): without this check a node
@@ -223,7 +263,10 @@ pub async fn serve(listener: UnixListener, state: std::sync::Arc<ControlState>) 
     if *stop.borrow_and_update() {
         return;
     }
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Shared by every connection: a request holds one from the moment its
+    // line is read until its reply is written.
+    let in_flight = Arc::new(Semaphore::new(limits.in_flight));
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -240,7 +283,7 @@ pub async fn serve(listener: UnixListener, state: std::sync::Arc<ControlState>) 
                                 format!("the node is busy: all {MAX_CONNECTIONS} control connections are in use; try again"),
                             );
                             let _ = tokio::time::timeout(
-                                std::time::Duration::from_secs(1),
+                                Duration::from_secs(1),
                                 write_line(&mut write, &error_response(Value::Null, busy)),
                             )
                             .await;
@@ -248,8 +291,10 @@ pub async fn serve(listener: UnixListener, state: std::sync::Arc<ControlState>) 
                         continue;
                     };
                     let state = state.clone();
+                    let in_flight = in_flight.clone();
                     tokio::spawn(async move {
-                        connection(stream, state).await;
+                        let (read, write) = stream.into_split();
+                        connection(read, write, state, in_flight, limits).await;
                         drop(permit);
                     });
                 }
@@ -259,47 +304,157 @@ pub async fn serve(listener: UnixListener, state: std::sync::Arc<ControlState>) 
     }
 }
 
-async fn connection(stream: UnixStream, state: std::sync::Arc<ControlState>) {
-    let (read, mut write) = stream.into_split();
+/// A line answered, and what it leaves its connection once written.
+struct Answered {
+    /// The response (an array for a batch); `None` for notifications.
+    reply: Option<Value>,
+    /// Set by `subscribe`: events flow once `reply` is written.
+    events: Option<broadcast::Receiver<NodeEvent>>,
+    /// Its share of [`MAX_IN_FLIGHT`], given back once `reply` is written.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The connection a call came on, as the call sees it.
+struct Caller {
+    /// Set by `subscribe`.
+    events: Option<broadcast::Receiver<NodeEvent>>,
+    /// Fired (or dropped) once this line has handed its work to a profile:
+    /// the next line read on the connection may then hand off its own
+    /// (see [`connection`]). A batch holds it until it is answered.
+    turn: Option<oneshot::Sender<()>>,
+}
+
+impl Caller {
+    /// Lets the next line on the connection hand off its work.
+    fn pass_turn(&mut self) {
+        if let Some(turn) = self.turn.take() {
+            let _ = turn.send(());
+        }
+    }
+}
+
+/// Serves one connection: reads request lines while earlier ones run (at
+/// most `limits.window` lines in flight; then it stops reading, so a client
+/// that sends faster than the node answers is held back by the socket, not
+/// buffered here), writes each reply as soon as it is ready, and, once
+/// subscribed, events between them. Everything is written by this one task.
+///
+/// Order: lines hand their work to profiles in the order they were read.
+/// Each line waits for the previous one to have handed its work off (its
+/// command queued on the profile's task, see [`on_profile`]) or to be
+/// answered; after that the calls run concurrently and are answered as they
+/// complete. A profile's task runs what it is handed in order, so two
+/// `message.send` calls read one after the other are sent in that order.
+///
+/// Closing: at end of input, a bad line, or the node stopping, it stops
+/// reading and following events, writes the replies of the lines still in
+/// flight (a call the stopping node did not run is answered `-32007`), and
+/// closes. A write the client does not take within `limits.write_timeout`
+/// closes it at once.
+async fn connection<R, W>(read: R, mut write: W, state: Arc<ControlState>, permits: Arc<Semaphore>, limits: Limits)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut lines = BufReader::new(read);
     let mut events: Option<broadcast::Receiver<NodeEvent>> = None;
     let mut stop = state.stop.subscribe();
+    // The line being read: a part read stays here when the read is
+    // interrupted (a reply or an event to write), with its share of the
+    // node's bound in `permit`.
     let mut buf = Vec::new();
+    let mut permit: Option<OwnedSemaphorePermit> = None;
+    let mut in_flight = FuturesUnordered::new();
+    // Fires once the last line read has handed off its work.
+    let mut turn: Option<oneshot::Receiver<()>> = None;
+    // No more reading: end of input, a bad line, or the node stops.
+    let mut closing = false;
+    // Written last, after the replies in flight (a bad line's error).
+    let mut last_words: Option<Value> = None;
     loop {
-        buf.clear();
-        let idle = std::time::Duration::from_millis(state.idle_ms.load(std::sync::atomic::Ordering::Relaxed));
-        let line = tokio::select! {
-            _ = stop.changed() => break,
-            // Nothing asked and no events followed: the slot is freed.
-            _ = tokio::time::sleep(idle), if events.is_none() => {
-                let note = RpcError::new(codes::IDLE, format!("closing an idle control connection after {} s", idle.as_secs()));
-                let _ = write_line(&mut write, &error_response(Value::Null, note)).await;
-                break;
-            }
-            event = next_event(&mut events) => {
-                let note = json!({"jsonrpc": "2.0", "method": "event", "params": event});
-                if write_line(&mut write, &note).await.is_err() { break; }
-                continue;
-            }
-            read = read_line(&mut lines, &mut buf) => match read {
-                Ok(0) => break,
-                Ok(_) => String::from_utf8_lossy(&buf).into_owned(),
-                Err(e) => {
-                    let _ = write_line(&mut write, &error_response(Value::Null, RpcError::new(codes::INVALID_REQUEST, e.to_string()))).await;
-                    break;
-                }
-            },
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let reply = handle_line(&line, &state, &mut events).await;
-        if let Some(reply) = reply
-            && write_line(&mut write, &reply).await.is_err()
-        {
+        if closing && in_flight.is_empty() {
             break;
         }
+        let idle = Duration::from_millis(state.idle_ms.load(std::sync::atomic::Ordering::Relaxed));
+        let room = !closing && in_flight.len() < limits.window;
+        tokio::select! {
+            biased;
+            _ = stop.changed(), if !closing => {
+                closing = true;
+                events = None;
+            }
+            Some(answered) = in_flight.next(), if !in_flight.is_empty() => {
+                let Answered { reply, events: subscribed, _permit } = answered;
+                if let Some(reply) = reply
+                    && write_line_within(&mut write, &reply, limits.write_timeout).await.is_err()
+                {
+                    break;
+                }
+                // Only now: the events follow `subscribe`'s reply.
+                if events.is_none() && !closing {
+                    events = subscribed;
+                }
+            }
+            read = next_line(&mut lines, &mut buf, &mut permit, &permits), if room => match read {
+                Ok(0) => {
+                    closing = true;
+                    permit = None;
+                }
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf).into_owned();
+                    buf.clear();
+                    let Some(share) = permit.take() else { continue };
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let (handed_off, next) = oneshot::channel();
+                    let after = turn.replace(next);
+                    in_flight.push(answer_line(line, state.clone(), after, handed_off, share));
+                }
+                Err(e) => {
+                    closing = true;
+                    permit = None;
+                    buf.clear();
+                    last_words = Some(error_response(Value::Null, RpcError::new(codes::INVALID_REQUEST, e.to_string())));
+                }
+            },
+            event = next_event(&mut events), if !closing => {
+                let note = json!({"jsonrpc": "2.0", "method": "event", "params": event});
+                if write_line_within(&mut write, &note, limits.write_timeout).await.is_err() {
+                    break;
+                }
+            }
+            // Nothing asked, nothing in flight and no events followed: the
+            // slot is freed.
+            _ = tokio::time::sleep(idle), if events.is_none() && in_flight.is_empty() && !closing => {
+                let note = RpcError::new(codes::IDLE, format!("closing an idle control connection after {} s", idle.as_secs()));
+                let _ = write_line_within(&mut write, &error_response(Value::Null, note), limits.write_timeout).await;
+                break;
+            }
+        }
     }
+    if let Some(words) = last_words {
+        let _ = write_line_within(&mut write, &words, limits.write_timeout).await;
+    }
+}
+
+/// Answers one line once the line before it on its connection has handed
+/// off its work (`after` fires or is dropped).
+async fn answer_line(
+    line: String,
+    state: Arc<ControlState>,
+    after: Option<oneshot::Receiver<()>>,
+    handed_off: oneshot::Sender<()>,
+    permit: OwnedSemaphorePermit,
+) -> Answered {
+    if let Some(after) = after {
+        let _ = after.await;
+    }
+    let mut caller = Caller { events: None, turn: Some(handed_off) };
+    let reply = handle_line(&line, &state, &mut caller).await;
+    // Answered: whatever it did not hand off, it never will.
+    caller.pass_turn();
+    Answered { reply, events: caller.events, _permit: permit }
 }
 
 async fn next_event(events: &mut Option<broadcast::Receiver<NodeEvent>>) -> Value {
@@ -315,7 +470,31 @@ async fn next_event(events: &mut Option<broadcast::Receiver<NodeEvent>>) -> Valu
     }
 }
 
-/// Reads one line, refusing lines over [`MAX_LINE`].
+/// Reads the next request line into `buf`. Before the first byte of a line
+/// it waits for input, then takes a share of the node's bound on requests
+/// in flight into `permit` (so an idle connection holds none). Safe to
+/// cancel: what was read of the line stays in `buf`, the share in `permit`.
+async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    permit: &mut Option<OwnedSemaphorePermit>,
+    permits: &Arc<Semaphore>,
+) -> std::io::Result<usize> {
+    if permit.is_none() {
+        if r.fill_buf().await?.is_empty() {
+            return Ok(0);
+        }
+        match permits.clone().acquire_owned().await {
+            Ok(share) => *permit = Some(share),
+            // Never closed.
+            Err(_) => return Ok(0),
+        }
+    }
+    read_line(r, buf).await
+}
+
+/// Reads one line, refusing lines over [`MAX_LINE`]. Safe to cancel: what
+/// was read stays in `buf`.
 async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     loop {
         let available = r.fill_buf().await?;
@@ -344,16 +523,28 @@ async fn write_line<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, value: &Value) 
     w.flush().await
 }
 
+/// [`write_line`], given up (an error) if the client does not take the
+/// line within `limit`.
+async fn write_line_within<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    value: &Value,
+    limit: Duration,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(limit, write_line(w, value)).await {
+        Ok(written) => written,
+        Err(_) => {
+            tracing::debug!("a control client took no reply for {} s; closing it", limit.as_secs());
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client does not read"))
+        }
+    }
+}
+
 fn error_response(id: Value, error: RpcError) -> Value {
     json!({"jsonrpc": "2.0", "error": error, "id": id})
 }
 
 /// Handles one line: a request, a notification or a batch.
-async fn handle_line(
-    line: &str,
-    state: &ControlState,
-    events: &mut Option<broadcast::Receiver<NodeEvent>>,
-) -> Option<Value> {
+async fn handle_line(line: &str, state: &ControlState, caller: &mut Caller) -> Option<Value> {
     let parsed: Value = match serde_json::from_str(line) {
         Ok(v) => v,
         Err(e) => {
@@ -372,6 +563,9 @@ async fn handle_line(
             ),
         )),
         Value::Array(items) => {
+            // A batch hands off its requests one after the other, and the
+            // next line waits until the whole batch is answered.
+            let held = caller.turn.take();
             let mut out = Vec::new();
             let mut size = 0usize;
             for item in items {
@@ -383,15 +577,16 @@ async fn handle_line(
                     }
                     continue;
                 }
-                if let Some(r) = handle_request(item, state, events).await {
+                if let Some(r) = handle_request(item, state, caller).await {
                     let r = bounded(r);
                     size += serde_json::to_vec(&r).map_or(0, |b| b.len());
                     out.push(r);
                 }
             }
+            drop(held);
             (!out.is_empty()).then_some(Value::Array(out))
         }
-        other => handle_request(other, state, events).await.map(bounded),
+        other => handle_request(other, state, caller).await.map(bounded),
     }
 }
 
@@ -411,11 +606,7 @@ fn bounded(response: Value) -> Value {
     error_response(response.get("id").cloned().unwrap_or(Value::Null), too_large())
 }
 
-async fn handle_request(
-    request: Value,
-    state: &ControlState,
-    events: &mut Option<broadcast::Receiver<NodeEvent>>,
-) -> Option<Value> {
+async fn handle_request(request: Value, state: &ControlState, caller: &mut Caller) -> Option<Value> {
     let Value::Object(obj) = request else {
         return Some(error_response(Value::Null, RpcError::new(codes::INVALID_REQUEST, "a request must be an object")));
     };
@@ -446,7 +637,7 @@ async fn handle_request(
             return Some(error_response(reply_id, RpcError::new(codes::INVALID_REQUEST, "params must be an object")));
         }
     };
-    let result = call(method, &params, state, events).await;
+    let result = call(method, &params, state, caller).await;
     // Notifications get no response, even on error.
     let id = id?;
     Some(match result {
@@ -550,8 +741,14 @@ fn contact_json(c: &kabar_storage::Contact) -> Value {
     })
 }
 
-/// Runs `job` on the named profile's task.
-async fn on_profile(state: &ControlState, params: &Value, job: EngineJob) -> Result<Value, RpcError> {
+/// Runs `job` on the named profile's task. Once the job is handed off,
+/// the next line on the caller's connection may hand off its own.
+async fn on_profile(
+    state: &ControlState,
+    params: &Value,
+    job: EngineJob,
+    caller: &mut Caller,
+) -> Result<Value, RpcError> {
     let name = match opt_str(params, "profile")? {
         Some(n) => n.to_string(),
         None => state
@@ -566,7 +763,9 @@ async fn on_profile(state: &ControlState, params: &Value, job: EngineJob) -> Res
         .find(|(n, _)| *n == name)
         .map(|(_, h)| h.clone())
         .ok_or_else(|| RpcError::new(codes::NOT_FOUND, format!("no profile named {name:?}")))?;
-    ask(&name, &handle, |tx| Command::Job(job, tx)).await?
+    let handed = hand_off(&name, &handle, |tx| Command::Job(job, tx)).await;
+    caller.pass_turn();
+    wait_reply(&name, &handle, handed?).await?
 }
 
 /// Sends a profile's task a command carrying a reply channel, and waits for
@@ -576,10 +775,26 @@ async fn ask<T>(
     handle: &ProfileHandle,
     command: impl FnOnce(oneshot::Sender<T>) -> Command,
 ) -> Result<T, RpcError> {
+    let handed = hand_off(name, handle, command).await?;
+    wait_reply(name, handle, handed).await
+}
+
+/// Queues a command carrying a reply channel on a profile's task (the
+/// first half of [`ask`]); returns the channel.
+async fn hand_off<T>(
+    name: &str,
+    handle: &ProfileHandle,
+    command: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<oneshot::Receiver<T>, RpcError> {
     let (tx, rx) = oneshot::channel();
     if handle.commands.send(command(tx)).await.is_err() {
         return Err(gone(name, handle).await);
     }
+    Ok(rx)
+}
+
+/// Waits for the reply to a command [`hand_off`] queued.
+async fn wait_reply<T>(name: &str, handle: &ProfileHandle, rx: oneshot::Receiver<T>) -> Result<T, RpcError> {
     match rx.await {
         Ok(reply) => Ok(reply),
         Err(_) => Err(gone(name, handle).await),
@@ -639,12 +854,7 @@ fn ok(value: Value) -> crate::network::JobResult {
 }
 
 /// Dispatches one method.
-async fn call(
-    method: &str,
-    params: &Value,
-    state: &ControlState,
-    events: &mut Option<broadcast::Receiver<NodeEvent>>,
-) -> Result<Value, RpcError> {
+async fn call(method: &str, params: &Value, state: &ControlState, caller: &mut Caller) -> Result<Value, RpcError> {
     let p = params.clone();
     let job: EngineJob = match method {
         "node.info" => {
@@ -667,7 +877,7 @@ async fn call(
             return Ok(json!({"stopping": true}));
         }
         "subscribe" => {
-            *events = Some(state.events.subscribe());
+            caller.events = Some(state.events.subscribe());
             return Ok(json!({"subscribed": true}));
         }
         "node.dial" => {
@@ -1123,7 +1333,7 @@ async fn call(
         }),
         other => return Err(RpcError::new(codes::METHOD_NOT_FOUND, format!("method not found: {other}"))),
     };
-    on_profile(state, params, job).await
+    on_profile(state, params, job, caller).await
 }
 
 fn catalog_json(item: &CatalogItem) -> Value {
@@ -1135,4 +1345,354 @@ fn catalog_json(item: &CatalogItem) -> Value {
         "description": item.description,
         "available": item.available,
     })
+}
+
+#[cfg(test)]
+mod pipelining_tests {
+    //! The connection's framing, driven by hand: fake profiles whose calls
+    //! the test answers, in-memory pipes for the socket, and [`Harness::settle`]
+    //! to run the connection until it waits only on the test (no sleeps).
+
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Wake, Waker};
+
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
+
+    use super::*;
+
+    type Answer = oneshot::Sender<Result<Value, RpcError>>;
+
+    /// A profile's task played by the test: calls wait until it answers.
+    struct FakeProfile {
+        commands: mpsc::Receiver<Command>,
+        status: Option<watch::Sender<ProfileStatus>>,
+    }
+
+    impl FakeProfile {
+        /// The calls handed to it so far, oldest first (their jobs dropped
+        /// unrun: the test answers for them).
+        fn calls(&mut self) -> Vec<Answer> {
+            let mut out = Vec::new();
+            while let Ok(command) = self.commands.try_recv() {
+                match command {
+                    Command::Job(_, answer) => out.push(answer),
+                    _ => panic!("only jobs expected"),
+                }
+            }
+            out
+        }
+
+        /// Waits for the next call handed to it.
+        async fn next_call(&mut self) -> Answer {
+            let command = tokio::time::timeout(Duration::from_secs(20), self.commands.recv())
+                .await
+                .expect("a call reaches the profile")
+                .expect("the profile's channel is open");
+            match command {
+                Command::Job(_, answer) => answer,
+                _ => panic!("only jobs expected"),
+            }
+        }
+    }
+
+    fn fake_state(names: &[&str]) -> (Arc<ControlState>, Vec<FakeProfile>) {
+        let mut profiles = Vec::new();
+        let mut fakes = Vec::new();
+        for name in names {
+            let (commands, received) = mpsc::channel(64);
+            let (status, watched) = watch::channel(ProfileStatus { name: name.to_string(), ..Default::default() });
+            profiles.push((name.to_string(), ProfileHandle { commands, status: watched }));
+            fakes.push(FakeProfile { commands: received, status: Some(status) });
+        }
+        let state = ControlState {
+            profiles,
+            events: broadcast::channel(16).0,
+            stop: watch::channel(false).0,
+            idle_ms: std::sync::atomic::AtomicU64::new(60_000),
+        };
+        (Arc::new(state), fakes)
+    }
+
+    /// A request line for `profile`'s engine (answered by the test).
+    fn slow(id: impl Into<Value>, profile: &str) -> Value {
+        json!({"jsonrpc": "2.0", "id": id.into(), "method": "contact.list", "params": {"profile": profile}})
+    }
+
+    /// A request the connection answers itself.
+    fn fast(id: impl Into<Value>) -> Value {
+        json!({"jsonrpc": "2.0", "id": id.into(), "method": "node.info"})
+    }
+
+    struct Woken(AtomicBool);
+
+    impl Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// One connection, run by hand.
+    struct Harness {
+        conn: Pin<Box<dyn Future<Output = ()> + Send>>,
+        to_node: DuplexStream,
+        from_node: BufReader<DuplexStream>,
+        permits: Arc<Semaphore>,
+        state: Arc<ControlState>,
+        profiles: Vec<FakeProfile>,
+        finished: bool,
+    }
+
+    impl Harness {
+        fn new(profiles: &[&str], limits: Limits) -> Harness {
+            let (state, profiles) = fake_state(profiles);
+            let (to_node, node_reads) = tokio::io::duplex(1 << 20);
+            let (node_writes, from_node) = tokio::io::duplex(1 << 20);
+            let permits = Arc::new(Semaphore::new(limits.in_flight));
+            let conn = Box::pin(connection(node_reads, node_writes, state.clone(), permits.clone(), limits));
+            Harness { conn, to_node, from_node: BufReader::new(from_node), permits, state, profiles, finished: false }
+        }
+
+        async fn send(&mut self, requests: &[Value]) {
+            let mut bytes = Vec::new();
+            for r in requests {
+                bytes.extend(serde_json::to_vec(r).unwrap());
+                bytes.push(b'\n');
+            }
+            self.to_node.write_all(&bytes).await.unwrap();
+        }
+
+        /// Polls the connection until a poll ends with nothing having woken
+        /// it: it then waits only on the test (input, an answer, a stop).
+        async fn settle(&mut self) {
+            let woken = Arc::new(Woken(AtomicBool::new(false)));
+            let waker = Waker::from(woken.clone());
+            for _ in 0..100_000 {
+                if self.finished {
+                    return;
+                }
+                woken.0.store(false, Ordering::SeqCst);
+                if self.conn.as_mut().poll(&mut Context::from_waker(&waker)).is_ready() {
+                    self.finished = true;
+                    return;
+                }
+                if !woken.0.load(Ordering::SeqCst) {
+                    return;
+                }
+                // Lets tokio's cooperative budget refill.
+                tokio::task::yield_now().await;
+            }
+            panic!("the connection never settled");
+        }
+
+        /// The lines the node has written so far.
+        async fn lines(&mut self) -> Vec<Value> {
+            let mut out = Vec::new();
+            loop {
+                let mut line = String::new();
+                match futures::FutureExt::now_or_never(self.from_node.read_line(&mut line)) {
+                    Some(Ok(0)) | None => return out,
+                    Some(read) => {
+                        read.unwrap();
+                        out.push(serde_json::from_str(&line).unwrap());
+                    }
+                }
+            }
+        }
+    }
+
+    fn ids(lines: &[Value]) -> Vec<Value> {
+        lines.iter().map(|l| l["id"].clone()).collect()
+    }
+
+    const LIMITS: Limits = Limits { window: 4, in_flight: 64, write_timeout: Duration::from_secs(30) };
+
+    #[tokio::test]
+    async fn a_full_window_stops_reading_until_a_reply_is_written() {
+        let mut h = Harness::new(&["p"], LIMITS);
+        let requests: Vec<Value> = (0..10).map(|i| slow(i, "p")).collect();
+        h.send(&requests).await;
+        h.settle().await;
+        // Ten lines wait in the pipe; the connection took the window's four.
+        let mut held = h.profiles[0].calls();
+        assert_eq!(held.len(), 4, "lines read past the window");
+        assert_eq!(h.permits.available_permits(), 60, "each line in flight holds one node-wide permit");
+        assert!(h.lines().await.is_empty());
+        let mut answered = Vec::new();
+        for next in 0..10 {
+            held.remove(0).send(Ok(json!(next))).unwrap();
+            h.settle().await;
+            let lines = h.lines().await;
+            assert_eq!(ids(&lines), vec![json!(next)], "one answer, one reply");
+            answered.extend(lines);
+            // One reply written, one more line read: never more than four.
+            held.extend(h.profiles[0].calls());
+            assert_eq!(held.len(), (9 - next).min(4), "after {} answers", next + 1);
+        }
+        assert_eq!(h.permits.available_permits(), 64, "every permit given back");
+        for (i, reply) in answered.iter().enumerate() {
+            assert_eq!(reply["result"], json!(i), "{reply}");
+        }
+        assert!(!h.finished);
+    }
+
+    #[tokio::test]
+    async fn a_fast_reply_overtakes_a_slow_one() {
+        let mut h = Harness::new(&["p"], LIMITS);
+        h.send(&[slow("slow", "p"), fast("fast")]).await;
+        h.settle().await;
+        let held = h.profiles[0].calls();
+        assert_eq!(held.len(), 1);
+        let lines = h.lines().await;
+        assert_eq!(ids(&lines), vec![json!("fast")], "node.info answered while contact.list runs");
+        assert!(lines[0]["result"]["version"].is_string());
+        for answer in held {
+            answer.send(Ok(json!("done"))).unwrap();
+        }
+        h.settle().await;
+        let lines = h.lines().await;
+        assert_eq!(ids(&lines), vec![json!("slow")]);
+        assert_eq!(lines[0]["result"], "done");
+    }
+
+    #[tokio::test]
+    async fn work_reaches_the_profiles_in_the_order_it_was_read() {
+        let mut h = Harness::new(&["p", "q"], Limits { window: 8, ..LIMITS });
+        // A batch hands off its requests one after the other; the lines
+        // after it wait for it, even to another profile.
+        let batch = json!([slow("a1", "p"), slow("a2", "p")]);
+        h.send(&[batch, slow("b", "p"), slow("c", "q"), slow("d", "p")]).await;
+        h.settle().await;
+        let first = h.profiles[0].calls();
+        assert_eq!(first.len(), 1, "only the batch's first request is handed off");
+        assert!(h.profiles[1].calls().is_empty(), "nothing after the batch is handed off before it is answered");
+        first.into_iter().for_each(|c| c.send(Ok(json!("first on p"))).unwrap());
+        h.settle().await;
+        let second = h.profiles[0].calls();
+        assert_eq!(second.len(), 1);
+        assert!(h.profiles[1].calls().is_empty());
+        second.into_iter().for_each(|c| c.send(Ok(json!("second on p"))).unwrap());
+        h.settle().await;
+        // The batch answered: the three lines after it are handed off, in
+        // their order, and answered in reverse.
+        let lines = h.lines().await;
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0][0]["result"], "first on p");
+        assert_eq!(lines[0][1]["result"], "second on p");
+        let mut on_p = h.profiles[0].calls();
+        let on_q = h.profiles[1].calls();
+        assert_eq!((on_p.len(), on_q.len()), (2, 1));
+        let d = on_p.pop().unwrap();
+        d.send(Ok(json!("fourth on p"))).unwrap();
+        h.settle().await;
+        on_q.into_iter().for_each(|c| c.send(Ok(json!("c first on q"))).unwrap());
+        h.settle().await;
+        on_p.pop().unwrap().send(Ok(json!("third on p"))).unwrap();
+        h.settle().await;
+        let lines = h.lines().await;
+        assert_eq!(ids(&lines), vec![json!("d"), json!("c"), json!("b")], "answered as they complete");
+        assert_eq!(lines[0]["result"], "fourth on p", "d was handed off after b");
+        assert_eq!(lines[2]["result"], "third on p");
+    }
+
+    #[tokio::test]
+    async fn events_start_after_the_subscribe_reply() {
+        let mut h = Harness::new(&["p"], LIMITS);
+        // Subscribed at once, answered only when the batch is.
+        h.send(&[json!([{"jsonrpc": "2.0", "id": "sub", "method": "subscribe"}, slow("slow", "p")])]).await;
+        h.settle().await;
+        let held = h.profiles[0].calls();
+        assert_eq!(held.len(), 1);
+        let event = NodeEvent::ContactIdentityChanged { profile: "p".into(), contact: "Bob".into() };
+        h.state.events.send(event.clone()).unwrap();
+        h.settle().await;
+        assert!(h.lines().await.is_empty(), "no event before the reply to subscribe");
+        held.into_iter().for_each(|c| c.send(Ok(json!([]))).unwrap());
+        h.settle().await;
+        let lines = h.lines().await;
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0][0]["result"]["subscribed"], true);
+        assert_eq!(lines[1]["method"], "event", "the event sent in between is kept, and follows");
+        assert_eq!(lines[1]["params"], serde_json::to_value(event).unwrap());
+        // Later events flow while calls are in flight.
+        h.send(&[slow("slow2", "p")]).await;
+        h.settle().await;
+        let _held = h.profiles[0].calls();
+        h.state.events.send(NodeEvent::ContactIdentityChanged { profile: "p".into(), contact: "Eve".into() }).unwrap();
+        h.settle().await;
+        assert_eq!(h.lines().await[0]["params"]["contact"], "Eve");
+    }
+
+    #[tokio::test]
+    async fn stopping_answers_what_is_in_flight_and_closes() {
+        let mut h = Harness::new(&["p"], LIMITS);
+        h.send(&[slow(1, "p"), slow(2, "p")]).await;
+        h.settle().await;
+        let held = h.profiles[0].calls();
+        assert_eq!(held.len(), 2);
+        // The node stops: the profile's task ends without answering.
+        h.state.stop.send(true).unwrap();
+        h.settle().await;
+        assert!(!h.finished, "the calls in flight are answered first");
+        drop(held);
+        h.profiles[0].status = None;
+        h.settle().await;
+        let lines = h.lines().await;
+        assert_eq!(ids(&lines).len(), 2);
+        for line in &lines {
+            assert_eq!(line["error"]["code"], codes::SHUTTING_DOWN, "{line}");
+        }
+        assert!(h.finished, "then the connection closes");
+        let mut rest = Vec::new();
+        h.from_node.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_reads_is_closed_and_others_are_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let (listener, path) = bind(dir.path()).await.unwrap();
+        let (state, mut profiles) = fake_state(&["p"]);
+        // The stuck client's window is the whole node's bound: the other
+        // client is served only once the stuck one is closed.
+        let limits = Limits { window: 16, in_flight: 16, write_timeout: Duration::from_millis(300) };
+        let server = tokio::spawn(serve_with(listener, state.clone(), limits));
+
+        let mut stuck = UnixStream::connect(&path).await.unwrap();
+        let mut bytes = Vec::new();
+        for i in 0..16 {
+            bytes.extend(serde_json::to_vec(&slow(i, "p")).unwrap());
+            bytes.push(b'\n');
+        }
+        stuck.write_all(&bytes).await.unwrap();
+        // Far more than a socket buffer holds: the first reply's write
+        // cannot finish while the client does not read.
+        let big = "x".repeat(4 << 20);
+        for i in 0..16 {
+            let answer = profiles[0].next_call().await;
+            answer.send(Ok(if i == 0 { json!(big) } else { json!(i) })).unwrap();
+        }
+
+        let other = UnixStream::connect(&path).await.unwrap();
+        let (read, mut write) = other.into_split();
+        write.write_all(format!("{}\n", fast("other")).as_bytes()).await.unwrap();
+        let mut reply = String::new();
+        tokio::time::timeout(Duration::from_secs(20), BufReader::new(read).read_line(&mut reply))
+            .await
+            .expect("the other client is answered once the stuck one is closed")
+            .unwrap();
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(reply["id"], "other");
+
+        // The stuck client finds its connection closed, its replies cut.
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), stuck.read_to_end(&mut got))
+            .await
+            .expect("the stuck connection is closed")
+            .unwrap();
+        assert!(got.len() < big.len(), "not even the first reply was finished");
+        let _ = state.stop.send(true);
+        server.await.unwrap();
+    }
 }
