@@ -30,6 +30,7 @@ pub mod content;
 pub mod control;
 pub mod courier;
 pub mod engine;
+pub mod keep_alive;
 pub mod mailbox;
 pub mod network;
 pub mod node;

@@ -32,11 +32,17 @@ use crate::prekey_codec::{PrekeyCodec, PrekeyRequest};
 use crate::wire::{Ack, EnvelopeCodec, InflightBudget, PROTOCOL, RejectReason};
 use crate::worker::{Report, Worker};
 
-/// Idle connections close after this long (libp2p's default, 10 s, would
-/// drop a conversation's connection between two messages).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Idle connections close after this long (libp2p's default), except those
+/// to peers a conversation is going on with, kept open for
+/// [`crate::keep_alive::KEEP`] after their last envelope: a profile meets
+/// many peers it has nothing to say to (a DHT query alone connects to
+/// dozens), and each open connection costs memory.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Retry tick.
 pub const TICK: Duration = Duration::from_millis(500);
+/// Received-id rows the tick looks at for pruning (a full pass over a
+/// million rows takes about half an hour of ticks).
+const PRUNE_ROWS_PER_TICK: usize = 256;
 /// Inbound requests one peer may make per second (burst up to twice that).
 pub const PEER_REQUESTS_PER_SECOND: f64 = 100.0;
 /// Inbound `/kabar/prekey/1` requests one peer may make per second (burst
@@ -136,6 +142,7 @@ mod behaviour {
         pub(super) ping: ping::Behaviour,
         pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
         pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
+        pub(super) keep: crate::keep_alive::Behaviour,
     }
 }
 
@@ -224,6 +231,7 @@ pub fn build_swarm(
                 ping: ping::Behaviour::default(),
                 kad,
                 mdns: Toggle::from(mdns),
+                keep: crate::keep_alive::Behaviour::default(),
             })
         })
         .map_err(|e| NetworkError(e.to_string()))?
@@ -443,6 +451,11 @@ struct Reach {
     /// built from (rebuilt only when they change: it names every peer by
     /// its base58 PeerId).
     peers_shown: Option<(u64, Vec<PeerId>)>,
+    /// PeerIds in base58, for the status's peer list.
+    peer_names: HashMap<PeerId, String>,
+    /// The advertised addresses and relays the status last showed.
+    advertised_shown: Vec<Multiaddr>,
+    relays_shown: Vec<(Multiaddr, bool)>,
     /// Bumped whenever `connections` changes.
     connections_changed: u64,
     /// Relay listeners to remove once their reservation is accepted (or
@@ -471,21 +484,39 @@ impl Reach {
         self.relays.iter().any(|r| &r.peer == peer)
     }
 
-    fn status(&mut self, status: &mut ProfileStatus) {
-        status.nat = self.nat.to_string();
-        status.dht = if self.kad_server || self.public { "server" } else { "client" }.to_string();
-        status.advertised = self.advertised.iter().map(|a| a.to_string()).collect();
-        status.relays =
-            self.relays.iter().map(|r| RelayStatus { address: r.address.to_string(), reserved: r.reserved }).collect();
+    /// Writes the reachability part of `status`; returns whether its peer
+    /// list was rebuilt (the one part too long to compare on every event).
+    /// Addresses are written out (base58 PeerIds) only when they change:
+    /// this runs after almost every event of a busy profile.
+    fn status(&mut self, status: &mut ProfileStatus) -> bool {
+        if status.nat != self.nat {
+            status.nat = self.nat.to_string();
+        }
+        let dht = if self.kad_server || self.public { "server" } else { "client" };
+        if status.dht != dht {
+            status.dht = dht.to_string();
+        }
+        if self.advertised_shown != self.advertised {
+            self.advertised_shown = self.advertised.clone();
+            status.advertised = self.advertised.iter().map(|a| a.to_string()).collect();
+        }
+        let relays_now: Vec<(Multiaddr, bool)> = self.relays.iter().map(|r| (r.address.clone(), r.reserved)).collect();
+        if self.relays_shown != relays_now {
+            status.relays = relays_now
+                .iter()
+                .map(|(address, reserved)| RelayStatus { address: address.to_string(), reserved: *reserved })
+                .collect();
+            self.relays_shown = relays_now;
+        }
+        status.hole_punch = self.hole_punch.clone();
+        status.address_record_published = self.record_published;
         let relays: Vec<PeerId> = self.relays.iter().map(|r| r.peer).collect();
         if self
             .peers_shown
             .as_ref()
             .is_some_and(|(changed, shown)| *changed == self.connections_changed && *shown == relays)
         {
-            status.hole_punch = self.hole_punch.clone();
-            status.address_record_published = self.record_published;
-            return;
+            return false;
         }
         self.peers_shown = Some((self.connections_changed, relays));
         let mut peers: HashMap<PeerId, bool> = HashMap::new();
@@ -495,17 +526,22 @@ impl Reach {
                 *direct |= !relayed;
             }
         }
+        // PeerIds are written out (base58) once per peer, not on every
+        // rebuild: a busy profile's list changes many times a second.
+        if self.peer_names.len() > 2 * peers.len() + 64 {
+            self.peer_names.retain(|p, _| peers.contains_key(p));
+        }
+        let names = &mut self.peer_names;
         let mut list: Vec<PeerStatus> = peers
             .into_iter()
             .map(|(p, direct)| PeerStatus {
-                peer_id: p.to_string(),
+                peer_id: names.entry(p).or_insert_with(|| p.to_string()).clone(),
                 connection: if direct { "direct" } else { "relayed" }.to_string(),
             })
             .collect();
         list.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
         status.peers = list;
-        status.hole_punch = self.hole_punch.clone();
-        status.address_record_published = self.record_published;
+        true
     }
 }
 
@@ -584,6 +620,9 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
         hole_punch: HolePunchStatus::default(),
         record_published: false,
         peers_shown: None,
+        peer_names: HashMap::new(),
+        advertised_shown: Vec::new(),
+        relays_shown: Vec::new(),
         connections_changed: 0,
     };
     // Relays remembered in the store, plus those given on the command line.
@@ -760,6 +799,11 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                         // What committed without an fsync (acknowledgements,
                         // attempts) is durable within a tick.
                         let maintained = maintained.and_then(|m| engine.store().make_durable().map(|_| m).map_err(Into::into));
+                        // Received ids past the duplicate window, a few at a
+                        // time (protocol.md §8.3).
+                        let maintained = maintained.and_then(|m| {
+                            engine.store().prune_received(now, PRUNE_ROWS_PER_TICK).map(|_| m).map_err(Into::into)
+                        });
                         let counts = if refresh { prekey_counts(engine) } else { None };
                         let mut damage = result.as_ref().err().and_then(|e| damage_of(engine, e));
                         if let Err(e) = &result {
@@ -786,6 +830,7 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                     tick_in_flight = queued;
                 }
                 on_reach_tick(&mut swarm, &mut reach, &worker);
+                swarm.behaviour_mut().keep.expire(Instant::now());
                 if courier.fetch_due() {
                     courier.fetch_all(&mailboxes);
                 }
@@ -854,6 +899,7 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                     }
                     tracing::debug!(%peer_id, envelopes = envelopes.len(), connected = swarm.is_connected(&peer_id), "transmit");
                     let id = swarm.behaviour_mut().envelope.send_request(&peer_id, envelopes);
+                    swarm.behaviour_mut().keep.touch(peer_id, Instant::now());
                     pending.insert(id, (peer, message_ids));
                 }
                 Action::Deposit { peer, mailbox, message_ids, envelopes } => {
@@ -885,8 +931,9 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
             pace_armed = Some(soonest);
         }
         status.connected_peers = swarm.connected_peers().count();
+        let mut peers_rebuilt = false;
         if !swarm_event || reach_shown.elapsed() >= STATUS_REFRESH {
-            reach.status(&mut status);
+            peers_rebuilt = reach.status(&mut status);
             reach_shown = Instant::now();
         }
         if status.mailboxes != courier.states() {
@@ -894,14 +941,17 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
         }
         status.deposited = courier.deposited();
         status.frames_refused = inflight.refused();
+        // The peer list (hundreds of entries on a busy profile) is compared
+        // and copied only when it was rebuilt.
         status_tx.send_if_modified(|s| {
-            let changed = s.listen_addrs != status.listen_addrs
+            let peers_changed = peers_rebuilt && s.peers != status.peers;
+            let changed = peers_changed
+                || s.listen_addrs != status.listen_addrs
                 || s.connected_peers != status.connected_peers
                 || s.nat != status.nat
                 || s.dht != status.dht
                 || s.advertised != status.advertised
                 || s.relays != status.relays
-                || s.peers != status.peers
                 || s.hole_punch != status.hole_punch
                 || s.address_record_published != status.address_record_published
                 || s.mailboxes != status.mailboxes
@@ -911,7 +961,10 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                 || s.frames_refused != status.frames_refused
                 || s.prekeys != status.prekeys;
             if changed {
-                *s = status.clone();
+                let peers = std::mem::take(&mut status.peers);
+                let shown = if peers_changed { peers.clone() } else { std::mem::take(&mut s.peers) };
+                *s = ProfileStatus { peers: shown, ..status.clone() };
+                status.peers = peers;
             }
             changed
         });
@@ -1617,6 +1670,7 @@ fn handle_event(
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
                     tracing::debug!(profile = %ctx.name, %peer, envelopes = request.len(), "request");
+                    swarm.behaviour_mut().keep.touch(peer, Instant::now());
                     let Some(key) = signing_key_of(&peer) else {
                         let _ = swarm
                             .behaviour_mut()

@@ -31,7 +31,8 @@
 //! bytes charged to the profile's inbound budget until it is answered
 //! (`wire::InflightBudget::hold`). What feeds the
 //! queue is bounded itself (the swarm's streams and per-peer request
-//! budgets, 64 control connections with one call each in flight, the
+//! budgets, at most 64 control calls in flight on the node
+//! (`control::MAX_IN_FLIGHT`), the
 //! courier's bounded tasks, at most one tick in flight), so the bound is
 //! only reached when the disk cannot keep up. Results wait in a bounded
 //! channel of [`REPORTS_MAX`]; when it is full the worker waits, not the
