@@ -205,19 +205,7 @@ impl Party {
 }
 
 fn contact(identity: IdentityPublic, spk: SignedPrekeyPublic, name: &str) -> Contact {
-    Contact {
-        peer_id: identity.signing.to_vec(),
-        identity,
-        signed_prekey: Some(spk),
-        one_time_prekey: None,
-        addresses: vec![],
-        display_name: name.into(),
-        verified: false,
-        blocked: false,
-        identity_change: None,
-        added_at_ms: T0,
-        request: false,
-    }
+    Contact::new(identity, Some(spk), name, T0)
 }
 
 struct Pair {

@@ -49,19 +49,7 @@ impl Party {
     fn knows(&mut self, other: &mut Party, as_name: &str) -> ContactId {
         let identity = other.store().identity().unwrap().public();
         let spk = other.store().current_signed_prekey().unwrap().public();
-        let contact = Contact {
-            peer_id: identity.signing.to_vec(),
-            identity,
-            signed_prekey: Some(spk),
-            one_time_prekey: None,
-            addresses: vec![],
-            display_name: as_name.into(),
-            verified: false,
-            blocked: false,
-            identity_change: None,
-            added_at_ms: T0,
-            request: false,
-        };
+        let contact = Contact::new(identity, Some(spk), as_name, T0);
         self.store().upsert_contact(contact).unwrap().0
     }
 
@@ -1313,19 +1301,7 @@ fn a_session_start_that_races_a_rotation_still_opens_within_the_grace() {
     let mut c = Party::new("carol", ProfileKind::Personal);
     let c_bob = {
         let identity = b.store().identity().unwrap().public();
-        let contact = Contact {
-            peer_id: identity.signing.to_vec(),
-            identity,
-            signed_prekey: Some(b.store().signed_prekey(old).unwrap().unwrap().public()),
-            one_time_prekey: None,
-            addresses: vec![],
-            display_name: "Bob".into(),
-            verified: false,
-            blocked: false,
-            identity_change: None,
-            added_at_ms: T0,
-            request: false,
-        };
+        let contact = Contact::new(identity, Some(b.store().signed_prekey(old).unwrap().unwrap().public()), "Bob", T0);
         c.store().upsert_contact(contact).unwrap().0
     };
     let after_grace = rotated_at + SIGNED_PREKEY_GRACE_S * 1000;

@@ -138,19 +138,7 @@ fn what_one_group_queues_for_a_peer_leaves_in_one_request_after_the_group() {
     let mut dir = DataDir::create(other.path(), b"pw", KdfParams::TESTNET).unwrap();
     let bob = dir.create_profile("bob", ProfileKind::Personal, 1_700_000_000, &mut rand::rng()).unwrap();
     let identity = bob.identity().unwrap().public();
-    let contact = kabar_storage::Contact {
-        peer_id: identity.signing.to_vec(),
-        identity,
-        signed_prekey: Some(bob.current_signed_prekey().unwrap().public()),
-        one_time_prekey: None,
-        addresses: vec![],
-        display_name: "Bob".into(),
-        verified: false,
-        blocked: false,
-        identity_change: None,
-        added_at_ms: 0,
-        request: false,
-    };
+    let contact = kabar_storage::Contact::new(identity, Some(bob.current_signed_prekey().unwrap().public()), "Bob", 0);
     let (bob_id, _) = store.upsert_contact(contact).unwrap();
     // No waiting for Bob's one-time prekeys: there is no network here.
     let config = kabar_node::engine::EngineConfig { prekey_wait_ms: 0, ..Default::default() };

@@ -42,6 +42,31 @@ pub struct Contact {
     pub request: bool,
 }
 
+impl Contact {
+    /// A contact as a card makes it: trusted identity, its signed prekey,
+    /// no addresses, not verified, blocked or a request.
+    pub fn new(
+        identity: IdentityPublic,
+        signed_prekey: Option<SignedPrekeyPublic>,
+        display_name: impl Into<String>,
+        added_at_ms: u64,
+    ) -> Self {
+        Contact {
+            peer_id: identity.signing.to_vec(),
+            identity,
+            signed_prekey,
+            one_time_prekey: None,
+            addresses: Vec::new(),
+            display_name: display_name.into(),
+            verified: false,
+            blocked: false,
+            identity_change: None,
+            added_at_ms,
+            request: false,
+        }
+    }
+}
+
 /// A contact as schema 4 and earlier stored it (before `one_time_prekey`):
 /// read only by the migration to schema 5.
 #[derive(Debug, Clone, Serialize, Deserialize)]
