@@ -826,14 +826,22 @@ impl Engine {
     }
 
     /// A `/kabar/prekey/1` request to `peer` failed (unreachable, no
-    /// answer): what waited for its prekeys is encrypted without them.
+    /// answer): what waited for its prekeys is encrypted without them. If
+    /// the peer could not be reached at all (`unreachable`: the request
+    /// never got to it), it is asked again the next time it is reachable
+    /// rather than after [`prekeys::FETCH_EVERY_MS`]; a peer that was
+    /// reached and did not answer waits the full period.
     pub fn on_prekeys_failed<R: CryptoRng + ?Sized>(
         &mut self,
         peer: &PeerKey,
+        unreachable: bool,
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Vec<Action>, EngineError> {
         let contact_id = self.store.contact_id_for_key(peer);
+        if unreachable {
+            self.prekeys_asked.remove(&contact_id);
+        }
         self.seal(&contact_id, now_ms, rng)
     }
 

@@ -466,6 +466,32 @@ struct Reach {
 }
 
 impl Reach {
+    fn new(keypair: libp2p::identity::Keypair, kad_server: bool) -> Self {
+        Reach {
+            keypair,
+            kad_server,
+            relays: Vec::new(),
+            public: false,
+            nat: "unknown",
+            connections: HashMap::new(),
+            relayed_since: HashMap::new(),
+            close_relayed: HashMap::new(),
+            release_after_accept: Vec::new(),
+            advertised: Vec::new(),
+            announce_at: None,
+            publish_at: None,
+            lookups: HashMap::new(),
+            last_lookup: HashMap::new(),
+            hole_punch: HolePunchStatus::default(),
+            record_published: false,
+            peers_shown: None,
+            peer_names: HashMap::new(),
+            advertised_shown: Vec::new(),
+            relays_shown: Vec::new(),
+            connections_changed: 0,
+        }
+    }
+
     /// Stops listening through a relay: at once if the reservation is
     /// accepted, else once it is (see `release_after_accept`).
     fn release(&mut self, swarm: &mut Swarm<Behaviour>, relay: PeerId, listener: ListenerId, reserved: bool) {
@@ -485,10 +511,11 @@ impl Reach {
     }
 
     /// Writes the reachability part of `status`; returns whether its peer
-    /// list was rebuilt (the one part too long to compare on every event).
-    /// Addresses are written out (base58 PeerIds) only when they change:
-    /// this runs after almost every event of a busy profile.
-    fn status(&mut self, status: &mut ProfileStatus) -> bool {
+    /// list was rebuilt (the one part too long to compare on every event,
+    /// rebuilt only if `peers` is set). Addresses are written out only when
+    /// they change: this runs after every event of a busy profile, and what
+    /// a card is made of (the advertised addresses) must show at once.
+    fn status(&mut self, status: &mut ProfileStatus, peers: bool) -> bool {
         if status.nat != self.nat {
             status.nat = self.nat.to_string();
         }
@@ -510,6 +537,9 @@ impl Reach {
         }
         status.hole_punch = self.hole_punch.clone();
         status.address_record_published = self.record_published;
+        if !peers {
+            return false;
+        }
         let relays: Vec<PeerId> = self.relays.iter().map(|r| r.peer).collect();
         if self
             .peers_shown
@@ -602,29 +632,7 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
         std::mem::forget(engine);
         return;
     };
-    let mut reach = Reach {
-        keypair,
-        kad_server: config.kad_server,
-        relays: Vec::new(),
-        public: false,
-        nat: "unknown",
-        connections: HashMap::new(),
-        relayed_since: HashMap::new(),
-        close_relayed: HashMap::new(),
-        release_after_accept: Vec::new(),
-        advertised: Vec::new(),
-        announce_at: None,
-        publish_at: None,
-        lookups: HashMap::new(),
-        last_lookup: HashMap::new(),
-        hole_punch: HolePunchStatus::default(),
-        record_published: false,
-        peers_shown: None,
-        peer_names: HashMap::new(),
-        advertised_shown: Vec::new(),
-        relays_shown: Vec::new(),
-        connections_changed: 0,
-    };
+    let mut reach = Reach::new(keypair, config.kad_server);
     // Relays remembered in the store, plus those given on the command line.
     let mut relay_list = engine.store().relays().unwrap_or_default();
     for r in &config.relays {
@@ -931,9 +939,9 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
             pace_armed = Some(soonest);
         }
         status.connected_peers = swarm.connected_peers().count();
-        let mut peers_rebuilt = false;
-        if !swarm_event || reach_shown.elapsed() >= STATUS_REFRESH {
-            peers_rebuilt = reach.status(&mut status);
+        let rebuild_peers = !swarm_event || reach_shown.elapsed() >= STATUS_REFRESH;
+        let peers_rebuilt = reach.status(&mut status, rebuild_peers);
+        if rebuild_peers {
             reach_shown = Instant::now();
         }
         if status.mailboxes != courier.states() {
@@ -1808,10 +1816,12 @@ fn on_prekey_event(
         },
         request_response::Event::OutboundFailure { peer, error, .. } => {
             tracing::debug!(%peer, %error, "prekey request failed");
-            // What waited for these prekeys goes without them.
+            // What waited for these prekeys goes without them; a peer that
+            // could not be dialled is asked again once it is reachable.
             let Some(key) = signing_key_of(&peer) else { return };
+            let unreachable = matches!(error, request_response::OutboundFailure::DialFailure);
             worker.act("encrypting what waited for prekeys failed", move |engine, rng| {
-                engine.on_prekeys_failed(&key, now_ms(), rng)
+                engine.on_prekeys_failed(&key, unreachable, now_ms(), rng)
             });
         }
         _ => {}
@@ -1898,5 +1908,23 @@ mod tests {
         let t1 = t0 + 1_000;
         let more = (0..1_000).filter(|_| limits.get(&flood, t1).take(t1)).count();
         assert_eq!(more, PEER_REQUESTS_PER_SECOND as usize);
+    }
+
+    /// What a card is made of (the advertised addresses) reaches the status
+    /// on every event; only the peer list waits for its rebuild.
+    #[test]
+    fn advertised_addresses_show_at_once_and_only_the_peer_list_waits() {
+        let mut reach = Reach::new(libp2p::identity::Keypair::generate_ed25519(), true);
+        let mut status = ProfileStatus::default();
+        reach.advertised = vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()];
+        reach.connections.insert(ConnectionId::new_unchecked(1), (PeerId::random(), false));
+        reach.connections_changed += 1;
+        assert!(!reach.status(&mut status, false), "the peer list is not rebuilt");
+        assert_eq!(status.advertised, ["/ip4/127.0.0.1/tcp/4001"]);
+        assert_eq!(status.dht, "server");
+        assert!(status.peers.is_empty());
+        assert!(reach.status(&mut status, true));
+        assert_eq!(status.peers.len(), 1);
+        assert!(!reach.status(&mut status, true), "unchanged: not rebuilt again");
     }
 }

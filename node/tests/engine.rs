@@ -1213,6 +1213,28 @@ fn prekey_header(env: &[u8]) -> Option<kabar_crypto::PrekeyHeader> {
     kabar_crypto::Envelope::decode(env).unwrap().prekey
 }
 
+/// A prekey request that never reached the contact (it could not be
+/// dialled) is made again the next time the contact is reachable; one that
+/// reached it and got no answer waits the full fetch period.
+#[test]
+fn a_prekey_fetch_that_could_not_dial_is_asked_again_when_the_contact_is_reachable() {
+    let fetches = |act: &[Action], key: &PeerKey| {
+        act.iter().filter(|x| matches!(x, Action::FetchPrekeys { peer, .. } if peer == key)).count()
+    };
+    let mut a = Party::new("alice", ProfileKind::Personal);
+    let mut b = Party::new("bob", ProfileKind::Personal);
+    a.knows(&mut b, "Bob");
+    let bk = b.key();
+    assert_eq!(fetches(&a.e().on_peer_reachable(&bk, T0).unwrap(), &bk), 1);
+    a.e().on_prekeys_failed(&bk, true, T0 + 1, &mut rand::rng()).unwrap();
+    assert_eq!(fetches(&a.e().on_peer_reachable(&bk, T0 + 2).unwrap(), &bk), 1, "asked again after a dial failure");
+    // Reached, no answer: not again within the period, again after it.
+    a.e().on_prekeys_failed(&bk, false, T0 + 3, &mut rand::rng()).unwrap();
+    assert_eq!(fetches(&a.e().on_peer_reachable(&bk, T0 + 4).unwrap(), &bk), 0);
+    let later = T0 + 2 + kabar_node::prekeys::FETCH_EVERY_MS;
+    assert_eq!(fetches(&a.e().on_peer_reachable(&bk, later).unwrap(), &bk), 1);
+}
+
 /// Bob hands Alice a one-time prekey online; her session start uses it
 /// (DH4), Bob deletes it when the message commits, and it is never handed
 /// out again.
@@ -1415,7 +1437,7 @@ fn a_first_message_waits_for_the_contacts_prekeys_then_uses_its_one_time_prekey(
     let ck = c.key();
     let (_, act) = a.e().send(&a_carol, Content::text("to carol"), T0 + 10, &mut rand::rng()).unwrap();
     assert!(transmits(&act).is_empty());
-    let act = a.e().on_prekeys_failed(&ck, T0 + 11, &mut rand::rng()).unwrap();
+    let act = a.e().on_prekeys_failed(&ck, true, T0 + 11, &mut rand::rng()).unwrap();
     let (_, _, envs) = transmits(&act).remove(0);
     assert_eq!(prekey_header(&envs[0]).unwrap().one_time_prekey_id, None);
 
