@@ -13,7 +13,9 @@
 //! - [`prekey`]: signed and one-time prekeys and the [`PrekeyBundle`].
 //! - [`x3dh`]: the X3DH key agreement.
 //! - [`ratchet`]: the Double Ratchet and [`Session`], with its serde
-//!   [`SessionSnapshot`].
+//!   [`SessionSnapshot`]; skipped message keys kept apart from it
+//!   ([`SkippedKeys`] in memory, or the caller's store: [`SkippedLookup`] in,
+//!   [`SkippedChange`] out).
 //! - [`envelope`]: the wire format of one encrypted message, and padding.
 //! - [`safety`]: safety numbers and their QR payload.
 //!
@@ -52,6 +54,6 @@ pub use envelope::{Envelope, MessageId, RatchetHeader};
 pub use error::{CryptoError, DecodeError};
 pub use identity::{IdentityKeyPair, IdentityPublic, ProfileKind};
 pub use prekey::{OneTimePrekey, OneTimePrekeyPublic, PrekeyBundle, SignedPrekey, SignedPrekeyPublic};
-pub use ratchet::{Session, SessionSnapshot};
+pub use ratchet::{Session, SessionSnapshot, SessionSnapshotV2, SkippedChange, SkippedKey, SkippedKeys, SkippedLookup};
 pub use safety::SafetyNumber;
 pub use x3dh::PrekeyHeader;

@@ -48,8 +48,9 @@ fn pair(seed: u64) -> (Session, Session, StdRng) {
     (a, b, rng)
 }
 
+/// The whole state: the snapshot and the skipped keys kept in memory.
 fn state_of(session: &Session) -> String {
-    serde_json::to_string(&session.snapshot()).unwrap()
+    serde_json::to_string(&(session.snapshot(), session.skipped())).unwrap()
 }
 
 fn wire(envelope: &Envelope) -> Envelope {
@@ -467,8 +468,9 @@ proptest! {
                 }
                 Op::Restart(party) => {
                     if let Some(s) = &sessions[party] {
-                        let json = serde_json::to_vec(&s.snapshot()).unwrap();
-                        sessions[party] = Some(Session::from_snapshot(serde_json::from_slice(&json).unwrap()).unwrap());
+                        let json = serde_json::to_vec(&(s.snapshot(), s.skipped())).unwrap();
+                        let (snapshot, skipped) = serde_json::from_slice(&json).unwrap();
+                        sessions[party] = Some(Session::from_parts(snapshot, skipped).unwrap());
                     }
                 }
                 _ => {}
@@ -559,4 +561,107 @@ fn a_version_1_snapshot_is_refused() {
     json["version"] = serde_json::json!(1);
     let old: SessionSnapshot = serde_json::from_value(json).unwrap();
     assert_eq!(Session::from_snapshot(old).err(), Some(CryptoError::Decode(DecodeError::UnsupportedVersion(1))));
+}
+
+// ---------------------------------------------------------------------------
+// Skipped keys kept by the caller (decrypt_with)
+// ---------------------------------------------------------------------------
+
+/// A caller's store: the session restored from its snapshot (no keys in
+/// memory) and the keys kept apart, as kabar-storage keeps them.
+fn decrypt_kept(session: &mut Session, kept: &mut SkippedKeys, env: &Envelope) -> Result<Vec<u8>, CryptoError> {
+    let (plaintext, change) = session.decrypt_with(env, kept.lookup(&env.header))?;
+    kept.apply(&change);
+    assert_eq!(kept.len(), session.skipped_keys(), "the count in the snapshot follows the store");
+    Ok(plaintext)
+}
+
+#[test]
+fn keys_kept_by_the_caller_decrypt_out_of_order_and_each_is_used_once() {
+    let (mut a, b, mut rng) = pair(50);
+    let mut b = Session::from_snapshot(b.snapshot()).unwrap();
+    let mut kept = SkippedKeys::default();
+    let envs: Vec<Envelope> = (0..10).map(|i| a.encrypt(&[i], &mut rng).unwrap()).collect();
+    for i in [3usize, 0, 9, 1, 5] {
+        assert_eq!(decrypt_kept(&mut b, &mut kept, &envs[i]).unwrap(), [i as u8]);
+    }
+    assert_eq!(kept.len(), 5);
+    assert!(b.skipped().is_empty(), "nothing is kept in the session");
+    // The change of a used key names it, and the key is gone after it.
+    let (text, change) = b.decrypt_with(&envs[2], kept.lookup(&envs[2].header)).unwrap();
+    assert_eq!(text, [2]);
+    assert_eq!(change.used, Some((envs[2].header.ratchet_key, envs[2].header.counter)));
+    assert!(change.added.is_empty() && change.evict == 0);
+    kept.apply(&change);
+    assert_eq!(decrypt_kept(&mut b, &mut kept, &envs[2]), Err(CryptoError::MessageKeyGone));
+    // A lookup that did not find the key (the caller deleted it) cannot
+    // decrypt either, even though the chain is current.
+    assert_eq!(b.decrypt_with(&envs[4], SkippedLookup::default()).err(), Some(CryptoError::MessageKeyGone));
+    // After a ratchet step the old chain's keys are found by ratchet key.
+    let reply = b.encrypt(b"r", &mut rng).unwrap();
+    a.decrypt(&reply).unwrap();
+    let fresh = a.encrypt(b"new", &mut rng).unwrap();
+    assert_eq!(decrypt_kept(&mut b, &mut kept, &fresh).unwrap(), b"new");
+    for i in [8usize, 4, 7, 6] {
+        assert_eq!(decrypt_kept(&mut b, &mut kept, &envs[i]).unwrap(), [i as u8]);
+    }
+    assert!(kept.is_empty());
+}
+
+#[test]
+fn the_snapshot_does_not_grow_with_skipped_keys() {
+    let (mut a, mut b, mut rng) = pair(51);
+    let small = state_len(&b);
+    let envs: Vec<Envelope> = (0..=1_000).map(|_| a.encrypt(b"x", &mut rng).unwrap()).collect();
+    b.decrypt(&envs[1_000]).unwrap();
+    assert_eq!(b.skipped_keys(), 1_000);
+    assert!(state_len(&b) <= small + 8, "{} bytes with 1,000 keys, {small} with none", state_len(&b));
+    // The keys are in memory, and move out whole.
+    let change = b.take_skipped();
+    assert_eq!(change.added.len(), 1_000);
+    assert_eq!(change.added[0].counter, envs[0].header.counter);
+    assert!(b.skipped().is_empty());
+    assert_eq!(b.skipped_keys(), 1_000);
+}
+
+fn state_len(session: &Session) -> usize {
+    serde_json::to_vec(&session.snapshot()).unwrap().len()
+}
+
+#[test]
+fn eviction_of_kept_keys_keeps_the_bound_and_drops_the_oldest() {
+    let (mut a, b, mut rng) = pair(52);
+    let mut b = Session::from_snapshot(b.snapshot()).unwrap();
+    let mut kept = SkippedKeys::default();
+    let per_chain = MAX_SKIP_PER_CHAIN as usize;
+    let mut firsts = Vec::new();
+    for _ in 0..3 {
+        let envs: Vec<Envelope> = (0..=per_chain).map(|_| a.encrypt(b"x", &mut rng).unwrap()).collect();
+        let (_, change) = b.decrypt_with(&envs[per_chain], kept.lookup(&envs[per_chain].header)).unwrap();
+        assert!(change.evict <= kept.len(), "never evicts a key it adds");
+        kept.apply(&change);
+        firsts.push(envs[0].clone());
+        let r = b.encrypt(b"r", &mut rng).unwrap();
+        a.decrypt(&r).unwrap();
+        assert!(kept.len() <= MAX_SKIPPED_TOTAL);
+        assert_eq!(kept.len(), b.skipped_keys());
+    }
+    assert_eq!(kept.len(), MAX_SKIPPED_TOTAL);
+    assert_eq!(kept.iter().next().map(|k| k.counter), Some(0), "the second chain's first key is now the oldest");
+    assert!(decrypt_kept(&mut b, &mut kept, &firsts[0]).is_err());
+    assert_eq!(decrypt_kept(&mut b, &mut kept, &firsts[1]).unwrap(), b"x");
+    assert_eq!(decrypt_kept(&mut b, &mut kept, &firsts[2]).unwrap(), b"x");
+}
+
+#[test]
+fn debug_of_skipped_keys_shows_no_key() {
+    let (mut a, mut b, mut rng) = pair(53);
+    let envs: Vec<Envelope> = (0..3).map(|_| a.encrypt(b"x", &mut rng).unwrap()).collect();
+    b.decrypt(&envs[2]).unwrap();
+    let key = *b.skipped().iter().next().unwrap().message_key();
+    let change = b.take_skipped();
+    for shown in [format!("{:?}", change.added[0]), format!("{change:?}"), format!("{b:?}")] {
+        assert!(!shown.contains(&kabar_crypto::hex::encode(&key)[..8]), "{shown}");
+        assert!(!shown.contains(&format!("{:?}", &key[..4])), "{shown}");
+    }
 }

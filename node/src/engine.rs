@@ -22,7 +22,7 @@ use kabar_crypto::{CryptoError, Envelope, IdentityKeyPair, ProfileKind, Session}
 use kabar_storage::{
     AwaySchedule, Contact, ContactId, ContactMailbox, DEFAULT_STRANGER_LIMITS, Direction, Inbound, IncomingMessage,
     MAX_PREVIOUS_SESSIONS, MessageRecord, MessageStatus, OutgoingMessage, OwnMailbox, ProfileStore, Receipt,
-    ReceiveOutcome, SessionState, StoreError, StrangerLimits,
+    ReceiveOutcome, SessionState, SkippedKeyChanges, StoreError, StrangerLimits,
 };
 use rand_core::CryptoRng;
 use serde::Serialize;
@@ -287,16 +287,33 @@ pub enum EngineError {
 
 /// One working copy of a contact's sessions for a whole request: the
 /// current session is decrypted with in place (no copy per envelope), and
-/// its state goes to the store once, with the batch.
+/// its state goes to the store once, with the batch. The skipped keys stay
+/// in the store: each decrypt looks up the one its envelope needs, and the
+/// changes (keys added, used, evicted) go with the batch too.
 struct Working {
     current: Session,
     /// Earlier sessions, newest first, at most [`MAX_PREVIOUS_SESSIONS`].
     previous: Vec<kabar_crypto::SessionSnapshot>,
+    /// What this request changed in the contact's skipped keys.
+    skipped: SkippedKeyChanges,
 }
 
 impl Working {
-    fn open(state: SessionState) -> Result<Self, CryptoError> {
-        Ok(Working { current: Session::from_snapshot(state.current)?, previous: state.previous })
+    fn open(contact: ContactId, state: SessionState) -> Result<Self, CryptoError> {
+        Ok(Working {
+            current: Session::from_snapshot(state.current)?,
+            previous: state.previous,
+            skipped: SkippedKeyChanges::new(contact),
+        })
+    }
+
+    /// A first session, made from a prekey message: its keys skipped
+    /// before that message go to the store.
+    fn first(store: &ProfileStore, contact: ContactId, mut session: Session) -> Result<Self, StoreError> {
+        let mut skipped = SkippedKeyChanges::new(contact);
+        let id = session.id();
+        skipped.record(store, &id, session.take_skipped())?;
+        Ok(Working { current: session, previous: Vec::new(), skipped })
     }
 
     /// True if one of the sessions was made from this X3DH header.
@@ -310,33 +327,64 @@ impl Working {
     }
 
     /// Makes `session` current; the old current becomes the newest previous.
-    fn replace_current(&mut self, session: Session) {
+    /// A session made from a prekey message brings the keys it skipped
+    /// (the store deletes those of a session pushed out, with the batch).
+    fn replace_current(&mut self, store: &ProfileStore, mut session: Session) -> Result<(), StoreError> {
+        let id = session.id();
+        self.skipped.record(store, &id, session.take_skipped())?;
         let old = std::mem::replace(&mut self.current, session);
         self.previous.insert(0, old.snapshot());
         self.previous.truncate(MAX_PREVIOUS_SESSIONS);
+        Ok(())
+    }
+
+    /// Decrypts `envelope` with `session`, its skipped key looked up in the
+    /// store (as this request left it); records the change on success.
+    fn decrypt_one(
+        skipped: &mut SkippedKeyChanges,
+        store: &ProfileStore,
+        session: &mut Session,
+        envelope: &Envelope,
+    ) -> Result<Result<Vec<u8>, CryptoError>, StoreError> {
+        let id = session.id();
+        let found = skipped.lookup(store, &id, &envelope.header)?;
+        Ok(match session.decrypt_with(envelope, found) {
+            Ok((plaintext, change)) => {
+                skipped.record(store, &id, change)?;
+                Ok(plaintext)
+            }
+            Err(e) => Err(e),
+        })
     }
 
     /// Decrypts with the current session, else with a previous one, which
     /// then becomes current. A failed attempt changes nothing.
-    fn decrypt(&mut self, envelope: &Envelope) -> Result<Vec<u8>, CryptoError> {
-        let first = match self.current.decrypt(envelope) {
-            Ok(plaintext) => return Ok(plaintext),
+    fn decrypt(
+        &mut self,
+        store: &ProfileStore,
+        envelope: &Envelope,
+    ) -> Result<Result<Vec<u8>, CryptoError>, StoreError> {
+        let first = match Self::decrypt_one(&mut self.skipped, store, &mut self.current, envelope)? {
+            Ok(plaintext) => return Ok(Ok(plaintext)),
             Err(e) => e,
         };
         let mut duplicate = first == CryptoError::MessageKeyGone;
         for index in 0..self.previous.len() {
-            let mut session = Session::from_snapshot(self.previous[index].clone())?;
-            match session.decrypt(envelope) {
+            let mut session = match Session::from_snapshot(self.previous[index].clone()) {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(e)),
+            };
+            match Self::decrypt_one(&mut self.skipped, store, &mut session, envelope)? {
                 Ok(plaintext) => {
                     self.previous.remove(index);
-                    self.replace_current(session);
-                    return Ok(plaintext);
+                    self.replace_current(store, session)?;
+                    return Ok(Ok(plaintext));
                 }
                 Err(CryptoError::MessageKeyGone) => duplicate = true,
                 Err(_) => {}
             }
         }
-        Err(if duplicate { CryptoError::MessageKeyGone } else { first })
+        Ok(Err(if duplicate { CryptoError::MessageKeyGone } else { first }))
     }
 
     fn state(&self) -> SessionState {
@@ -1568,7 +1616,12 @@ impl Engine {
             None => (peer, sender),
         };
         let conversation_before = self.store.conversation(&contact_id)?;
-        let mut sessions: Option<Working> = match self.store.session(&contact_id)?.map(Working::open).transpose() {
+        let mut sessions: Option<Working> = match self
+            .store
+            .session(&contact_id)?
+            .map(|s| Working::open(contact_id, s))
+            .transpose()
+        {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(profile = %self.store.name(), error = %e, "a stored session does not open; treated as none");
@@ -1630,8 +1683,8 @@ impl Engine {
                             // keep ours among the previous ones, it may still
                             // have messages in flight.
                             match sessions.as_mut() {
-                                Some(working) => working.replace_current(s),
-                                None => sessions = Some(Working { current: s, previous: Vec::new() }),
+                                Some(working) => working.replace_current(&self.store, s)?,
+                                None => sessions = Some(Working::first(&self.store, contact_id, s)?),
                             }
                             match &contact {
                                 None => {
@@ -1660,7 +1713,7 @@ impl Engine {
                         acks[i] = Ack::Rejected(RejectReason::NoSession);
                         continue;
                     };
-                    match state.decrypt(&envelope) {
+                    match state.decrypt(&self.store, &envelope)? {
                         Ok(p) => p,
                         // Its id was never received (checked above): not a
                         // duplicate but a message lost for this session. The
@@ -1722,6 +1775,9 @@ impl Engine {
         let reply_seq = conversation_before.next_seq + batch.iter().filter(|m| m.message.is_some()).count() as u64;
         let mut inbound = Inbound::new(contact_id);
         inbound.messages = batch;
+        if let Some(working) = sessions.as_mut() {
+            inbound.skipped = std::mem::replace(&mut working.skipped, SkippedKeyChanges::new(contact_id));
+        }
         if let Some(c) = &contact
             && (new_contact.is_some() || identity_changed)
         {

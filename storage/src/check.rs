@@ -419,7 +419,56 @@ pub(crate) fn check_store(store: &ProfileStore, error: Option<&StoreError>) -> P
     report.tables.push(scan.sealed_table::<Contact>(CONTACTS, CONTACTS_NAME, 16));
     report.tables.push(scan.table((CONTACT_NAMES_NAME, CONTACT_NAMES), slice_key, unit, |key, _| key_len(key, 32)));
     report.tables.push(scan.table((STRANGERS_NAME, STRANGERS), slice_key, u64_value, |key, _| key_len(key, 24)));
-    report.tables.push(scan.sealed_table::<SessionState>(SESSIONS, SESSIONS_NAME, 16));
+    // Sessions, and how many skipped keys each says it holds (schema 7:
+    // the keys are rows of their own; each must belong to a session, and
+    // each session hold as many as it counts).
+    let mut held: HashMap<crate::skipped::SessionPrefix, usize> = HashMap::new();
+    let mut sessions = scan.table((SESSIONS_NAME, SESSIONS), slice_key, bytes, |key, value| {
+        key_len(key, 16)?;
+        let state: SessionState = scan.sealed(SESSIONS_NAME, key, value)?;
+        let contact = ContactId(split_position(key).0);
+        for session in state.all() {
+            held.insert(store.session_prefix(&contact, &session.id()), session.skipped_keys());
+        }
+        Ok(())
+    });
+    let mut orders: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut counted: HashMap<crate::skipped::SessionPrefix, usize> = HashMap::new();
+    report.tables.push(scan.table((SKIPPED_KEYS_NAME, SKIPPED_KEYS), slice_key, bytes, |key, value| {
+        key_len(key, crate::skipped::KEY_LEN)?;
+        let stored: crate::skipped::StoredKey = scan.sealed(SKIPPED_KEYS_NAME, key, value)?;
+        orders.insert(key.to_vec(), stored.order);
+        let prefix: crate::skipped::SessionPrefix = key[..24].try_into().map_err(|_| "short key".to_string())?;
+        if !held.contains_key(&prefix) {
+            return Err("a skipped key of no stored session".into());
+        }
+        *counted.entry(prefix).or_default() += 1;
+        Ok(())
+    }));
+    report.tables.push(scan.table((SKIPPED_ORDER_NAME, SKIPPED_ORDER), slice_key, unit, |key, _| {
+        key_len(key, crate::skipped::ORDER_LEN)?;
+        let prefix: crate::skipped::SessionPrefix = key[..24].try_into().map_err(|_| "short key".to_string())?;
+        let slot = crate::skipped::slot_of_order(key).ok_or_else(|| "malformed key".to_string())?;
+        let order = key.get(24..32).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+        match orders.get(crate::skipped::key_of(&prefix, &slot).as_slice()) {
+            Some(o) if Some(*o) == order => Ok(()),
+            _ => Err("names no skipped key (or one with another insertion number)".into()),
+        }
+    }));
+    let mut miscounted: Vec<([u8; 16], String)> = held
+        .iter()
+        .filter(|(prefix, n)| counted.get(*prefix).copied().unwrap_or(0) != **n)
+        .map(|(prefix, n)| {
+            let rows = counted.get(prefix).copied().unwrap_or(0);
+            (split_position(prefix).0, format!("a session counts {n} skipped keys; {rows} are stored"))
+        })
+        .collect();
+    miscounted.sort();
+    for (contact, reason) in miscounted {
+        sessions.damaged(&contact, reason);
+    }
+    let at = report.tables.iter().position(|t| t.table == SKIPPED_KEYS_NAME).unwrap_or(0);
+    report.tables.insert(at, sessions);
     // Whether a row is in `table` (messages, statuses: keyed by position).
     let stored_messages = contained(path, || Ok(tx.open_table(MESSAGES)?));
     let stored_statuses = contained(path, || Ok(tx.open_table(MESSAGE_STATUS)?));

@@ -19,6 +19,8 @@
 //! - `index`: what a message id names (`message_index` rows: messages,
 //!   aliases, received ids) and the sealed status kept apart from a
 //!   message's body.
+//! - `skipped`: skipped message keys, one row each apart from the session
+//!   snapshots, and [`SkippedKeyChanges`], what one request changes.
 //! - `seal`: record encryption (XChaCha20-Poly1305, table and key as
 //!   associated data) and opaque lookup keys.
 //! - [`check`]: damaged stores: opening a file without writing to it
@@ -38,6 +40,7 @@ mod index;
 pub mod model;
 pub mod schema;
 mod seal;
+mod skipped;
 pub mod store;
 
 pub use check::{DamagedRow, ProfileReport, TableReport};
@@ -45,6 +48,7 @@ pub use error::StoreError;
 pub use header::{DataDir, KdfParams, ProfileEntry, validate_profile_name};
 pub use index::RECEIVED_WINDOW_MS;
 pub use model::*;
+pub use skipped::SkippedKeyChanges;
 pub use store::{
     Inbound, InboundOutcome, IncomingMessage, OutgoingMessage, ProfileStore, Receipt, ReceiptChange, ReceiveOutcome,
 };

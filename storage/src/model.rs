@@ -212,6 +212,11 @@ impl SessionState {
         self.previous.truncate(MAX_PREVIOUS_SESSIONS);
     }
 
+    /// Every session, the current one first.
+    pub fn all(&self) -> impl Iterator<Item = &SessionSnapshot> {
+        std::iter::once(&self.current).chain(&self.previous)
+    }
+
     /// Makes previous session `index` current (after it decrypted a message).
     pub fn promote(&mut self, index: usize, updated: SessionSnapshot) {
         if index < self.previous.len() {
@@ -219,6 +224,14 @@ impl SessionState {
             self.replace_current(updated);
         }
     }
+}
+
+/// A session row as schema 6 wrote it (version 2 snapshots, skipped keys
+/// inside): read only by the migration to schema 7.
+#[derive(Deserialize)]
+pub(crate) struct SessionStateV6 {
+    pub(crate) current: kabar_crypto::SessionSnapshotV2,
+    pub(crate) previous: Vec<kabar_crypto::SessionSnapshotV2>,
 }
 
 /// Direction of a message.

@@ -36,7 +36,12 @@ use redb::TableDefinition;
 ///   rewrites every index row (aliases from `message_aliases`, received
 ///   ones from `received`, with their times), keeps every other received id
 ///   as a row of its own, and deletes `received`.
-pub const SCHEMA_VERSION: u32 = 6;
+/// - 7: skipped message keys apart from the session snapshots (version 3
+///   snapshots), one row each in `skipped_keys` and `skipped_order`
+///   (`skipped.rs`), so a message no longer rewrites up to 2,000 keys.
+///   Migration 6 → 7 rewrites every session row without its keys and
+///   writes each key as a row, oldest first.
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// Key of the schema version (u32 BE, clear) in [`META`].
 pub(crate) const META_SCHEMA: &str = "schema_version";
@@ -88,6 +93,15 @@ tables! {
     STRANGERS / STRANGERS_NAME = "strangers": <&'static [u8], u64>;
     /// Ratchet session snapshots by contact id (sealed).
     SESSIONS / SESSIONS_NAME = "sessions": <&'static [u8], &'static [u8]>;
+    /// Skipped message keys: contact id ‖ session tag (8) ‖ chain tag (16)
+    /// ‖ counter (u32 BE) → sealed (insertion number, message key). Tags
+    /// are keyed hashes of the session's id and the sender's ratchet key.
+    /// Schema 7.
+    SKIPPED_KEYS / SKIPPED_KEYS_NAME = "skipped_keys": <&'static [u8], &'static [u8]>;
+    /// The same keys oldest first: contact id ‖ session tag ‖ insertion
+    /// number (u64 BE) ‖ chain tag ‖ counter → () (clear: opaque tags and
+    /// counters). Schema 7.
+    SKIPPED_ORDER / SKIPPED_ORDER_NAME = "skipped_order": <&'static [u8], ()>;
     /// Messages by conversation id ‖ sequence number (u64 BE) (sealed).
     MESSAGES / MESSAGES_NAME = "messages": <&'static [u8], &'static [u8]>;
     /// Message id → what it names (clear: a kind byte, opaque ids,

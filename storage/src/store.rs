@@ -41,6 +41,7 @@ use crate::index::{IndexRow, MessageState, Position, RECEIVED_WINDOW_MS};
 use crate::model::*;
 use crate::schema::*;
 use crate::seal::{RecordKeys, random_bytes};
+use crate::skipped::SkippedKeyChanges;
 
 /// One-time prekeys made with a new profile.
 pub const INITIAL_ONE_TIME_PREKEYS: u32 = 100;
@@ -135,6 +136,10 @@ pub struct Inbound {
     /// The sender is a pending stranger: counted with the bytes of what was
     /// stored, within these limits (as by [`ProfileStore::admit_stranger`]).
     pub stranger: Option<StrangerLimits>,
+    /// The changes to the sender's skipped message keys made while
+    /// decrypting `messages` (keys added, used, evicted), written with the
+    /// session state.
+    pub skipped: SkippedKeyChanges,
 }
 
 /// A receipt's ids of our messages: read, and delivered.
@@ -160,6 +165,7 @@ impl Inbound {
             away_sent_for_ms: None,
             label: None,
             stranger: None,
+            skipped: SkippedKeyChanges::new(contact),
         }
     }
 }
@@ -583,9 +589,45 @@ impl ProfileStore {
                 // After 1 → 2: it needs the index in the schema 5 layout.
                 self.migrate_to_6(tx)?;
             }
+            if from < 7 {
+                self.migrate_to_7(tx)?;
+            }
             tx.open_table(META)?.insert(META_SCHEMA, SCHEMA_VERSION.to_be_bytes().as_slice())?;
             Ok(())
         })
+    }
+
+    /// 6 → 7: every session row rewritten with version 3 snapshots, and
+    /// the skipped keys they held written as rows of their own, oldest
+    /// first (`skipped.rs`).
+    fn migrate_to_7(&self, tx: &WriteTransaction) -> Result<(), StoreError> {
+        tx.open_table(SKIPPED_KEYS)?;
+        tx.open_table(SKIPPED_ORDER)?;
+        let old: Vec<(Vec<u8>, SessionStateV6)> = self.all_sealed(&tx.open_table(SESSIONS)?, SESSIONS_NAME)?;
+        for (key, state) in old {
+            let contact = ContactId(
+                <[u8; 16]>::try_from(key.as_slice())
+                    .map_err(|_| StoreError::MalformedRecord { table: SESSIONS_NAME })?,
+            );
+            let mut changes = SkippedKeyChanges::new(contact);
+            let mut upgrade =
+                |old: kabar_crypto::SessionSnapshotV2| -> Result<kabar_crypto::SessionSnapshot, StoreError> {
+                    let mut fallback = [0u8; 16];
+                    random_bytes(&mut fallback)?;
+                    let (snapshot, keys) =
+                        old.upgrade(fallback).map_err(|_| StoreError::MalformedRecord { table: SESSIONS_NAME })?;
+                    let added =
+                        kabar_crypto::SkippedChange { used: None, added: keys.iter().cloned().collect(), evict: 0 };
+                    changes.record(self, &snapshot.id(), added)?;
+                    Ok(snapshot)
+                };
+            let current = upgrade(state.current)?;
+            let previous = state.previous.into_iter().map(&mut upgrade).collect::<Result<Vec<_>, _>>()?;
+            let state = SessionState { current, previous };
+            self.put_sealed(&mut tx.open_table(SESSIONS)?, SESSIONS_NAME, &key, &state)?;
+            changes.write_in(self, tx)?;
+        }
+        Ok(())
     }
 
     /// 5 → 6: a `message_status` row per message (its record's direction
@@ -1340,6 +1382,7 @@ impl ProfileStore {
             self.reindex_name(tx, id, Some(&contact.display_name), None)?;
         }
         tx.open_table(SESSIONS)?.remove(id.0.as_slice())?;
+        crate::skipped::delete_under(tx, &id.0)?;
         tx.open_table(CONVERSATIONS)?.remove(id.0.as_slice())?;
         tx.open_table(CONTACT_MAILBOXES)?.remove(id.0.as_slice())?;
         remove_stranger(tx, id)?;
@@ -1505,11 +1548,45 @@ impl ProfileStore {
 
     // ---- sessions and messages ---------------------------------------------
 
-    /// The ratchet sessions with a contact.
+    /// The ratchet sessions with a contact (their skipped keys stay in
+    /// the store: [`SkippedKeyChanges::lookup`]).
     pub fn session(&self, contact: &ContactId) -> Result<Option<SessionState>, StoreError> {
         let tx = self.read()?;
         let table = tx.open_table(SESSIONS)?;
         self.get_sealed(&table, SESSIONS_NAME, &contact.0)
+    }
+
+    /// Contact id ‖ session tag: where a session's skipped keys are.
+    pub(crate) fn session_prefix(&self, contact: &ContactId, session: &[u8; 16]) -> crate::skipped::SessionPrefix {
+        let mut prefix = [0u8; 24];
+        prefix[..16].copy_from_slice(&contact.0);
+        prefix[16..].copy_from_slice(&self.keys.blind("session", session)[..8]);
+        prefix
+    }
+
+    /// The opaque tag of a sender's ratchet key in [`SKIPPED_KEYS`].
+    pub(crate) fn chain_tag(&self, ratchet_key: &[u8; 32]) -> [u8; 16] {
+        self.keys.blind("skipped-chain", ratchet_key)
+    }
+
+    /// Writes a contact's session state; the skipped keys of a session it
+    /// no longer holds (pushed past [`MAX_PREVIOUS_SESSIONS`], or replaced)
+    /// are deleted with it.
+    fn put_session_in(
+        &self,
+        tx: &WriteTransaction,
+        contact: &ContactId,
+        state: &SessionState,
+    ) -> Result<(), StoreError> {
+        let mut sessions = tx.open_table(SESSIONS)?;
+        let old: Option<SessionState> = self.get_sealed(&sessions, SESSIONS_NAME, &contact.0)?;
+        self.put_sealed(&mut sessions, SESSIONS_NAME, &contact.0, state)?;
+        drop(sessions);
+        let kept: Vec<[u8; 16]> = state.all().map(|s| s.id()).collect();
+        for gone in old.iter().flat_map(|o| o.all()).map(|s| s.id()).filter(|id| !kept.contains(id)) {
+            crate::skipped::delete_under(tx, &self.session_prefix(contact, &gone))?;
+        }
+        Ok(())
     }
 
     /// Writes a message, its status row and its index row (a received one
@@ -1566,9 +1643,8 @@ impl ProfileStore {
     /// Writes the last session state and the conversation state of each
     /// contact of a batch, once.
     fn finish_batch(&self, tx: &WriteTransaction, state: BatchState<'_>) -> Result<(), StoreError> {
-        let mut sessions = tx.open_table(SESSIONS)?;
         for (contact, session) in state.sessions {
-            self.put_sealed(&mut sessions, SESSIONS_NAME, &contact.0, session)?;
+            self.put_session_in(tx, &contact, session)?;
         }
         let mut conversations = tx.open_table(CONVERSATIONS)?;
         for (contact, conversation) in state.conversations {
@@ -1674,8 +1750,7 @@ impl ProfileStore {
                 out.push(fresh);
             }
             if let Some(contact) = contact {
-                let sealed = self.keys.seal(SESSIONS_NAME, &contact.0, session)?;
-                tx.open_table(SESSIONS)?.insert(contact.0.as_slice(), sealed.as_slice())?;
+                self.put_session_in(tx, &contact, session)?;
             }
             Ok(out)
         })
@@ -1705,7 +1780,7 @@ impl ProfileStore {
     pub fn drop_session(&self, contact: &ContactId) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.open_table(SESSIONS)?.remove(contact.0.as_slice())?;
-            Ok(())
+            crate::skipped::delete_under(tx, &contact.0)
         })
     }
 
@@ -1850,6 +1925,7 @@ impl ProfileStore {
                 Some((name, colour)) => self.label_named_in(tx, name, colour)?,
                 None => None,
             };
+            inbound.skipped.write_in(self, tx)?;
             if inbound.away_sent_for_ms.is_some() || label.is_some() {
                 let conversation = self.conversation_in(tx, &mut state, contact)?;
                 if let Some(period) = inbound.away_sent_for_ms {
@@ -2570,6 +2646,8 @@ fn create_all_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(CONTACT_NAMES)?;
     tx.open_table(STRANGERS)?;
     tx.open_table(SESSIONS)?;
+    tx.open_table(SKIPPED_KEYS)?;
+    tx.open_table(SKIPPED_ORDER)?;
     tx.open_table(MESSAGES)?;
     tx.open_table(MESSAGE_INDEX)?;
     tx.open_table(MESSAGE_ALIASES)?;

@@ -290,7 +290,7 @@ fn a_healthy_store_checks_healthy_row_by_row_without_writing() {
     assert_eq!(report.error, None);
     assert_eq!(report.schema_version, Some(schema::SCHEMA_VERSION));
     let rows = |table: &str| report.tables.iter().find(|t| t.table == table).unwrap().rows;
-    assert_eq!(report.tables.len(), 20);
+    assert_eq!(report.tables.len(), 22);
     assert_eq!(rows("messages"), 5);
     assert_eq!(rows("message_index"), 5);
     assert_eq!(rows("outbox"), 4);

@@ -6,8 +6,11 @@
 
 use std::path::Path;
 
+use kabar_crypto::{CryptoError, Envelope};
 use kabar_storage::*;
 use redb::{ReadableDatabase, TableDefinition};
+
+mod support;
 
 /// The fixture's passphrase.
 const PASS: &[u8] = b"kabar schema 5 fixture";
@@ -172,10 +175,10 @@ fn the_schema_5_fixture_migrates_with_every_message_status_outbox_entry_and_rece
 
     // The file says the new version, without the `received` table, and
     // checks healthy.
-    assert_eq!(raw_file(&file, "received"), (6, false));
+    assert_eq!(raw_file(&file, "received"), (schema::SCHEMA_VERSION, false));
     let report = data.check_profile("shop").unwrap();
     assert!(report.healthy, "{report:#?}");
-    assert_eq!(report.schema_version, Some(6));
+    assert_eq!(report.schema_version, Some(schema::SCHEMA_VERSION));
     assert!(report.tables.iter().any(|t| t.table == "message_status" && t.rows == 12));
 }
 
@@ -204,4 +207,82 @@ fn received_ids_of_the_fixture_are_pruned_after_the_window_and_messages_stay_dup
     for message in [0xc1, 0xc2, 0xe1, 0xf1] {
         assert!(store.is_received(&id(message)).unwrap(), "a stored message's id is kept with it");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Schema 6 → 7: skipped keys out of the session rows
+// ---------------------------------------------------------------------------
+
+/// A copy of the schema 6 fixture (see its README), and its kept envelopes:
+/// (contact, text, envelope).
+fn fixture6_copy() -> (tempfile::TempDir, Vec<(String, String, Envelope)>) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schema6");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("data/profiles")).unwrap();
+    for file in ["kabar-header.json", "profiles/home.redb"] {
+        std::fs::copy(from.join(file), tmp.path().join("data").join(file)).unwrap();
+    }
+    let json: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(from.join("envelopes.json")).unwrap()).unwrap();
+    let kept = json
+        .iter()
+        .map(|v| {
+            let bytes = kabar_crypto::hex::decode(v["envelope"].as_str().unwrap()).unwrap();
+            (
+                v["contact"].as_str().unwrap().to_string(),
+                v["text"].as_str().unwrap().to_string(),
+                Envelope::decode(&bytes).unwrap(),
+            )
+        })
+        .collect();
+    (tmp, kept)
+}
+
+#[test]
+fn the_schema_6_fixture_moves_its_skipped_keys_out_of_the_sessions_and_every_one_still_decrypts() {
+    let (tmp, kept) = fixture6_copy();
+    let root = tmp.path().join("data");
+    let file = root.join("profiles/home.redb");
+    assert_eq!(raw_file(&file, "skipped_keys"), (6, false), "the fixture is a schema 6 file");
+    let data = DataDir::open(&root, b"kabar schema 6 fixture").unwrap();
+    let store = data.open_profile("home").unwrap();
+    let (alice, _) = store.contact_by_name("Alice").unwrap().unwrap();
+    let (bob, _) = store.contact_by_name("Bob").unwrap().unwrap();
+    // Alice: current session 2 keys, previous 11; Bob 1,000.
+    let state = store.session(&alice).unwrap().unwrap();
+    assert_eq!(state.current.skipped_keys(), 2);
+    assert_eq!(state.previous.iter().map(|s| s.skipped_keys()).collect::<Vec<_>>(), [11]);
+    assert_eq!(store.session(&bob).unwrap().unwrap().current.skipped_keys(), 1_000);
+    drop(store);
+    assert_eq!(raw_file(&file, "skipped_keys"), (schema::SCHEMA_VERSION, true));
+    assert_eq!(support::rows(&file, "skipped_keys"), 1_013);
+    assert_eq!(support::rows(&file, "skipped_order"), 1_013);
+    // Bob's row held 1,000 keys (about 68 KiB); it is now the bare state.
+    assert!(support::session_row_len(&file, &bob) < 1_500, "{} bytes", support::session_row_len(&file, &bob));
+    let report = data.check_profile("home").unwrap();
+    assert!(report.healthy, "{report:#?}");
+
+    // Every kept envelope decrypts with its migrated key, across the
+    // previous session and the current one, once.
+    let store = data.open_profile("home").unwrap();
+    for (who, text, envelope) in &kept {
+        let contact = if who == "Bob" { bob } else { alice };
+        let got = support::receive(&store, contact, envelope, NOW);
+        if who == "Alice-used" {
+            assert_eq!(got, Err(CryptoError::MessageKeyGone), "its key was used before the migration");
+        } else {
+            assert_eq!(got.as_deref(), Ok(text.as_bytes()), "{text}");
+            assert_eq!(
+                support::receive(&store, contact, envelope, NOW),
+                Err(CryptoError::MessageKeyGone),
+                "{text} twice"
+            );
+        }
+    }
+    let state = store.session(&alice).unwrap().unwrap();
+    assert!(state.all().all(|s| s.skipped_keys() == 0));
+    assert_eq!(store.session(&bob).unwrap().unwrap().current.skipped_keys(), 997);
+    drop(store);
+    assert_eq!(support::rows(&file, "skipped_keys"), 997);
+    assert!(data.check_profile("home").unwrap().healthy);
 }
