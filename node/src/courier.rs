@@ -35,7 +35,7 @@ pub const FETCH_PAGE: u16 = 64;
 pub const MAX_PAGES: usize = 100;
 
 /// The answer to a mailbox change: the profile's mailboxes, or why not.
-pub type MailboxReply = oneshot::Sender<Result<Vec<String>, crate::control::RpcError>>;
+pub type MailboxReply = oneshot::Sender<Result<Vec<String>, crate::rpc_error::RpcError>>;
 /// The answer to "fetch now": `{"fetched": n, "errors": [..]}`.
 pub type FetchReply = oneshot::Sender<serde_json::Value>;
 

@@ -283,6 +283,24 @@ pub enum EngineError {
     /// A `/kabar/prekey/1` response did not decode or verify.
     #[error(transparent)]
     Prekey(#[from] crate::prekeys::PrekeyError),
+    /// No contact has this name (or PeerId).
+    #[error("no contact named {0:?}; see `kabar contact list`")]
+    NoContact(String),
+    /// No message has this id.
+    #[error("no such message")]
+    NoMessage,
+    /// No label has this name.
+    #[error("no label named {0:?}")]
+    NoLabel(String),
+    /// A contact card that is this profile's own.
+    #[error("that is this profile's own card")]
+    OwnCard,
+    /// What was asked (named here) needs a business profile.
+    #[error("{0} needs a business profile")]
+    NotBusiness(&'static str),
+    /// An away schedule other than `off` with no away message to send.
+    #[error("an away schedule needs a \"text\"")]
+    AwayWithoutText,
 }
 
 /// One working copy of a contact's sessions for a whole request: the
@@ -2468,12 +2486,8 @@ impl Engine {
     /// every contact name is), settling it, in one transaction.
     pub fn accept_request(&mut self, id: &ContactId, rename: Option<String>) -> Result<Contact, EngineError> {
         if let Some(name) = &rename {
-            check_contact_name(name)?;
-            if let Some((other, _)) = self.store.contact_by_name(name)?
-                && other != *id
-            {
-                return Err(StoreError::Invalid(format!("another contact is already named {name:?}")).into());
-            }
+            // The rule `contact.add` applies too (crate::ops::contacts).
+            self.check_name_for(name, id)?;
         }
         let contact = self.store.settle_contact(id, |c| {
             c.request = false;

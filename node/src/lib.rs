@@ -7,7 +7,12 @@
 //! ## Layout
 //! - [`engine`]: the delivery engine of one profile — pure logic over the
 //!   profile's store: events in, actions out; tested without sockets.
+//! - [`ops`]: the engine's typed operations behind the control API, with
+//!   every rule of what a user may do (names, requests, labels, business
+//!   settings…).
 //! - [`network`]: one swarm per profile and its event loop.
+//! - [`profile`]: what the control API says to a profile's loop
+//!   ([`profile::Command`]) and the live [`profile::ProfileStatus`].
 //! - [`worker`]: each profile's engine on its own thread, off the event
 //!   loop, with group commit.
 //! - [`wire`]: the `/kabar/envelope/1` request-response protocol and codec.
@@ -20,7 +25,9 @@
 //! - [`mailbox`]: offline mailboxes (`/kabar/mailbox/1`) a service node
 //!   hosts: sealed envelopes kept for an owner who is offline.
 //! - [`service`]: the service node (`kabar serve`): relay, AutoNAT, DHT server.
-//! - [`control`]: the JSON-RPC 2.0 control API over a Unix socket.
+//! - [`control`]: the JSON-RPC 2.0 control API over a Unix socket: framing
+//!   and dispatch, one file per method namespace;
+//!   [`rpc_error`]: its error object and codes.
 //! - [`node`]: starting and stopping a node.
 
 pub mod addresses;
@@ -35,10 +42,13 @@ pub mod mailbox;
 pub mod network;
 pub mod node;
 pub mod offline;
+pub mod ops;
 mod outbox;
 pub mod pace;
 pub mod prekey_codec;
 pub mod prekeys;
+pub mod profile;
+pub mod rpc_error;
 pub mod service;
 pub mod wire;
 pub mod worker;

@@ -11,7 +11,8 @@ use tokio::task::JoinHandle;
 
 use crate::control::{self, ControlState, ProfileHandle};
 use crate::engine::{Engine, EngineConfig, NodeEvent};
-use crate::network::{self, NetworkConfig, ProfileStatus};
+use crate::network::{self, NetworkConfig};
+use crate::profile::{Command, EngineJob, ProfileStatus};
 
 /// What a node needs to start. `Debug` shows everything but the passphrase.
 #[derive(Clone)]
@@ -190,12 +191,12 @@ impl Node {
     ) -> Option<T> {
         let (_, handle) = self.state.profiles.iter().find(|(n, _)| n == profile)?;
         let (result_tx, result_rx) = tokio::sync::oneshot::channel();
-        let job: network::EngineJob = Box::new(move |engine, _| {
+        let job: EngineJob = Box::new(move |engine, _| {
             let _ = result_tx.send(f(engine));
             Ok((serde_json::Value::Null, Vec::new()))
         });
         let (answer, _) = tokio::sync::oneshot::channel();
-        handle.commands.send(network::Command::Job(job, answer)).await.ok()?;
+        handle.commands.send(Command::Job(job, answer)).await.ok()?;
         result_rx.await.ok()
     }
 

@@ -2,8 +2,8 @@
 //! profiles, engine threads and disk commits): every request answered once,
 //! and sends keep the order they were read in. The framing's finer points
 //! (the window, overtaking, ordering hand-offs, subscribe, the write
-//! timeout) are unit-tested beside it, in `control.rs`, against fake
-//! profiles.
+//! timeout) are unit-tested beside it, in
+//! `node/src/control/pipelining_tests.rs`, against fake profiles.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;

@@ -813,6 +813,35 @@ fn garbage_from_a_mailbox_is_deleted_and_changes_nothing() {
     assert!(none.is_empty());
 }
 
+/// Receipts are stored like messages but never shown: the inbox's last
+/// message and a history page are the visible messages before them, however
+/// many receipts came after.
+#[test]
+fn receipts_are_never_the_inbox_last_message_nor_take_a_page_s_place() {
+    let (mut alice, mut bob, alice_bob, bob_alice) = alice_and_bob();
+    for text in ["one", "two", "three"] {
+        let (_, actions) = bob.e().send(&bob_alice, Content::text(text), T0, &mut rand::rng()).unwrap();
+        pump(&mut bob, &mut alice, actions, T0);
+    }
+    // More receipts after them than a page's first read (twice its size).
+    for _ in 0..40 {
+        let receipt = Content::Receipt { read: vec![], delivered: vec![], retry: vec![] };
+        alice.e().send(&alice_bob, receipt, T0 + 1, &mut rand::rng()).unwrap();
+    }
+    let shown = |page: Vec<(u64, MessageRecord)>| -> Vec<String> {
+        page.into_iter()
+            .map(|(_, m)| match Message::decode(&m.body).unwrap().content {
+                Content::Text { text, .. } => text,
+                other => format!("{other:?}"),
+            })
+            .collect()
+    };
+    let inbox = alice.e().inbox().unwrap();
+    assert_eq!(shown(inbox[0].last.clone().into_iter().collect()), ["three"]);
+    assert_eq!(shown(alice.e().history_page(&alice_bob, 2, None).unwrap()), ["two", "three"]);
+    assert_eq!(shown(alice.e().history_page(&alice_bob, 10, None).unwrap()), ["one", "two", "three"]);
+}
+
 #[test]
 fn a_receipt_applies_only_to_our_own_messages_to_that_contact() {
     let mut alice = Party::new("alice", ProfileKind::Personal);

@@ -17,6 +17,11 @@ async fn customer_and_business_greeting_away_quick_reply_catalog_order_close() {
     shop.call("business.greeting.set", json!({"profile": "shop", "text": "Welcome to Marigold!"})).await;
     shop.call("business.away.set", json!({"profile": "shop", "schedule": "always", "text": "We are away right now."}))
         .await;
+    let auto = shop.call("business.automations.get", json!({"profile": "shop"})).await;
+    assert_eq!(
+        auto,
+        json!({"greeting": "Welcome to Marigold!", "away_message": "We are away right now.", "away_schedule": "Always"})
+    );
     shop.call(
         "business.reply.add",
         json!({"profile": "shop", "shortcut": "/thanks", "text": "Thank you for your order!"}),
@@ -74,6 +79,8 @@ async fn customer_and_business_greeting_away_quick_reply_catalog_order_close() {
 
     // Business settings on a personal profile and over-long fields are errors.
     let err = cust.try_call("business.greeting.set", json!({"text": "x"})).await.unwrap_err();
+    assert_eq!(err.code, kabar_node::control::codes::NOT_BUSINESS);
+    let err = cust.try_call("business.automations.get", json!({})).await.unwrap_err();
     assert_eq!(err.code, kabar_node::control::codes::NOT_BUSINESS);
     let err =
         shop.try_call("business.profile.set", json!({"profile": "shop", "about": "a".repeat(140)})).await.unwrap_err();
