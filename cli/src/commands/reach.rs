@@ -77,7 +77,7 @@ pub(crate) enum RelayCommand {
 /// `kabar serve` in `dir` (`--data-dir`; by default `serve/` inside the
 /// platform's kabar data directory, apart from any profiles).
 pub(crate) fn serve(args: &ServeArgs, dir: &Path, json: bool) -> Result<()> {
-    crate::init_logging();
+    super::node::init_logging();
     let mut config = ServiceConfig::new(dir.to_path_buf());
     let parse = |v: &[String]| -> Result<Vec<libp2p::Multiaddr>> {
         v.iter().map(|a| a.parse().with_context(|| format!("{a:?} is not a multiaddr"))).collect()
@@ -198,7 +198,7 @@ pub(crate) fn print_node_info(v: &Value) -> Result<()> {
         let hp = &p["hole_punch"];
         outln!("  hole punching {} of {} attempts succeeded", cell(&hp["succeeded"]), cell(&hp["attempts"]))?;
         for m in p["mailboxes"].as_array().into_iter().flatten() {
-            let last = crate::mailbox::last_fetch(m);
+            let last = super::mailbox::last_fetch(m);
             outln!("  mailbox       {} ({} fetched; last fetch {last})", cell(&m["address"]), cell(&m["fetched"]))?;
         }
         if p["deposited"].as_u64().unwrap_or(0) > 0 {
