@@ -298,6 +298,9 @@ pub enum EngineError {
     /// What was asked (named here) needs a business profile.
     #[error("{0} needs a business profile")]
     NotBusiness(&'static str),
+    /// A message request renamed other than by accepting it.
+    #[error("{0:?} is a message request: accept it under a name (`kabar requests accept NAME --rename NEW`)")]
+    RenameRequest(String),
     /// An away schedule other than `off` with no away message to send.
     #[error("an away schedule needs a \"text\"")]
     AwayWithoutText,

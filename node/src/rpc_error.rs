@@ -99,6 +99,7 @@ impl From<crate::engine::EngineError> for RpcError {
             E::Crypto(_) | E::Prekey(_) => RpcError::new(codes::INTERNAL, e.to_string()),
             E::NoContact(_) | E::NoMessage | E::NoLabel(_) => RpcError::new(codes::NOT_FOUND, e.to_string()),
             E::OwnCard => RpcError::new(codes::INVALID_VALUE, e.to_string()),
+            E::RenameRequest(_) => RpcError::new(codes::INVALID_VALUE, e.to_string()),
             E::NotBusiness(_) => RpcError::new(codes::NOT_BUSINESS, e.to_string()),
             E::AwayWithoutText => RpcError::new(codes::INVALID_PARAMS, e.to_string()),
         }

@@ -101,7 +101,7 @@ impl Client {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn accepting_a_request_under_another_contacts_name_is_refused_and_changes_nothing() {
+async fn a_name_another_contact_has_is_refused_by_add_accept_and_rename_alike() {
     let (_tmp, node) = start(&["alice", "bob", "carol"]).await;
     let mut events = Client::connect(&node).await;
     events.call("subscribe", json!({})).await;
@@ -132,6 +132,17 @@ async fn accepting_a_request_under_another_contacts_name_is_refused_and_changes_
         .await
         .unwrap_err();
     assert_eq!(by_accept["code"], by_add["code"], "{by_accept}");
+    // …and contact.rename's; a request itself is named by accepting it.
+    let by_rename = client
+        .try_call("contact.rename", json!({"profile": "bob", "name": "Carol", "to": stranger}))
+        .await
+        .unwrap_err();
+    assert_eq!(by_rename["code"], by_add["code"], "{by_rename}");
+    let request_renamed = client
+        .try_call("contact.rename", json!({"profile": "bob", "name": stranger, "to": "Alice"}))
+        .await
+        .unwrap_err();
+    assert_eq!(request_renamed["code"], by_add["code"], "{request_renamed}");
 
     // Nothing changed: the request is still pending under its name, and
     // "Carol" names Carol alone, so a send to "Carol" is not ambiguous.
@@ -145,5 +156,16 @@ async fn accepting_a_request_under_another_contacts_name_is_refused_and_changes_
     let accepted = client.call("request.accept", json!({"profile": "bob", "name": stranger, "rename": "Alice"})).await;
     assert_eq!((accepted["name"].as_str(), accepted["request"].as_bool()), (Some("Alice"), Some(false)));
     assert_eq!(client.call("request.list", json!({"profile": "bob"})).await, json!([]));
+
+    // A contact renamed: the old name is free, the new one names it.
+    let renamed = client.call("contact.rename", json!({"profile": "bob", "name": "Carol", "to": "Carol B."})).await;
+    assert_eq!(renamed["name"], "Carol B.");
+    let contacts = client.call("contact.list", json!({"profile": "bob"})).await;
+    let mut names: Vec<&str> = contacts.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["Alice", "Carol B."]);
+    client.call("message.send", json!({"profile": "bob", "to": "Carol B.", "text": "renamed"})).await;
+    let gone = client.try_call("message.send", json!({"profile": "bob", "to": "Carol", "text": "x"})).await;
+    assert!(gone.is_err(), "{gone:?}");
     node.shutdown().await;
 }

@@ -36,6 +36,15 @@ pub(crate) enum ContactCommand {
         #[arg(long)]
         confirm: bool,
     },
+    /// File a contact under another name (a new customer too).
+    ///
+    /// Example: kabar contact rename vPoDUebU… Ann
+    Rename {
+        /// The contact's name now.
+        name: String,
+        /// The new name.
+        to: String,
+    },
     /// Block a contact: their messages are refused.
     ///
     /// Example: kabar contact block Mallory
@@ -132,6 +141,10 @@ pub(crate) fn run(ctx: &Ctx, c: &ContactCommand) -> Result<()> {
                 }
                 Ok(())
             })
+        }
+        ContactCommand::Rename { name, to } => {
+            let v = client.call("contact.rename", p(json!({"name": name, "to": to})))?;
+            show(json, &v, |v| outln!("renamed to {}", cell(&v["name"])))
         }
         ContactCommand::Block { name } | ContactCommand::Unblock { name } => {
             let method = if matches!(c, ContactCommand::Block { .. }) { "contact.block" } else { "contact.unblock" };

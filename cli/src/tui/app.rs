@@ -41,6 +41,8 @@ pub(crate) enum Purpose {
     /// A change (accept, block, close, reopen, label, read): the lists are
     /// read again.
     Changed { profile: String },
+    /// `contact.rename`: the open chat follows its contact's new name.
+    Renamed { profile: String, from: String, to: String },
     /// `card.get`.
     Card { profile: String },
     /// `contact.verify`.
@@ -307,8 +309,9 @@ pub(crate) enum Overlay {
     Help,
     /// Message requests: accept, rename, block.
     Requests { selected: usize },
-    /// The name to accept a request under.
-    Rename { request: String, input: Input },
+    /// A new name: for a message request (accepting it under that name),
+    /// or for a contact in the list (`contact.rename`).
+    Rename { request: String, input: Input, accept: bool },
     /// This profile's card, with its QR code.
     Card { card: Option<String> },
     /// The safety number with a contact.
@@ -360,6 +363,18 @@ fn history(profile: &str, with: &str, before: Option<u64>) -> Call {
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_string)).take(MAX_ROWS).collect()
+}
+
+/// A key typed into a one-line field.
+fn edit(input: &mut Input, code: KeyCode, modifiers: KeyModifiers) {
+    match code {
+        KeyCode::Char(c) if !modifiers.contains(KeyModifiers::CONTROL) => input.insert(c),
+        KeyCode::Backspace => input.backspace(),
+        KeyCode::Delete => input.delete(),
+        KeyCode::Left => input.left(),
+        KeyCode::Right => input.right(),
+        _ => {}
+    }
 }
 
 impl App {
@@ -553,6 +568,21 @@ impl App {
                     *selected = (*selected).min(n.saturating_sub(1));
                 }
                 Vec::new()
+            }
+            Purpose::Renamed { profile, from, to } => {
+                if let Some(p) = self.named(&profile) {
+                    if let Some(chat) = p.chat.as_mut().filter(|c| c.contact == from) {
+                        chat.contact = to.clone();
+                    }
+                    if let Some(c) = p.conversations.iter_mut().find(|c| c.contact == from) {
+                        c.contact = to;
+                    }
+                }
+                self.notice = Some(format!("renamed {}", safe::printable(v["name"].as_str().unwrap_or(""))));
+                vec![
+                    call("conversation.list", &profile, json!({}), Purpose::Conversations { profile: profile.clone() }),
+                    call("request.list", &profile, json!({}), Purpose::Requests { profile: profile.clone() }),
+                ]
             }
             Purpose::Changed { profile } => {
                 vec![
@@ -810,6 +840,11 @@ impl App {
                 return vec![call("card.get", &p, json!({}), Purpose::Card { profile: p.clone() })];
             }
             KeyCode::Char('s') => return self.safety(),
+            KeyCode::Char('n') => {
+                if let Some(with) = self.current_contact() {
+                    self.overlay = Some(Overlay::Rename { request: with, input: Input::default(), accept: false });
+                }
+            }
             KeyCode::Char('l') if business => return self.labels(),
             KeyCode::Char('x') if business => return self.close_or_reopen(),
             KeyCode::Char('o') => return self.catalog(),
@@ -999,12 +1034,12 @@ impl App {
                         )],
                     ),
                     (KeyCode::Char('n'), Some(name)) => {
-                        (Some(Overlay::Rename { request: name, input: Input::default() }), Vec::new())
+                        (Some(Overlay::Rename { request: name, input: Input::default(), accept: true }), Vec::new())
                     }
                     _ => (Some(Overlay::Requests { selected }), Vec::new()),
                 }
             }
-            Overlay::Rename { request, mut input } => match key.code {
+            Overlay::Rename { accept: true, request, mut input } => match key.code {
                 KeyCode::Esc => (Some(Overlay::Requests { selected: 0 }), Vec::new()),
                 KeyCode::Enter if !input.text().trim().is_empty() => (
                     Some(Overlay::Requests { selected: 0 }),
@@ -1016,15 +1051,27 @@ impl App {
                     )],
                 ),
                 code => {
-                    match code {
-                        KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => input.insert(c),
-                        KeyCode::Backspace => input.backspace(),
-                        KeyCode::Delete => input.delete(),
-                        KeyCode::Left => input.left(),
-                        KeyCode::Right => input.right(),
-                        _ => {}
-                    }
-                    (Some(Overlay::Rename { request, input }), Vec::new())
+                    edit(&mut input, code, key.modifiers);
+                    (Some(Overlay::Rename { request, input, accept: true }), Vec::new())
+                }
+            },
+            Overlay::Rename { accept: false, request, mut input } => match key.code {
+                KeyCode::Esc => (None, Vec::new()),
+                KeyCode::Enter if !input.text().trim().is_empty() => {
+                    let to = input.text().trim().to_string();
+                    (
+                        None,
+                        vec![call(
+                            "contact.rename",
+                            &profile,
+                            json!({"name": request, "to": to}),
+                            Purpose::Renamed { profile: profile.clone(), from: request.clone(), to },
+                        )],
+                    )
+                }
+                code => {
+                    edit(&mut input, code, key.modifiers);
+                    (Some(Overlay::Rename { request, input, accept: false }), Vec::new())
                 }
             },
             Overlay::Safety { .. } if close => (None, Vec::new()),
@@ -1281,6 +1328,35 @@ pub(crate) mod tests {
         // The same status for the other profile's message of that id changes nothing here.
         app.on_event(&json!({"event": "status_changed", "profile": "shop", "message_id": "abc", "status": "read"}));
         assert_eq!(app.profile().unwrap().chat.as_ref().unwrap().messages.last().unwrap().status, "delivered");
+    }
+
+    #[test]
+    fn n_renames_the_selected_contact_and_the_open_chat_follows() {
+        let mut app = loaded();
+        app.on_key(key(KeyCode::Enter));
+        history_reply(&mut app, "personal", "Bob", 0..1, false);
+        app.on_key(key(KeyCode::Esc));
+        assert!(app.on_key(key(KeyCode::Char('n'))).is_empty());
+        assert!(matches!(&app.overlay, Some(Overlay::Rename { request, accept: false, .. }) if request == "Bob"));
+        // Typed into the field, not taken as keys ('q' does not quit).
+        typed(&mut app, "Bob Quinn");
+        assert!(!app.quit);
+        let calls = app.on_key(key(KeyCode::Enter));
+        assert_eq!(methods(&calls), ["contact.rename"]);
+        assert_eq!(calls[0].params, json!({"profile": "personal", "name": "Bob", "to": "Bob Quinn"}));
+        assert_eq!(app.overlay, None);
+        let calls = app.on_reply(calls[0].purpose.clone(), Ok(json!({"name": "Bob Quinn"})));
+        assert_eq!(methods(&calls), ["conversation.list", "request.list"]);
+        let p = app.profile().unwrap();
+        assert_eq!(p.chat.as_ref().unwrap().contact, "Bob Quinn", "the open chat sends to the new name");
+        assert_eq!(p.selected().unwrap().contact, "Bob Quinn");
+        // A refused name: the error is shown and nothing changes.
+        app.on_key(key(KeyCode::Char('n')));
+        typed(&mut app, "Carol");
+        let calls = app.on_key(key(KeyCode::Enter));
+        app.on_reply(calls[0].purpose.clone(), Err("another contact is already named \"Carol\"".into()));
+        assert!(app.notice.as_ref().unwrap().contains("already named"));
+        assert_eq!(app.profile().unwrap().chat.as_ref().unwrap().contact, "Bob Quinn");
     }
 
     #[test]

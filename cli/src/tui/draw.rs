@@ -345,7 +345,8 @@ fn help_lines() -> Vec<&'static str> {
         "  ↑ ↓ or j k   select            Enter   open the conversation",
         "  Tab, 1–9     switch profile     r       message requests",
         "  c            your card + QR     s       safety number",
-        "  o            catalog            q       quit",
+        "  o            catalog            n       rename the contact",
+        "  q            quit",
         "  business:    f filter · x close/reopen · l labels",
         "Conversation",
         "  Enter        send               Esc     back to the list",
@@ -385,15 +386,20 @@ fn draw_overlay(f: &mut Frame<'_>, area: Rect, app: &App, overlay: &Overlay) {
             lines.push(Line::styled("a accept · n accept as… · b block · Esc close", Style::new().fg(Color::DarkGray)));
             (format!(" Message requests · {} ", safe::printable(&p.name)), lines, 70)
         }
-        Overlay::Rename { request, input } => {
+        Overlay::Rename { request, input, accept } => {
             let (shown, _) = input.view(40);
+            let (title, what, keys) = if *accept {
+                (" Accept as ", "Accept", "Enter accept · Esc back")
+            } else {
+                (" Rename ", "Rename", "Enter rename · Esc cancel")
+            };
             (
-                " Accept as ".into(),
+                title.into(),
                 vec![
-                    Line::raw(format!("Accept {} as:", safe::printable(request))),
+                    Line::raw(format!("{what} {} as:", safe::printable(request))),
                     Line::styled(format!("{shown}▏"), Style::new().add_modifier(Modifier::BOLD)),
                     Line::raw(""),
-                    Line::styled("Enter accept · Esc back", Style::new().fg(Color::DarkGray)),
+                    Line::styled(keys, Style::new().fg(Color::DarkGray)),
                 ],
                 50,
             )

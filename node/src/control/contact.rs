@@ -43,6 +43,10 @@ pub(super) fn job_for(method: &str, params: &Value) -> Option<EngineJob> {
                 "verified": v.verified,
             }))
         }),
+        "contact.rename" => job(move |engine, _| {
+            let (id, _) = contact(engine, &p, "name")?;
+            ok(contact_json(&engine.rename_contact(&id, str_param(&p, "to")?)?))
+        }),
         "contact.block" | "contact.unblock" | "request.block" => {
             let block = method != "contact.unblock";
             job(move |engine, _| {

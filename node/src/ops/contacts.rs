@@ -90,6 +90,20 @@ impl Engine {
         Ok(())
     }
 
+    /// Renames a contact, under the rule of every contact name
+    /// ([`Engine::check_name_for`]); the contact and its name index change
+    /// in one transaction. Naming a new customer (a business profile's
+    /// pending stranger) is acting on it: it is settled, never dropped. A
+    /// message request is named by accepting it ([`Engine::accept_request`]).
+    pub fn rename_contact(&mut self, id: &ContactId, name: &str) -> Result<Contact, EngineError> {
+        let contact = self.store().contact(id)?.ok_or_else(|| StoreError::NotFound("contact".into()))?;
+        if contact.request {
+            return Err(EngineError::RenameRequest(contact.display_name));
+        }
+        self.check_name_for(name, id)?;
+        Ok(self.store().settle_contact(id, |c| c.display_name = name.to_string())?)
+    }
+
     /// Adds (or updates) a contact from its card: the name rule
     /// ([`Engine::check_name_for`]), never this profile's own card. The
     /// contact, its mailboxes and its settling (a pending stranger with that
