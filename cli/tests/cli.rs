@@ -95,6 +95,11 @@ fn two_nodes_exchange_cards_and_messages_and_run_the_business_flows() {
     let row = inbox.as_array().unwrap().iter().find(|c| c["contact"] == cleo_name.as_str()).unwrap();
     assert_eq!(row["status"], "closed");
     assert_eq!(row["labels"].as_array().unwrap().len(), 2);
+    // The shop names its customer; the conversation follows the name.
+    assert!(ok(&shop, &["--profile", "shop", "contact", "rename", &cleo_name, "Cleo"]).contains("renamed to Cleo"));
+    let inbox = ok_json(&shop, &["--profile", "shop", "inbox"]);
+    assert!(inbox.as_array().unwrap().iter().any(|c| c["contact"] == "Cleo" && c["status"] == "closed"), "{inbox}");
+    fails(&shop, &["--profile", "shop", "contact", "rename", "Cleo", "Ann"], 1, "already named");
 
     // Error paths: clear message, non-zero exit, nothing changed.
     fails(&ann, &["send", "Nobody", "hi"], 1, "no contact named \"Nobody\"");

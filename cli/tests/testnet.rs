@@ -29,12 +29,29 @@ fn a_three_node_network_delivers_everything() {
     assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
     assert!(r["peak_rss_kib"]["max"].as_u64().unwrap() > 0);
     assert!(r["died"].as_array().unwrap().is_empty());
+    assert_eq!(r["dht_servers"], "service", "the profiles are Kademlia clients of a service node");
 }
 
 #[test]
 fn kills_and_restarts_lose_and_duplicate_nothing() {
     // The seed fixes which sends are preceded by a kill: this run kills.
-    let r = testnet(&["--nodes", "3", "--messages", "10", "--kill-rate", "0.1", "--seed", "3", "--timeout", "90"]);
+    // Every profile a Kademlia server here (the other tests run the
+    // default, a service node): both ways of running stay tested.
+    let r = testnet(&[
+        "--nodes",
+        "3",
+        "--messages",
+        "10",
+        "--kill-rate",
+        "0.1",
+        "--seed",
+        "3",
+        "--timeout",
+        "90",
+        "--dht",
+        "profiles",
+    ]);
+    assert_eq!(r["dht_servers"], "profiles");
     let kills = r["kills"].as_u64().unwrap();
     assert!(kills >= 1, "the run really killed a node: {r}");
     let restarts: u64 = r["restarts_per_node"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).sum();

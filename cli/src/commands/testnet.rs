@@ -77,6 +77,9 @@ pub(crate) enum TestnetCommand {
         /// With --hostile: seconds each half of the traffic lasts (sends paced evenly, the same in both halves).
         #[arg(long, value_name = "SECONDS", default_value_t = 20.0, requires = "hostile")]
         hostile_for: f64,
+        /// On loopback: the Kademlia servers. `service`: one service node (`kabar serve`) that every profile bootstraps from, the profiles clients (as behind NATs: connected to their contacts and the service node). `profiles`: every profile a server (`--dht-server`), connected to nearly every other.
+        #[arg(long, value_enum, default_value_t = crate::testnet::DhtServers::Service, conflicts_with = "nat")]
+        dht: crate::testnet::DhtServers,
     },
 }
 
@@ -98,6 +101,7 @@ pub(crate) fn run(ctx: &Ctx, command: &TestnetCommand) -> Result<()> {
             offline_for,
             hostile,
             hostile_for,
+            dht,
         } => crate::testnet::run(crate::testnet::TestnetOptions {
             nodes: *nodes as usize,
             messages: *messages as usize,
@@ -115,6 +119,7 @@ pub(crate) fn run(ctx: &Ctx, command: &TestnetCommand) -> Result<()> {
             }),
             hostile: *hostile as usize,
             hostile_for: Duration::try_from_secs_f64(*hostile_for).unwrap_or(Duration::ZERO),
+            dht: *dht,
         }),
     }
 }

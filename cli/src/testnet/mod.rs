@@ -71,6 +71,7 @@ use crate::out::outln;
 mod driver;
 mod hostile;
 mod network;
+pub(crate) use network::DhtServers;
 mod offline;
 mod soak;
 mod tally;
@@ -119,6 +120,8 @@ pub(crate) struct TestnetOptions {
     /// With `--hostile`: how long each half of the traffic lasts (the sends
     /// are paced evenly over it, the same in both halves).
     pub(crate) hostile_for: Duration,
+    /// On loopback: which processes are Kademlia servers (`--dht`).
+    pub(crate) dht: DhtServers,
 }
 
 /// Options of `kabar testnet run --offline-rate`.
@@ -196,7 +199,14 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
     let seed = opts.seed.unwrap_or_else(|| rand::rng().random());
     let mut rng = StdRng::seed_from_u64(seed);
     let (interrupt, mut net) = match &opts.nat {
-        None => (Interrupt::default(), Network::Loopback { bootstrap: None }),
+        None => {
+            let service = match opts.dht {
+                DhtServers::Service => Some(ServiceHost::start(&root.join("service"), false)?),
+                DhtServers::Profiles => None,
+            };
+            let bootstrap = service.as_ref().map(|s| s.address.clone());
+            (Interrupt::default(), Network::Loopback { bootstrap, service })
+        }
         Some(nat) => {
             progress.set_message("building the lab");
             let interrupt = Interrupt::install()?;
@@ -226,7 +236,7 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
     // 1c. With --offline-rate: mailbox hosts, and every profile registers a
     // mailbox (node i on host i mod N) before its card is taken, so cards
     // carry it.
-    let mut mailbox_hosts: Vec<MailboxHost> = Vec::new();
+    let mut mailbox_hosts: Vec<ServiceHost> = Vec::new();
     let mut registered_after = Duration::ZERO;
     if let Some(off) = &opts.offline {
         let register_start = Instant::now();
@@ -235,7 +245,7 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         progress.set_position(0);
         progress.set_length(n as u64);
         for h in 0..off.mailboxes {
-            mailbox_hosts.push(MailboxHost::start(&root.join(format!("mailbox-{h:02}")))?);
+            mailbox_hosts.push(ServiceHost::start(&root.join(format!("mailbox-{h:02}")), true)?);
         }
         for node in &nodes {
             let mut c = node.client()?;
@@ -711,6 +721,7 @@ pub(crate) fn run(opts: TestnetOptions) -> Result<()> {
         "peak_rss_kib": {"min": rss_sorted.first(), "median": rss_sorted.get(rss_sorted.len() / 2), "max": rss_sorted.last(), "per_node": rss},
         "dir": (opts.keep || opts.dir.is_some()).then_some(&root),
         "seed": seed,
+        "dht_servers": if opts.nat.is_some() { "relays" } else { opts.dht.as_str() },
         "history_errors": history_errors,
     });
     if let (Some(off), Some(out)) = (&opts.offline, report.as_object_mut()) {

@@ -13,9 +13,33 @@ const START_AT_ONCE: usize = 16;
 /// line of its output; the node prints it once it listens).
 pub(super) const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Which processes of a loopback network are Kademlia servers
+/// (`kabar testnet run --dht`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum DhtServers {
+    /// One service node (`kabar serve`), everyone's bootstrap peer; the
+    /// profiles are clients, as behind a NAT: each connects to its
+    /// contacts and the service node only.
+    Service,
+    /// Every profile (`--dht-server`), bootstrapping from the first node:
+    /// every profile's queries walk the whole network, so each ends up
+    /// connected to nearly every other.
+    Profiles,
+}
+
+impl DhtServers {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DhtServers::Service => "service",
+            DhtServers::Profiles => "profiles",
+        }
+    }
+}
+
 pub(super) enum Network {
-    /// On loopback; every node bootstraps from the first one that started.
-    Loopback { bootstrap: Option<String> },
+    /// On loopback: every node bootstraps from the service node (`service`,
+    /// with `--dht service`) or from the first node that started.
+    Loopback { bootstrap: Option<String>, service: Option<ServiceHost> },
     /// In a network lab, each node in its own home behind a NAT.
     Lab(Box<NatLab>),
 }
@@ -31,8 +55,11 @@ impl Network {
         };
         cmd.arg("--data-dir").arg(dir).args(["--json", "node", "run"]);
         match self {
-            Network::Loopback { bootstrap } => {
-                cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--dht-server"]);
+            Network::Loopback { bootstrap, service } => {
+                cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
+                if service.is_none() {
+                    cmd.arg("--dht-server");
+                }
                 if let Some(b) = bootstrap {
                     cmd.args(["--bootstrap", b]);
                 }
@@ -76,7 +103,7 @@ impl Network {
     /// Notes a node that started: on loopback, the first one is everyone's
     /// bootstrap peer.
     pub(super) fn started(&mut self, node: &NodeProc) {
-        if let Network::Loopback { bootstrap } = self
+        if let Network::Loopback { bootstrap, .. } = self
             && bootstrap.is_none()
         {
             *bootstrap = Some(node.personal_addr.clone());
@@ -115,7 +142,7 @@ pub(super) fn start_nodes(
     let mut next = 0;
     while next < count || !starting.is_empty() {
         interrupt.check()?;
-        let bootstrap_first = matches!(net, Network::Loopback { bootstrap: None });
+        let bootstrap_first = matches!(net, Network::Loopback { bootstrap: None, .. });
         let at_once = if bootstrap_first { 1 } else { START_AT_ONCE };
         while starting.len() < at_once && next < count {
             let i = next;
@@ -268,35 +295,39 @@ impl RelayProc {
     }
 }
 
-/// A `kabar serve --mailbox` on loopback (`--offline-rate`): hosts the
-/// profiles' mailboxes. Killed on drop.
-pub(super) struct MailboxHost {
+/// A `kabar serve` on loopback: the network's Kademlia server (`--dht
+/// service`), or with `--mailbox` a host of the profiles' mailboxes
+/// (`--offline-rate`). Killed on drop.
+pub(super) struct ServiceHost {
     /// `/ip4/127.0.0.1/tcp/<port>/p2p/<PeerId>`.
     pub(super) address: String,
     pub(super) _process: NodeChild,
 }
 
-impl MailboxHost {
-    /// Starts a mailbox host with its data in `dir` and waits for its
-    /// address (the first line of its `--json` output).
-    pub(super) fn start(dir: &Path) -> Result<MailboxHost> {
+impl ServiceHost {
+    /// Starts a service node (a mailbox host with `mailbox`) with its data
+    /// in `dir` and waits for its address (the first line of its `--json`
+    /// output).
+    pub(super) fn start(dir: &Path, mailbox: bool) -> Result<ServiceHost> {
         let log_path = dir.with_extension("log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let mut child = Command::new(std::env::current_exe()?)
             .args(["--json", "--data-dir"])
             .arg(dir)
-            .args(["serve", "--mailbox", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .arg("serve")
+            .args(mailbox.then_some("--mailbox"))
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
-            .context("starting a mailbox host")?;
+            .context("starting a service node")?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"));
         let process = NodeChild::Local(child);
         let mut line = String::new();
         BufReader::new(stdout?).read_line(&mut line)?;
-        let did_not_start = || format!("the mailbox host did not start; see {}", log_path.display());
+        let did_not_start = || format!("the service node did not start; see {}", log_path.display());
         let started: Value = serde_json::from_str(&line).with_context(did_not_start)?;
         let address = started["addresses"]
             .as_array()
@@ -304,9 +335,9 @@ impl MailboxHost {
             .flatten()
             .filter_map(Value::as_str)
             .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
-            .ok_or_else(|| anyhow!("the mailbox host reported no loopback address: {line}"))?
+            .ok_or_else(|| anyhow!("the service node reported no loopback address: {line}"))?
             .to_string();
-        Ok(MailboxHost { address, _process: process })
+        Ok(ServiceHost { address, _process: process })
     }
 }
 
