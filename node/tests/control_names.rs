@@ -1,49 +1,18 @@
 //! Contact names through the control socket of a real node: accepting a
 //! message request under another contact's name is refused with the code
-//! `contact.add` gives a duplicate name, and changes nothing.
+//! `contact.add` gives a duplicate name, and changes nothing; `contact.rename`
+//! answers the same, refuses to rename a request, and frees the old name.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Duration;
-
-use kabar_crypto::ProfileKind;
+use kabar_node::Node;
 use kabar_node::control::codes;
-use kabar_node::engine::EngineConfig;
-use kabar_node::network::NetworkConfig;
-use kabar_node::{Node, NodeConfig};
-use kabar_storage::{DataDir, KdfParams};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
-/// How long the test waits for any one thing before failing.
-const TIMEOUT: Duration = Duration::from_secs(30);
-const PASSPHRASE: &[u8] = b"contact name tests";
-
-async fn start(profiles: &[&str]) -> (tempfile::TempDir, Node) {
-    let tmp = tempfile::tempdir().unwrap();
-    let data_dir = tmp.path().join("data");
-    let mut dir = DataDir::create(&data_dir, PASSPHRASE, KdfParams::TESTNET).unwrap();
-    for name in profiles {
-        dir.create_profile(name, ProfileKind::Personal, 1_700_000_000, &mut rand::rng()).unwrap();
-    }
-    drop(dir);
-    let config = NodeConfig {
-        data_dir,
-        passphrase: PASSPHRASE.to_vec(),
-        network: NetworkConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            bootstrap: Vec::new(),
-            mdns: false,
-            kad_server: true,
-            relays: Vec::new(),
-        },
-        engine: EngineConfig::default(),
-    };
-    let node = Node::start(config).await.unwrap();
-    tokio::time::timeout(TIMEOUT, node.wait_listening()).await.expect("node listens");
-    (tmp, node)
-}
+mod support;
+use support::{TIMEOUT, start};
 
 struct Client {
     lines: BufReader<OwnedReadHalf>,
