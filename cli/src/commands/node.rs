@@ -14,6 +14,9 @@ use super::Ctx;
 use crate::out::{self, outln};
 use crate::passphrase;
 
+/// Tokio worker threads of `kabar node run`.
+const NODE_WORKER_THREADS: usize = 2;
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum NodeCommand {
     /// Run the node in the foreground, hosting every profile; Ctrl-C stops it.
@@ -96,7 +99,16 @@ fn node_run(dir: &Path, network: NetworkConfig, json: bool) -> Result<()> {
         Ok(_) => {}
     }
     let pass = passphrase(false)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // A messenger node is a few tasks (one swarm loop per profile, the
+    // control server; each profile's engine and disk work have threads of
+    // their own): 2 workers, whatever the machine has, unless
+    // TOKIO_WORKER_THREADS says otherwise. Each more costs about 100 KiB
+    // (docs/BENCHMARKS.md).
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        runtime.worker_threads(NODE_WORKER_THREADS);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         let config = NodeConfig { data_dir: dir.to_path_buf(), passphrase: pass, network, engine: Default::default() };
         let node = Node::start(config).await?;
