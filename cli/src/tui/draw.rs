@@ -159,13 +159,25 @@ fn draw_footer(f: &mut Frame<'_>, area: Rect, app: &App) {
             Style::new().fg(Color::White).bg(Color::Red),
         )
     } else if !app.completions.is_empty() {
-        (format!("quick replies: {} (Tab: next)", app.completions.join(" ")), Style::new().fg(Color::Yellow))
+        (completion_line(app), Style::new().fg(Color::Yellow))
     } else if let Some(notice) = &app.notice {
         (notice.clone(), Style::new().fg(Color::Magenta))
     } else {
         (hints(app), Style::new().fg(Color::DarkGray))
     };
     f.render_widget(Paragraph::new(Span::styled(fit(&text, area.width as usize), style)), area);
+}
+
+/// The quick reply the compose line holds and what it sends, with its
+/// place among the matches: `/thanks → Thank you for your order! (1/2, Tab: next)`.
+fn completion_line(app: &App) -> String {
+    let shown = app.compose.text();
+    let place = app.completions.iter().position(|c| c == shown).map_or(0, |i| i + 1);
+    let text = app
+        .profile()
+        .and_then(|p| p.replies.iter().find(|(s, _)| shown.strip_prefix('/') == Some(s.as_str())))
+        .map_or(String::new(), |(_, text)| safe::printable(text).into_owned());
+    format!("{} → {text} ({place}/{}, Tab: next)", safe::printable(shown), app.completions.len())
 }
 
 fn draw_body(f: &mut Frame<'_>, area: Rect, app: &App, p: &Profile) {
@@ -542,6 +554,20 @@ mod tests {
         assert!(rows[0].contains("as shop (business)"), "{}", rows[0]);
         assert!(contains(&rows, "● Dana (1) ★new"), "{rows:#?}");
         assert!(contains(&rows, "(closed)"), "{rows:#?}");
+    }
+
+    #[test]
+    fn the_footer_shows_what_a_quick_reply_sends() {
+        let mut app = loaded();
+        app.on_key(key(KeyCode::Tab));
+        app.on_key(key(KeyCode::Enter));
+        typed(&mut app, "/");
+        app.on_key(key(KeyCode::Tab));
+        let rows = screen(&app, 80, 24);
+        assert!(rows[23].contains("/thanks → Thank you! (1/2, Tab: next)"), "{}", rows[23]);
+        app.on_key(key(KeyCode::Tab));
+        let rows = screen(&app, 80, 24);
+        assert!(rows[23].contains("/hours → 9 to 5 (2/2, Tab: next)"), "{}", rows[23]);
     }
 
     #[test]
