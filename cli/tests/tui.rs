@@ -35,7 +35,10 @@ impl Tmux {
             eprintln!("skipping the tmux test: tmux is not installed");
             return None;
         }
-        let tmux = Tmux { socket: format!("kabar-tui-test-{}", std::process::id()) };
+        // One server per test: the tests of this file run in parallel.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmux = Tmux { socket: format!("kabar-tui-test-{}-{n}", std::process::id()) };
         let out = tmux.run(&["new-session", "-d", "-s", "t", "-x", "80", "-y", "24", command]);
         assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
         // The window keeps the size asked for, whatever clients attach.
@@ -213,4 +216,33 @@ fn sigterm_restores_the_terminal() {
     let screen = tmux.wait_for("TUI-EXITED");
     assert!(screen.contains("TUI-EXITED 0"), "{screen}");
     assert!(!screen.contains("-icanon"), "the terminal is back in canonical mode:\n{screen}");
+}
+
+/// The terminal goes away under the app (the SSH session or the window
+/// closed: here the tmux server is killed): the app ends, instead of
+/// spinning on the dead terminal for ever.
+#[test]
+fn the_app_ends_when_its_terminal_goes_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = init(tmp.path(), "solo", None);
+    let Some(tmux) = Tmux::start(&tui_command(&dir)) else { return };
+    tmux.wait_for("No kabar node answers");
+    let pid = tmux.run(&["list-panes", "-t", "t", "-F", "#{pane_pid}"]).stdout;
+    let shell: u32 = String::from_utf8_lossy(&pid).trim().parse().unwrap();
+    let tui = child_of(shell).expect("the TUI runs under the pane's shell");
+    drop(tmux);
+    // Gone, or a zombie nobody reaped yet (state Z): either way it ended.
+    let ended = || {
+        std::fs::read_to_string(format!("/proc/{tui}/stat"))
+            .map_or(true, |stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+    };
+    let deadline = Instant::now() + WAIT;
+    while !ended() {
+        if Instant::now() > deadline {
+            // Do not leave it spinning.
+            let _ = Command::new("kill").args(["-KILL", &tui.to_string()]).status();
+            panic!("the TUI (pid {tui}) still runs {WAIT:?} after its terminal went away");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

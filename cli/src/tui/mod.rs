@@ -38,15 +38,37 @@ impl Drop for Restore {
     }
 }
 
+/// How long the loop has to end by itself after a signal before the
+/// signal's thread restores the terminal and ends the process.
+const SIGNAL_GRACE: Duration = Duration::from_millis(500);
+
+/// SIGTERM, SIGHUP and SIGINT set `stop`, which the loop reads between two
+/// turns. When the terminal is gone (SIGHUP: the SSH session or the
+/// terminal window closed), crossterm's wait for input can spin on the dead
+/// descriptor without ever returning, and the loop never reads `stop`; so
+/// if the process is still here [`SIGNAL_GRACE`] later, this thread
+/// restores what it can of the terminal and ends the process itself.
+fn watch_signals(stop: Arc<AtomicBool>) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGHUP, SIGINT])?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        if signals.forever().next().is_some() {
+            stop.store(true, Ordering::Relaxed);
+            std::thread::sleep(SIGNAL_GRACE);
+            ratatui::restore();
+            std::process::exit(0);
+        }
+    })?;
+    Ok(())
+}
+
 /// Runs the app until the user quits or a signal asks it to stop.
 pub(crate) fn run(ctx: &Ctx, open: Option<&str>) -> Result<()> {
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         bail!("kabar tui needs a terminal; for scripts use the other commands (docs/cli.md)");
     }
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))?;
-    }
+    watch_signals(Arc::clone(&stop))?;
     let net = Net::start(ctx.dir()?);
     let mut app = App::new(&ctx.profile, open);
     let mut terminal = ratatui::try_init()?;
