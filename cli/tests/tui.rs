@@ -199,19 +199,25 @@ fn a_person_and_a_shop_chat_in_the_tui_over_two_nodes() {
     drop(ben_node);
 }
 
-/// SIGTERM (a closed SSH session's service manager, `kill`) ends the app
-/// with the terminal restored.
-#[test]
-fn sigterm_restores_the_terminal() {
+/// The app on a data directory with no node running (it waits for one, and
+/// says so), in tmux: the directory, the server, and the app's pid.
+fn solo_tui() -> Option<(tempfile::TempDir, Tmux, u32)> {
     let tmp = tempfile::tempdir().unwrap();
     let dir = init(tmp.path(), "solo", None);
-    // No node: the app waits for one, and says so.
-    let Some(tmux) = Tmux::start(&tui_command(&dir)) else { return };
+    let tmux = Tmux::start(&tui_command(&dir))?;
     tmux.wait_for("No kabar node answers");
     let pid = tmux.run(&["list-panes", "-t", "t", "-F", "#{pane_pid}"]).stdout;
     let shell: u32 = String::from_utf8_lossy(&pid).trim().parse().unwrap();
     // The TUI is the shell's child.
     let tui = child_of(shell).expect("the TUI runs under the pane's shell");
+    Some((tmp, tmux, tui))
+}
+
+/// SIGTERM (a closed SSH session's service manager, `kill`) ends the app
+/// with the terminal restored.
+#[test]
+fn sigterm_restores_the_terminal() {
+    let Some((_tmp, tmux, tui)) = solo_tui() else { return };
     assert!(Command::new("kill").args(["-TERM", &tui.to_string()]).status().unwrap().success());
     let screen = tmux.wait_for("TUI-EXITED");
     assert!(screen.contains("TUI-EXITED 0"), "{screen}");
@@ -223,13 +229,7 @@ fn sigterm_restores_the_terminal() {
 /// spinning on the dead terminal for ever.
 #[test]
 fn the_app_ends_when_its_terminal_goes_away() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = init(tmp.path(), "solo", None);
-    let Some(tmux) = Tmux::start(&tui_command(&dir)) else { return };
-    tmux.wait_for("No kabar node answers");
-    let pid = tmux.run(&["list-panes", "-t", "t", "-F", "#{pane_pid}"]).stdout;
-    let shell: u32 = String::from_utf8_lossy(&pid).trim().parse().unwrap();
-    let tui = child_of(shell).expect("the TUI runs under the pane's shell");
+    let Some((_tmp, tmux, tui)) = solo_tui() else { return };
     drop(tmux);
     // Gone, or a zombie nobody reaped yet (state Z): either way it ended.
     let ended = || {
