@@ -40,7 +40,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::StoreError;
-use crate::index::{IndexRow, MessageState};
+use crate::index::{IndexRow, MessageState, Position, STATUS_SUFFIX, status_key};
 use crate::model::*;
 use crate::schema::*;
 use crate::store::ProfileStore;
@@ -469,9 +469,9 @@ pub(crate) fn check_store(store: &ProfileStore, error: Option<&StoreError>) -> P
     }
     let at = report.tables.iter().position(|t| t.table == SKIPPED_KEYS_NAME).unwrap_or(0);
     report.tables.insert(at, sessions);
-    // Whether a row is in `table` (messages, statuses: keyed by position).
+    // Whether a row is in `messages` (records by position, status rows by
+    // position ‖ `s`).
     let stored_messages = contained(path, || Ok(tx.open_table(MESSAGES)?));
-    let stored_statuses = contained(path, || Ok(tx.open_table(MESSAGE_STATUS)?));
     let has = |table: &Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError>,
                name: &str,
                position: &[u8]|
@@ -484,17 +484,26 @@ pub(crate) fn check_store(store: &ProfileStore, error: Option<&StoreError>) -> P
         }
     };
     // Messages: each conversation's sequence numbers, to compare with its
-    // `next_seq` below; each has its status row.
+    // `next_seq` below; each record has its status row and each status row
+    // its record.
     let mut numbered: HashMap<[u8; 16], (u64, u64)> = HashMap::new();
     let mut messages = scan.table((MESSAGES_NAME, MESSAGES), slice_key, bytes, |key, value| {
+        if key.len() == 25 && key[24] == STATUS_SUFFIX {
+            scan.sealed::<MessageState>(MESSAGES_NAME, key, value)?;
+            if !has(&stored_messages, MESSAGES_NAME, &key[..24])? {
+                return Err("the status of a message that is not stored".into());
+            }
+            return Ok(());
+        }
         key_len(key, 24)?;
         scan.sealed::<MessageRecord>(MESSAGES_NAME, key, value)?;
         let (contact, seq) = split_position(key);
         let (count, top) = numbered.entry(contact).or_insert((0, 0));
         *count += 1;
         *top = (*top).max(seq);
-        if !has(&stored_statuses, MESSAGE_STATUS_NAME, key)? {
-            return Err("has no message_status row".into());
+        let position: Position = key.try_into().map_err(|_| "a key of no known shape".to_string())?;
+        if !has(&stored_messages, MESSAGES_NAME, &status_key(&position))? {
+            return Err("has no status row".into());
         }
         Ok(())
     });
@@ -510,15 +519,6 @@ pub(crate) fn check_store(store: &ProfileStore, error: Option<&StoreError>) -> P
             }
             _ => Ok(()),
         }
-    }));
-    // Each status row opens, and belongs to a stored message.
-    report.tables.push(scan.table((MESSAGE_STATUS_NAME, MESSAGE_STATUS), slice_key, bytes, |key, value| {
-        key_len(key, 24)?;
-        scan.sealed::<MessageState>(MESSAGE_STATUS_NAME, key, value)?;
-        if !has(&stored_messages, MESSAGES_NAME, key)? {
-            return Err("the status of a message that is not stored".into());
-        }
-        Ok(())
     }));
     report.tables.push(scan.table((MESSAGE_ALIASES_NAME, MESSAGE_ALIASES), slice_key, unit, |key, _| key_len(key, 40)));
     report.tables.push(scan.sealed_table::<OutboxEntry>(OUTBOX, OUTBOX_NAME, 16));

@@ -1,5 +1,6 @@
 //! What a message id names (`message_index` rows, schema 6), and a
-//! message's status kept apart from its sealed body (`message_status`).
+//! message's status kept apart from its sealed body (its status row in
+//! `messages`, beside the record, since schema 8).
 //!
 //! An index value is a kind byte and clear, opaque fields (ids, positions,
 //! times); nothing typed:
@@ -11,8 +12,8 @@
 //! 0x04 ‖ received_at (u64)                   received, nothing stored under it
 //! ```
 //!
-//! `position` is contact id ‖ seq (u64 BE), the message's key in
-//! `messages` and `message_status`. Kinds 0x02 and 0x04 are the received
+//! `position` is contact id ‖ seq (u64 BE), the key of the message's
+//! record in `messages`; its status row is under `position ‖ 0x73`. Kinds 0x02 and 0x04 are the received
 //! ids: duplicates. A 0x04 row is a received envelope whose content is not
 //! shown (a receipt) or whose message left with its contact; only those
 //! are pruned, after [`RECEIVED_WINDOW_MS`].
@@ -29,8 +30,21 @@ use crate::model::{Direction, MessageStatus};
 /// days leave 9 days for clocks that disagree.
 pub const RECEIVED_WINDOW_MS: u64 = 30 * 86_400_000;
 
-/// A message's key in `messages` and `message_status`: contact id ‖ seq.
+/// A message's record key in `messages`: contact id ‖ seq.
 pub(crate) type Position = [u8; 24];
+
+/// The last byte of a status row's key (`s`).
+pub(crate) const STATUS_SUFFIX: u8 = 0x73;
+
+/// The key of a message's status row in `messages`: its position ‖ `s`.
+/// It sorts right after the record's own key, so the two share a page and
+/// a range scan of a conversation meets each status row beside its
+/// record (after it, going forward; before it, going back).
+pub(crate) fn status_key(position: &Position) -> [u8; 25] {
+    let mut key = [STATUS_SUFFIX; 25];
+    key[..24].copy_from_slice(position);
+    key
+}
 
 /// One `message_index` row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,8 +122,9 @@ impl IndexRow {
     }
 }
 
-/// A message's direction and status: the sealed value of its
-/// `message_status` row, so a status change seals two bytes, not the body.
+/// A message's direction and status: the sealed value of its status row
+/// (`messages`, under [`status_key`]), so a status change seals two bytes,
+/// not the body.
 /// (The record in `messages` keeps the status it was written with; this
 /// one is authoritative.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -308,6 +308,9 @@ pub struct MessageRecord {
     /// Delivery status.
     pub status: MessageStatus,
     /// The message content (the node's encoded content: text, catalog, order…).
+    /// (`serde_bytes`: the same postcard bytes as a sequence of `u8`,
+    /// written at once instead of byte by byte.)
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 
@@ -322,6 +325,7 @@ pub struct OutboxEntry {
     /// in the order messages were written).
     pub seq: u64,
     /// The encoded envelope, exactly as it must be (re)sent.
+    #[serde(with = "serde_bytes")]
     pub envelope: Vec<u8>,
     /// When it was queued, Unix milliseconds.
     pub queued_at_ms: u64,

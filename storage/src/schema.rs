@@ -41,7 +41,12 @@ use redb::TableDefinition;
 ///   (`skipped.rs`), so a message no longer rewrites up to 2,000 keys.
 ///   Migration 6 → 7 rewrites every session row without its keys and
 ///   writes each key as a row, oldest first.
-pub const SCHEMA_VERSION: u32 = 7;
+/// - 8: status rows beside their records: a message's status row is in
+///   `messages` under its position ‖ `s` (0x73), so storing a message
+///   dirties the pages of one table, not two, and a history page is one
+///   range scan. Migration 7 → 8 moves (seals again) every
+///   `message_status` row and deletes the table.
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// Key of the schema version (u32 BE, clear) in [`META`].
 pub(crate) const META_SCHEMA: &str = "schema_version";
@@ -102,7 +107,10 @@ tables! {
     /// number (u64 BE) ‖ chain tag ‖ counter → () (clear: opaque tags and
     /// counters). Schema 7.
     SKIPPED_ORDER / SKIPPED_ORDER_NAME = "skipped_order": <&'static [u8], ()>;
-    /// Messages by conversation id ‖ sequence number (u64 BE) (sealed).
+    /// Messages by conversation id ‖ sequence number (u64 BE) (sealed
+    /// records), and since schema 8 each message's direction and status
+    /// under the same key ‖ `s` (sealed `MessageState`, authoritative over
+    /// the status inside the record), written with it and removed with it.
     MESSAGES / MESSAGES_NAME = "messages": <&'static [u8], &'static [u8]>;
     /// Message id → what it names (clear: a kind byte, opaque ids,
     /// positions and receive times; see `index.rs`): our message, a message
@@ -110,10 +118,9 @@ tables! {
     /// nothing stored (a duplicate until pruned). Schema 2; this layout
     /// since schema 6 (before: the bare position).
     MESSAGE_INDEX / MESSAGE_INDEX_NAME = "message_index": <&'static [u8], &'static [u8]>;
-    /// Conversation id ‖ sequence number → the message's direction and
-    /// status (sealed `MessageState`), one row per message, written with it
-    /// and removed with it. Authoritative over the status inside the
-    /// message record. Schema 6.
+    /// Schema 6 and 7: conversation id ‖ sequence number → the message's
+    /// direction and status (sealed `MessageState`). Moved into `messages`
+    /// and deleted by the migration to 8.
     MESSAGE_STATUS / MESSAGE_STATUS_NAME = "message_status": <&'static [u8], &'static [u8]>;
     /// The other envelope ids of messages encrypted again (or first
     /// encrypted after waiting for prekeys): contact id ‖ seq ‖ envelope id

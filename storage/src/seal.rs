@@ -88,25 +88,24 @@ impl RecordKeys {
         }
     }
 
-    /// Seals raw bytes for `table`/`key`.
-    pub(crate) fn seal_bytes(&self, table: &str, key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
+    /// Seals `out`, which holds the version byte, room for the nonce and
+    /// the plaintext: draws the nonce, encrypts the plaintext in place and
+    /// appends the tag.
+    fn seal_in_place(&self, table: &str, key: &[u8], out: &mut Vec<u8>) -> Result<(), StoreError> {
         #[cfg(test)]
-        SEALED.with(|c| c.set((c.get().0 + 1, c.get().1 + plaintext.len() as u64)));
+        SEALED.with(|c| c.set((c.get().0 + 1, c.get().1 + (out.len() - 1 - XNONCE_LEN) as u64)));
         let mut nonce = [0u8; XNONCE_LEN];
         random_bytes(&mut nonce)?;
-        let mut out = Vec::with_capacity(1 + XNONCE_LEN + plaintext.len() + TAG_LEN);
-        out.push(SEAL_VERSION);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext);
+        out[1..1 + XNONCE_LEN].copy_from_slice(&nonce);
         let tag = Self::with_aad(table, key, |aad| {
             self.cipher.encrypt_inout_detached(&XNonce::from(nonce), aad, (&mut out[1 + XNONCE_LEN..]).into())
         })
         .map_err(|_| StoreError::Database("sealing a record: too long".into()))?;
         out.extend_from_slice(&tag);
-        Ok(out)
+        Ok(())
     }
 
-    /// Opens bytes sealed by [`RecordKeys::seal_bytes`].
+    /// Opens the bytes of a value sealed by [`RecordKeys::seal`].
     pub(crate) fn open_bytes(
         &self,
         table: &'static str,
@@ -129,12 +128,26 @@ impl RecordKeys {
         Ok(plain)
     }
 
-    /// Serializes (postcard) and seals a value.
+    /// Serializes (postcard) and seals a value, serialized straight into
+    /// the sealed value's buffer and encrypted there (no second copy of
+    /// the plaintext; wiped if encoding fails half way).
     pub(crate) fn seal<T: Serialize>(&self, table: &str, key: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
-        let plain = Zeroizing::new(
-            postcard::to_allocvec(value).map_err(|e| StoreError::Database(format!("encoding a record: {e}")))?,
-        );
-        self.seal_bytes(table, key, &plain)
+        /// Appends to a borrowed buffer (postcard's `to_extend` takes its
+        /// writer by value).
+        struct Sink<'a>(&'a mut Vec<u8>);
+        impl Extend<u8> for Sink<'_> {
+            fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+                self.0.extend(bytes);
+            }
+        }
+        let mut out = Zeroizing::new(Vec::with_capacity(1 + XNONCE_LEN + 128 + TAG_LEN));
+        out.push(SEAL_VERSION);
+        out.extend_from_slice(&[0u8; XNONCE_LEN]);
+        postcard::to_extend(value, Sink(&mut out))
+            .map_err(|e| StoreError::Database(format!("encoding a record: {e}")))?;
+        self.seal_in_place(table, key, &mut out)?;
+        // Only ciphertext now: nothing to wipe.
+        Ok(std::mem::take(&mut *out))
     }
 
     /// Opens and deserializes a value sealed by [`RecordKeys::seal`].
@@ -190,14 +203,16 @@ mod tests {
         let keys = RecordKeys::derive(&[9; 32]).unwrap();
         let mut seal_key = [0u8; 32];
         hkdf_sha256(None, &[9; 32], b"kabar records v1", &mut seal_key).unwrap();
+        // postcard of the string "body": its length, then its bytes.
+        let plain = b"\x04body";
         for key in [vec![], vec![1; 24], vec![2; 200]] {
             let aad = [AAD_PREFIX, &[8], b"messages", &key].concat();
-            let sealed = keys.seal_bytes("messages", &key, b"body").unwrap();
+            let sealed = keys.seal("messages", &key, &"body").unwrap();
             let nonce: [u8; XNONCE_LEN] = sealed[1..1 + XNONCE_LEN].try_into().unwrap();
-            assert_eq!(xchacha_open(&seal_key, &nonce, &aad, &sealed[1 + XNONCE_LEN..]).unwrap(), b"body");
-            let one_shot = [&[SEAL_VERSION][..], &nonce, &xchacha_seal(&seal_key, &nonce, &aad, b"body")].concat();
+            assert_eq!(xchacha_open(&seal_key, &nonce, &aad, &sealed[1 + XNONCE_LEN..]).unwrap(), plain);
+            let one_shot = [&[SEAL_VERSION][..], &nonce, &xchacha_seal(&seal_key, &nonce, &aad, plain)].concat();
             assert_eq!(one_shot, sealed);
-            assert_eq!(keys.open_bytes("messages", &key, &one_shot).unwrap().as_slice(), b"body");
+            assert_eq!(keys.open_bytes("messages", &key, &one_shot).unwrap().as_slice(), plain);
         }
     }
 

@@ -37,7 +37,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::StoreError;
-use crate::index::{IndexRow, MessageState, Position, RECEIVED_WINDOW_MS};
+use crate::index::{IndexRow, MessageState, Position, RECEIVED_WINDOW_MS, STATUS_SUFFIX, status_key};
 use crate::model::*;
 use crate::schema::*;
 use crate::seal::{RecordKeys, random_bytes};
@@ -280,17 +280,13 @@ fn index_row(
 /// transaction.
 struct StatusTables<'tx> {
     index: redb::Table<'tx, &'static [u8], &'static [u8]>,
-    statuses: redb::Table<'tx, &'static [u8], &'static [u8]>,
+    /// Records and their status rows.
     messages: redb::Table<'tx, &'static [u8], &'static [u8]>,
 }
 
 impl<'tx> StatusTables<'tx> {
     fn open(tx: &'tx WriteTransaction) -> Result<Self, StoreError> {
-        Ok(StatusTables {
-            index: tx.open_table(MESSAGE_INDEX)?,
-            statuses: tx.open_table(MESSAGE_STATUS)?,
-            messages: tx.open_table(MESSAGES)?,
-        })
+        Ok(StatusTables { index: tx.open_table(MESSAGE_INDEX)?, messages: tx.open_table(MESSAGES)? })
     }
 }
 
@@ -592,6 +588,10 @@ impl ProfileStore {
             if from < 7 {
                 self.migrate_to_7(tx)?;
             }
+            if from < 8 {
+                // After 5 → 6, which writes the status rows this moves.
+                self.migrate_to_8(tx)?;
+            }
             tx.open_table(META)?.insert(META_SCHEMA, SCHEMA_VERSION.to_be_bytes().as_slice())?;
             Ok(())
         })
@@ -627,6 +627,26 @@ impl ProfileStore {
             self.put_sealed(&mut tx.open_table(SESSIONS)?, SESSIONS_NAME, &key, &state)?;
             changes.write_in(self, tx)?;
         }
+        Ok(())
+    }
+
+    /// 7 → 8: every `message_status` row moved beside its record in
+    /// `messages` (under [`status_key`], sealed again for its new table
+    /// and key); a status row whose message is gone (only in a damaged
+    /// store) is dropped; `message_status` deleted.
+    fn migrate_to_8(&self, tx: &WriteTransaction) -> Result<(), StoreError> {
+        let states: Vec<(Vec<u8>, MessageState)> =
+            self.all_sealed(&tx.open_table(MESSAGE_STATUS)?, MESSAGE_STATUS_NAME)?;
+        let mut messages = tx.open_table(MESSAGES)?;
+        for (key, state) in states {
+            let position: Position =
+                key.as_slice().try_into().map_err(|_| StoreError::MalformedRecord { table: MESSAGE_STATUS_NAME })?;
+            if messages.get(position.as_slice())?.is_some() {
+                self.put_sealed(&mut messages, MESSAGES_NAME, &status_key(&position), &state)?;
+            }
+        }
+        drop(messages);
+        tx.delete_table(MESSAGE_STATUS)?;
         Ok(())
     }
 
@@ -1389,9 +1409,15 @@ impl ProfileStore {
 
         let mut messages = tx.open_table(MESSAGES)?;
         let mut found: Vec<(Vec<u8>, MessageRecord)> = Vec::new();
-        for row in messages.range(seq_key(id, 0).as_slice()..=seq_key(id, u64::MAX).as_slice())? {
+        let mut status_keys = Vec::new();
+        let last = status_key(&seq_key(id, u64::MAX));
+        for row in messages.range(seq_key(id, 0).as_slice()..=last.as_slice())? {
             let (key, value) = row?;
-            found.push((key.value().to_vec(), self.keys.open(MESSAGES_NAME, key.value(), value.value())?));
+            if key.value().len() == last.len() {
+                status_keys.push(key.value().to_vec());
+            } else {
+                found.push((key.value().to_vec(), self.keys.open(MESSAGES_NAME, key.value(), value.value())?));
+            }
         }
         let mut index = tx.open_table(MESSAGE_INDEX)?;
         // Envelope ids of messages encrypted again point here too.
@@ -1408,13 +1434,8 @@ impl ProfileStore {
             }
             aliases.remove(key.as_slice())?;
         }
-        let mut statuses = tx.open_table(MESSAGE_STATUS)?;
-        let mut status_keys = Vec::new();
-        for row in statuses.range(seq_key(id, 0).as_slice()..=seq_key(id, u64::MAX).as_slice())? {
-            status_keys.push(row?.0.value().to_vec());
-        }
         for key in &status_keys {
-            statuses.remove(key.as_slice())?;
+            messages.remove(key.as_slice())?;
         }
         for (key, record) in &found {
             messages.remove(key.as_slice())?;
@@ -1613,9 +1634,11 @@ impl ProfileStore {
             conversation.last_incoming_ms = Some(at);
         }
         let key = seq_key(contact, seq);
-        self.put_sealed(&mut tx.open_table(MESSAGES)?, MESSAGES_NAME, &key, message)?;
+        let mut messages = tx.open_table(MESSAGES)?;
+        self.put_sealed(&mut messages, MESSAGES_NAME, &key, message)?;
         let state = MessageState { direction: message.direction, status: message.status };
-        self.put_sealed(&mut tx.open_table(MESSAGE_STATUS)?, MESSAGE_STATUS_NAME, &key, &state)?;
+        self.put_sealed(&mut messages, MESSAGES_NAME, &status_key(&key), &state)?;
+        drop(messages);
         let row = match received_at {
             Some(at) => IndexRow::Incoming(key, at),
             None => IndexRow::Outgoing(key),
@@ -1941,12 +1964,7 @@ impl ProfileStore {
             for receipt in &inbound.receipts {
                 let changes = {
                     let tables = StatusTables::open(tx)?;
-                    self.receipt_changes(
-                        (&tables.index, &tables.statuses, &tables.messages),
-                        contact,
-                        &receipt.read,
-                        &receipt.delivered,
-                    )?
+                    self.receipt_changes((&tables.index, &tables.messages), contact, &receipt.read, &receipt.delivered)?
                 };
                 self.apply_receipt_changes(tx, &changes)?;
                 for change in changes {
@@ -2017,7 +2035,7 @@ impl ProfileStore {
         let Some(mut record): Option<MessageRecord> = self.get_sealed(&messages, MESSAGES_NAME, &key)? else {
             return Ok(None);
         };
-        if let Some(state) = self.message_state(&tx.open_table(MESSAGE_STATUS)?, &messages, &key)? {
+        if let Some(state) = self.message_state(&messages, &key)? {
             record.status = state.status;
         }
         let (contact, seq) = key.split_at(16);
@@ -2027,16 +2045,15 @@ impl ProfileStore {
         Ok(Some((ContactId(contact), u64::from_be_bytes(seq), record)))
     }
 
-    /// The direction and status of the message at `position`: its
-    /// `message_status` row or, without one (only in a damaged store), what
-    /// its record was written with. `None` if no message is there.
+    /// The direction and status of the message at `position`: its status
+    /// row or, without one (only in a damaged store), what its record was
+    /// written with. `None` if no message is there.
     fn message_state(
         &self,
-        statuses: &impl ReadableTable<&'static [u8], &'static [u8]>,
         messages: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        position: &[u8],
+        position: &Position,
     ) -> Result<Option<MessageState>, StoreError> {
-        if let Some(state) = self.get_sealed(statuses, MESSAGE_STATUS_NAME, position)? {
+        if let Some(state) = self.get_sealed(messages, MESSAGES_NAME, &status_key(position))? {
             return Ok(Some(state));
         }
         let record: Option<MessageRecord> = self.get_sealed(messages, MESSAGES_NAME, position)?;
@@ -2053,7 +2070,7 @@ impl ProfileStore {
     }
 
     /// Moves the status of the message `message_id` names forward (see
-    /// [`MessageState::allows`]), writing only its `message_status` row.
+    /// [`MessageState::allows`]), writing only its status row.
     /// Returns whether it changed.
     fn advance_in(
         &self,
@@ -2064,14 +2081,14 @@ impl ProfileStore {
         let Some(position) = index_row(&tables.index, message_id)?.and_then(|r| r.position()) else {
             return Ok(false);
         };
-        let Some(mut state) = self.message_state(&tables.statuses, &tables.messages, &position)? else {
+        let Some(mut state) = self.message_state(&tables.messages, &position)? else {
             return Ok(false);
         };
         if !state.allows(status) {
             return Ok(false);
         }
         state.status = status;
-        self.put_sealed(&mut tables.statuses, MESSAGE_STATUS_NAME, &position, &state)?;
+        self.put_sealed(&mut tables.messages, MESSAGES_NAME, &status_key(&position), &state)?;
         Ok(true)
     }
 
@@ -2090,7 +2107,7 @@ impl ProfileStore {
     ) -> Result<Vec<ReceiptChange>, StoreError> {
         let changes = {
             let tx = self.read()?;
-            let tables = (&tx.open_table(MESSAGE_INDEX)?, &tx.open_table(MESSAGE_STATUS)?, &tx.open_table(MESSAGES)?);
+            let tables = (&tx.open_table(MESSAGE_INDEX)?, &tx.open_table(MESSAGES)?);
             self.receipt_changes(tables, contact, read, delivered)?
         };
         if !changes.is_empty() {
@@ -2100,11 +2117,11 @@ impl ProfileStore {
     }
 
     /// What a receipt from `contact` changes (see
-    /// [`ProfileStore::apply_receipt`]), read from `message_index`,
-    /// `message_status` and (only without a status row) `messages`.
+    /// [`ProfileStore::apply_receipt`]), read from `message_index` and
+    /// `messages` (the status rows).
     fn receipt_changes<T: ReadableTable<&'static [u8], &'static [u8]>>(
         &self,
-        (index, statuses, messages): (&T, &T, &T),
+        (index, messages): (&T, &T),
         contact: &ContactId,
         read: &[[u8; 16]],
         delivered: &[[u8; 16]],
@@ -2127,7 +2144,7 @@ impl ProfileStore {
             if position[..16] != contact.0 {
                 continue;
             }
-            let Some(state) = self.message_state(statuses, messages, &position)? else { continue };
+            let Some(state) = self.message_state(messages, &position)? else { continue };
             if state.direction == Direction::Outgoing && state.allows(status) {
                 changes.retain(|(c, _, _)| c != id);
                 changes.push((*id, shown, status));
@@ -2206,13 +2223,18 @@ impl ProfileStore {
         // The numbers this page must hold, newest first: `below - 1` down.
         let mut below = before.unwrap_or(u64::MAX).min(next_seq);
         let mut out = Vec::with_capacity(limit.min(1024));
-        // Status rows have the messages' keys: read them alongside, newest
-        // first too (`state`: the next row not matched yet).
-        let statuses = tx.open_table(MESSAGE_STATUS)?;
-        let mut states = statuses.range(start.as_slice()..end.as_slice())?.rev();
-        let mut state: Option<(Vec<u8>, Vec<u8>)> = None;
-        for row in table.range(start.as_slice()..end.as_slice())?.rev().take(limit) {
+        // Going back, each message's status row comes just before its
+        // record (`status`: the last one met, until its record).
+        let mut status: Option<(Vec<u8>, Vec<u8>)> = None;
+        for row in table.range(start.as_slice()..end.as_slice())?.rev() {
+            if out.len() == limit {
+                break;
+            }
             let (key, value) = row?;
+            if key.value().len() == 25 && key.value()[24] == STATUS_SUFFIX {
+                status = Some((key.value().to_vec(), value.value().to_vec()));
+                continue;
+            }
             let seq = key.value().get(16..).and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes);
             match seq {
                 Some(seq) if below > 0 && seq == below - 1 => below = seq,
@@ -2223,22 +2245,10 @@ impl ProfileStore {
                 None => return Err(StoreError::MalformedRecord { table: MESSAGES_NAME }),
             }
             let mut record: MessageRecord = self.keys.open(MESSAGES_NAME, key.value(), value.value())?;
-            loop {
-                if state.is_none() {
-                    state = match states.next() {
-                        Some(row) => row.map(|(k, v)| Some((k.value().to_vec(), v.value().to_vec())))?,
-                        None => break,
-                    };
-                }
-                // A row past this message has no message (only in a damaged
-                // store): skipped.
-                match &state {
-                    Some((k, _)) if k.as_slice() > key.value() => state = None,
-                    _ => break,
-                }
-            }
-            if let Some((k, v)) = state.take_if(|(k, _)| k.as_slice() == key.value()) {
-                record.status = self.keys.open::<MessageState>(MESSAGE_STATUS_NAME, &k, &v)?.status;
+            // A status row of another message (only in a damaged store) is
+            // passed over: the record keeps the status it was written with.
+            if let Some((k, v)) = status.take().filter(|(k, _)| k[..24] == *key.value()) {
+                record.status = self.keys.open::<MessageState>(MESSAGES_NAME, &k, &v)?.status;
             }
             out.push((below, record));
         }
@@ -2652,7 +2662,6 @@ fn create_all_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(MESSAGE_INDEX)?;
     tx.open_table(MESSAGE_ALIASES)?;
     tx.open_table(OUTBOX)?;
-    tx.open_table(MESSAGE_STATUS)?;
     tx.open_table(DEPOSITED)?;
     tx.open_table(CONTACT_MAILBOXES)?;
     tx.open_table(CONVERSATIONS)?;
@@ -2817,10 +2826,56 @@ mod tests {
         // Nothing of Dave is stored, but both ids are still received, with
         // their receive times; no status row is left.
         assert_eq!(index_rows(&store), [([1; 16], IndexRow::Received(100)), ([2; 16], IndexRow::Received(100))]);
-        assert_eq!(store.read().unwrap().open_table(MESSAGE_STATUS).unwrap().len().unwrap(), 0);
+        assert_eq!(store.read().unwrap().open_table(MESSAGES).unwrap().len().unwrap(), 0);
         let dave = contact(&store, "Dave");
         assert_eq!(store.commit_incoming(&[incoming_item(dave, 1, true)], 200).unwrap(), [ReceiveOutcome::Duplicate]);
         assert!(store.history(&dave, 10, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn history_shows_each_message_s_current_status_and_its_status_row_sits_beside_its_record() {
+        use MessageStatus::*;
+        let dir = tempfile::tempdir().unwrap();
+        let (_, store) = store(&dir);
+        let alice = contact(&store, "Alice");
+        let bob = contact(&store, "Bob");
+        let items: Vec<IncomingMessage> = (1..=3).map(|i| incoming_item(alice, i, true)).collect();
+        store.commit_incoming(&items, 100).unwrap();
+        store.commit_incoming(&[incoming_item(bob, 9, true)], 100).unwrap();
+        let outgoing = |id: u8| OutgoingMessage {
+            contact: alice,
+            session: None,
+            message: MessageRecord {
+                id: [id; 16],
+                direction: Direction::Outgoing,
+                sent_at_ms: 2,
+                received_at_ms: None,
+                status: Queued,
+                body: b"yes".to_vec(),
+            },
+            envelope: vec![1],
+        };
+        store.commit_outgoing(&[outgoing(10), outgoing(11)], 100).unwrap();
+        store.mark_read(&alice, &[[2; 16]]).unwrap();
+        store.acknowledge(&[[10; 16]]).unwrap();
+        let statuses =
+            |page: Vec<(u64, MessageRecord)>| page.into_iter().map(|(s, r)| (s, r.status)).collect::<Vec<_>>();
+        assert_eq!(
+            statuses(store.history(&alice, 10, None).unwrap()),
+            [(0, Delivered), (1, Read), (2, Delivered), (3, Delivered), (4, Queued)]
+        );
+        assert_eq!(statuses(store.history(&alice, 2, Some(4)).unwrap()), [(2, Delivered), (3, Delivered)]);
+        assert_eq!(statuses(store.history(&alice, 2, Some(2)).unwrap()), [(0, Delivered), (1, Read)]);
+        assert_eq!(statuses(store.history(&bob, 10, None).unwrap()), [(0, Delivered)]);
+        // In `messages`: each record, then its status row (position ‖ `s`).
+        let tx = store.read().unwrap();
+        let keys: Vec<Vec<u8>> =
+            tx.open_table(MESSAGES).unwrap().iter().unwrap().map(|r| r.unwrap().0.value().to_vec()).collect();
+        assert_eq!(keys.len(), 12);
+        for pair in keys.chunks(2) {
+            assert_eq!(pair[0].len(), 24);
+            assert_eq!(pair[1], status_key(&pair[0].as_slice().try_into().unwrap()));
+        }
     }
 
     #[test]
@@ -2832,14 +2887,14 @@ mod tests {
         assert!(crate::check::check_store(&store, None).healthy);
         store
             .write(|tx| {
-                tx.open_table(MESSAGE_STATUS)?.remove(seq_key(&alice, 0).as_slice())?;
+                tx.open_table(MESSAGES)?.remove(status_key(&seq_key(&alice, 0)).as_slice())?;
                 tx.open_table(MESSAGE_INDEX)?.insert([2u8; 16].as_slice(), seq_key(&alice, 1).as_slice())?;
                 Ok(())
             })
             .unwrap();
         let report = crate::check::check_store(&store, None);
         let damaged = |table: &str| report.tables.iter().find(|t| t.table == table).unwrap().damaged.clone();
-        assert_eq!(damaged(MESSAGES_NAME)[0].reason, "has no message_status row");
+        assert_eq!(damaged(MESSAGES_NAME)[0].reason, "has no status row");
         assert!(damaged(MESSAGE_INDEX_NAME)[0].reason.contains("no known shape"), "{report:#?}");
         // Without its status row a message shows the status it was written with.
         assert_eq!(store.message(&[1; 16]).unwrap().unwrap().2.status, MessageStatus::Delivered);
@@ -2925,16 +2980,20 @@ mod tests {
     /// and earlier wrote: the status inside the record, a bare position in
     /// `message_index`, received ids in `received`.
     fn messages_to_v5_layout(store: &ProfileStore, tx: &WriteTransaction) -> Result<(), StoreError> {
-        let states: Vec<(Vec<u8>, MessageState)> =
-            store.all_sealed(&tx.open_table(MESSAGE_STATUS)?, MESSAGE_STATUS_NAME)?;
+        let mut states: Vec<(Vec<u8>, MessageState)> = Vec::new();
+        for row in tx.open_table(MESSAGES)?.iter()? {
+            let (key, value) = row?;
+            if key.value().len() == 25 {
+                states.push((key.value().to_vec(), store.keys.open(MESSAGES_NAME, key.value(), value.value())?));
+            }
+        }
         let mut messages = tx.open_table(MESSAGES)?;
         for (key, state) in states {
-            let mut record: MessageRecord = store.get_sealed(&messages, MESSAGES_NAME, &key)?.unwrap();
+            messages.remove(key.as_slice())?;
+            let mut record: MessageRecord = store.get_sealed(&messages, MESSAGES_NAME, &key[..24])?.unwrap();
             record.status = state.status;
-            store.put_sealed(&mut messages, MESSAGES_NAME, &key, &record)?;
+            store.put_sealed(&mut messages, MESSAGES_NAME, &key[..24], &record)?;
         }
-        drop(messages);
-        tx.delete_table(MESSAGE_STATUS)?;
         let rows: Vec<(Vec<u8>, IndexRow)> = tx
             .open_table(MESSAGE_INDEX)?
             .iter()?

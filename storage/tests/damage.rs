@@ -290,8 +290,9 @@ fn a_healthy_store_checks_healthy_row_by_row_without_writing() {
     assert_eq!(report.error, None);
     assert_eq!(report.schema_version, Some(schema::SCHEMA_VERSION));
     let rows = |table: &str| report.tables.iter().find(|t| t.table == table).unwrap().rows;
-    assert_eq!(report.tables.len(), 22);
-    assert_eq!(rows("messages"), 5);
+    assert_eq!(report.tables.len(), 21);
+    // Five records and their five status rows.
+    assert_eq!(rows("messages"), 10);
     assert_eq!(rows("message_index"), 5);
     assert_eq!(rows("outbox"), 4);
     assert_eq!(rows("contacts"), 1);
@@ -329,8 +330,8 @@ fn a_tampered_record_and_a_missing_message_are_found_and_no_history_skips_them()
     let report = dir.check_profile("work").unwrap();
     assert_eq!(report.error, None, "the file itself verifies");
     let messages = report.tables.iter().find(|t| t.table == "messages").unwrap();
-    assert_eq!(messages.rows, 39);
-    assert_eq!(messages.damaged_rows, 2, "{messages:?}");
+    assert_eq!(messages.rows, 79, "39 records and 40 status rows");
+    assert_eq!(messages.damaged_rows, 3, "record 7, the status row of 20, the conversation's count: {messages:?}");
     assert!(messages.damaged.iter().any(|r| r.key == kabar_crypto::hex::encode(&position(&bob, 7))));
     let index = report.tables.iter().find(|t| t.table == "message_index").unwrap();
     assert_eq!(index.damaged_rows, 1, "the index row of message 20 points nowhere: {index:?}");
