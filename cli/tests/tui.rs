@@ -18,9 +18,12 @@ use procs::*;
 /// Longest wait for the screen to show something.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A tmux server of its own (its own socket), killed on drop.
+/// A tmux server of its own, killed on drop; its socket is in a temporary
+/// directory of its own, removed with it (`-L` would leave the socket file
+/// in /tmp/tmux-UID after the server is killed).
 struct Tmux {
-    socket: String,
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Tmux {
@@ -36,9 +39,8 @@ impl Tmux {
             return None;
         }
         // One server per test: the tests of this file run in parallel.
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmux = Tmux { socket: format!("kabar-tui-test-{}-{n}", std::process::id()) };
+        let dir = tempfile::tempdir().unwrap();
+        let tmux = Tmux { socket: dir.path().join("tmux"), _dir: dir };
         let out = tmux.run(&["new-session", "-d", "-s", "t", "-x", "80", "-y", "24", command]);
         assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
         // The window keeps the size asked for, whatever clients attach.
@@ -47,7 +49,7 @@ impl Tmux {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::new("tmux").args(["-L", &self.socket, "-f", "/dev/null"]).args(args).output().unwrap()
+        Command::new("tmux").arg("-S").arg(&self.socket).args(["-f", "/dev/null"]).args(args).output().unwrap()
     }
 
     /// Types `keys` (tmux key names, or literal text with `literal`).
