@@ -44,6 +44,28 @@ pub use crate::profile::{
 /// many peers it has nothing to say to (a DHT query alone connects to
 /// dozens), and each open connection costs memory.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Streams a peer may have open at once on one connection, yamux or QUIC
+/// (the libraries' defaults are 512 and 256). A profile needs about 30:
+/// 16 envelope requests each way, prekeys, identify, ping, Kademlia,
+/// hole punching. Each yamux stream may hold up to 256 KiB that the peer
+/// sent and we have not read yet, so this bounds that memory at 16 MiB per
+/// connection (128 MiB at yamux's default).
+pub const MAX_STREAMS_PER_CONNECTION: u16 = 64;
+/// QUIC flow-control windows: a stream may have 1 MiB unread, a connection
+/// 4 MiB in all (libp2p's defaults: 10 MB and 15 MB). The largest request
+/// (4 MiB, `wire::MAX_REQUEST_BYTES`) still passes: a window bounds what is
+/// in flight, not what a stream carries.
+pub const QUIC_STREAM_WINDOW: u32 = 1024 * 1024;
+/// See [`QUIC_STREAM_WINDOW`].
+pub const QUIC_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// yamux with [`MAX_STREAMS_PER_CONNECTION`].
+fn yamux_config() -> yamux::Config {
+    let mut config = yamux::Config::default();
+    config.set_max_num_streams(usize::from(MAX_STREAMS_PER_CONNECTION));
+    config
+}
+
 /// Retry tick.
 pub const TICK: Duration = Duration::from_millis(500);
 /// Received-id rows the tick looks at for pruning (a full pass over a
@@ -173,12 +195,17 @@ pub fn build_swarm(
     let kad_server = config.kad_server;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux_config)
         .map_err(|e| NetworkError(e.to_string()))?
-        .with_quic()
+        .with_quic_config(|mut c| {
+            c.max_concurrent_stream_limit = u32::from(MAX_STREAMS_PER_CONNECTION);
+            c.max_stream_data = QUIC_STREAM_WINDOW;
+            c.max_connection_data = QUIC_CONNECTION_WINDOW;
+            c
+        })
         .with_dns()
         .map_err(|e| NetworkError(e.to_string()))?
-        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .with_relay_client(noise::Config::new, yamux_config)
         .map_err(|e| NetworkError(e.to_string()))?
         .with_behaviour(|key, relay_client| {
             let peer_id = key.public().to_peer_id();

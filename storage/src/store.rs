@@ -46,6 +46,15 @@ use crate::skipped::SkippedKeyChanges;
 /// One-time prekeys made with a new profile.
 pub const INITIAL_ONE_TIME_PREKEYS: u32 = 100;
 
+/// redb's page cache per open profile (its read cache and write buffer),
+/// instead of redb's default of 1 GiB. A profile's working set is its
+/// tables' upper B-tree levels, the sessions and conversations in use and
+/// the latest pages of the conversations open; older pages come back from
+/// the kernel's page cache, which memory pressure can take back. Measured
+/// against the default on a store of 1,000,000 messages in
+/// docs/BENCHMARKS.md ("Send and receive cost as history grows").
+pub const PROFILE_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// A message to commit with its ratchet step and outbox entry.
 #[derive(Debug, Clone)]
 pub struct OutgoingMessage {
@@ -362,7 +371,10 @@ impl ProfileStore {
             crate::header::create_private(path)
                 .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?,
         );
-        let db = Database::create(path).map_err(|e| map_open_error(path, e))?;
+        let db = redb::Builder::new()
+            .set_cache_size(PROFILE_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| map_open_error(path, e))?;
         let store = ProfileStore::assemble(db, path, name, kind, data_key)?;
         let identity = IdentityKeyPair::generate(kind, rng);
         let spk = SignedPrekey::generate(&identity, 1, now, rng);
@@ -449,7 +461,9 @@ impl ProfileStore {
         kind: ProfileKind,
         data_key: &[u8; 32],
     ) -> Result<Self, StoreError> {
-        let db = crate::check::contained(path, || Database::open(path).map_err(|e| map_open_error(path, e)))?;
+        let db = crate::check::contained(path, || {
+            redb::Builder::new().set_cache_size(PROFILE_CACHE_BYTES).open(path).map_err(|e| map_open_error(path, e))
+        })?;
         let store = ProfileStore::assemble(db, path, name, kind, data_key)?;
         crate::check::contained(path, || store.check_and_migrate())?;
         Ok(store)

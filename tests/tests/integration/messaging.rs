@@ -64,4 +64,16 @@ async fn messages_travel_over_quic_too() {
     let sent = alice.call("message.send", json!({"to": "Bob", "text": "over QUIC"})).await;
     events.wait_status(sent["message_id"].as_str().unwrap(), "delivered").await;
     assert_eq!(history(&bob, "personal", "Alice").await, [("in".into(), "over QUIC".into())]);
+    // More than a QUIC connection's flow-control window (4 MiB) queued at
+    // once (requests of up to 4 MiB): the windows bound what is in flight,
+    // they do not stall it.
+    // (Batches of 768 KiB: a control request is at most 1 MiB.)
+    let text = "q".repeat(16 * 1024);
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let sent = alice.call("message.send_batch", json!({"to": "Bob", "texts": vec![text.clone(); 48]})).await;
+        ids.extend(sent["message_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()));
+    }
+    assert!(ids.len() * text.len() > kabar_node::network::QUIC_CONNECTION_WINDOW as usize);
+    events.wait_statuses(&ids, "delivered").await;
 }
