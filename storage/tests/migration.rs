@@ -290,3 +290,57 @@ fn the_schema_6_fixture_moves_its_skipped_keys_out_of_the_sessions_and_every_one
     assert_eq!(support::rows(&file, "skipped_keys"), 997);
     assert!(data.check_profile("home").unwrap().healthy);
 }
+
+// ---------------------------------------------------------------------------
+// Schema 7 → 8: status rows beside their records
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_schema_7_fixture_moves_every_status_row_beside_its_record() {
+    use MessageStatus::*;
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schema7");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    std::fs::create_dir_all(root.join("profiles")).unwrap();
+    for file in ["kabar-header.json", "profiles/home.redb"] {
+        std::fs::copy(from.join(file), root.join(file)).unwrap();
+    }
+    let file = root.join("profiles/home.redb");
+    assert_eq!(raw_file(&file, "message_status"), (7, true), "the fixture is a schema 7 file");
+    assert_eq!(support::rows(&file, "message_status"), 9);
+    assert_eq!(support::rows(&file, "messages"), 9);
+
+    let data = DataDir::open(&root, b"kabar schema 7 fixture").unwrap();
+    let store = data.open_profile("home").unwrap();
+    let (alice, _) = store.contact_by_name("Alice").unwrap().unwrap();
+    let (bob, _) = store.contact_by_name("Bob").unwrap().unwrap();
+    let page = |who| -> Vec<(u64, u8, MessageStatus)> {
+        store.history(who, 50, None).unwrap().into_iter().map(|(seq, m)| (seq, m.id[0], m.status)).collect()
+    };
+    assert_eq!(
+        page(&alice),
+        [
+            (0, 0xa1, Delivered),
+            (1, 0xa2, Read),
+            (2, 0xa3, Queued),
+            (3, 0xa4, Delivered),
+            (4, 0xa5, Read),
+            (5, 0xa6, Failed),
+            (6, 0xa7, Sent)
+        ]
+    );
+    assert_eq!(page(&bob), [(0, 0xb1, Stored), (1, 0xb2, Delivered)]);
+    assert_eq!(store.message(&id(0xa5)).unwrap().unwrap().2.status, Read);
+    // Statuses still move on, and only forward.
+    store.acknowledge(&[id(0xa3), id(0xa7)]).unwrap();
+    assert!(!store.set_message_status(&id(0xa4), Sent).unwrap());
+    assert_eq!(store.message(&id(0xa3)).unwrap().unwrap().2.status, Delivered);
+    assert_eq!(store.message(&id(0xa7)).unwrap().unwrap().2.status, Delivered);
+    drop(store);
+
+    // Nine records and nine status rows in `messages`; no status table.
+    assert_eq!(raw_file(&file, "message_status"), (schema::SCHEMA_VERSION, false));
+    assert_eq!(support::rows(&file, "messages"), 18);
+    let report = data.check_profile("home").unwrap();
+    assert!(report.healthy, "{report:#?}");
+}
