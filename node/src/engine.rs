@@ -462,17 +462,6 @@ pub fn check_contact_name(name: &str) -> Result<(), StoreError> {
     if name.trim().is_empty() || name.chars().count() > 64 {
         return Err(StoreError::Invalid("a contact name needs 1 to 64 characters".into()));
     }
-    // A name is shown on terminals and picked as an argument: no line
-    // breaks, escape sequences or other controls, and no characters that
-    // turn the text's direction (a name that shows as another one).
-    let hidden = |c: char| {
-        c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    };
-    if name.chars().any(hidden) {
-        return Err(StoreError::Invalid(
-            "a contact name cannot hold control characters or text-direction marks".into(),
-        ));
-    }
     Ok(())
 }
 
