@@ -634,7 +634,10 @@ fn steps(store: &ProfileStore, filler: &Filler) -> Vec<(&'static str, (f64, f64)
     ));
     store.end_group().unwrap();
     out.push(("outbox_entries(1 id)", probe(N, |i| assert_eq!(store.outbox_entries(&ids[i..=i]).unwrap().len(), 1))));
-    out.push(("record_attempts(1 id), no fsync", probe(N, |i| store.record_attempts(&ids[i..=i], T0).unwrap())));
+    out.push((
+        "record_attempts(1 id, a first attempt), no fsync",
+        probe(N, |i| drop(store.record_attempts(&[(ids[i], 1)], T0).unwrap())),
+    ));
     out.push(("acknowledge(1 id), no fsync", probe(N, |i| store.acknowledge(&ids[i..=i]).unwrap())));
     store.make_durable().unwrap();
     let incoming = || {

@@ -1237,16 +1237,11 @@ impl Engine {
             // A mailbox holds them all: direct retries slow down, never stop.
             delay = delay.max(STORED_RETRY_MS);
         }
-        self.store.record_attempts(&ids, now_ms + delay)?;
+        let sent = self.store.record_attempts(&self.attempts_after(&ids), now_ms + delay)?;
         self.outbox.attempted(&ids, now_ms + delay);
         self.in_flight.extend(ids.iter().map(|id| (*id, now_ms)));
         self.pacer.sent(peer, ids[0], now_ms);
-        actions.extend(
-            ids.iter()
-                .zip(&entries)
-                .filter(|(_, e)| e.attempts == 0 && e.resends == 0)
-                .map(|(id, _)| self.status_event(id, MessageStatus::Sent)),
-        );
+        actions.extend(sent.iter().map(|id| self.status_event(id, MessageStatus::Sent)));
         actions.push(Action::Transmit {
             peer: *peer,
             addresses: contact.addresses,
@@ -1254,6 +1249,13 @@ impl Engine {
             envelopes: entries.into_iter().map(|e| e.envelope).collect(),
         });
         Ok(actions)
+    }
+
+    /// Each of these outbox entries with its attempts once one more is
+    /// made (the count [`ProfileStore::record_attempts`] takes; the store's
+    /// own lags by the first attempt, which it does not write).
+    fn attempts_after(&self, ids: &[[u8; 16]]) -> Vec<([u8; 16], u32)> {
+        ids.iter().filter_map(|id| self.outbox.get(id).map(|q| (*id, q.attempts.saturating_add(1)))).collect()
     }
 
     /// Capped exponential backoff with ±20 % jitter (deterministic per
@@ -1479,7 +1481,7 @@ impl Engine {
         }
         self.store.mark_deposited(&visible, now_ms)?;
         // Direct retries of what a mailbox holds slow down.
-        self.store.record_attempts(&visible, now_ms + STORED_RETRY_MS)?;
+        self.store.record_attempts(&self.attempts_after(&visible), now_ms + STORED_RETRY_MS)?;
         self.outbox.attempted(&visible, now_ms + STORED_RETRY_MS);
         self.deposited.extend(visible.iter().copied());
         self.store.acknowledge(&done)?;

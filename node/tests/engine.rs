@@ -195,18 +195,25 @@ fn lost_requests_are_retried_with_backoff_and_survive_a_restart() {
     pump(&mut a, &mut b, actions, T0 + 5_000);
     assert_eq!(status(&mut a, &id), MessageStatus::Delivered);
     assert_eq!(texts(&mut b, &b_alice).len(), 1);
-    // The next backoff is longer than the first.
+    // The next backoff is longer than the first. A first attempt writes
+    // only the message's status: its entry stays as queued (due at once
+    // after a restart); the count and time are stored from the second on.
     let (_, actions) = a.e().send(&a_bob, Content::text("again"), T0 + 6_000, &mut rand::rng()).unwrap();
     let (_, ids, _) = transmits(&actions).remove(0);
     a.e().on_transmit_failed(&[0; 32], &ids, T0).unwrap();
-    let entry = a.store().outbox().unwrap().remove(0);
-    assert!(entry.next_attempt_at_ms >= T0 + 6_000 + 800 && entry.next_attempt_at_ms <= T0 + 6_000 + 1_200);
-    let actions = a.e().on_tick(entry.next_attempt_at_ms, &mut rand::rng()).unwrap();
+    let queued = a.store().outbox().unwrap().remove(0);
+    assert_eq!((queued.attempts, queued.next_attempt_at_ms), (0, T0 + 6_000));
+    assert_eq!(status(&mut a, &ids[0]), MessageStatus::Sent);
+    // The first backoff is 1 s ± 20 %: not due before 800 ms, due at 1.2 s.
+    assert!(transmits(&a.e().on_tick(T0 + 6_000 + 799, &mut rand::rng()).unwrap()).is_empty());
+    let first_due = T0 + 6_000 + 1_200;
+    let actions = a.e().on_tick(first_due, &mut rand::rng()).unwrap();
     a.e().on_transmit_failed(&[0; 32], &transmits(&actions)[0].1, T0).unwrap();
-    let entry2 = a.store().outbox().unwrap().remove(0);
-    assert!(entry2.next_attempt_at_ms - entry.next_attempt_at_ms >= 1_600, "backoff doubles");
+    let entry = a.store().outbox().unwrap().remove(0);
+    assert_eq!(entry.attempts, 2);
+    assert!(entry.next_attempt_at_ms - first_due >= 1_600, "backoff doubles");
     // Reachability flushes at once, whatever the backoff says.
-    assert_eq!(transmits(&a.e().on_peer_reachable(&b.key(), entry.next_attempt_at_ms + 1).unwrap()).len(), 1);
+    assert_eq!(transmits(&a.e().on_peer_reachable(&b.key(), first_due + 1).unwrap()).len(), 1);
 }
 
 #[test]

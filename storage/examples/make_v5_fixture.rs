@@ -109,7 +109,7 @@ fn main() {
         .collect();
     store.commit_outgoing(&batch, NOW - 5 * DAY).unwrap();
     store.acknowledge(&[[0xa1; 16]]).unwrap();
-    store.record_attempts(&[[0xa2; 16], [0xa3; 16], [0xa5; 16]], NOW - 4 * DAY).unwrap();
+    store.record_attempts(&[([0xa2; 16], 1), ([0xa3; 16], 1), ([0xa5; 16], 1)], NOW - 4 * DAY).unwrap();
     store.make_durable().unwrap();
     assert_eq!(store.apply_receipt(&alice, &[[0xa3; 16]], &[]).unwrap().len(), 1);
     store.mark_deposited(&[[0xa5; 16]], NOW - 4 * DAY).unwrap();

@@ -93,7 +93,7 @@ fn main() {
     store.acknowledge(&[[0xa4; 16]]).unwrap();
     store.apply_receipt(&alice, &[[0xa5; 16]], &[]).unwrap();
     store.set_message_status(&[0xa6; 16], Failed).unwrap();
-    store.record_attempts(&[[0xa7; 16]], NOW + 1_000).unwrap();
+    store.record_attempts(&[([0xa7; 16], 1)], NOW + 1_000).unwrap();
     // Bob: out b1 (stored in his mailbox), in b2 (delivered, unread).
     store.commit_outgoing(&[outgoing(bob, 0xb1, "b1")], NOW).unwrap();
     store.set_message_status(&[0xb1; 16], Stored).unwrap();

@@ -2314,25 +2314,47 @@ impl ProfileStore {
         })
     }
 
-    /// Records one delivery attempt of several messages in one transaction.
+    /// Records one delivery attempt of several messages in one transaction:
+    /// each message's status becomes `Sent`, and, from its second attempt
+    /// on, its outbox entry takes the attempt count and `next_attempt_at_ms`.
+    /// `attempts` pairs each message id with its attempts so far, this one
+    /// included (the caller's count: the stored one lags it by one). Returns
+    /// the ids whose status changed (became `Sent` now).
+    ///
+    /// A first attempt leaves its outbox entry as it was queued (0 attempts,
+    /// due at once) and writes only the message's two-byte status: rewriting
+    /// the entry would re-seal its whole envelope for a count that only
+    /// matters once a retry's backoff grows. After a restart such an entry
+    /// is sent again at once, as it would be anyway after a crash that lost
+    /// this transaction, and the recipient answers `duplicate` if it already
+    /// has it.
     ///
     /// Not durable on its own (`Durability::None`): it becomes durable with
     /// the next durable commit. Losing it in a crash only loses the attempt
     /// count and the retry time (the message is retried at once after a
     /// restart) and the `sent` status (it shows `queued` until delivered).
-    pub fn record_attempts(&self, message_ids: &[[u8; 16]], next_attempt_at_ms: u64) -> Result<(), StoreError> {
+    pub fn record_attempts(
+        &self,
+        attempts: &[([u8; 16], u32)],
+        next_attempt_at_ms: u64,
+    ) -> Result<Vec<[u8; 16]>, StoreError> {
         self.write_with(redb::Durability::None, |tx| {
             let mut table = tx.open_table(OUTBOX)?;
             let mut tables = StatusTables::open(tx)?;
-            for id in message_ids {
-                if let Some(mut entry) = self.get_sealed::<OutboxEntry>(&table, OUTBOX_NAME, id)? {
-                    entry.attempts = entry.attempts.saturating_add(1);
+            let mut sent = Vec::new();
+            for (id, count) in attempts {
+                if *count > 1
+                    && let Some(mut entry) = self.get_sealed::<OutboxEntry>(&table, OUTBOX_NAME, id)?
+                {
+                    entry.attempts = *count;
                     entry.next_attempt_at_ms = next_attempt_at_ms;
                     self.put_sealed(&mut table, OUTBOX_NAME, id, &entry)?;
                 }
-                self.advance_in(&mut tables, id, MessageStatus::Sent)?;
+                if self.advance_in(&mut tables, id, MessageStatus::Sent)? {
+                    sent.push(*id);
+                }
             }
-            Ok(())
+            Ok(sent)
         })
     }
 
@@ -2767,7 +2789,8 @@ mod tests {
         };
         let steps = [
             ("sent: commit_outgoing", seals(|| drop(store.commit_outgoing(&[out], 1).unwrap()))),
-            ("sent: record_attempts", seals(|| store.record_attempts(&[[1; 16]], 2).unwrap())),
+            ("sent: record_attempts (first)", seals(|| drop(store.record_attempts(&[([1; 16], 1)], 2).unwrap()))),
+            ("sent: record_attempts (retry)", seals(|| drop(store.record_attempts(&[([1; 16], 2)], 3).unwrap()))),
             ("sent: acknowledge", seals(|| store.acknowledge(&[[1; 16]]).unwrap())),
             ("sent: apply_receipt (read)", seals(|| drop(store.apply_receipt(&alice, &[[1; 16]], &[]).unwrap()))),
             ("received: commit_incoming", seals(|| drop(store.commit_incoming(&[inc], 3).unwrap()))),
@@ -2779,13 +2802,18 @@ mod tests {
         // Schema 5: acknowledge, apply_receipt and mark_read re-sealed the
         // whole record (1,046 bytes each). Now a status change seals its
         // two-byte state; mark_read also seals the conversation.
-        assert_eq!(steps[2].1, (1, 2));
         assert_eq!(steps[3].1, (1, 2));
-        assert_eq!(steps[5].1.0, 2);
-        assert!(steps[5].1.1 < 16);
+        assert_eq!(steps[4].1, (1, 2));
+        assert_eq!(steps[6].1.0, 2);
+        assert!(steps[6].1.1 < 16);
         // Each message is sealed once, with its status (2 bytes) beside it.
         assert_eq!(steps[0].1.0, 5, "message, status, outbox entry, session, conversation");
-        assert_eq!(steps[4].1.0, 4, "message, status, session, conversation");
+        assert_eq!(steps[5].1.0, 4, "message, status, session, conversation");
+        // A first attempt seals only the status; a retry re-seals the
+        // outbox entry (its count and time), the status being sent already.
+        assert_eq!(steps[1].1, (1, 2));
+        assert_eq!(steps[2].1.0, 1);
+        assert!(steps[2].1.1 > 1316, "the entry with its envelope");
         assert_eq!(store.message(&[1; 16]).unwrap().unwrap().2.status, MessageStatus::Read);
         assert_eq!(store.message(&[2; 16]).unwrap().unwrap().2.status, MessageStatus::Read);
     }

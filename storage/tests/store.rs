@@ -327,7 +327,8 @@ fn a_deposited_message_is_stored_until_acknowledged_and_survives_reopening() {
     let batch: Vec<_> = (0..3).map(|i| outgoing(alice, &mut session, &format!("m{i}"))).collect();
     store.commit_outgoing(&batch, 100).unwrap();
     let ids: Vec<[u8; 16]> = batch.iter().map(|m| m.message.id).collect();
-    store.record_attempts(&ids, 200).unwrap();
+    let first: Vec<([u8; 16], u32)> = ids.iter().map(|id| (*id, 1)).collect();
+    store.record_attempts(&first, 200).unwrap();
     store.mark_deposited(&ids[..2], 300).unwrap();
     assert_eq!(store.message(&ids[0]).unwrap().unwrap().2.status, MessageStatus::Stored);
     assert_eq!(store.message(&ids[2]).unwrap().unwrap().2.status, MessageStatus::Sent);
@@ -700,6 +701,39 @@ fn outbox_entries_are_looked_up_in_the_order_given_skipping_unknown_ids() {
     assert_eq!(found.iter().map(|e| e.message_id).collect::<Vec<_>>(), [ids[2], ids[0], ids[2]]);
     assert_eq!(found[1].envelope, batch[0].envelope);
     assert!(store.outbox_entries(&[]).unwrap().is_empty());
+}
+
+#[test]
+fn a_first_attempt_writes_only_the_status_and_a_retry_its_count_and_time() {
+    let (_tmp, mut dir) = new_dir();
+    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
+    let (alice, alice_key) = new_contact(&store, "Alice");
+    let mut session = session_with(&store, &alice_key);
+    let batch: Vec<_> = (0..2).map(|i| outgoing(alice, &mut session, &format!("m{i}"))).collect();
+    store.commit_outgoing(&batch, 100).unwrap();
+    let ids: Vec<[u8; 16]> = batch.iter().map(|m| m.message.id).collect();
+    let entry = |id: &[u8; 16]| store.outbox_entries(&[*id]).unwrap().remove(0);
+
+    // First attempt of both: their status becomes sent (reported once),
+    // their entries stay as queued: 0 attempts, due at the time queued.
+    let sent = store.record_attempts(&[(ids[0], 1), (ids[1], 1)], 5_000).unwrap();
+    assert_eq!(sent, ids);
+    for id in &ids {
+        assert_eq!(store.message(id).unwrap().unwrap().2.status, MessageStatus::Sent);
+        let e = entry(id);
+        assert_eq!((e.attempts, e.next_attempt_at_ms), (0, 100));
+    }
+    // A retry of the first: its entry takes the caller's count and time;
+    // its status was sent already, so nothing is reported.
+    assert!(store.record_attempts(&[(ids[0], 2)], 9_000).unwrap().is_empty());
+    let e = entry(&ids[0]);
+    assert_eq!((e.attempts, e.next_attempt_at_ms), (2, 9_000));
+    assert_eq!(e.envelope, batch[0].envelope, "the envelope is kept as it was");
+    assert_eq!(entry(&ids[1]).attempts, 0);
+    // Delivered stays delivered: a late attempt does not move it back.
+    store.acknowledge(&ids[1..]).unwrap();
+    assert!(store.record_attempts(&[(ids[1], 3)], 9_500).unwrap().is_empty());
+    assert_eq!(store.message(&ids[1]).unwrap().unwrap().2.status, MessageStatus::Delivered);
 }
 
 // ---- business -------------------------------------------------------------------

@@ -43,6 +43,8 @@ const CLIENTS: usize = 16;
 /// Kabar's envelope protocol streams per connection (node/src/network.rs):
 /// the bare pair gets the same.
 const STREAMS: usize = 16;
+/// `message.send_batch` calls in flight on one connection in the pipelined row.
+const PIPELINE: usize = 4;
 /// How long a run may take before the benchmark gives up.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -218,6 +220,33 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Calls `method` `n` times with `params`, keeping up to `window` calls
+    /// in flight on this one connection (JSON-RPC ids 1, 2, …; answers are
+    /// matched by id, in whatever order they come). Returns the results in
+    /// call order.
+    async fn pipelined(&mut self, method: &str, params: &Value, n: usize, window: usize) -> Vec<Value> {
+        let mut results = vec![Value::Null; n];
+        let (mut sent, mut answered) = (0, 0);
+        while answered < n {
+            while sent < n && sent - answered < window {
+                let request = json!({"jsonrpc": "2.0", "id": sent + 1, "method": method, "params": params});
+                self.write.write_all(format!("{request}\n").as_bytes()).await.unwrap();
+                sent += 1;
+            }
+            let mut line = String::new();
+            tokio::time::timeout(RUN_TIMEOUT, self.lines.read_line(&mut line)).await.unwrap().unwrap();
+            let reply: Value = serde_json::from_str(&line).unwrap();
+            assert!(reply.get("error").is_none(), "{method}: {reply}");
+            let id = reply["id"].as_u64().unwrap() as usize;
+            assert!((1..=n).contains(&id) && results[id - 1].is_null(), "unexpected answer id {id}");
+            results[id - 1] = reply["result"].clone();
+            answered += 1;
+        }
+        results
+    }
+}
+
 /// The ids the event stream has reported delivered, filled by a task.
 #[derive(Clone, Default)]
 struct Delivered {
@@ -291,6 +320,7 @@ struct KabarRound {
     latencies: Vec<f64>,
     back_to_back: f64,
     batched: f64,
+    pipelined: f64,
     clients: f64,
     /// Times the event stream lagged.
     lags: usize,
@@ -340,6 +370,21 @@ async fn kabar_round() -> KabarRound {
     delivered.wait(&mut conn, &ids, &follower).await;
     let batched = ids.len() as f64 / start.elapsed().as_secs_f64();
 
+    // The same calls, PIPELINE of them in flight on the one connection
+    // (answered as they complete, matched by id).
+    let start = Instant::now();
+    let params = json!({"to": "Bob", "texts": batch});
+    let ids: Vec<String> = conn
+        .pipelined("message.send_batch", &params, MESSAGES / BATCH, PIPELINE)
+        .await
+        .iter()
+        .flat_map(|r| {
+            r["message_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>()
+        })
+        .collect();
+    delivered.wait(&mut conn, &ids, &follower).await;
+    let pipelined = ids.len() as f64 / start.elapsed().as_secs_f64();
+
     // CLIENTS clients at once, each on its own connection calling
     // `message.send` one message at a time.
     let mut conns = Vec::with_capacity(CLIENTS);
@@ -362,7 +407,7 @@ async fn kabar_round() -> KabarRound {
     let clients = ids.len() as f64 / start.elapsed().as_secs_f64();
     follower.abort();
     let lags = delivered.lags.load(std::sync::atomic::Ordering::SeqCst);
-    KabarRound { latencies, back_to_back, batched, clients, lags }
+    KabarRound { latencies, back_to_back, batched, pipelined, clients, lags }
 }
 
 #[derive(Default)]
@@ -402,6 +447,8 @@ fn main() {
     const K_P99: usize = 10;
     const B_P99: usize = 11;
     const R_CLIENTS: usize = 12;
+    const K_PIPE: usize = 13;
+    const R_PIPE: usize = 14;
     let mut m = Medians::default();
     for round in 0..rounds() {
         let (b_lat, b_b2b, b_batch, b_clients) = runtime.block_on(async {
@@ -416,6 +463,7 @@ fn main() {
         let r_batch = bare_redb(MESSAGES, BATCH);
         let r_one = bare_redb(MESSAGES / 8, 1);
         let r_clients = bare_redb(MESSAGES / 2, CLIENTS);
+        let r_pipe = bare_redb(MESSAGES, BATCH * PIPELINE);
         let k = runtime.block_on(kabar_round());
         m.push(K_LAT, pct(&k.latencies, 50.0));
         m.push(K_P99, pct(&k.latencies, 99.0));
@@ -430,8 +478,10 @@ fn main() {
         m.push(B_CLIENTS, b_clients);
         m.push(R_ONE, r_one);
         m.push(R_CLIENTS, r_clients);
+        m.push(K_PIPE, k.pipelined);
+        m.push(R_PIPE, r_pipe);
         println!(
-            "round {round}: kabar p50 {:.3} ms (bare {:.3}); back to back {:.0}/s (bare {:.0}, redb 1 per commit {:.0}); batched {:.0}/s (bare {:.0}, redb {:.0}); {CLIENTS} clients {:.0}/s (bare {:.0}, redb {CLIENTS} per commit {:.0}); event stream lagged {} times",
+            "round {round}: kabar p50 {:.3} ms (bare {:.3}); back to back {:.0}/s (bare {:.0}, redb 1 per commit {:.0}); batched {:.0}/s (bare {:.0}, redb {:.0}); {PIPELINE} batches in flight {:.0}/s (redb {:.0}); {CLIENTS} clients {:.0}/s (bare {:.0}, redb {CLIENTS} per commit {:.0}); event stream lagged {} times",
             pct(&k.latencies, 50.0),
             pct(&b_lat, 50.0),
             k.back_to_back,
@@ -440,6 +490,8 @@ fn main() {
             k.batched,
             b_batch,
             r_batch,
+            k.pipelined,
+            r_pipe,
             k.clients,
             b_clients,
             r_clients,
@@ -484,6 +536,16 @@ fn main() {
         m.get(R_BATCH)
     );
     println!(
+        "| Kabar, `message.send_batch` of {BATCH}, {PIPELINE} in flight | the same {} calls pipelined on one connection, up to {PIPELINE} unanswered; ends when every id is delivered | {:.0} | — | — |",
+        MESSAGES / BATCH,
+        m.get(K_PIPE)
+    );
+    println!(
+        "| floor: bare redb, {PIPELINE} batches per commit | a durable commit of {} × 1 KiB at each end (two databases, side by side) | {:.0} | — | — |",
+        BATCH * PIPELINE,
+        m.get(R_PIPE)
+    );
+    println!(
         "| Kabar, {CLIENTS} clients | {CLIENTS} connections, each calling `message.send` one message at a time; ends when every id is delivered | {:.0} | — | — |",
         m.get(K_CLIENTS)
     );
@@ -504,6 +566,8 @@ fn main() {
         ("Kabar batched", K_BATCH),
         ("bare batched", B_BATCH),
         ("redb batched", R_BATCH),
+        ("Kabar pipelined batches", K_PIPE),
+        ("redb pipelined batches per commit", R_PIPE),
         ("Kabar clients", K_CLIENTS),
         ("bare clients", B_CLIENTS),
         ("redb one per commit", R_ONE),
