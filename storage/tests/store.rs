@@ -318,15 +318,22 @@ fn sending_commits_session_message_and_outbox_together() {
     assert_eq!(store.message(&batch[2].message.id).unwrap().unwrap().2.status, MessageStatus::Failed);
 }
 
-#[test]
-fn a_deposited_message_is_stored_until_acknowledged_and_survives_reopening() {
-    let (_tmp, mut dir) = new_dir();
+/// A personal profile with one contact, Alice, and `n` messages to her
+/// ("m0", "m1", …) committed at time 100: the store, the messages, their ids.
+fn queued_to_alice(dir: &mut DataDir, n: usize) -> (ProfileStore, Vec<OutgoingMessage>, Vec<[u8; 16]>) {
     let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
     let (alice, alice_key) = new_contact(&store, "Alice");
     let mut session = session_with(&store, &alice_key);
-    let batch: Vec<_> = (0..3).map(|i| outgoing(alice, &mut session, &format!("m{i}"))).collect();
+    let batch: Vec<_> = (0..n).map(|i| outgoing(alice, &mut session, &format!("m{i}"))).collect();
     store.commit_outgoing(&batch, 100).unwrap();
-    let ids: Vec<[u8; 16]> = batch.iter().map(|m| m.message.id).collect();
+    let ids = batch.iter().map(|m| m.message.id).collect();
+    (store, batch, ids)
+}
+
+#[test]
+fn a_deposited_message_is_stored_until_acknowledged_and_survives_reopening() {
+    let (_tmp, mut dir) = new_dir();
+    let (store, _, ids) = queued_to_alice(&mut dir, 3);
     let first: Vec<([u8; 16], u32)> = ids.iter().map(|id| (*id, 1)).collect();
     store.record_attempts(&first, 200).unwrap();
     store.mark_deposited(&ids[..2], 300).unwrap();
@@ -690,12 +697,7 @@ fn a_settled_stranger_is_never_evicted() {
 #[test]
 fn outbox_entries_are_looked_up_in_the_order_given_skipping_unknown_ids() {
     let (_tmp, mut dir) = new_dir();
-    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
-    let (alice, alice_key) = new_contact(&store, "Alice");
-    let mut session = session_with(&store, &alice_key);
-    let batch: Vec<_> = (0..3).map(|i| outgoing(alice, &mut session, &format!("m{i}"))).collect();
-    store.commit_outgoing(&batch, 100).unwrap();
-    let ids: Vec<[u8; 16]> = batch.iter().map(|m| m.message.id).collect();
+    let (store, batch, ids) = queued_to_alice(&mut dir, 3);
     store.acknowledge(&ids[1..2]).unwrap();
     let found = store.outbox_entries(&[ids[2], [0xee; 16], ids[1], ids[0], ids[2]]).unwrap();
     assert_eq!(found.iter().map(|e| e.message_id).collect::<Vec<_>>(), [ids[2], ids[0], ids[2]]);
@@ -706,12 +708,7 @@ fn outbox_entries_are_looked_up_in_the_order_given_skipping_unknown_ids() {
 #[test]
 fn a_first_attempt_writes_only_the_status_and_a_retry_its_count_and_time() {
     let (_tmp, mut dir) = new_dir();
-    let store = dir.create_profile("personal", ProfileKind::Personal, 0, &mut rand::rng()).unwrap();
-    let (alice, alice_key) = new_contact(&store, "Alice");
-    let mut session = session_with(&store, &alice_key);
-    let batch: Vec<_> = (0..2).map(|i| outgoing(alice, &mut session, &format!("m{i}"))).collect();
-    store.commit_outgoing(&batch, 100).unwrap();
-    let ids: Vec<[u8; 16]> = batch.iter().map(|m| m.message.id).collect();
+    let (store, batch, ids) = queued_to_alice(&mut dir, 2);
     let entry = |id: &[u8; 16]| store.outbox_entries(&[*id]).unwrap().remove(0);
 
     // First attempt of both: their status becomes sent (reported once),
