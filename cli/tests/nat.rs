@@ -5,7 +5,9 @@
 //!
 //! Topologies:
 //! 1. two homes behind endpoint-independent NATs and a public relay: the
-//!    connection goes direct by hole punching (DCUtR);
+//!    connection goes direct by hole punching (DCUtR); and with the path
+//!    between the homes cut, punching fails, and once it is mended the
+//!    nodes punch again and go direct;
 //! 2. one home behind a symmetric NAT: hole punching cannot work, messages
 //!    travel over the relay; the relay is killed and restarted mid-way;
 //! 3. a public node whose address changes while its contact holds the old
@@ -53,7 +55,7 @@ fn behind_two_endpoint_independent_nats_the_connection_goes_direct() {
 
     exchange(&alice, &bob, "Bob", "Alice", "a2b", 10);
     let bob_id = bob.peer_id();
-    wait_until("a direct connection by hole punching", || {
+    wait_showing("a direct connection by hole punching", &[&alice, &bob], || {
         (alice.connection_to(&bob_id).as_deref() == Some("direct")).then_some(())
     });
     let punched = alice.profile()["hole_punch"]["succeeded"].as_u64().unwrap()
@@ -62,6 +64,47 @@ fn behind_two_endpoint_independent_nats_the_connection_goes_direct() {
     exchange(&bob, &alice, "Alice", "Bob", "b2a", 10);
     exchange(&alice, &bob, "Bob", "Alice", "a2b-direct", 10);
     assert_eq!(alice.connection_to(&bob_id).as_deref(), Some("direct"));
+    drop(relay);
+}
+
+#[test]
+fn a_hole_punch_that_failed_is_tried_again_and_goes_direct_once_the_path_is_back() {
+    let Some(mut lab) = lab() else { return };
+    let root = tmp();
+    let relay_host = lab.public_host("relay").unwrap();
+    let (a_host, b_host) =
+        (lab.home("alice", Nat::EndpointIndependent).unwrap(), lab.home("bob", Nat::EndpointIndependent).unwrap());
+    // Both routers drop everything between the two homes (before connection
+    // tracking, so the cut leaves no NAT state behind): only the relay
+    // connects them, and hole punching must fail.
+    lab.cut(&a_host, b_host.public_ip()).unwrap();
+    lab.cut(&b_host, a_host.public_ip()).unwrap();
+    let relay = Relay::start(&mut lab, &relay_host, root.path());
+    let alice = Node::start(&mut lab, &a_host, root.path(), &relay.address);
+    let bob = Node::start(&mut lab, &b_host, root.path(), &relay.address);
+    alice.wait_reserved();
+    bob.wait_reserved();
+    introduce(&alice, "Alice", &bob, "Bob");
+    exchange(&alice, &bob, "Bob", "Alice", "cut", 5);
+    let bob_id = bob.peer_id();
+    let failed = |n: &Node| {
+        let hp = n.profile()["hole_punch"].clone();
+        hp["attempts"].as_u64().unwrap() - hp["succeeded"].as_u64().unwrap()
+    };
+    wait_showing("hole punching to fail", &[&alice, &bob], || (failed(&alice) + failed(&bob) >= 1).then_some(()));
+    assert_eq!(alice.connection_to(&bob_id).as_deref(), Some("relayed"));
+
+    // The path comes back: a node does not stay relayed for good after one
+    // failure, it opens a new relayed connection and punches again.
+    lab.mend(&a_host).unwrap();
+    lab.mend(&b_host).unwrap();
+    wait_showing("a direct connection after punching again", &[&alice, &bob], || {
+        (alice.connection_to(&bob_id).as_deref() == Some("direct")).then_some(())
+    });
+    let retries = |n: &Node| n.profile()["hole_punch"]["retries"].as_u64().unwrap();
+    assert!(retries(&alice) + retries(&bob) >= 1, "the direct connection came from punching again");
+    exchange(&alice, &bob, "Bob", "Alice", "mended", 5);
+    exchange(&bob, &alice, "Alice", "Bob", "back", 5);
     drop(relay);
 }
 

@@ -142,9 +142,7 @@ impl Lab {
     /// 0.0.0.0 keeps its socket and just sees the address change. Removing the router's old address also makes
     /// the kernel flush the NAT mappings made with it, as when a real ISP hands out a new address.
     pub fn change_address(&mut self, host: &Host) -> Result<Ipv4Addr, LabError> {
-        if !self.namespaces.iter().any(|n| n == host.namespace()) {
-            return Err(LabError::ForeignHost(format!("host {:?} ({})", host.name(), host.namespace())));
-        }
+        self.own_public_namespace(host)?;
         let (ns, dev) = host.public_interface();
         let old = host.public_ip();
         let new = self.next_public_ip()?;
@@ -153,6 +151,31 @@ impl Lab {
         self.tools.ip_in(ns, ["addr", "del", &format!("{old}/{INTERNET_PREFIX}"), "dev", dev])?;
         host.set_public_ip(new);
         Ok(new)
+    }
+
+    /// Cuts the path between `host` and the public address `peer` where `host` meets the internet (its router,
+    /// or a public host itself): every packet to or from `peer` is dropped there, before NAT and connection
+    /// tracking, until [`Lab::mend`]. Traffic with every other address (a relay, say) flows as before. Cutting
+    /// an already cut host replaces the cut. A cut at one end still lets the other end's router see what its
+    /// host sends (unanswered connection attempts whose tracking entries outlive the cut and can spoil a later
+    /// TCP simultaneous open through it): to leave no state on either side, cut both ends.
+    pub fn cut(&mut self, host: &Host, peer: Ipv4Addr) -> Result<(), LabError> {
+        let ns = self.own_public_namespace(host)?;
+        self.tools.nft_in(&ns, &cut_ruleset(Some(peer)))
+    }
+
+    /// Removes [`Lab::cut`]'s rule from `host`; a host with no cut is left as it is.
+    pub fn mend(&mut self, host: &Host) -> Result<(), LabError> {
+        let ns = self.own_public_namespace(host)?;
+        self.tools.nft_in(&ns, &cut_ruleset(None))
+    }
+
+    /// The namespace where `host` meets the internet, if the host is this lab's.
+    fn own_public_namespace(&self, host: &Host) -> Result<String, LabError> {
+        if !self.namespaces.iter().any(|n| n == host.namespace()) {
+            return Err(LabError::ForeignHost(format!("host {:?} ({})", host.name(), host.namespace())));
+        }
+        Ok(host.public_interface().0.to_string())
     }
 
     /// This lab's namespace name prefix, `kl<pid>x<lab>`: every namespace it makes is `<prefix>n<k>`.
@@ -253,9 +276,42 @@ fn router_ruleset(nat: Nat) -> String {
     )
 }
 
+/// The nftables file of [`Lab::cut`] (`Some(peer)`) and [`Lab::mend`] (`None`): the `kabar_lab_cut` table is
+/// declared (so deleting it never fails), deleted, and made again only for a cut. Its chain hooks prerouting
+/// (what comes in from either side) and output (what the namespace sends itself) at raw priority, ahead of
+/// connection tracking and NAT, so a dropped packet leaves no mapping behind.
+fn cut_ruleset(peer: Option<Ipv4Addr>) -> String {
+    let mut rules = String::from("table ip kabar_lab_cut\ndelete table ip kabar_lab_cut\n");
+    if let Some(peer) = peer {
+        rules.push_str(&format!(
+            "table ip kabar_lab_cut {{
+    chain pre {{
+        type filter hook prerouting priority raw; policy accept;
+        ip saddr {peer} drop
+        ip daddr {peer} drop
+    }}
+    chain out {{
+        type filter hook output priority raw; policy accept;
+        ip daddr {peer} drop
+    }}
+}}
+"
+        ));
+    }
+    rules
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_drops_both_directions_and_a_mend_only_deletes() {
+        let cut = cut_ruleset(Some(Ipv4Addr::new(198, 18, 0, 7)));
+        assert!(cut.contains("ip saddr 198.18.0.7 drop") && cut.contains("ip daddr 198.18.0.7 drop"));
+        assert!(cut.starts_with("table ip kabar_lab_cut\ndelete table ip kabar_lab_cut\n"));
+        assert_eq!(cut_ruleset(None), "table ip kabar_lab_cut\ndelete table ip kabar_lab_cut\n");
+    }
 
     #[test]
     fn public_addresses_skip_network_and_broadcast_looking_ones() {

@@ -115,6 +115,16 @@ pub const RESERVE_RETRY_MIN: Duration = Duration::from_secs(1);
 pub const RESERVE_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Most hole-punch timings kept for `node info`.
 const MAX_TIMINGS: usize = 256;
+/// After hole punching to a peer fails (DCUtR gives up after three
+/// attempts on one relayed connection), a new relayed connection is opened
+/// to punch again after about this long (±50 %, at random), then after
+/// twice as long each time…
+pub const PUNCH_AGAIN_MIN: Duration = Duration::from_secs(10);
+/// …up to this, for as long as the peer stays connected only through relays.
+pub const PUNCH_AGAIN_MAX: Duration = Duration::from_secs(300);
+/// Most relay circuit addresses remembered per connected peer (from its
+/// identify listen addresses), to open a new relayed connection with.
+const MAX_CIRCUITS_PER_PEER: usize = 4;
 
 /// Network settings of a node (the same for every profile; each profile
 /// gets its own ports).
@@ -336,6 +346,12 @@ struct Reach {
     relayed_since: HashMap<PeerId, Instant>,
     /// Relayed connections to close (a direct one exists) and when.
     close_relayed: HashMap<PeerId, Instant>,
+    /// Peers reached only through relays whose hole punching failed: when
+    /// to open a new relayed connection to punch again (None while that
+    /// attempt runs), and the delay used last.
+    punch_again: HashMap<PeerId, (Option<Instant>, Duration)>,
+    /// Connected peers' relay circuit addresses (identify), for `punch_again`.
+    circuits: HashMap<PeerId, Vec<Multiaddr>>,
     advertised: Vec<Multiaddr>,
     announce_at: Option<Instant>,
     publish_at: Option<Instant>,
@@ -372,6 +388,8 @@ impl Reach {
             connections: HashMap::new(),
             relayed_since: HashMap::new(),
             close_relayed: HashMap::new(),
+            punch_again: HashMap::new(),
+            circuits: HashMap::new(),
             release_after_accept: Vec::new(),
             advertised: Vec::new(),
             announce_at: None,
@@ -404,6 +422,78 @@ impl Reach {
 
     fn is_relay(&self, peer: &PeerId) -> bool {
         self.relays.iter().any(|r| &r.peer == peer)
+    }
+
+    fn has_direct(&self, peer: &PeerId) -> bool {
+        self.connections.values().any(|(p, relayed)| p == peer && !relayed)
+    }
+
+    /// Hole punching to `peer` failed: punch again later over a new relayed
+    /// connection, if the peer is still reached only through relays.
+    fn punch_later(&mut self, peer: PeerId) {
+        if self.has_direct(&peer) || !self.connections.values().any(|(p, _)| *p == peer) {
+            return;
+        }
+        let entry = self.punch_again.entry(peer).or_insert((None, PUNCH_AGAIN_MIN / 2));
+        if entry.0.is_none() {
+            entry.1 = (entry.1 * 2).min(PUNCH_AGAIN_MAX);
+            // Both ends usually fail together and would both open a new
+            // relayed connection at the same moment: two DCUtR runs whose
+            // simultaneous dials share ports then spoil each other. A
+            // random spread of ±50 % lets one go first; the other's punch
+            // is cancelled when the direct connection appears.
+            entry.0 = Some(Instant::now() + entry.1.mul_f64(rand::random_range(0.5..1.5)));
+        }
+    }
+
+    /// Opens a new relayed connection to each peer whose punch is due, so
+    /// that DCUtR runs on it again (the peer, listening on its circuit,
+    /// starts it). The connection carries on as any other relayed one;
+    /// unused, it closes after the idle timeout.
+    fn punch_due(&mut self, swarm: &mut Swarm<Behaviour>, now: Instant) {
+        let due: Vec<PeerId> =
+            self.punch_again.iter().filter(|(_, (at, _))| at.is_some_and(|t| t <= now)).map(|(p, _)| *p).collect();
+        for peer in due {
+            let Some(circuits) = self.circuits.get(&peer).filter(|c| !c.is_empty()) else {
+                self.punch_again.remove(&peer);
+                continue;
+            };
+            if let Some(entry) = self.punch_again.get_mut(&peer) {
+                entry.0 = None;
+            }
+            let opts = DialOpts::peer_id(peer)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                .addresses(circuits.clone())
+                .build();
+            match swarm.dial(opts) {
+                Ok(()) => {
+                    self.hole_punch.retries += 1;
+                    tracing::info!(%peer, "hole punching again over a new relayed connection");
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot open a relayed connection to punch again");
+                    self.punch_later(peer);
+                }
+            }
+        }
+    }
+
+    /// Remembers the relay circuit addresses among a peer's listen addresses.
+    fn learn_circuits(&mut self, peer: PeerId, listen_addrs: &[Multiaddr]) {
+        let circuits: Vec<Multiaddr> = listen_addrs
+            .iter()
+            .filter(|a| a.iter().any(|p| p == Protocol::P2pCircuit))
+            .take(MAX_CIRCUITS_PER_PEER)
+            .map(|a| match a.iter().last() {
+                Some(Protocol::P2p(_)) => a.clone(),
+                _ => a.clone().with(Protocol::P2p(peer)),
+            })
+            .collect();
+        if circuits.is_empty() {
+            self.circuits.remove(&peer);
+        } else {
+            self.circuits.insert(peer, circuits);
+        }
     }
 
     /// Writes the reachability part of `status`; returns whether its peer
@@ -1224,6 +1314,7 @@ fn on_reach_tick(swarm: &mut Swarm<Behaviour>, reach: &mut Reach, worker: &Engin
             relay.backoff = (relay.backoff * 2).min(RESERVE_RETRY_MAX);
         }
     }
+    reach.punch_due(swarm, now);
     let due: Vec<PeerId> = reach.close_relayed.iter().filter(|(_, t)| **t <= now).map(|(p, _)| *p).collect();
     for peer in due {
         reach.close_relayed.remove(&peer);
@@ -1472,10 +1563,13 @@ fn handle_event(
             ctx.reach.connections_changed += 1;
             if relayed {
                 ctx.reach.relayed_since.entry(peer_id).or_insert_with(Instant::now);
-            } else if ctx.reach.connections.values().any(|(p, r)| *p == peer_id && *r) {
-                // Messages should take the direct path: the relayed
-                // connection goes once hole punching has finished.
-                ctx.reach.close_relayed.insert(peer_id, Instant::now() + CLOSE_RELAYED_AFTER);
+            } else {
+                ctx.reach.punch_again.remove(&peer_id);
+                if ctx.reach.connections.values().any(|(p, r)| *p == peer_id && *r) {
+                    // Messages should take the direct path: the relayed
+                    // connection goes once hole punching has finished.
+                    ctx.reach.close_relayed.insert(peer_id, Instant::now() + CLOSE_RELAYED_AFTER);
+                }
             }
             if let Some(address) = ctx.courier.hosted_by(&peer_id).cloned() {
                 // Back in touch with one of our mailbox hosts: fetch.
@@ -1492,6 +1586,8 @@ fn handle_event(
             }
             if num_established == 0 {
                 ctx.reach.close_relayed.remove(&peer_id);
+                ctx.reach.punch_again.remove(&peer_id);
+                ctx.reach.circuits.remove(&peer_id);
             }
             Vec::new()
         }
@@ -1530,7 +1626,10 @@ fn handle_event(
                     }
                     tracing::info!(peer = %remote_peer_id, "hole punched: direct connection");
                 }
-                Err(e) => tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed; staying relayed"),
+                Err(e) => {
+                    tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed; relayed for now");
+                    ctx.reach.punch_later(remote_peer_id);
+                }
             }
             Vec::new()
         }
@@ -1641,6 +1740,7 @@ fn handle_event(
             Vec::new()
         }
         SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+            ctx.reach.learn_circuits(peer_id, &info.listen_addrs);
             add_dht_server(&mut swarm.behaviour_mut().kad, peer_id, info);
             reachable(worker, &peer_id);
             Vec::new()

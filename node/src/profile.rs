@@ -84,6 +84,8 @@ pub struct HolePunchStatus {
     pub attempts: u64,
     /// Attempts that gave a direct connection.
     pub succeeded: u64,
+    /// New relayed connections opened to punch again after a failure.
+    pub retries: u64,
     /// For the latest successes (at most 256): milliseconds from the
     /// relayed connection to the direct one.
     pub direct_after_ms: Vec<u64>,

@@ -31,13 +31,29 @@ pub fn lab() -> Option<Lab> {
 }
 
 /// Polls `f` until it returns Some, at most [`WAIT`].
-pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll(f).unwrap_or_else(|| panic!("timed out waiting for {what}"))
+}
+
+/// [`wait_until`], with the end of each node's log in the failure message.
+pub fn wait_showing<T>(what: &str, nodes: &[&Node], f: impl FnMut() -> Option<T>) -> T {
+    poll(f).unwrap_or_else(|| {
+        let logs: Vec<String> =
+            nodes.iter().map(|n| format!("--- {} ---\n{}", n.host.name(), n.log_tail(40))).collect();
+        panic!("timed out waiting for {what}; the end of each node's log:\n{}", logs.join("\n"))
+    })
+}
+
+/// Polls `f` every 200 ms until it returns Some, at most [`WAIT`].
+fn poll<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + WAIT;
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }

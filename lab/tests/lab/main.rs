@@ -5,5 +5,6 @@
 
 mod address;
 mod cleanup;
+mod cut;
 mod nat;
 mod probe;
