@@ -2298,22 +2298,6 @@ impl ProfileStore {
         Ok(entries)
     }
 
-    /// Records a delivery attempt: attempts + 1, the next attempt time, and
-    /// the message's status `Sent`.
-    pub fn record_attempt(&self, message_id: &[u8; 16], next_attempt_at_ms: u64) -> Result<(), StoreError> {
-        self.write(|tx| {
-            let mut table = tx.open_table(OUTBOX)?;
-            if let Some(mut entry) = self.get_sealed::<OutboxEntry>(&table, OUTBOX_NAME, message_id)? {
-                entry.attempts = entry.attempts.saturating_add(1);
-                entry.next_attempt_at_ms = next_attempt_at_ms;
-                self.put_sealed(&mut table, OUTBOX_NAME, message_id, &entry)?;
-            }
-            drop(table);
-            self.advance_status(tx, message_id, MessageStatus::Sent)?;
-            Ok(())
-        })
-    }
-
     /// Records one delivery attempt of several messages in one transaction:
     /// each message's status becomes `Sent`, and, from its second attempt
     /// on, its outbox entry takes the attempt count and `next_attempt_at_ms`.

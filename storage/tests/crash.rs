@@ -162,7 +162,8 @@ fn run_child(root: &Path) -> ! {
 
         if rng.random_bool(0.3) && !pending.is_empty() {
             let id = pending[rng.random_range(0..pending.len())];
-            store.record_attempt(&id, now_ms() + 1_000).unwrap();
+            store.record_attempts(&[(id, 1)], now_ms() + 1_000).unwrap();
+            store.make_durable().unwrap();
             report(&[format!("sent {}", hex(&id))]);
         }
         if rng.random_bool(0.25) && pending.len() > 1 {

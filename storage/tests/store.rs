@@ -305,7 +305,7 @@ fn sending_commits_session_message_and_outbox_together() {
         [b"m0".to_vec(), b"m1".to_vec(), b"m2".to_vec()]
     );
 
-    store.record_attempt(&batch[0].message.id, 200).unwrap();
+    assert_eq!(store.record_attempts(&[(batch[0].message.id, 1)], 200).unwrap(), [batch[0].message.id]);
     assert_eq!(store.message(&batch[0].message.id).unwrap().unwrap().2.status, MessageStatus::Sent);
     store.acknowledge(&[batch[0].message.id, batch[1].message.id]).unwrap();
     assert_eq!(store.outbox().unwrap().len(), 1);
