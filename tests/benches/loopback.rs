@@ -210,17 +210,9 @@ impl Conn {
     }
 
     async fn call(&mut self, method: &str, params: Value) -> Value {
-        let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-        self.write.write_all(format!("{request}\n").as_bytes()).await.unwrap();
-        let mut line = String::new();
-        tokio::time::timeout(RUN_TIMEOUT, self.lines.read_line(&mut line)).await.unwrap().unwrap();
-        let reply: Value = serde_json::from_str(&line).unwrap();
-        assert!(reply.get("error").is_none(), "{method}: {reply}");
-        reply["result"].clone()
+        self.pipelined(method, &params, 1, 1).await.swap_remove(0)
     }
-}
 
-impl Conn {
     /// Calls `method` `n` times with `params`, keeping up to `window` calls
     /// in flight on this one connection (JSON-RPC ids 1, 2, …; answers are
     /// matched by id, in whatever order they come). Returns the results in
