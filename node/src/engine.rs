@@ -527,6 +527,24 @@ pub struct Engine {
     /// outbox is flushed once, at the group's end, and whether each was
     /// found reachable.
     deferred: Option<HashMap<PeerKey, bool>>,
+    /// Whether the work running now may stage its sends ([`Engine::stage_sends`]).
+    staging: bool,
+    /// Sends staged for one transaction ([`Engine::stage_sends`]).
+    staged: Staged,
+    /// [`GuardStatus::resent_messages`].
+    resent: u64,
+}
+
+/// Messages encrypted by consecutive sends of a group of work and not yet
+/// committed, with what the next send to the same contact must start from.
+#[derive(Default)]
+struct Staged {
+    /// In order; committed together by [`Engine::commit_staged`].
+    batch: Vec<OutgoingMessage>,
+    /// Per contact: the session state after its last staged message.
+    sessions: HashMap<ContactId, SessionState>,
+    /// Per contact: the sequence number its next message takes.
+    next_seq: HashMap<ContactId, u64>,
 }
 
 /// What the bounds against strangers did (for `node info`).
@@ -540,6 +558,12 @@ pub struct GuardStatus {
     pub strangers_dropped: u64,
     /// Envelopes refused as `busy` (over a budget) since the profile started.
     pub refused_envelopes: u64,
+    /// Messages encrypted again since the profile started because their
+    /// recipient no longer had the key (it reported it gone). A recipient
+    /// that restored a backup, or a skipped key evicted, explains a few;
+    /// between two healthy nodes it stays 0, and a ratchet key used twice
+    /// would show here (the recipient can decrypt only the first use).
+    pub resent_messages: u64,
 }
 
 /// How many of envelopes of these lengths, in order, fit in one request
@@ -590,6 +614,9 @@ impl Engine {
             sealing: HashMap::new(),
             pacer: Pacer::new(config.requests_per_second, config.request_burst),
             deferred: None,
+            staging: false,
+            staged: Staged::default(),
+            resent: 0,
         })
     }
 
@@ -775,14 +802,28 @@ impl Engine {
         if contact.blocked {
             return Err(EngineError::Blocked(contact.display_name));
         }
-        let stored = self.store.session(contact_id)?;
-        let (mut state, mut session) = if self.waits_for_prekeys(contact_id, &contact, stored.is_some(), now_ms)? {
+        let stored = match self.staged.sessions.get(contact_id) {
+            Some(state) => Some(state.clone()),
+            None => self.store.session(contact_id)?,
+        };
+        let waits = self.waits_for_prekeys(contact_id, &contact, stored.is_some(), now_ms)?;
+        // Staged only under an existing session: a new one (a prekey used
+        // up) or messages kept unencrypted take the ordinary path, after
+        // what is staged.
+        let stage = self.staging && self.deferred.is_some() && stored.is_some() && !waits;
+        if !stage {
+            self.commit_staged()?;
+        }
+        let (mut state, mut session) = if waits {
             (None, None)
         } else {
             let (state, session) = self.sending_session(contact_id, &contact, stored, false, rng)?;
             (state, Some(session))
         };
-        let first_seq = self.store.conversation(contact_id)?.next_seq;
+        let first_seq = match self.staged.next_seq.get(contact_id) {
+            Some(seq) => *seq,
+            None => self.store.conversation(contact_id)?.next_seq,
+        };
         let mut batch = Vec::with_capacity(contents.len());
         for (i, content) in contents.into_iter().enumerate() {
             let seq = first_seq + i as u64;
@@ -815,20 +856,69 @@ impl Engine {
             batch.push(OutgoingMessage { contact: *contact_id, session: snapshot, message, envelope });
         }
         state.take();
-        let seqs = self.store.commit_outgoing(&batch, now_ms)?;
+        let ids = batch.iter().map(|m| m.message.id).collect();
+        if stage {
+            if let Some(last) = batch.last().and_then(|m| m.session.clone()) {
+                self.staged.sessions.insert(*contact_id, last);
+            }
+            self.staged.next_seq.insert(*contact_id, first_seq + batch.len() as u64);
+            self.staged.batch.append(&mut batch);
+        } else {
+            self.commit_queued(&batch)?;
+        }
+        Ok(ids)
+    }
+
+    /// Commits outgoing messages in one transaction and adds them to the
+    /// outbox index.
+    fn commit_queued(&mut self, batch: &[OutgoingMessage]) -> Result<(), EngineError> {
+        let Some(first) = batch.first() else { return Ok(()) };
+        let seqs = self.store.commit_outgoing(batch, first.message.sent_at_ms)?;
         for (item, seq) in batch.iter().zip(seqs) {
             let queued = Queued {
                 id: item.message.id,
                 seq,
-                queued_at_ms: now_ms,
+                queued_at_ms: item.message.sent_at_ms,
                 attempts: 0,
-                next_attempt_at_ms: now_ms,
+                next_attempt_at_ms: item.message.sent_at_ms,
                 shown: item.message.id,
                 unsealed: item.envelope.is_empty(),
             };
-            self.outbox.insert(*contact_id, queued);
+            self.outbox.insert(item.contact, queued);
         }
-        Ok(batch.iter().map(|m| m.message.id).collect())
+        Ok(())
+    }
+
+    /// Whether the work that runs next may stage its sends: a `message.send`
+    /// may (the worker says so), anything else may not. While staging is on
+    /// inside a group of work ([`Engine::defer_flushes`]), a send under an
+    /// existing session encrypts its message with the state the contact's
+    /// previous staged send left (kept here, one owner as ever) and keeps it
+    /// in memory instead of committing a transaction of its own; the staged
+    /// messages of consecutive sends are committed together, in ONE
+    /// transaction, as soon as anything else is to run: turning staging off
+    /// commits them (so the next piece of work reads them from the store),
+    /// and so does [`Engine::flush_deferred`], before anything leaves. Like
+    /// every commit of the group, it is durable only with the group's end;
+    /// a failed commit is the group's failure (the worker drops every result
+    /// of the group, those of the staged sends too).
+    pub fn stage_sends(&mut self, on: bool) -> Result<(), EngineError> {
+        if !on {
+            self.commit_staged()?;
+        }
+        self.staging = on;
+        Ok(())
+    }
+
+    /// Commits the staged messages ([`Engine::stage_sends`]), if any.
+    fn commit_staged(&mut self) -> Result<(), EngineError> {
+        let staged = std::mem::take(&mut self.staged);
+        self.commit_queued(&staged.batch)
+    }
+
+    /// Messages staged and not yet committed ([`Engine::stage_sends`]).
+    pub fn staged(&self) -> usize {
+        self.staged.batch.len()
     }
 
     /// True if messages to `contact` now are kept unencrypted until its
@@ -1050,6 +1140,9 @@ impl Engine {
                 None => SessionState::new(current.snapshot()),
             };
             let fresh = self.store.reencrypt_outbox(&items, &new_state, resend, now_ms)?;
+            if resend {
+                self.resent += fresh.len() as u64;
+            }
             tracing::debug!(profile = %self.store.name(), count = fresh.len(), resend, "queued messages encrypted");
             for (old, _, _) in &items {
                 self.forget_queued(old);
@@ -1173,6 +1266,7 @@ impl Engine {
     /// Flushes the peers noted since [`Engine::defer_flushes`], and flushes
     /// at once again from now on.
     pub fn flush_deferred(&mut self, now_ms: u64) -> Result<Vec<Action>, EngineError> {
+        self.stage_sends(false)?;
         let Some(peers) = self.deferred.take() else { return Ok(Vec::new()) };
         let mut actions = Vec::new();
         for (peer, reachable) in peers {
@@ -2006,6 +2100,7 @@ impl Engine {
             stranger_limit: self.config.strangers.max_count,
             strangers_dropped: self.strangers_dropped,
             refused_envelopes: self.budgets.refused,
+            resent_messages: self.resent,
         }
     }
 

@@ -726,8 +726,8 @@ pub async fn run_profile(mut swarm: Swarm<Behaviour>, mut engine: Engine, config
                 None => break,
                 Some(Command::Job(job, answer)) => {
                     let snapshot = status.clone();
-                    let _ = worker.run(move |engine, _| {
-                        let result = job(engine, &snapshot).map_err(|mut e| {
+                    let _ = worker.run_job(job.stages_sends, move |engine, _| {
+                        let result = (job.run)(engine, &snapshot).map_err(|mut e| {
                             if e.code == crate::rpc_error::codes::DAMAGED {
                                 e.message = damage_reason(engine.store(), &e.message);
                                 engine.store().mark_broken(e.message.clone());

@@ -191,7 +191,7 @@ impl Node {
     ) -> Option<T> {
         let (_, handle) = self.state.profiles.iter().find(|(n, _)| n == profile)?;
         let (result_tx, result_rx) = tokio::sync::oneshot::channel();
-        let job: EngineJob = Box::new(move |engine, _| {
+        let job = EngineJob::new(move |engine, _| {
             let _ = result_tx.send(f(engine));
             Ok((serde_json::Value::Null, Vec::new()))
         });

@@ -23,7 +23,28 @@ pub fn now_ms() -> u64 {
 
 /// What the control API asks a profile task to do: run a closure on the
 /// engine (reads and writes of the store, sends) and return its JSON result.
-pub type EngineJob = Box<dyn FnOnce(&mut Engine, &ProfileStatus) -> JobResult + Send>;
+pub struct EngineJob {
+    /// The closure.
+    pub run: JobFn,
+    /// Whether its sends may be staged and committed with the sends of the
+    /// jobs around it ([`Engine::stage_sends`]): true only for a job that
+    /// does nothing but look up a contact and send (`message.send`).
+    pub stages_sends: bool,
+}
+
+impl EngineJob {
+    /// A job.
+    pub fn new(run: impl FnOnce(&mut Engine, &ProfileStatus) -> JobResult + Send + 'static) -> Self {
+        EngineJob { run: Box::new(run), stages_sends: false }
+    }
+
+    /// A job that only looks up a contact and sends ([`EngineJob::stages_sends`]).
+    pub fn staging_sends(run: impl FnOnce(&mut Engine, &ProfileStatus) -> JobResult + Send + 'static) -> Self {
+        EngineJob { run: Box::new(run), stages_sends: true }
+    }
+}
+/// The closure of an [`EngineJob`].
+pub type JobFn = Box<dyn FnOnce(&mut Engine, &ProfileStatus) -> JobResult + Send>;
 /// A job's result and the actions (transmissions) it produced.
 pub type JobResult = Result<(serde_json::Value, Vec<Action>), RpcError>;
 

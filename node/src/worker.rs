@@ -17,7 +17,10 @@
 //!
 //! One thread owns the engine, so it is the one owner of every session's
 //! ratchet state: sends and receives for one contact run one after the
-//! other, each on the state the previous one committed.
+//! other, each on the state the previous one committed (or, for
+//! consecutive sends that may be staged, [`Worker::run_job`], the state the
+//! previous one left staged: their messages are committed together, in one
+//! transaction, before any other work runs; [`Engine::stage_sends`]).
 //!
 //! Bounds: a group holds at most [`GROUP_MAX`] pieces of work; at most
 //! [`QUEUE_MAX`] wait. The loop never waits for room: past the bound a
@@ -60,6 +63,10 @@ pub const REPORTS_MAX: usize = 256;
 /// after the group's durable commit.
 type Work<R> = Box<dyn FnOnce(&mut Engine, &mut StdRng) -> R + Send>;
 
+/// A piece of work, and whether its sends may be staged
+/// ([`Engine::stage_sends`]).
+type Job<R> = (bool, Work<R>);
+
 /// What runs at the end of every group, before its durable commit: the
 /// outbox flushes the group's work deferred ([`Engine::defer_flushes`]),
 /// so what it queued for one peer leaves in one request. Its result, if
@@ -97,7 +104,7 @@ pub enum Report<R> {
 
 /// The handle the loop keeps.
 pub struct Worker<R: Send + 'static> {
-    jobs: std_mpsc::SyncSender<Work<R>>,
+    jobs: std_mpsc::SyncSender<Job<R>>,
     flags: Arc<Flags>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -132,7 +139,16 @@ impl<R: Send + 'static> Worker<R> {
     /// worker has stopped.
     #[must_use = "work refused is never done: whoever waits for it must be told"]
     pub fn run(&self, f: impl FnOnce(&mut Engine, &mut StdRng) -> R + Send + 'static) -> bool {
-        match self.jobs.try_send(Box::new(f)) {
+        self.run_job(false, f)
+    }
+
+    /// [`Worker::run`], saying whether `f` may stage its sends: inside a
+    /// group, consecutive pieces of work that may are run with
+    /// [`Engine::stage_sends`] on, so their messages are committed in one
+    /// transaction, before the next piece that may not (or the group's end).
+    #[must_use = "work refused is never done: whoever waits for it must be told"]
+    pub fn run_job(&self, stages_sends: bool, f: impl FnOnce(&mut Engine, &mut StdRng) -> R + Send + 'static) -> bool {
+        match self.jobs.try_send((stages_sends, Box::new(f))) {
             Ok(()) => true,
             Err(std_mpsc::TrySendError::Full(_)) => {
                 tracing::warn!("the profile's engine is {QUEUE_MAX} pieces of work behind (a slow disk?); one dropped");
@@ -184,7 +200,7 @@ impl<R: Send + 'static> Drop for Worker<R> {
 fn work<R: Send + 'static>(
     engine: Engine,
     mut end: Option<GroupEnd<R>>,
-    queue: std_mpsc::Receiver<Work<R>>,
+    queue: std_mpsc::Receiver<Job<R>>,
     reports: mpsc::Sender<Report<R>>,
     flags: &Flags,
 ) {
@@ -204,7 +220,7 @@ fn work<R: Send + 'static>(
 fn run<R: Send + 'static>(
     slot: &mut Option<Engine>,
     end: &mut Option<GroupEnd<R>>,
-    queue: &std_mpsc::Receiver<Work<R>>,
+    queue: &std_mpsc::Receiver<Job<R>>,
     reports: &mpsc::Sender<Report<R>>,
     flags: &Flags,
 ) {
@@ -257,7 +273,7 @@ fn run<R: Send + 'static>(
 fn group<R>(
     engine: &mut Engine,
     end: &mut Option<GroupEnd<R>>,
-    jobs: Vec<Work<R>>,
+    jobs: Vec<Job<R>>,
     rng: &mut StdRng,
     flags: &Flags,
 ) -> (Option<(Vec<R>, crate::engine::GuardStatus, usize)>, Option<String>) {
@@ -275,11 +291,20 @@ fn group<R>(
     if end.is_some() {
         engine.defer_flushes();
     }
+    let unstaged = |e: crate::engine::EngineError| format!("{path}: the staged sends could not be committed: {e}");
     let mut done = Vec::with_capacity(jobs.len() + 1);
-    for f in jobs {
+    for (stages_sends, f) in jobs {
         if flags.halt.load(Ordering::Acquire) {
             // Unanswered, as in a crash; what committed stays.
             return (None, None);
+        }
+        // Sends staged by the work before are committed before any other
+        // work reads the store; a failure fails the group (their results
+        // are among it).
+        match catch_unwind(AssertUnwindSafe(|| engine.stage_sends(grouped && stages_sends))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return (None, Some(unstaged(e))),
+            Err(panic) => return (None, Some(stopped(panic))),
         }
         match catch_unwind(AssertUnwindSafe(|| f(engine, rng))) {
             Ok(result) => done.push(result),
@@ -290,6 +315,7 @@ fn group<R>(
         }
     }
     let finish = catch_unwind(AssertUnwindSafe(|| {
+        engine.stage_sends(false).map_err(unstaged)?;
         let tail = end.as_mut().and_then(|end| end(engine));
         if let Some(reason) = engine.store().broken() {
             return Err(reason);

@@ -1689,6 +1689,58 @@ fn flushes_deferred_over_a_group_leave_as_one_request() {
 }
 
 #[test]
+fn staged_sends_commit_together_continue_each_session_and_arrive_in_order() {
+    let (mut a, mut b, a_bob, b_alice) = alice_and_bob();
+    let mut c = Party::new("carol", ProfileKind::Personal);
+    let mut d = Party::new("dave", ProfileKind::Personal);
+    let a_carol = a.knows(&mut c, "Carol");
+    let c_alice = c.knows(&mut a, "Alice");
+    let a_dave = a.knows(&mut d, "Dave");
+    // Sessions with Bob and Carol (none yet with Dave).
+    for (to, party) in [(a_bob, &mut b), (a_carol, &mut c)] {
+        let (_, actions) = a.e().send(&to, Content::text("hello"), T0, &mut rand::rng()).unwrap();
+        pump(&mut a, party, actions, T0);
+    }
+    let t = T0 + 1;
+    a.e().defer_flushes();
+    a.e().stage_sends(true).unwrap();
+    let mut ids = Vec::new();
+    for (i, to) in [a_bob, a_bob, a_carol, a_bob, a_carol].iter().enumerate() {
+        let (id, actions) = a.e().send(to, Content::text(format!("staged {i}")), t, &mut rand::rng()).unwrap();
+        assert!(transmits(&actions).is_empty());
+        ids.push(id);
+    }
+    assert_eq!(a.e().staged(), 5);
+    assert!(ids.iter().all(|id| a.store().message(id).unwrap().is_none()), "staged: not in the store yet");
+    // A send that starts a session (Dave's) is not staged: what is staged
+    // is committed first, and it goes after.
+    let (dave_id, _) = a.e().send(&a_dave, Content::text("hello dave"), t, &mut rand::rng()).unwrap();
+    assert_eq!(a.e().staged(), 0);
+    assert!(ids.iter().chain([&dave_id]).all(|id| status(&mut a, id) == MessageStatus::Queued));
+    let (late, _) = a.e().send(&a_bob, Content::text("staged 5"), t, &mut rand::rng()).unwrap();
+    assert_eq!(a.e().staged(), 1);
+    ids.push(late);
+    // The group's end commits the rest before anything leaves.
+    let actions = a.e().flush_deferred(t).unwrap();
+    assert_eq!(a.e().staged(), 0);
+    a.e().stage_sends(false).unwrap();
+    assert_eq!(a.e().queued(), a.store().outbox().unwrap().len());
+    let seqs: Vec<u64> = a.store().history(&a_bob, 100, None).unwrap().iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (seqs[0]..seqs[0] + 5).collect::<Vec<_>>(), "Bob's messages numbered one after another");
+    let (bob_key, carol_key) = (b.key(), c.key());
+    let (to_bob, rest): (Vec<Action>, Vec<Action>) =
+        actions.into_iter().partition(|x| matches!(x, Action::Transmit { peer, .. } if *peer == bob_key));
+    let to_carol: Vec<Action> =
+        rest.into_iter().filter(|x| matches!(x, Action::Transmit { peer, .. } if *peer == carol_key)).collect();
+    pump(&mut a, &mut b, to_bob, t);
+    pump(&mut a, &mut c, to_carol, t);
+    let got = |p: &mut Party, from: &ContactId| -> Vec<String> { texts(p, from).into_iter().map(|(_, t)| t).collect() };
+    assert_eq!(got(&mut b, &b_alice), ["hello", "staged 0", "staged 1", "staged 3", "staged 5"]);
+    assert_eq!(got(&mut c, &c_alice), ["hello", "staged 2", "staged 4"]);
+    assert!(ids.iter().all(|id| status(&mut a, id) == MessageStatus::Delivered));
+}
+
+#[test]
 fn a_request_never_exceeds_the_byte_limit_however_large_its_messages() {
     let (mut a, mut b, a_bob, _) = alice_and_bob();
     let big = "x".repeat(30 * 1024);

@@ -128,13 +128,16 @@ fn describe(r: &Option<Report<u32>>) -> String {
     }
 }
 
-#[test]
-fn what_one_group_queues_for_a_peer_leaves_in_one_request_after_the_group() {
-    let tmp = tempfile::tempdir().unwrap();
+/// An engine (in `tmp`) holding a contact, Bob (his profile in `other`),
+/// and a worker over it whose group end flushes and reports its requests
+/// as 1000 × requests + envelopes.
+fn worker_with_bob(
+    tmp: &tempfile::TempDir,
+    other: &tempfile::TempDir,
+) -> (Worker<u32>, tokio::sync::mpsc::Receiver<Report<u32>>, kabar_storage::ContactId) {
     let mut ours = DataDir::create(tmp.path(), b"pw", KdfParams::TESTNET).unwrap();
     let store = ours.create_profile("personal", ProfileKind::Personal, 1_700_000_000, &mut rand::rng()).unwrap();
     // A contact to send to: another profile's public keys.
-    let other = tempfile::tempdir().unwrap();
     let mut dir = DataDir::create(other.path(), b"pw", KdfParams::TESTNET).unwrap();
     let bob = dir.create_profile("bob", ProfileKind::Personal, 1_700_000_000, &mut rand::rng()).unwrap();
     let identity = bob.identity().unwrap().public();
@@ -143,7 +146,6 @@ fn what_one_group_queues_for_a_peer_leaves_in_one_request_after_the_group() {
     // No waiting for Bob's one-time prekeys: there is no network here.
     let config = kabar_node::engine::EngineConfig { prekey_wait_ms: 0, ..Default::default() };
     let engine = Engine::new(store, config).unwrap();
-    // The group's end reports its requests as 1000 × requests + envelopes.
     let end: kabar_node::worker::GroupEnd<u32> = Box::new(|engine| {
         let actions = engine.flush_deferred(1_700_000_000_000).unwrap();
         let sent: Vec<usize> = actions
@@ -155,15 +157,61 @@ fn what_one_group_queues_for_a_peer_leaves_in_one_request_after_the_group() {
             .collect();
         (!sent.is_empty()).then(|| 1000 * sent.len() as u32 + sent.iter().sum::<usize>() as u32)
     });
-    let (worker, mut reports) = Worker::<u32>::start_with(engine, end).unwrap();
+    let (worker, reports) = Worker::<u32>::start_with(engine, end).unwrap();
+    (worker, reports, bob_id)
+}
+
+/// A send of `text` to `to` that reports how many transmissions it made.
+fn send(to: kabar_storage::ContactId, text: String) -> impl FnOnce(&mut Engine, &mut rand::rngs::StdRng) -> u32 {
+    move |engine, rng| {
+        let (_, actions) = engine.send(&to, kabar_node::content::Content::text(text), 1_700_000_000_000, rng).unwrap();
+        actions.iter().filter(|a| matches!(a, kabar_node::engine::Action::Transmit { .. })).count() as u32
+    }
+}
+
+#[test]
+fn staged_sends_are_committed_before_any_other_work_reads_the_store() {
+    let (tmp, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (worker, mut reports, bob) = worker_with_bob(&tmp, &other);
+    let release = hold(&worker);
+    // One group: four sends that may be staged (the first starts the
+    // session, so it commits on its own), work that reads the history,
+    // two more sends.
+    for i in 0..4 {
+        assert!(worker.run_job(true, send(bob, format!("m{i}"))));
+    }
+    assert!(worker.run(move |engine, _| {
+        let staged = engine.staged() as u32;
+        100 * staged + engine.store().history(&bob, 100, None).unwrap().len() as u32
+    }));
+    for i in 4..6 {
+        assert!(worker.run_job(true, send(bob, format!("m{i}"))));
+    }
+    drop(release);
+    let mut done = Vec::new();
+    while done.len() < 9 {
+        match next(&mut reports) {
+            Some(Report::Done(v)) => done.push(v),
+            other => panic!("expected results, got {}", describe(&other)),
+        }
+    }
+    assert_eq!(done[0], 0, "the hold");
+    assert_eq!(&done[1..5], &[0; 4], "nothing leaves inside the group");
+    assert_eq!(done[5], 4, "the reading work saw all four messages in the store, none still staged");
+    assert_eq!(&done[6..8], &[0; 2]);
+    assert_eq!(done[8], 1006, "the group's end committed the last two and sent all six in one request");
+    assert!(worker.run(move |engine, _| engine.store().history(&bob, 100, None).unwrap().len() as u32));
+    assert!(matches!(next(&mut reports), Some(Report::Done(6))));
+}
+
+#[test]
+fn what_one_group_queues_for_a_peer_leaves_in_one_request_after_the_group() {
+    let (tmp, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (worker, mut reports, bob_id) = worker_with_bob(&tmp, &other);
     let release = hold(&worker);
     for i in 0..16 {
-        assert!(worker.run(move |engine, rng| {
-            let text = kabar_node::content::Content::text(format!("m{i}"));
-            let (_, actions) = engine.send(&bob_id, text, 1_700_000_000_000, rng).unwrap();
-            // Inside the group nothing leaves yet.
-            actions.iter().filter(|a| matches!(a, kabar_node::engine::Action::Transmit { .. })).count() as u32
-        }));
+        // Inside the group nothing leaves yet.
+        assert!(worker.run(send(bob_id, format!("m{i}"))));
     }
     drop(release);
     let mut done = Vec::new();

@@ -292,6 +292,24 @@ impl Events {
     }
 }
 
+/// Waits until every message in `ids` sent by `node` is delivered.
+pub async fn wait_all_delivered(node: &TestNode, ids: &[String]) {
+    let mut events = node.subscribe().await;
+    loop {
+        let mut pending = Vec::new();
+        for id in ids {
+            let m = node.call("message.status", json!({"message_id": id})).await;
+            if !matches!(m["status"].as_str(), Some("delivered" | "read")) {
+                pending.push(m);
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        events.wait_for("a delivery", |e| e["event"] == "status_changed" || e["event"] == "lagged").await;
+    }
+}
+
 /// Adds each side's card to the other under the given names.
 pub async fn introduce(a: &TestNode, a_profile: &str, a_name: &str, b: &TestNode, b_profile: &str, b_name: &str) {
     let a_card = a.card(a_profile, a_name).await;

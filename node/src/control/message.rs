@@ -11,7 +11,7 @@ use crate::rpc_error::RpcError;
 pub(super) fn job_for(method: &str, params: &Value) -> Option<EngineJob> {
     let p = params.clone();
     Some(match method {
-        "message.send" => job(move |engine, _| {
+        "message.send" => EngineJob::staging_sends(move |engine, _| {
             let (id, _) = contact(engine, &p, "to")?;
             let text = str_param(&p, "text")?;
             if text.is_empty() {

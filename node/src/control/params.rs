@@ -77,7 +77,7 @@ pub(super) fn contact(
 
 /// A job for a profile's engine.
 pub(super) fn job(f: impl FnOnce(&mut Engine, &ProfileStatus) -> JobResult + Send + 'static) -> EngineJob {
-    Box::new(f)
+    EngineJob::new(f)
 }
 
 /// A job's result that produced no actions.

@@ -8,24 +8,6 @@ use kabar_tests::*;
 use rand::RngExt;
 use serde_json::json;
 
-/// Waits until every message in `ids` sent by `node` is delivered.
-async fn wait_all_delivered(node: &TestNode, ids: &[String]) {
-    let mut events = node.subscribe().await;
-    loop {
-        let mut pending = Vec::new();
-        for id in ids {
-            let m = node.call("message.status", json!({"message_id": id})).await;
-            if !matches!(m["status"].as_str(), Some("delivered" | "read")) {
-                pending.push(m);
-            }
-        }
-        if pending.is_empty() {
-            return;
-        }
-        events.wait_for("a delivery", |e| e["event"] == "status_changed" || e["event"] == "lagged").await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_20_node_mesh_where_everyone_messages_each_contact() {
     const N: usize = 20;
