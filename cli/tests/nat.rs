@@ -23,22 +23,37 @@
 
 mod support;
 
-use kabar_lab::Nat;
+use kabar_lab::{Host, Lab, Nat};
 use serde_json::json;
 use support::*;
+
+/// A relay on a public host, and Alice and Bob each at home behind a NAT of
+/// the given kind, both holding a reservation on the relay.
+struct TwoHomes {
+    relay: Relay,
+    alice: Node,
+    bob: Node,
+    a_host: Host,
+    b_host: Host,
+}
+
+fn two_homes(lab: &mut Lab, root: &std::path::Path, a_nat: Nat, b_nat: Nat) -> TwoHomes {
+    let relay_host = lab.public_host("relay").unwrap();
+    let (a_host, b_host) = (lab.home("alice", a_nat).unwrap(), lab.home("bob", b_nat).unwrap());
+    let relay = Relay::start(lab, &relay_host, root);
+    let alice = Node::start(lab, &a_host, root, &relay.address);
+    let bob = Node::start(lab, &b_host, root, &relay.address);
+    alice.wait_reserved();
+    bob.wait_reserved();
+    TwoHomes { relay, alice, bob, a_host, b_host }
+}
 
 #[test]
 fn behind_two_endpoint_independent_nats_the_connection_goes_direct() {
     let Some(mut lab) = lab() else { return };
     let root = tmp();
-    let relay_host = lab.public_host("relay").unwrap();
-    let (a_host, b_host) =
-        (lab.home("alice", Nat::EndpointIndependent).unwrap(), lab.home("bob", Nat::EndpointIndependent).unwrap());
-    let relay = Relay::start(&mut lab, &relay_host, root.path());
-    let alice = Node::start(&mut lab, &a_host, root.path(), &relay.address);
-    let bob = Node::start(&mut lab, &b_host, root.path(), &relay.address);
-    alice.wait_reserved();
-    bob.wait_reserved();
+    let TwoHomes { relay, alice, bob, .. } =
+        two_homes(&mut lab, root.path(), Nat::EndpointIndependent, Nat::EndpointIndependent);
     wait_until("AutoNAT: alice is behind a NAT", || (alice.profile()["nat"] == "private").then_some(()));
     assert_eq!(alice.profile()["dht"], "client", "a private profile does not serve the DHT");
     // The steps of docs/cli.md "Two people behind different NATs", with the
@@ -71,19 +86,13 @@ fn behind_two_endpoint_independent_nats_the_connection_goes_direct() {
 fn a_hole_punch_that_failed_is_tried_again_and_goes_direct_once_the_path_is_back() {
     let Some(mut lab) = lab() else { return };
     let root = tmp();
-    let relay_host = lab.public_host("relay").unwrap();
-    let (a_host, b_host) =
-        (lab.home("alice", Nat::EndpointIndependent).unwrap(), lab.home("bob", Nat::EndpointIndependent).unwrap());
+    let TwoHomes { relay, alice, bob, a_host, b_host } =
+        two_homes(&mut lab, root.path(), Nat::EndpointIndependent, Nat::EndpointIndependent);
     // Both routers drop everything between the two homes (before connection
     // tracking, so the cut leaves no NAT state behind): only the relay
     // connects them, and hole punching must fail.
     lab.cut(&a_host, b_host.public_ip()).unwrap();
     lab.cut(&b_host, a_host.public_ip()).unwrap();
-    let relay = Relay::start(&mut lab, &relay_host, root.path());
-    let alice = Node::start(&mut lab, &a_host, root.path(), &relay.address);
-    let bob = Node::start(&mut lab, &b_host, root.path(), &relay.address);
-    alice.wait_reserved();
-    bob.wait_reserved();
     introduce(&alice, "Alice", &bob, "Bob");
     exchange(&alice, &bob, "Bob", "Alice", "cut", 5);
     let bob_id = bob.peer_id();
@@ -112,14 +121,8 @@ fn a_hole_punch_that_failed_is_tried_again_and_goes_direct_once_the_path_is_back
 fn behind_a_symmetric_nat_messages_go_over_the_relay_even_across_a_relay_restart() {
     let Some(mut lab) = lab() else { return };
     let root = tmp();
-    let relay_host = lab.public_host("relay").unwrap();
-    let a_host = lab.home("alice", Nat::EndpointIndependent).unwrap();
-    let b_host = lab.home("bob", Nat::Symmetric).unwrap();
-    let mut relay = Relay::start(&mut lab, &relay_host, root.path());
-    let alice = Node::start(&mut lab, &a_host, root.path(), &relay.address);
-    let bob = Node::start(&mut lab, &b_host, root.path(), &relay.address);
-    alice.wait_reserved();
-    bob.wait_reserved();
+    let TwoHomes { mut relay, alice, bob, .. } =
+        two_homes(&mut lab, root.path(), Nat::EndpointIndependent, Nat::Symmetric);
     introduce(&alice, "Alice", &bob, "Bob");
 
     exchange(&alice, &bob, "Bob", "Alice", "a2b", 10);

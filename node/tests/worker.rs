@@ -119,6 +119,18 @@ fn a_panic_in_a_piece_of_work_stops_the_worker_naming_the_file() {
     worker.abandon();
 }
 
+/// The next `n` results; anything else fails the test.
+fn results(reports: &mut tokio::sync::mpsc::Receiver<Report<u32>>, n: usize) -> Vec<u32> {
+    let mut done = Vec::new();
+    while done.len() < n {
+        match next(reports) {
+            Some(Report::Done(v)) => done.push(v),
+            other => panic!("expected results, got {}", describe(&other)),
+        }
+    }
+    done
+}
+
 fn describe(r: &Option<Report<u32>>) -> String {
     match r {
         None => "the end of the reports".into(),
@@ -188,13 +200,7 @@ fn staged_sends_are_committed_before_any_other_work_reads_the_store() {
         assert!(worker.run_job(true, send(bob, format!("m{i}"))));
     }
     drop(release);
-    let mut done = Vec::new();
-    while done.len() < 9 {
-        match next(&mut reports) {
-            Some(Report::Done(v)) => done.push(v),
-            other => panic!("expected results, got {}", describe(&other)),
-        }
-    }
+    let done = results(&mut reports, 9);
     assert_eq!(done[0], 0, "the hold");
     assert_eq!(&done[1..5], &[0; 4], "nothing leaves inside the group");
     assert_eq!(done[5], 4, "the reading work saw all four messages in the store, none still staged");
@@ -214,13 +220,7 @@ fn what_one_group_queues_for_a_peer_leaves_in_one_request_after_the_group() {
         assert!(worker.run(send(bob_id, format!("m{i}"))));
     }
     drop(release);
-    let mut done = Vec::new();
-    while done.len() < 18 {
-        match next(&mut reports) {
-            Some(Report::Done(v)) => done.push(v),
-            other => panic!("expected results, got {}", describe(&other)),
-        }
-    }
+    let done = results(&mut reports, 18);
     // The hold ran alone (the first group; it flushed nothing); the 16
     // sends made the second group: none transmitted, and its end sent one
     // request of 16.
