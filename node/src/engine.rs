@@ -870,17 +870,18 @@ impl Engine {
     }
 
     /// Commits outgoing messages in one transaction and adds them to the
-    /// outbox index.
+    /// outbox index, queued (and due) when the first of them was written,
+    /// in the index as in the store.
     fn commit_queued(&mut self, batch: &[OutgoingMessage]) -> Result<(), EngineError> {
-        let Some(first) = batch.first() else { return Ok(()) };
-        let seqs = self.store.commit_outgoing(batch, first.message.sent_at_ms)?;
+        let Some(now_ms) = batch.first().map(|m| m.message.sent_at_ms) else { return Ok(()) };
+        let seqs = self.store.commit_outgoing(batch, now_ms)?;
         for (item, seq) in batch.iter().zip(seqs) {
             let queued = Queued {
                 id: item.message.id,
                 seq,
-                queued_at_ms: item.message.sent_at_ms,
+                queued_at_ms: now_ms,
                 attempts: 0,
-                next_attempt_at_ms: item.message.sent_at_ms,
+                next_attempt_at_ms: now_ms,
                 shown: item.message.id,
                 unsealed: item.envelope.is_empty(),
             };
